@@ -1,0 +1,31 @@
+// Package imageinput checks an uploaded image before the gateway spends
+// anything costly on it: a queue slot, a ComfyUI upload, GPU time.
+//
+// [Check] reads at most [Limits.MaxBytes] bytes, recognises PNG, JPEG and
+// WebP by their magic bytes only (never by file name or Content-Type), reads
+// the dimensions from the header and refuses images with more than
+// [Limits.MaxPixels] pixels before any pixel buffer is allocated, then decodes,
+// scales the longer side down to [Limits.MaxSide] and re-encodes the result as
+// PNG, which is what is uploaded to ComfyUI.
+//
+// Every rejection is an [*Error] carrying the HTTP status to answer with, a
+// stable machine-readable code and a message that says concretely what was
+// wrong:
+//
+//	img, err := imageinput.Check(r.Body, imageinput.DefaultLimits())
+//	var ie *imageinput.Error
+//	if errors.As(err, &ie) {
+//		// reply ie.Status with {"code": ie.Code, "error": ie.Msg}
+//	}
+//
+// Only Check's own sniffing decides the format: decoders are called directly,
+// not through the process-wide [image.RegisterFormat] registry, so a decoder
+// registered elsewhere in the binary (GIF, BMP, ...) never widens what the
+// gateway accepts.
+//
+// An empty body is answered 400 with code "empty_image", not 415: nothing was
+// sent, so there is no format to reject, and the client's fix is to attach the
+// file rather than to convert it.
+//
+// JPEG EXIF orientation is not applied; pixels are passed on as stored.
+package imageinput

@@ -1,0 +1,123 @@
+package rules_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/sluicehq/sluice/rules"
+)
+
+func TestDefaultMatchesTestdata(t *testing.T) {
+	want, err := os.ReadFile("../testdata/rules/default.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rules.DefaultSource(), want) {
+		t.Fatal("rules/default.yaml and testdata/rules/default.yaml differ: keep them identical")
+	}
+	set, err := rules.Default()
+	if err != nil {
+		t.Fatalf("built-in rules do not build: %v", err)
+	}
+	for _, r := range rules.Resources {
+		if set.Resources[r] == nil {
+			t.Errorf("built-in rules have no document for %s", r)
+		}
+	}
+}
+
+func TestParseFSFolder(t *testing.T) {
+	fsys := fstest.MapFS{
+		"r/a.yaml":       {Data: []byte("resource: ddcolor_person\nflow: [{threshold: 2}]\n")},
+		"r/b.json":       {Data: []byte(`{"system": {"load": 4}}`)},
+		"r/notes.md":     {Data: []byte("ignored")},
+		"r/sub/c.yaml":   {Data: []byte("not: read")},
+		"bad/ok.yaml":    {Data: []byte("resource: ddcolor_person\nflow: [{threshold: 2}]\n")},
+		"bad/wrong.yaml": {Data: []byte("resource: ddcolor_building\nflow: [{threshold: -3}]\n")},
+	}
+	docs, err := rules.ParseFS(fsys, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set.Resources["ddcolor_person"].Flow[0].Threshold != 2 || set.System.Load != 4 {
+		t.Fatalf("folder not loaded whole: %+v %+v", set.Resources, set.System)
+	}
+
+	// A folder with one bad rule builds nothing, and the error names the file.
+	docs, err = rules.ParseFS(fsys, "bad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err = rules.Build(docs)
+	var list rules.Errors
+	if set != nil || !errors.As(err, &list) || len(list) != 1 {
+		t.Fatalf("want one error and no set, got %v, %v", set, err)
+	}
+	if got, want := list[0].Error(), "bad/wrong.yaml: document 1 (ddcolor_building): flow[0].threshold: must be > 0, got -3"; got != want {
+		t.Fatalf("error\n got %s\nwant %s", got, want)
+	}
+	if _, err := rules.ParseFS(fsys, "missing"); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("missing path: %v", err)
+	}
+}
+
+func TestCostOf(t *testing.T) {
+	docs, err := rules.Parse("c.yaml", []byte("resource: ddcolor_person\ncost: {param: size, default: 1, values: {\"1280\": 3}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := set.Resources["ddcolor_person"]
+	for _, tc := range []struct {
+		param, value string
+		want         int
+	}{{"size", "1280", 3}, {"size", "512", 1}, {"origin", "1280", 1}} {
+		if got := r.CostOf(tc.param, tc.value); got != tc.want {
+			t.Errorf("CostOf(%s, %s) = %d, want %d", tc.param, tc.value, got, tc.want)
+		}
+	}
+	var none *rules.Resource
+	if none.CostOf("size", "1280") != 1 {
+		t.Error("a resource without rules must cost 1")
+	}
+}
+
+// FuzzParse checks that no input crashes decoding or validation, and that
+// every failure is reported as rules.Errors naming the source.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(rules.DefaultSource()))
+	f.Add([]byte("resource: ddcolor_person\nflow: [{threshold: 2, window: 1s}]\n"))
+	f.Add([]byte(`{"system": {"cpu_usage": 0.5}}`))
+	f.Add([]byte("resource: ddcolor_person\nhotspot: [{param: origin, threshold: 1, items: {\"::1\": 2}}]\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("resource: ddcolor_person\nflow: &x [*x]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		docs, err := rules.Parse("fuzz.yaml", data)
+		if err == nil {
+			_, err = rules.Build(docs)
+		}
+		if err == nil {
+			return
+		}
+		var list rules.Errors
+		if !errors.As(err, &list) || len(list) == 0 {
+			t.Fatalf("error is not rules.Errors: %T %v", err, err)
+		}
+		for _, e := range list {
+			if e.File != "fuzz.yaml" {
+				t.Fatalf("error does not name the file: %v", e)
+			}
+		}
+	})
+}

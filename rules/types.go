@@ -1,0 +1,166 @@
+package rules
+
+import (
+	"fmt"
+	"time"
+)
+
+// The resources sluice guards. A document naming any other resource is an
+// error.
+const (
+	ResourceDDColorPerson   = "ddcolor_person"
+	ResourceDDColorBuilding = "ddcolor_building"
+	ResourceZImageGenerate  = "zimage_generate"
+)
+
+// Resources lists the guarded resources in a stable order.
+var Resources = []string{ResourceDDColorPerson, ResourceDDColorBuilding, ResourceZImageGenerate}
+
+// The request parameters a hotspot or cost rule can name.
+const (
+	// ParamOrigin is the client IP address as the gateway resolved it.
+	ParamOrigin = "origin"
+	// ParamSize is the image size: DDColor's model input size, or the
+	// longer side of a generated image.
+	ParamSize = "size"
+)
+
+// Params lists the parameters rules may name.
+var Params = []string{ParamOrigin, ParamSize}
+
+// Behavior says what a flow rule does with a request over its threshold.
+type Behavior string
+
+const (
+	// BehaviorReject refuses the request at once.
+	BehaviorReject Behavior = "reject"
+	// BehaviorThrottle paces requests uniformly and holds a request for up
+	// to MaxQueue before refusing it.
+	BehaviorThrottle Behavior = "throttle"
+)
+
+// Duration is a time.Duration written as a Go duration string ("500ms",
+// "60s") in YAML and JSON.
+type Duration time.Duration
+
+// String returns the Go form of d.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText writes d as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText reads a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("want a duration such as 500ms or 60s, got %q", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Resource holds every rule of one guarded resource.
+type Resource struct {
+	Resource    string        `json:"resource" yaml:"resource"`
+	Flow        []FlowRule    `json:"flow,omitempty" yaml:"flow,omitempty"`
+	Hotspot     []HotspotRule `json:"hotspot,omitempty" yaml:"hotspot,omitempty"`
+	Concurrency int           `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
+	Cost        *CostRule     `json:"cost,omitempty" yaml:"cost,omitempty"`
+	Ban         *BanRule      `json:"ban,omitempty" yaml:"ban,omitempty"`
+}
+
+// FlowRule limits a resource's admissions per sliding window.
+type FlowRule struct {
+	// Threshold is the number of admissions (weighted by cost) allowed per
+	// Window.
+	Threshold float64 `json:"threshold" yaml:"threshold"`
+	// Window is the sliding window: 500ms, 1s, 2s, 2.5s, 5s or 10s
+	// (default 1s), the spans sentinel-golang's 20 × 500 ms window can slide.
+	Window Duration `json:"window,omitempty" yaml:"window,omitempty"`
+	// Behavior is reject (default) or throttle.
+	Behavior Behavior `json:"behavior,omitempty" yaml:"behavior,omitempty"`
+	// MaxQueue is how long throttle may hold a request (default 500ms).
+	MaxQueue Duration `json:"max_queue,omitempty" yaml:"max_queue,omitempty"`
+	// WarmUp starts the threshold low after idleness and raises it over a
+	// period.
+	WarmUp *WarmUp `json:"warm_up,omitempty" yaml:"warm_up,omitempty"`
+}
+
+// WarmUp ramps a flow threshold from Threshold/ColdFactor to Threshold over
+// Period.
+type WarmUp struct {
+	Period     Duration `json:"period" yaml:"period"`
+	ColdFactor int      `json:"cold_factor" yaml:"cold_factor"`
+}
+
+// HotspotRule limits admissions per value of one request parameter: per
+// size, or per client IP.
+type HotspotRule struct {
+	// Param is origin or size.
+	Param string `json:"param" yaml:"param"`
+	// Threshold is the admissions allowed per value per Window.
+	Threshold int64 `json:"threshold" yaml:"threshold"`
+	// Window is a whole number of seconds (default 1s).
+	Window Duration `json:"window,omitempty" yaml:"window,omitempty"`
+	// Burst is extra admissions a quiet value may spend at once.
+	Burst int64 `json:"burst,omitempty" yaml:"burst,omitempty"`
+	// Items override Threshold for single values: a bigger limit for a VIP
+	// address, a smaller one for size 1280.
+	Items map[string]int64 `json:"items,omitempty" yaml:"items,omitempty"`
+	// Capacity bounds how many distinct values are tracked (default 20000).
+	Capacity int64 `json:"capacity,omitempty" yaml:"capacity,omitempty"`
+}
+
+// CostRule weighs a request by one parameter's value: with
+// {param: size, values: {"1280": 2}} a size-1280 job counts twice against
+// flow and hotspot thresholds.
+type CostRule struct {
+	Param   string         `json:"param" yaml:"param"`
+	Default int            `json:"default,omitempty" yaml:"default,omitempty"`
+	Values  map[string]int `json:"values" yaml:"values"`
+}
+
+// BanRule refuses an origin for For once it has been refused Blocks times
+// within Within.
+type BanRule struct {
+	Blocks int      `json:"blocks" yaml:"blocks"`
+	Within Duration `json:"within" yaml:"within"`
+	For    Duration `json:"for" yaml:"for"`
+}
+
+// System holds the rules that protect the whole gateway. Zero fields are
+// off.
+type System struct {
+	// Load is the 1-minute load average above which inbound requests are
+	// refused.
+	Load float64 `json:"load,omitempty" yaml:"load,omitempty"`
+	// AvgRT is the average response time above which requests are refused.
+	AvgRT Duration `json:"avg_rt,omitempty" yaml:"avg_rt,omitempty"`
+	// Concurrency caps inbound requests in flight over all resources.
+	Concurrency int `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
+	// InboundQPS caps inbound admissions per second over all resources.
+	InboundQPS float64 `json:"inbound_qps,omitempty" yaml:"inbound_qps,omitempty"`
+	// CPUUsage is the machine's CPU busy fraction (0–1] above which
+	// requests are refused.
+	CPUUsage float64 `json:"cpu_usage,omitempty" yaml:"cpu_usage,omitempty"`
+}
+
+// Document is one decoded document: exactly one of Resource and System is
+// set.
+type Document struct {
+	File     string // the file or etcd key it was decoded from
+	Index    int    // 1-based position within File
+	Resource *Resource
+	System   *System
+}
+
+// Name is the document's resource, or "system".
+func (d Document) Name() string {
+	if d.System != nil {
+		return "system"
+	}
+	return d.Resource.Resource
+}
+
+// Source says where the document came from: "rules.yaml#2".
+func (d Document) Source() string { return fmt.Sprintf("%s#%d", d.File, d.Index) }

@@ -1,0 +1,261 @@
+package rules
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults filled in by Build where a field is left out.
+const (
+	DefaultWindow          = time.Second
+	DefaultMaxQueue        = 500 * time.Millisecond
+	DefaultHotspotCapacity = 20000
+	maxHotspotCapacity     = 1_000_000
+	maxCost                = 1000
+	maxThreshold           = 1e9
+)
+
+// slidingWindows are the flow windows sentinel-golang's 20 × 500 ms resource
+// window can slide over; any other span would silently become a fixed
+// window.
+var slidingWindows = []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second}
+
+// Set is a validated, complete rule set: what the engine enforces.
+type Set struct {
+	// Resources holds the rules of each resource that has a document, with
+	// defaults filled in.
+	Resources map[string]*Resource
+	// System holds the system rules; the zero value turns them all off.
+	System System
+	// Docs are the documents the set was built from, in source order.
+	Docs []Document
+}
+
+// Build validates documents as one rule set. It reports every problem it
+// finds as Errors and returns no set if there is any: a set is all good or
+// not built.
+func Build(docs []Document) (*Set, error) {
+	set := &Set{Resources: make(map[string]*Resource), Docs: docs}
+	var all Errors
+	seen := make(map[string]Document)
+	for _, d := range docs {
+		c := &errs{file: d.File, doc: d.Index, resource: d.Name()}
+		if prev, dup := seen[d.Name()]; dup && d.Name() != "" {
+			c.add("", "%s is defined twice: here and in %s", d.Name(), prev.Source())
+			all = append(all, c.list...)
+			continue
+		}
+		seen[d.Name()] = d
+		if d.System != nil {
+			sys := *d.System
+			validateSystem(c, &sys)
+			set.System = sys
+		} else {
+			r := cloneResource(d.Resource)
+			validateResource(c, r)
+			set.Resources[r.Resource] = r
+		}
+		all = append(all, c.list...)
+	}
+	if len(all) > 0 {
+		return nil, all
+	}
+	return set, nil
+}
+
+func validateResource(c *errs, r *Resource) {
+	if !slices.Contains(Resources, r.Resource) {
+		c.add("resource", "unknown resource %q; known resources are %s", r.Resource, strings.Join(Resources, ", "))
+		return
+	}
+	for i := range r.Flow {
+		validateFlow(c, fmt.Sprintf("flow[%d]", i), &r.Flow[i])
+	}
+	for i := range r.Hotspot {
+		validateHotspot(c, fmt.Sprintf("hotspot[%d]", i), &r.Hotspot[i])
+	}
+	if r.Concurrency < 0 {
+		c.add("concurrency", "must be >= 0 (0 is off), got %d", r.Concurrency)
+	}
+	if r.Cost != nil {
+		validateCost(c, r.Cost)
+	}
+	if b := r.Ban; b != nil {
+		if b.Blocks < 1 {
+			c.add("ban.blocks", "must be > 0, got %d", b.Blocks)
+		}
+		positiveDuration(c, "ban.within", b.Within)
+		positiveDuration(c, "ban.for", b.For)
+	}
+}
+
+func validateFlow(c *errs, at string, f *FlowRule) {
+	threshold(c, at+".threshold", f.Threshold)
+	if f.Window == 0 {
+		f.Window = Duration(DefaultWindow)
+	}
+	if !slices.Contains(slidingWindows, time.Duration(f.Window)) {
+		c.add(at+".window", "must be one of 500ms, 1s, 2s, 2.5s, 5s, 10s (the spans sentinel-golang can slide), got %s", f.Window)
+	}
+	switch f.Behavior {
+	case "":
+		f.Behavior = BehaviorReject
+	case BehaviorReject, BehaviorThrottle:
+	default:
+		c.add(at+".behavior", "must be reject or throttle, got %q", string(f.Behavior))
+	}
+	if f.Behavior == BehaviorReject && f.MaxQueue != 0 {
+		c.add(at+".max_queue", "applies only to behavior: throttle, got %s with behavior: reject", f.MaxQueue)
+	}
+	if f.Behavior == BehaviorThrottle {
+		if f.MaxQueue == 0 {
+			f.MaxQueue = Duration(DefaultMaxQueue)
+		}
+		if d := time.Duration(f.MaxQueue); d < time.Millisecond || d > time.Minute || d%time.Millisecond != 0 {
+			c.add(at+".max_queue", "must be whole milliseconds between 1ms and 1m, got %s", f.MaxQueue)
+		}
+	}
+	if w := f.WarmUp; w != nil {
+		if d := time.Duration(w.Period); d < time.Second || d%time.Second != 0 || d > 24*time.Hour {
+			c.add(at+".warm_up.period", "must be whole seconds between 1s and 24h, got %s", w.Period)
+		}
+		if w.ColdFactor < 2 || w.ColdFactor > 100 {
+			c.add(at+".warm_up.cold_factor", "must be between 2 and 100, got %d", w.ColdFactor)
+		}
+	}
+}
+
+func validateHotspot(c *errs, at string, h *HotspotRule) {
+	if !slices.Contains(Params, h.Param) {
+		c.add(at+".param", "unknown parameter %q; known parameters are %s", h.Param, strings.Join(Params, ", "))
+	}
+	threshold(c, at+".threshold", float64(h.Threshold))
+	if h.Window == 0 {
+		h.Window = Duration(DefaultWindow)
+	}
+	if d := time.Duration(h.Window); d < time.Second || d%time.Second != 0 || d > 24*time.Hour {
+		c.add(at+".window", "must be whole seconds between 1s and 24h, got %s", h.Window)
+	}
+	if h.Burst < 0 {
+		c.add(at+".burst", "must be >= 0, got %d", h.Burst)
+	}
+	if h.Capacity == 0 {
+		h.Capacity = DefaultHotspotCapacity
+	}
+	if h.Capacity < 0 || h.Capacity > maxHotspotCapacity {
+		c.add(at+".capacity", "must be between 1 and %d, got %d", maxHotspotCapacity, h.Capacity)
+	}
+	for _, k := range sortedKeys(h.Items) {
+		p := fmt.Sprintf("%s.items[%q]", at, k)
+		paramValue(c, p, h.Param, k)
+		threshold(c, p, float64(h.Items[k]))
+	}
+}
+
+func validateCost(c *errs, r *CostRule) {
+	if !slices.Contains(Params, r.Param) {
+		c.add("cost.param", "unknown parameter %q; known parameters are %s", r.Param, strings.Join(Params, ", "))
+	}
+	if r.Default == 0 {
+		r.Default = 1
+	}
+	if r.Default < 1 || r.Default > maxCost {
+		c.add("cost.default", "must be between 1 and %d, got %d", maxCost, r.Default)
+	}
+	if len(r.Values) == 0 {
+		c.add("cost.values", "must name at least one value and its cost")
+	}
+	for _, k := range sortedKeys(r.Values) {
+		p := fmt.Sprintf("cost.values[%q]", k)
+		paramValue(c, p, r.Param, k)
+		if v := r.Values[k]; v < 1 || v > maxCost {
+			c.add(p, "must be between 1 and %d, got %d", maxCost, v)
+		}
+	}
+}
+
+func validateSystem(c *errs, s *System) {
+	nonNegative := func(field string, v float64) {
+		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			c.add("system."+field, "must be >= 0 (0 is off), got %v", v)
+		}
+	}
+	nonNegative("load", s.Load)
+	nonNegative("inbound_qps", s.InboundQPS)
+	nonNegative("concurrency", float64(s.Concurrency))
+	if d := time.Duration(s.AvgRT); d < 0 || d%time.Millisecond != 0 {
+		c.add("system.avg_rt", "must be whole milliseconds >= 0 (0 is off), got %s", s.AvgRT)
+	}
+	if s.CPUUsage < 0 || s.CPUUsage > 1 || math.IsNaN(s.CPUUsage) {
+		hint := ""
+		if s.CPUUsage > 1 && s.CPUUsage <= 100 {
+			hint = fmt.Sprintf(" (did you mean %v?)", s.CPUUsage/100)
+		}
+		c.add("system.cpu_usage", "must be a fraction of the machine between 0 and 1 (0 is off), got %v%s", s.CPUUsage, hint)
+	}
+}
+
+func threshold(c *errs, at string, v float64) {
+	switch {
+	case math.IsNaN(v) || v <= 0:
+		c.add(at, "must be > 0, got %v", v)
+	case v > maxThreshold:
+		c.add(at, "must be at most %v, got %v", maxThreshold, v)
+	}
+}
+
+func positiveDuration(c *errs, at string, d Duration) {
+	if d <= 0 || time.Duration(d)%time.Millisecond != 0 {
+		c.add(at, "must be whole milliseconds > 0, got %s", d)
+	}
+}
+
+// paramValue checks that k is a value the parameter can take: an IP address
+// for origin, a positive integer for size.
+func paramValue(c *errs, at, param, k string) {
+	switch param {
+	case ParamOrigin:
+		if _, err := netip.ParseAddr(k); err != nil {
+			c.add(at, "origin values must be IP addresses, got %q", k)
+		}
+	case ParamSize:
+		if n, err := strconv.Atoi(k); err != nil || n <= 0 || strconv.Itoa(n) != k {
+			c.add(at, "size values must be positive integers, got %q", k)
+		}
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func cloneResource(r *Resource) *Resource {
+	c := *r
+	c.Flow = slices.Clone(r.Flow)
+	for i := range c.Flow {
+		if w := c.Flow[i].WarmUp; w != nil {
+			wc := *w
+			c.Flow[i].WarmUp = &wc
+		}
+	}
+	c.Hotspot = slices.Clone(r.Hotspot)
+	if r.Cost != nil {
+		cc := *r.Cost
+		c.Cost = &cc
+	}
+	if r.Ban != nil {
+		bc := *r.Ban
+		c.Ban = &bc
+	}
+	return &c
+}
