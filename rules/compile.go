@@ -39,14 +39,14 @@ func (s *Set) Sentinel(name func(resource string) string) *Sentinel {
 		}
 		sres := name(res)
 		for i, f := range r.Flow {
-			out.Flow = append(out.Flow, flowRule(fmt.Sprintf("%s/flow[%d]", sres, i), sres, f))
+			out.Flow = append(out.Flow, flowRule(fmt.Sprintf("%s/flow[%d]", res, i), sres, f))
 		}
 		for i, h := range r.Hotspot {
-			out.Hotspot = append(out.Hotspot, hotspotRule(fmt.Sprintf("%s/hotspot[%d]", sres, i), sres, h))
+			out.Hotspot = append(out.Hotspot, hotspotRule(fmt.Sprintf("%s/hotspot[%d]", res, i), sres, h))
 		}
 		if r.Concurrency > 0 {
 			out.Isolation = append(out.Isolation, &isolation.Rule{
-				ID:         sres + "/concurrency",
+				ID:         res + "/concurrency",
 				Resource:   sres,
 				MetricType: isolation.Concurrency,
 				Threshold:  uint32(r.Concurrency),

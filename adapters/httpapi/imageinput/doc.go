@@ -27,5 +27,12 @@
 // sent, so there is no format to reject, and the client's fix is to attach the
 // file rather than to convert it.
 //
+// Check is CPU- and memory-heavy for large uploads and callers should bound
+// how many run at once. At the default limits the worst case holds the decoded
+// image (up to 4 bytes per pixel, 8 for 16-bit PNG: 160-320 MB at 40
+// megapixels) plus the scaler's scratch buffer (32 bytes x output width x
+// source height, about 260 MB for a square 40-megapixel upload); a 12-megapixel
+// phone JPEG takes about half a second of one core, mostly in scaling.
+//
 // JPEG EXIF orientation is not applied; pixels are passed on as stored.
 package imageinput

@@ -51,7 +51,7 @@ func grayPattern(w, h int) *image.Gray {
 func encPNG(t testing.TB, m image.Image) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	if err := png.Encode(&b, m); err != nil {
+	if err := (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&b, m); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -108,6 +108,7 @@ func TestCheck(t *testing.T) {
 		// accepted
 		format        string
 		width, height int
+		orig          [2]int // OrigWidth, OrigHeight; zero means width, height
 		scaled        bool
 		gray          bool // output PNG decodes as *image.Gray
 		// refused
@@ -124,21 +125,25 @@ func TestCheck(t *testing.T) {
 		{name: "png 800x600 kept at its size", data: valid,
 			want: want{format: "png", width: 800, height: 600}},
 		{name: "png 3000x1500 scaled to 1280x640", data: encPNG(t, pattern(3000, 1500)),
-			want: want{format: "png", width: 1280, height: 640, scaled: true}},
-		{name: "portrait png 1500x3000 scaled to 640x1280", data: encPNG(t, pattern(1500, 3000)),
-			want: want{format: "png", width: 640, height: 1280, scaled: true}},
-		{name: "long side exactly MaxSide is not scaled", data: encPNG(t, pattern(1280, 720)),
-			want: want{format: "png", width: 1280, height: 720}},
+			want: want{format: "png", width: 1280, height: 640, orig: [2]int{3000, 1500}, scaled: true}},
+		{name: "portrait png 600x1500 scaled to 512x1280", data: encPNG(t, pattern(600, 1500)),
+			want: want{format: "png", width: 512, height: 1280, orig: [2]int{600, 1500}, scaled: true}},
+		{name: "long side exactly MaxSide is not scaled", data: encPNG(t, pattern(200, 120)), lim: imageinput.Limits{MaxSide: 200},
+			want: want{format: "png", width: 200, height: 120}},
+		{name: "aspect ratio rounds to nearest", data: encPNG(t, pattern(300, 200)), lim: imageinput.Limits{MaxSide: 100},
+			want: want{format: "png", width: 100, height: 67, orig: [2]int{300, 200}, scaled: true}},
 		{name: "extreme aspect keeps at least one pixel", data: encPNG(t, pattern(5000, 1)),
-			want: want{format: "png", width: 1280, height: 1, scaled: true}},
+			want: want{format: "png", width: 1280, height: 1, orig: [2]int{5000, 1}, scaled: true}},
 		{name: "colour jpeg", data: encJPEG(t, pattern(640, 480)),
 			want: want{format: "jpeg", width: 640, height: 480}},
-		{name: "greyscale jpeg scaled stays greyscale", data: encJPEG(t, grayPattern(2000, 1000)),
-			want: want{format: "jpeg", width: 1280, height: 640, scaled: true, gray: true}},
+		{name: "greyscale jpeg kept greyscale", data: encJPEG(t, grayPattern(300, 200)),
+			want: want{format: "jpeg", width: 300, height: 200, gray: true}},
+		{name: "greyscale jpeg scaled stays greyscale", data: encJPEG(t, grayPattern(400, 200)), lim: imageinput.Limits{MaxSide: 100},
+			want: want{format: "jpeg", width: 100, height: 50, orig: [2]int{400, 200}, scaled: true, gray: true}},
 		{name: "lossless webp", data: readFile(t, "gopher.lossless.webp"),
 			want: want{format: "webp", width: 75, height: 100}},
 		{name: "webp scaled", data: readFile(t, "gopher.lossless.webp"), lim: imageinput.Limits{MaxSide: 50},
-			want: want{format: "webp", width: 38, height: 50, scaled: true}},
+			want: want{format: "webp", width: 38, height: 50, orig: [2]int{75, 100}, scaled: true}},
 		{name: "exactly MaxBytes is accepted", data: big, lim: imageinput.Limits{MaxBytes: int64(len(big))},
 			want: want{format: "png", width: 300, height: 300}},
 
@@ -207,6 +212,13 @@ func TestCheck(t *testing.T) {
 				t.Errorf("Check() = %s %dx%d scaled=%v, want %s %dx%d scaled=%v",
 					img.Format, img.Width, img.Height, img.Scaled, w.format, w.width, w.height, w.scaled)
 			}
+			orig := w.orig
+			if orig == [2]int{} {
+				orig = [2]int{w.width, w.height}
+			}
+			if img.OrigWidth != orig[0] || img.OrigHeight != orig[1] {
+				t.Errorf("OrigWidth x OrigHeight = %dx%d, want %dx%d", img.OrigWidth, img.OrigHeight, orig[0], orig[1])
+			}
 			out, err := png.Decode(bytes.NewReader(img.PNG))
 			if err != nil {
 				t.Fatalf("output is not a PNG: %v", err)
@@ -218,16 +230,6 @@ func TestCheck(t *testing.T) {
 				t.Errorf("output PNG is %T, want greyscale = %v", out, w.gray)
 			}
 		})
-	}
-}
-
-func TestCheckOrigSize(t *testing.T) {
-	img, err := imageinput.Check(bytes.NewReader(encPNG(t, pattern(3000, 1500))), imageinput.DefaultLimits())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if img.OrigWidth != 3000 || img.OrigHeight != 1500 {
-		t.Errorf("OrigWidth x OrigHeight = %dx%d, want 3000x1500", img.OrigWidth, img.OrigHeight)
 	}
 }
 

@@ -1,0 +1,150 @@
+package engine
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/alibaba/sentinel-golang/core/base"
+	"github.com/alibaba/sentinel-golang/core/flow"
+	"github.com/alibaba/sentinel-golang/core/hotspot"
+	"github.com/alibaba/sentinel-golang/core/isolation"
+	"github.com/alibaba/sentinel-golang/core/stat"
+	"github.com/alibaba/sentinel-golang/core/system"
+
+	"github.com/sluicehq/sluice/rules"
+)
+
+// Kind names the kind of rule that refused a call.
+type Kind string
+
+// The kinds of rule that refuse.
+const (
+	KindFlow        Kind = "flow"
+	KindHotspot     Kind = "hotspot"
+	KindConcurrency Kind = "concurrency"
+	KindSystem      Kind = "system"
+	KindCPU         Kind = "cpu"
+	KindBan         Kind = "ban"
+)
+
+// Kinds lists every kind, in a stable order.
+var Kinds = kindIndex[:]
+
+// Refusal is the error Guard returns when a rule refuses a call.
+type Refusal struct {
+	Resource string
+	Kind     Kind
+	// Rule identifies the rule: "ddcolor_person/flow[0]", "system/avg_rt".
+	Rule string
+	// Param and Value name the hot value of a hotspot refusal ("origin",
+	// "203.0.113.9"), or the banned origin.
+	Param, Value string
+	// Threshold is the limit that was reached, in the rule's unit.
+	Threshold float64
+	// Window is the span Threshold applies to; 0 for limits that are not
+	// per window (concurrency, CPU, load).
+	Window time.Duration
+	// RetryAfter estimates when a retry could pass.
+	RetryAfter time.Duration
+}
+
+func (r *Refusal) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s refused by %s rule %s (threshold %s", r.Resource, r.Kind, r.Rule, strconv.FormatFloat(r.Threshold, 'g', -1, 64))
+	if r.Window > 0 {
+		fmt.Fprintf(&b, " per %s", r.Window)
+	}
+	b.WriteString(")")
+	if r.Param != "" {
+		fmt.Fprintf(&b, " for %s %s", r.Param, r.Value)
+	}
+	fmt.Fprintf(&b, "; retry after %s", r.RetryAfter)
+	return b.String()
+}
+
+// Overload reports whether the refusal is about capacity (system, CPU,
+// concurrency: HTTP 503) rather than the caller's own rate (flow, hotspot,
+// ban: HTTP 429).
+func (r *Refusal) Overload() bool {
+	switch r.Kind {
+	case KindSystem, KindCPU, KindConcurrency:
+		return true
+	}
+	return false
+}
+
+// refusal turns sentinel-golang's block error into a Refusal.
+func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
+	ref := &Refusal{Resource: rs.name}
+	switch rule := be.TriggeredRule().(type) {
+	case *flow.Rule:
+		ref.Kind = KindFlow
+		ref.Rule = rule.ID
+		ref.Threshold = rule.Threshold
+		ref.Window = time.Duration(rule.StatIntervalInMs) * time.Millisecond
+		ref.RetryAfter = ref.Window
+		if rule.ControlBehavior == flow.Throttling {
+			// Paced: one admission every window/threshold.
+			ref.RetryAfter = time.Duration(float64(ref.Window) / rule.Threshold)
+		}
+	case *hotspot.Rule:
+		ref.Kind = KindHotspot
+		ref.Rule = rule.ID
+		// sentinel-golang's hotspot block carries no value: take it from
+		// the arguments Guard passed.
+		var arg any
+		if rule.ParamIndex == rules.ArgOrigin {
+			ref.Param, arg = rules.ParamOrigin, c.Origin
+		} else {
+			ref.Param, arg = rules.ParamSize, rs.sizeArg(c.Size)
+		}
+		ref.Value = fmt.Sprint(arg)
+		limit := rule.Threshold
+		if n, ok := rule.SpecificItems[arg]; ok {
+			limit = n
+		}
+		ref.Threshold = float64(limit)
+		ref.Window = time.Duration(rule.DurationInSec) * time.Second
+		// The bucket refills one token every window/threshold.
+		ref.RetryAfter = ref.Window
+		if limit > 0 {
+			ref.RetryAfter = ref.Window * time.Duration(max(c.Cost, 1)) / time.Duration(limit)
+		}
+	case *isolation.Rule:
+		ref.Kind = KindConcurrency
+		ref.Rule = rule.ID
+		ref.Threshold = float64(rule.Threshold)
+		ref.RetryAfter = avgRT(rs.node.AvgRT())
+	case *system.Rule:
+		ref.Kind = KindSystem
+		ref.Rule = rule.ID
+		ref.Threshold = rule.TriggerCount
+		if rule.MetricType == system.InboundQPS {
+			ref.Window = time.Second
+		}
+		ref.RetryAfter = avgRT(stat.InboundNode().AvgRT())
+	case *ownRule:
+		ref.Kind = rule.kind
+		ref.Rule = rule.id
+		ref.Threshold = rule.threshold
+		ref.Window = rule.window
+		ref.RetryAfter = time.Second
+		if left, ok := be.TriggeredValue().(time.Duration); ok {
+			ref.Param, ref.Value = rules.ParamOrigin, c.Origin
+			ref.RetryAfter = left
+		}
+	default:
+		ref.Kind = KindSystem
+		ref.Rule = "unknown"
+		ref.RetryAfter = time.Second
+	}
+	return ref
+}
+
+// avgRT is a retry estimate from an average response time in
+// milliseconds: one average job, at least a second.
+func avgRT(ms float64) time.Duration {
+	return max(time.Duration(ms*float64(time.Millisecond)), time.Second)
+}

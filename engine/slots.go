@@ -1,0 +1,71 @@
+package engine
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/alibaba/sentinel-golang/core/base"
+)
+
+// ownRule is a rule the engine checks itself, in the form sentinel-golang's
+// block errors carry.
+type ownRule struct {
+	id        string
+	resource  string
+	kind      Kind
+	threshold float64
+	window    time.Duration
+}
+
+func (r *ownRule) ResourceName() string { return r.resource }
+func (r *ownRule) String() string {
+	return fmt.Sprintf("%s rule %s (threshold %v)", r.kind, r.id, r.threshold)
+}
+
+// Slot orders: bans first, so a banned origin spends nothing; the CPU check
+// beside sentinel-golang's system slot (1000), before flow (2000).
+const (
+	banSlotOrder = 500
+	cpuSlotOrder = 1001
+)
+
+// banSlot refuses origins banned by a resource's ban rule.
+type banSlot struct{ e *Engine }
+
+func (s *banSlot) Order() uint32 { return banSlotOrder }
+
+func (s *banSlot) Check(ctx *base.EntryContext) *base.TokenResult {
+	args := ctx.Input.Args
+	if len(args) <= argResource {
+		return nil
+	}
+	rs, ok := args[argResource].(*resState)
+	if !ok || rs.ban == nil {
+		return nil
+	}
+	origin, _ := args[0].(string)
+	left, banned := s.e.bans.banned(rs.name, origin)
+	if !banned {
+		return nil
+	}
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeUnknown, "origin banned", rs.banRule, left)
+}
+
+// cpuSlot refuses inbound calls while the machine's CPU usage is above the
+// system document's cpu_usage.
+type cpuSlot struct{ e *Engine }
+
+func (s *cpuSlot) Order() uint32 { return cpuSlotOrder }
+
+func (s *cpuSlot) Check(ctx *base.EntryContext) *base.TokenResult {
+	st := s.e.state.Load()
+	if st.cpuLimit <= 0 {
+		return nil
+	}
+	usage := math.Float64frombits(s.e.cpuBits.Load())
+	if usage <= st.cpuLimit {
+		return nil
+	}
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "machine cpu usage", st.cpuRule, usage)
+}

@@ -1,0 +1,107 @@
+package engine
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/alibaba/sentinel-golang/core/base"
+	sbase "github.com/alibaba/sentinel-golang/core/stat/base"
+
+	"github.com/sluicehq/sluice/rules"
+)
+
+// resStats are the engine's own counters of one resource, beside
+// sentinel-golang's node: totals, and refusals per kind per second.
+type resStats struct {
+	passed, completed, failed atomic.Uint64
+	refusedTotal              [len(kindIndex)]atomic.Uint64
+	refusedWin                [len(kindIndex)]*sbase.SlidingWindowMetric
+	refusedArr                [len(kindIndex)]*sbase.BucketLeapArray
+}
+
+// kindIndex orders the kinds in the statistics' arrays.
+var kindIndex = [...]Kind{KindFlow, KindHotspot, KindConcurrency, KindSystem, KindCPU, KindBan}
+
+// Refusal rates are kept over a one-second window of two buckets, the same
+// span as sentinel-golang's per-second figures.
+const (
+	rateSamples    = 2
+	rateIntervalMs = 1000
+)
+
+func newResStats() *resStats {
+	s := &resStats{}
+	for i := range kindIndex {
+		s.refusedArr[i] = sbase.NewBucketLeapArray(rateSamples, rateIntervalMs)
+		m, err := sbase.NewSlidingWindowMetric(rateSamples, rateIntervalMs, s.refusedArr[i])
+		if err != nil {
+			panic("engine: refusal window: " + err.Error()) // constant arguments: cannot happen
+		}
+		s.refusedWin[i] = m
+	}
+	return s
+}
+
+func kindPos(k Kind) int {
+	for i, kk := range kindIndex {
+		if kk == k {
+			return i
+		}
+	}
+	return 0
+}
+
+func (s *resStats) refuse(k Kind) {
+	i := kindPos(k)
+	s.refusedTotal[i].Add(1)
+	s.refusedArr[i].AddCount(base.MetricEventBlock, 1)
+}
+
+// ResourceStats is a snapshot of one resource's live statistics.
+type ResourceStats struct {
+	Resource string `json:"resource"`
+	// Per second, over the last second.
+	PassedPerSec    float64          `json:"passed_per_sec"`
+	RefusedPerSec   map[Kind]float64 `json:"refused_per_sec"`
+	CompletedPerSec float64          `json:"completed_per_sec"`
+	FailedPerSec    float64          `json:"failed_per_sec"`
+	// AvgRT is the average time from admission to Exit over the last
+	// second: the real job time.
+	AvgRT    time.Duration `json:"avg_rt"`
+	InFlight int64         `json:"in_flight"`
+	// Since the engine started.
+	Passed    uint64          `json:"passed_total"`
+	Refused   map[Kind]uint64 `json:"refused_total"`
+	Completed uint64          `json:"completed_total"`
+	Failed    uint64          `json:"failed_total"`
+}
+
+// Stats returns a snapshot of every resource's statistics, in the order of
+// rules.Resources.
+func (e *Engine) Stats() []ResourceStats {
+	st := e.state.Load()
+	out := make([]ResourceStats, 0, len(rules.Resources))
+	for _, name := range rules.Resources {
+		rs := st.res[name]
+		s := rs.stats
+		r := ResourceStats{
+			Resource:        name,
+			PassedPerSec:    rs.node.GetQPS(base.MetricEventPass),
+			CompletedPerSec: rs.node.GetQPS(base.MetricEventComplete),
+			FailedPerSec:    rs.node.GetQPS(base.MetricEventError),
+			AvgRT:           time.Duration(rs.node.AvgRT() * float64(time.Millisecond)),
+			InFlight:        int64(rs.node.CurrentConcurrency()),
+			RefusedPerSec:   make(map[Kind]float64, len(kindIndex)),
+			Refused:         make(map[Kind]uint64, len(kindIndex)),
+			Passed:          s.passed.Load(),
+			Completed:       s.completed.Load(),
+			Failed:          s.failed.Load(),
+		}
+		for i, k := range kindIndex {
+			r.RefusedPerSec[k] = s.refusedWin[i].GetQPS(base.MetricEventBlock)
+			r.Refused[k] = s.refusedTotal[i].Load()
+		}
+		out = append(out, r)
+	}
+	return out
+}
