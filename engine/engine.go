@@ -86,7 +86,10 @@ type resState struct {
 	wrapper  *base.ResourceWrapper
 	node     *stat.ResourceNode
 	rules    *rules.Resource // nil when the resource has no document
-	needArgs bool
+	needArgs bool // hotspot or ban rules read the origin and size
+	// Which of sentinel-golang's slots have rules for this resource: the
+	// others are skipped, sparing their per-call allocations.
+	hasSystem, hasHotspot, hasConcurrency bool
 	ban      *rules.BanRule
 	banRule  *ownRule
 	sizeCost map[int]uint32
@@ -169,11 +172,11 @@ func (e *Engine) buildChain() *base.SlotChain {
 	sc := base.NewSlotChain()
 	sc.AddStatPrepareSlot(stat.DefaultResourceNodePrepareSlot)
 	sc.AddRuleCheckSlot(&banSlot{e: e})
-	sc.AddRuleCheckSlot(system.DefaultAdaptiveSlot)
+	sc.AddRuleCheckSlot(gated{system.DefaultAdaptiveSlot, func(rs *resState) bool { return rs.hasSystem }})
 	sc.AddRuleCheckSlot(&cpuSlot{e: e})
 	sc.AddRuleCheckSlot(flow.DefaultSlot)
-	sc.AddRuleCheckSlot(isolation.DefaultSlot)
-	sc.AddRuleCheckSlot(hotspot.DefaultSlot)
+	sc.AddRuleCheckSlot(gated{isolation.DefaultSlot, func(rs *resState) bool { return rs.hasConcurrency }})
+	sc.AddRuleCheckSlot(gated{hotspot.DefaultSlot, func(rs *resState) bool { return rs.hasHotspot }})
 	sc.AddStatSlot(stat.DefaultSlot)
 	sc.AddStatSlot(flow.DefaultStandaloneStatSlot)
 	sc.AddStatSlot(hotspot.DefaultConcurrencyStatSlot)
@@ -189,14 +192,16 @@ func (e *Engine) Apply(set *rules.Set) error {
 	e.applyMu.Lock()
 	defer e.applyMu.Unlock()
 	st := &state{set: set, res: make(map[string]*resState, len(rules.Resources))}
+	s := set.Sentinel(e.sentinelName)
 	for _, name := range rules.Resources {
-		st.res[name] = e.compileResource(name, set.Resources[name])
+		rs := e.compileResource(name, set.Resources[name])
+		rs.hasSystem = len(s.System) > 0
+		st.res[name] = rs
 	}
 	if cpu := set.System.CPUUsage; cpu > 0 {
 		st.cpuLimit = cpu
 		st.cpuRule = &ownRule{id: "system/cpu_usage", kind: KindCPU, threshold: cpu}
 	}
-	s := set.Sentinel(e.sentinelName)
 	var prev *state
 	if p := e.state.Load(); p != nil {
 		prev = p
@@ -242,6 +247,8 @@ func (e *Engine) compileResource(name string, r *rules.Resource) *resState {
 		return rs
 	}
 	rs.needArgs = len(r.Hotspot) > 0 || r.Ban != nil
+	rs.hasHotspot = len(r.Hotspot) > 0
+	rs.hasConcurrency = r.Concurrency > 0
 	if r.Ban != nil {
 		rs.ban = r.Ban
 		rs.banRule = &ownRule{id: name + "/ban", resource: name, kind: KindBan, threshold: float64(r.Ban.Blocks), window: time.Duration(r.Ban.Within)}
@@ -332,12 +339,12 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 	sctx := e.chain.GetPooledContext()
 	sctx.Resource = rs.wrapper
 	sctx.Input.BatchCount = cost
+	tok.args[argResource] = rs
 	if rs.needArgs {
 		tok.args[rules.ArgOrigin] = c.Origin
 		tok.args[rules.ArgSize] = rs.sizeArg(c.Size)
-		tok.args[argResource] = rs
-		sctx.Input.Args = tok.args[:]
 	}
+	sctx.Input.Args = tok.args[:]
 	entry := base.NewSentinelEntry(sctx, rs.wrapper, e.chain)
 	sctx.SetEntry(entry)
 	if r := e.chain.Entry(sctx); r != nil && r.IsBlocked() {

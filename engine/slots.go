@@ -30,21 +30,41 @@ const (
 	cpuSlotOrder = 1001
 )
 
+// gated runs a sentinel-golang slot only for resources that have its kind
+// of rule.
+type gated struct {
+	base.RuleCheckSlot
+	need func(*resState) bool
+}
+
+func (g gated) Check(ctx *base.EntryContext) *base.TokenResult {
+	if rs := resOf(ctx); rs != nil && !g.need(rs) {
+		return nil
+	}
+	return g.RuleCheckSlot.Check(ctx)
+}
+
+// resOf returns the resState Guard passed with the call; nil for entries
+// made outside Guard.
+func resOf(ctx *base.EntryContext) *resState {
+	if len(ctx.Input.Args) <= argResource {
+		return nil
+	}
+	rs, _ := ctx.Input.Args[argResource].(*resState)
+	return rs
+}
+
 // banSlot refuses origins banned by a resource's ban rule.
 type banSlot struct{ e *Engine }
 
 func (s *banSlot) Order() uint32 { return banSlotOrder }
 
 func (s *banSlot) Check(ctx *base.EntryContext) *base.TokenResult {
-	args := ctx.Input.Args
-	if len(args) <= argResource {
+	rs := resOf(ctx)
+	if rs == nil || rs.ban == nil {
 		return nil
 	}
-	rs, ok := args[argResource].(*resState)
-	if !ok || rs.ban == nil {
-		return nil
-	}
-	origin, _ := args[0].(string)
+	origin, _ := ctx.Input.Args[0].(string)
 	left, banned := s.e.bans.banned(rs.name, origin)
 	if !banned {
 		return nil

@@ -1,0 +1,113 @@
+package engine_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/alibaba/sentinel-golang/api"
+	"github.com/alibaba/sentinel-golang/core/base"
+
+	"github.com/sluicehq/sluice/engine"
+)
+
+// The benchmarks put Guard+Exit beside bare sentinel-golang Entry+Exit on
+// the same rules, in the same process, so the engine's overhead is read off
+// directly:
+//
+//	go test ./engine -run '^$' -bench . -benchmem
+
+const (
+	passRules   = "resource: ddcolor_person\nflow: [{threshold: 1000000000}]\n"
+	refuseRules = "resource: ddcolor_person\nflow: [{threshold: 1}]\n"
+	fullRules   = `resource: ddcolor_person
+flow: [{threshold: 1000000000}]
+hotspot:
+  - {param: origin, threshold: 1000000000, window: 1s, items: {"203.0.113.7": 1000000000}}
+  - {param: size, threshold: 1000000000, window: 1s}
+concurrency: 1000000
+ban: {blocks: 100, within: 10s, for: 1m}
+---
+system: {concurrency: 1000000, cpu_usage: 1}
+`
+)
+
+func benchGuard(b *testing.B, src string, wantPass bool) {
+	e := newEngine(b, src, engine.Options{})
+	call := engine.Call{Resource: "ddcolor_person", Origin: "198.51.100.4", Size: 512}
+	ctx := context.Background()
+	if tok, err := e.Guard(ctx, call); err == nil {
+		tok.Exit(nil) // spend the window's one admission of refuseRules
+	}
+	passed := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		tok, err := e.Guard(ctx, call)
+		if err == nil {
+			passed++
+		}
+		tok.Exit(nil)
+	}
+	checkOutcome(b, passed, wantPass)
+}
+
+// checkOutcome fails a benchmark that measured the wrong path. A refusing
+// benchmark admits one call per window, so it may pass a few.
+func checkOutcome(b *testing.B, passed int, wantPass bool) {
+	if wantPass && passed != b.N {
+		b.Fatalf("%d of %d calls refused on the pass path", b.N-passed, b.N)
+	}
+	if !wantPass && passed > b.N/100+10 {
+		b.Fatalf("%d of %d calls passed on the refuse path", passed, b.N)
+	}
+}
+
+func BenchmarkPass(b *testing.B) {
+	b.Run("bare", func(b *testing.B) { benchBareNamed(b, passRules, true) })
+	b.Run("guard", func(b *testing.B) { benchGuard(b, passRules, true) })
+}
+
+func BenchmarkRefuse(b *testing.B) {
+	b.Run("bare", func(b *testing.B) { benchBareNamed(b, refuseRules, false) })
+	b.Run("guard", func(b *testing.B) { benchGuard(b, refuseRules, false) })
+}
+
+// BenchmarkPassAllRules has every rule kind on the resource: hotspot on
+// origin and size, concurrency, ban, system and CPU.
+func BenchmarkPassAllRules(b *testing.B) {
+	b.Run("bare", func(b *testing.B) { benchBareArgs(b, fullRules) })
+	b.Run("guard", func(b *testing.B) { benchGuard(b, fullRules, true) })
+}
+
+func benchBareNamed(b *testing.B, src string, wantPass bool) {
+	newEngine(b, src, engine.Options{})
+	name := b.Name() + "/ddcolor_person"
+	if entry, blocked := api.Entry(name, api.WithTrafficType(base.Inbound)); blocked == nil {
+		entry.Exit()
+	}
+	passed := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		entry, blocked := api.Entry(name, api.WithTrafficType(base.Inbound))
+		if blocked == nil {
+			passed++
+			entry.Exit()
+		}
+	}
+	checkOutcome(b, passed, wantPass)
+}
+
+func benchBareArgs(b *testing.B, src string) {
+	newEngine(b, src, engine.Options{})
+	name := b.Name() + "/ddcolor_person"
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		entry, blocked := api.Entry(name, api.WithTrafficType(base.Inbound), api.WithArgs("198.51.100.4", "512"))
+		if blocked != nil {
+			b.Fatalf("blocked: %v", blocked)
+		}
+		entry.Exit()
+	}
+}
