@@ -86,15 +86,15 @@ type resState struct {
 	wrapper  *base.ResourceWrapper
 	node     *stat.ResourceNode
 	rules    *rules.Resource // nil when the resource has no document
-	needArgs bool // hotspot or ban rules read the origin and size
+	needArgs bool            // hotspot or ban rules read the origin and size
 	// Which of sentinel-golang's slots have rules for this resource: the
 	// others are skipped, sparing their per-call allocations.
 	hasSystem, hasHotspot, hasConcurrency bool
-	ban      *rules.BanRule
-	banRule  *ownRule
-	sizeCost map[int]uint32
-	sizeArgs map[int]any // boxed size strings, to spare an allocation per call
-	stats    *resStats
+	ban                                   *rules.BanRule
+	banRule                               *ownRule
+	sizeCost                              map[int]uint32
+	sizeArgs                              map[int]any // boxed size strings, to spare an allocation per call
+	stats                                 *resStats
 }
 
 // sentinelInit guards sentinel-golang's process-wide initialisation.

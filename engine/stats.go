@@ -2,7 +2,6 @@ package engine
 
 import (
 	"sync/atomic"
-	"time"
 
 	"github.com/alibaba/sentinel-golang/core/base"
 	sbase "github.com/alibaba/sentinel-golang/core/stat/base"
@@ -65,10 +64,10 @@ type ResourceStats struct {
 	RefusedPerSec   map[Kind]float64 `json:"refused_per_sec"`
 	CompletedPerSec float64          `json:"completed_per_sec"`
 	FailedPerSec    float64          `json:"failed_per_sec"`
-	// AvgRT is the average time from admission to Exit over the last
-	// second: the real job time.
-	AvgRT    time.Duration `json:"avg_rt"`
-	InFlight int64         `json:"in_flight"`
+	// AvgRTMillis is the average time from admission to Exit, in
+	// milliseconds, over the last second: the real job time.
+	AvgRTMillis float64 `json:"avg_rt_ms"`
+	InFlight    int64   `json:"in_flight"`
 	// Since the engine started.
 	Passed    uint64          `json:"passed_total"`
 	Refused   map[Kind]uint64 `json:"refused_total"`
@@ -89,7 +88,7 @@ func (e *Engine) Stats() []ResourceStats {
 			PassedPerSec:    rs.node.GetQPS(base.MetricEventPass),
 			CompletedPerSec: rs.node.GetQPS(base.MetricEventComplete),
 			FailedPerSec:    rs.node.GetQPS(base.MetricEventError),
-			AvgRT:           time.Duration(rs.node.AvgRT() * float64(time.Millisecond)),
+			AvgRTMillis:     rs.node.AvgRT(),
 			InFlight:        int64(rs.node.CurrentConcurrency()),
 			RefusedPerSec:   make(map[Kind]float64, len(kindIndex)),
 			Refused:         make(map[Kind]uint64, len(kindIndex)),

@@ -84,6 +84,7 @@ func validateResource(c *errs, r *Resource) {
 	}
 	if r.Cost != nil {
 		validateCost(c, r.Cost)
+		costWithinThresholds(c, r)
 	}
 	if b := r.Ban; b != nil {
 		if b.Blocks < 1 {
@@ -175,6 +176,36 @@ func validateCost(c *errs, r *CostRule) {
 		paramValue(c, p, r.Param, k)
 		if v := r.Values[k]; v < 1 || v > maxCost {
 			c.add(p, "must be between 1 and %d, got %d", maxCost, v)
+		}
+	}
+}
+
+// costWithinThresholds refuses a cost that no flow or hotspot rule could
+// ever admit: a request that costs more than a threshold is refused always.
+func costWithinThresholds(c *errs, r *Resource) {
+	for _, k := range sortedKeys(r.Cost.Values) {
+		cost := float64(r.Cost.Values[k])
+		for i, f := range r.Flow {
+			switch {
+			case f.Threshold > 0 && cost > f.Threshold:
+				c.add(fmt.Sprintf("cost.values[%q]", k), "costs %v but flow[%d].threshold is %v: such requests could never pass", cost, i, f.Threshold)
+			case f.WarmUp != nil && f.WarmUp.ColdFactor > 0 && cost > f.Threshold/float64(f.WarmUp.ColdFactor):
+				// A cold warm-up admits threshold/cold_factor; if nothing
+				// passes it never warms.
+				c.add(fmt.Sprintf("cost.values[%q]", k), "costs %v but flow[%d] admits only %.3g per window while cold (threshold/cold_factor): such requests could never warm it up",
+					cost, i, f.Threshold/float64(f.WarmUp.ColdFactor))
+			}
+		}
+		for i, h := range r.Hotspot {
+			limit := h.Threshold
+			if h.Param == r.Cost.Param {
+				if n, ok := h.Items[k]; ok {
+					limit = n
+				}
+			}
+			if limit > 0 && cost > float64(limit+h.Burst) {
+				c.add(fmt.Sprintf("cost.values[%q]", k), "costs %v but hotspot[%d] admits %d per window: such requests could never pass", cost, i, limit+h.Burst)
+			}
 		}
 	}
 }

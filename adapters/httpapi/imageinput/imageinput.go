@@ -94,8 +94,30 @@ var codecs = map[string]codec{
 // Check reads one image from r and either accepts it, scaled down to
 // lim.MaxSide and re-encoded as PNG, or returns an *Error saying why not.
 // It reads at most lim.MaxBytes+1 bytes from r and never decodes an image
-// whose header declares more than lim.MaxPixels pixels.
+// whose header declares more than lim.MaxPixels pixels. It is Inspect
+// followed by Prepare.
 func Check(r io.Reader, lim Limits) (*Image, error) {
+	u, err := Inspect(r, lim)
+	if err != nil {
+		return nil, err
+	}
+	return u.Prepare()
+}
+
+// Upload is an image whose bytes, format and header have been checked but
+// which is not decoded yet: what a gateway knows cheaply, before it spends
+// CPU on decoding.
+type Upload struct {
+	Format        string // "png", "jpeg" or "webp"
+	Width, Height int    // as the header declares them
+	data          []byte
+	lim           Limits
+}
+
+// Inspect reads one image from r and checks everything that needs no
+// decoding: its size in bytes, its format (sniffed from the bytes) and the
+// dimensions its header declares against lim.MaxPixels.
+func Inspect(r io.Reader, lim Limits) (*Upload, error) {
 	lim = lim.withDefaults()
 
 	data, err := readCapped(r, lim.MaxBytes)
@@ -127,27 +149,32 @@ func Check(r io.Reader, lim Limits) (*Image, error) {
 		return nil, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooManyPixels,
 			Msg: fmt.Sprintf("image is %dx%d = %d pixels; the limit is %d", cfg.Width, cfg.Height, px, lim.MaxPixels)}
 	}
+	return &Upload{Format: format, Width: cfg.Width, Height: cfg.Height, data: data, lim: lim}, nil
+}
 
-	src, err := c.decode(bytes.NewReader(data))
+// Prepare decodes the upload, scales it down to MaxSide on its longer side
+// and re-encodes it as PNG.
+func (u *Upload) Prepare() (*Image, error) {
+	format, c := u.Format, codecs[u.Format]
+	src, err := c.decode(bytes.NewReader(u.data))
 	if err != nil {
 		return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
 			Msg: fmt.Sprintf("%s data is corrupt or truncated: %v", format, err), err: err}
 	}
 	ow, oh := src.Bounds().Dx(), src.Bounds().Dy()
-	if ow != cfg.Width || oh != cfg.Height {
+	if ow != u.Width || oh != u.Height {
 		return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
-			Msg: fmt.Sprintf("%s header declares %dx%d but the data decodes to %dx%d", format, cfg.Width, cfg.Height, ow, oh)}
+			Msg: fmt.Sprintf("%s header declares %dx%d but the data decodes to %dx%d", format, u.Width, u.Height, ow, oh)}
 	}
 
 	out := &Image{Format: format, Width: ow, Height: oh, OrigWidth: ow, OrigHeight: oh}
-	if max(ow, oh) > lim.MaxSide {
-		out.Width, out.Height = fitSide(ow, oh, lim.MaxSide)
+	if max(ow, oh) > u.lim.MaxSide {
+		out.Width, out.Height = fitSide(ow, oh, u.lim.MaxSide)
 		out.Scaled = true
 		src = scale(src, out.Width, out.Height)
 	} else {
 		src = encodable(src)
 	}
-
 	var buf bytes.Buffer
 	// BestSpeed: the PNG only travels to ComfyUI on the local network, where a
 	// few hundred extra kilobytes cost less than the CPU time of tighter

@@ -1,0 +1,233 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	"github.com/sluicehq/sluice/engine"
+)
+
+// Sizes is the allowed set of DDColor model input sizes.
+var Sizes = []int{256, 512, 768, 1024, 1280}
+
+// Bounds of /v1/generate's parameters.
+const (
+	maxPromptRunes = 2000
+	minSide        = 256
+	maxSide        = 2048
+	sideStep       = 16
+	defaultSide    = 1024
+	maxSteps       = 50
+	defaultSteps   = 8
+	maxJSONBytes   = 64 << 10
+)
+
+// colorize serves a DDColor endpoint: multipart image and optional size.
+func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, s.image.MaxBytes+formSlack)
+		up, size, ok := s.readColorize(c, defaultSize)
+		if !ok {
+			return
+		}
+		tok := s.guard(c, engine.Call{Resource: resource, Origin: origin(c), Size: size})
+		if tok == nil {
+			return
+		}
+		img, err := up.Prepare()
+		if err != nil {
+			tok.Exit(nil) // the caller's bad data, not a failed job
+			imageProblem(c, err)
+			return
+		}
+		s.run(c, tok, comfyui.Job{Resource: resource, Image: img.PNG, Size: size})
+	}
+}
+
+// readColorize reads the multipart form, checking the image's bytes, format
+// and declared dimensions but not decoding it yet.
+func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Upload, int, bool) {
+	mr, err := c.Request.MultipartReader()
+	if err != nil {
+		badRequest(c, http.StatusUnsupportedMediaType, "not-multipart",
+			"send multipart/form-data with the photo in field image (curl -F image=@photo.jpg)")
+		return nil, 0, false
+	}
+	var (
+		up   *imageinput.Upload
+		size = defaultSize
+	)
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			formError(c, err)
+			return nil, 0, false
+		}
+		switch part.FormName() {
+		case "image":
+			if up != nil {
+				badRequest(c, http.StatusBadRequest, "bad-form", "field image appears twice; send one image")
+				return nil, 0, false
+			}
+			if up, err = imageinput.Inspect(part, s.image); err != nil {
+				imageProblem(c, err)
+				return nil, 0, false
+			}
+		case "size":
+			raw, err := io.ReadAll(io.LimitReader(part, 16))
+			if err != nil {
+				formError(c, err)
+				return nil, 0, false
+			}
+			n, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+			if err != nil || !slices.Contains(Sizes, n) {
+				badRequest(c, http.StatusBadRequest, "bad-size", fmt.Sprintf("size must be one of %s; got %q", sizesText(), raw))
+				return nil, 0, false
+			}
+			size = n
+		default:
+			badRequest(c, http.StatusBadRequest, "bad-form", fmt.Sprintf("unknown form field %q; the fields are image and size", part.FormName()))
+			return nil, 0, false
+		}
+	}
+	if up == nil {
+		badRequest(c, http.StatusBadRequest, "missing-image", "the form has no field image: send the photo as -F image=@photo.jpg")
+		return nil, 0, false
+	}
+	return up, size, true
+}
+
+func formError(c *gin.Context, err error) {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		badRequest(c, http.StatusRequestEntityTooLarge, "too-large", fmt.Sprintf("the request body is larger than %d bytes", mbe.Limit))
+		return
+	}
+	badRequest(c, http.StatusBadRequest, "bad-form", "the multipart body is malformed: "+err.Error())
+}
+
+func imageProblem(c *gin.Context, err error) {
+	var ie *imageinput.Error
+	if errors.As(err, &ie) {
+		badRequest(c, ie.Status, "image-"+strings.ReplaceAll(ie.Code, "_", "-"), ie.Msg)
+		return
+	}
+	badRequest(c, http.StatusBadRequest, "bad-image", err.Error())
+}
+
+func sizesText() string {
+	parts := make([]string, len(Sizes))
+	for i, n := range Sizes {
+		parts[i] = strconv.Itoa(n)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// generateRequest is the body of POST /v1/generate.
+type generateRequest struct {
+	Prompt         string `json:"prompt"`
+	NegativePrompt string `json:"negative_prompt"`
+	Width          *int   `json:"width"`
+	Height         *int   `json:"height"`
+	Steps          *int   `json:"steps"`
+	Seed           *int64 `json:"seed"`
+}
+
+func (s *Server) generate(c *gin.Context) {
+	if ct := c.GetHeader("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			badRequest(c, http.StatusUnsupportedMediaType, "not-json", fmt.Sprintf("send application/json, got %q", ct))
+			return
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBytes))
+	if err != nil {
+		formError(c, err)
+		return
+	}
+	job, msg := parseGenerate(body)
+	if msg != "" {
+		badRequest(c, http.StatusBadRequest, "bad-request", msg)
+		return
+	}
+	tok := s.guard(c, engine.Call{Resource: "zimage_generate", Origin: origin(c), Size: max(job.Width, job.Height)})
+	if tok == nil {
+		return
+	}
+	c.Header("X-Sluice-Seed", strconv.FormatInt(job.Seed, 10))
+	s.run(c, tok, job)
+}
+
+// parseGenerate decodes and checks a generate request strictly; msg says
+// what is wrong.
+func parseGenerate(body []byte) (job comfyui.Job, msg string) {
+	var req generateRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return job, "the body is not a valid generate request: " + strings.TrimPrefix(err.Error(), "json: ")
+	}
+	if dec.More() {
+		return job, "the body holds more than one JSON value"
+	}
+	prompt := strings.TrimSpace(req.Prompt)
+	switch n := utf8.RuneCountInString(prompt); {
+	case !utf8.ValidString(req.Prompt) || !utf8.ValidString(req.NegativePrompt):
+		return job, "prompt and negative_prompt must be UTF-8 text"
+	case n == 0:
+		return job, "prompt is required"
+	case n > maxPromptRunes:
+		return job, fmt.Sprintf("prompt is %d characters; the limit is %d", n, maxPromptRunes)
+	}
+	if n := utf8.RuneCountInString(req.NegativePrompt); n > maxPromptRunes {
+		return job, fmt.Sprintf("negative_prompt is %d characters; the limit is %d", n, maxPromptRunes)
+	}
+	side := func(name string, v *int) (int, string) {
+		if v == nil {
+			return defaultSide, ""
+		}
+		if *v < minSide || *v > maxSide || *v%sideStep != 0 {
+			return 0, fmt.Sprintf("%s must be a multiple of %d between %d and %d; got %d", name, sideStep, minSide, maxSide, *v)
+		}
+		return *v, ""
+	}
+	job = comfyui.Job{Resource: "zimage_generate", Prompt: prompt, NegativePrompt: req.NegativePrompt, Steps: defaultSteps}
+	if job.Width, msg = side("width", req.Width); msg != "" {
+		return job, msg
+	}
+	if job.Height, msg = side("height", req.Height); msg != "" {
+		return job, msg
+	}
+	if req.Steps != nil {
+		if *req.Steps < 1 || *req.Steps > maxSteps {
+			return job, fmt.Sprintf("steps must be between 1 and %d; got %d", maxSteps, *req.Steps)
+		}
+		job.Steps = *req.Steps
+	}
+	if req.Seed != nil {
+		if *req.Seed < 0 {
+			return job, fmt.Sprintf("seed must be >= 0; got %d", *req.Seed)
+		}
+		job.Seed = *req.Seed
+	} else {
+		job.Seed = rand.Int64N(1 << 53)
+	}
+	return job, ""
+}

@@ -1,0 +1,253 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	"github.com/sluicehq/sluice/engine"
+)
+
+// Runner runs an admitted job on ComfyUI; *comfyui.Client is one.
+type Runner interface {
+	Run(ctx context.Context, job comfyui.Job) (*comfyui.Result, error)
+}
+
+var _ Runner = (*comfyui.Client)(nil)
+
+// Config configures a Server.
+type Config struct {
+	Engine *engine.Engine
+	Runner Runner
+	Logger *slog.Logger
+	// TrustedProxies are the CIDRs or addresses whose X-Forwarded-For and
+	// X-Real-IP are believed. Empty: none, the peer address is the client.
+	TrustedProxies []string
+	// Image limits uploads; zero fields take imageinput's defaults.
+	Image imageinput.Limits
+	// JobTimeout bounds one ComfyUI job (default 10m).
+	JobTimeout time.Duration
+}
+
+// Server is the public API. Mount more routes on Router().
+type Server struct {
+	router     *gin.Engine
+	eng        *engine.Engine
+	runner     Runner
+	log        *slog.Logger
+	image      imageinput.Limits
+	jobTimeout time.Duration
+}
+
+// formSlack is what a multipart body may carry beyond the image itself:
+// boundaries, part headers and the size field.
+const formSlack = 64 << 10
+
+// New builds the server and its routes.
+func New(cfg Config) (*Server, error) {
+	if cfg.Engine == nil || cfg.Runner == nil {
+		return nil, errors.New("httpapi: Engine and Runner are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.JobTimeout <= 0 {
+		cfg.JobTimeout = 10 * time.Minute
+	}
+	s := &Server{
+		router:     gin.New(),
+		eng:        cfg.Engine,
+		runner:     cfg.Runner,
+		log:        cfg.Logger,
+		image:      imageinput.DefaultLimits(),
+		jobTimeout: cfg.JobTimeout,
+	}
+	if cfg.Image.MaxBytes > 0 {
+		s.image.MaxBytes = cfg.Image.MaxBytes
+	}
+	if cfg.Image.MaxPixels > 0 {
+		s.image.MaxPixels = cfg.Image.MaxPixels
+	}
+	if cfg.Image.MaxSide > 0 {
+		s.image.MaxSide = cfg.Image.MaxSide
+	}
+	r := s.router
+	if err := r.SetTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("httpapi: trusted proxies: %w", err)
+	}
+	r.HandleMethodNotAllowed = true
+	r.Use(s.recover, s.accessLog)
+	r.NoRoute(func(c *gin.Context) {
+		badRequest(c, http.StatusNotFound, "not-found", fmt.Sprintf("no endpoint %s %s", c.Request.Method, c.Request.URL.Path))
+	})
+	r.NoMethod(func(c *gin.Context) {
+		badRequest(c, http.StatusMethodNotAllowed, "method-not-allowed", fmt.Sprintf("%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
+	})
+	r.POST("/api/ddcolorize/person", s.colorize("ddcolor_person", 512))
+	r.POST("/api/ddcolorize/building", s.colorize("ddcolor_building", 1280))
+	r.POST("/v1/generate", s.generate)
+	return s, nil
+}
+
+// Router is the Gin engine, for mounting the operator API beside.
+func (s *Server) Router() *gin.Engine { return s.router }
+
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// origin is the client IP: the peer, or what a trusted proxy says, in
+// canonical form.
+func origin(c *gin.Context) string {
+	ip := c.ClientIP()
+	if a, err := netip.ParseAddr(ip); err == nil {
+		return a.Unmap().String()
+	}
+	return ip
+}
+
+// guard asks the engine; on refusal it answers and logs, and returns nil.
+func (s *Server) guard(c *gin.Context, call engine.Call) *engine.Token {
+	tok, err := s.eng.Guard(c.Request.Context(), call)
+	if err == nil {
+		return tok
+	}
+	var ref *engine.Refusal
+	switch {
+	case errors.As(err, &ref):
+		s.log.Info("request refused",
+			slog.String("ip", call.Origin),
+			slog.String("resource", call.Resource),
+			slog.Int("size", call.Size),
+			slog.String("rule", ref.Rule),
+			slog.String("kind", string(ref.Kind)),
+			slog.String("hot_value", ref.Value),
+			slog.Float64("threshold", ref.Threshold),
+			slog.Duration("retry_after", ref.RetryAfter))
+		c.Set(refusedKey, true)
+		refusalProblem(c, ref)
+	case errors.Is(err, context.Canceled):
+		c.AbortWithStatus(statusClientClosed)
+	default:
+		s.log.Error("guard failed", slog.String("resource", call.Resource), slog.Any("error", err))
+		badRequest(c, http.StatusInternalServerError, "internal", "admission failed")
+	}
+	return nil
+}
+
+// statusClientClosed is nginx's code for a client that went away; nobody
+// reads it, but access logs do.
+const statusClientClosed = 499
+
+const refusedKey = "sluice.refused"
+
+// run runs an admitted job, exits its token when the job ends, and answers
+// with the image or the job's error.
+func (s *Server) run(c *gin.Context, tok *engine.Token, job comfyui.Job) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.jobTimeout)
+	defer cancel()
+	res, err := s.runner.Run(ctx, job)
+	tok.Exit(err)
+	if err != nil {
+		s.jobError(c, job.Resource, err)
+		return
+	}
+	c.Header("Server-Timing", serverTiming(res))
+	c.Header("X-Sluice-Prompt-Id", res.PromptID)
+	c.Data(http.StatusOK, res.ContentType, res.Image)
+}
+
+// serverTiming reports the job's time in ComfyUI's queue and running.
+func serverTiming(res *comfyui.Result) string {
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	start := res.Started
+	if start.IsZero() {
+		start = res.Queued
+	}
+	return fmt.Sprintf(`queue;dur=%.1f;desc="ComfyUI queue", run;dur=%.1f;desc="ComfyUI job"`,
+		ms(start.Sub(res.Queued)), ms(res.Finished.Sub(start)))
+}
+
+func (s *Server) jobError(c *gin.Context, resource string, err error) {
+	var (
+		pe *comfyui.PromptError
+		ee *comfyui.ExecutionError
+	)
+	log := s.log.With(slog.String("resource", resource), slog.Any("error", err))
+	switch {
+	case errors.Is(c.Request.Context().Err(), context.Canceled):
+		log.Info("client went away; job cancelled")
+		c.AbortWithStatus(statusClientClosed)
+	case errors.As(err, &pe):
+		log.Warn("comfyui refused the workflow")
+		writeProblem(c, Problem{Type: typeBase + "comfyui-prompt-refused", Title: "Bad Gateway", Status: http.StatusBadGateway,
+			Detail: pe.Error(), Resource: resource, NodeErrors: nodeErrors(pe)})
+	case errors.As(err, &ee):
+		log.Warn("comfyui job failed")
+		writeProblem(c, Problem{Type: typeBase + "comfyui-job-failed", Title: "Bad Gateway", Status: http.StatusBadGateway,
+			Detail: ee.Error(), Resource: resource})
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Warn("comfyui job timed out")
+		writeProblem(c, Problem{Type: typeBase + "comfyui-timeout", Title: "Gateway Timeout", Status: http.StatusGatewayTimeout,
+			Detail: fmt.Sprintf("the job did not finish within %s", s.jobTimeout), Resource: resource})
+	default:
+		log.Error("comfyui unavailable")
+		writeProblem(c, Problem{Type: typeBase + "comfyui-unavailable", Title: "Bad Gateway", Status: http.StatusBadGateway,
+			Detail: "the image backend could not run the job", Resource: resource})
+	}
+}
+
+// nodeErrors renders ComfyUI's node errors in ComfyUI's own JSON shape.
+func nodeErrors(pe *comfyui.PromptError) map[string]any {
+	if len(pe.NodeErrors) == 0 {
+		return nil
+	}
+	out := make(map[string]any, len(pe.NodeErrors))
+	for id, ne := range pe.NodeErrors {
+		errs := make([]map[string]any, 0, len(ne.Errors))
+		for _, ie := range ne.Errors {
+			errs = append(errs, map[string]any{
+				"type": ie.Type, "message": ie.Message, "details": ie.Details,
+				"extra_info": map[string]any{"input_name": ie.InputName, "received_value": ie.ReceivedValue},
+			})
+		}
+		out[id] = map[string]any{"class_type": ne.ClassType, "errors": errs, "dependent_outputs": ne.DependentOutputs}
+	}
+	return out
+}
+
+func (s *Server) recover(c *gin.Context) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.Error("handler panicked", slog.String("path", c.Request.URL.Path), slog.Any("panic", v))
+			if !c.Writer.Written() {
+				badRequest(c, http.StatusInternalServerError, "internal", "internal error")
+			}
+		}
+	}()
+	c.Next()
+}
+
+func (s *Server) accessLog(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	if c.GetBool(refusedKey) {
+		return // logged once, as a refusal
+	}
+	s.log.Debug("request",
+		slog.String("method", c.Request.Method),
+		slog.String("path", c.Request.URL.Path),
+		slog.Int("status", c.Writer.Status()),
+		slog.String("ip", origin(c)),
+		slog.Duration("duration", time.Since(start)))
+}

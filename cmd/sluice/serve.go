@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
+	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/rules"
+)
+
+type serveFlags struct {
+	listen         string
+	rulesPath      string
+	comfyui        stringList
+	trustedProxies stringList
+	simJobTime     time.Duration
+	workflows      string
+	jobTimeout     time.Duration
+	shutdownGrace  time.Duration
+	maxImageBytes  int64
+	logLevel       string
+	logFormat      string
+}
+
+const defaultRulesPath = "testdata/rules"
+
+func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, error) {
+	f := &serveFlags{}
+	fs := flag.NewFlagSet("sluice serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address to serve the API on")
+	fs.StringVar(&f.rulesPath, "rules", defaultRulesPath, "rule file or folder (the built-in rules when left at its default and absent)")
+	fs.Var(&f.comfyui, "comfyui", "ComfyUI base URL, repeatable (none: the built-in simulator)")
+	fs.Var(&f.trustedProxies, "trusted-proxy", "CIDR or address of a proxy whose X-Forwarded-For is believed, repeatable (none by default)")
+	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator")
+	fs.StringVar(&f.workflows, "workflows", "", "folder of workflow templates in ComfyUI API format (default: the built-in ones)")
+	fs.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "longest a ComfyUI job may run")
+	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
+	fs.Int64Var(&f.maxImageBytes, "max-image-bytes", imageinput.DefaultLimits().MaxBytes, "largest accepted upload, in bytes")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return nil, fs, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fs, &usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	}
+	return f, fs, nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, &usageError{fmt.Sprintf("--log-level: want debug, info, warn or error, got %q", level)}
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, &usageError{fmt.Sprintf("--log-format: want text or json, got %q", format)}
+}
+
+// loadRules reads the rule file or folder. Left at its default and absent
+// (an installed binary run outside the source tree), it falls back to the
+// built-in rules.
+func loadRules(path string, explicit bool) (*rules.Set, string, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && !explicit {
+		set, err := rules.Default()
+		return set, "built-in", err
+	}
+	fsys, name := os.DirFS("."), filepath.ToSlash(path)
+	if !filepath.IsLocal(path) {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, "", fmt.Errorf("rules %s: %w", path, err)
+		}
+		fsys, name = os.DirFS("/"), strings.TrimPrefix(filepath.ToSlash(abs), "/")
+	}
+	docs, err := rules.ParseFS(fsys, name)
+	if err != nil {
+		return nil, "", err
+	}
+	set, err := rules.Build(docs)
+	return set, path, err
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	f, fset, err := parseServe(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		return err
+	}
+	gin.SetMode(gin.ReleaseMode)
+	explicit := false
+	fset.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "rules" })
+	set, source, err := loadRules(f.rulesPath, explicit)
+	if err != nil {
+		return fmt.Errorf("load rules: %w", err)
+	}
+	log.Info("rules loaded", slog.String("source", source), slog.Int("documents", len(set.Docs)))
+
+	eng, err := engine.New(engine.Options{Logger: log}, set)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+
+	workflows := comfyui.DefaultWorkflows()
+	if f.workflows != "" {
+		if workflows, err = comfyui.LoadWorkflows(os.DirFS(f.workflows)); err != nil {
+			return fmt.Errorf("--workflows %s: %w", f.workflows, err)
+		}
+	}
+	urls := []string(f.comfyui)
+	if len(urls) == 0 {
+		jobTime := f.simJobTime
+		sim := comfyuitest.NewServer(comfyuitest.Options{
+			JobTime: func(comfyuitest.Prompt) time.Duration { return jobTime },
+			Logger:  log.With(slog.String("component", "comfyui-sim")),
+		})
+		defer sim.Close()
+		log.Warn("no --comfyui given: serving with the built-in ComfyUI simulator (no GPU, synthetic images)",
+			slog.String("url", sim.URL), slog.Duration("job_time", jobTime))
+		urls = []string{sim.URL}
+	}
+	var backends roundRobin
+	for _, u := range urls {
+		c, err := comfyui.NewClient(comfyui.Config{BaseURL: u, Logger: log, Workflows: workflows})
+		if err != nil {
+			return fmt.Errorf("--comfyui %s: %w", u, err)
+		}
+		backends.clients = append(backends.clients, c)
+	}
+
+	api, err := httpapi.New(httpapi.Config{
+		Engine:         eng,
+		Runner:         &backends,
+		Logger:         log,
+		TrustedProxies: f.trustedProxies,
+		Image:          imageinput.Limits{MaxBytes: f.maxImageBytes},
+		JobTimeout:     f.jobTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	dashboardapi.Register(api.Router(), dashboardapi.Config{Engine: eng, Source: source})
+
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("sluice serving", slog.String("addr", "http://"+ln.Addr().String()),
+		slog.Any("comfyui", urls), slog.Any("trusted_proxies", []string(f.trustedProxies)))
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing requests in flight", slog.Duration("grace", f.shutdownGrace))
+	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// roundRobin spreads jobs over several ComfyUI servers in turn.
+type roundRobin struct {
+	clients []*comfyui.Client
+	next    atomic.Uint64
+}
+
+func (r *roundRobin) Run(ctx context.Context, job comfyui.Job) (*comfyui.Result, error) {
+	c := r.clients[(r.next.Add(1)-1)%uint64(len(r.clients))]
+	return c.Run(ctx, job)
+}
