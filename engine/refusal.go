@@ -3,7 +3,6 @@ package engine
 import (
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/alibaba/sentinel-golang/core/base"
@@ -51,17 +50,29 @@ type Refusal struct {
 }
 
 func (r *Refusal) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s refused by %s rule %s (threshold %s", r.Resource, r.Kind, r.Rule, strconv.FormatFloat(r.Threshold, 'g', -1, 64))
+	// Built without fmt: refusals are the path a flood takes.
+	b := make([]byte, 0, 160)
+	b = append(b, r.Resource...)
+	b = append(b, " refused by "...)
+	b = append(b, r.Kind...)
+	b = append(b, " rule "...)
+	b = append(b, r.Rule...)
+	b = append(b, " (threshold "...)
+	b = strconv.AppendFloat(b, r.Threshold, 'g', -1, 64)
 	if r.Window > 0 {
-		fmt.Fprintf(&b, " per %s", r.Window)
+		b = append(b, " per "...)
+		b = append(b, r.Window.String()...)
 	}
-	b.WriteString(")")
+	b = append(b, ')')
 	if r.Param != "" {
-		fmt.Fprintf(&b, " for %s %s", r.Param, r.Value)
+		b = append(b, " for "...)
+		b = append(b, r.Param...)
+		b = append(b, ' ')
+		b = append(b, r.Value...)
 	}
-	fmt.Fprintf(&b, "; retry after %s", r.RetryAfter)
-	return b.String()
+	b = append(b, "; retry after "...)
+	b = append(b, r.RetryAfter.String()...)
+	return string(b)
 }
 
 // Overload reports whether the refusal is about capacity (system, CPU,

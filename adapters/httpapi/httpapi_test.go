@@ -52,7 +52,7 @@ type stackOptions struct {
 	image          imageinput.Limits
 }
 
-func newStack(t *testing.T, src string, o stackOptions) *stack {
+func newStack(t testing.TB, src string, o stackOptions) *stack {
 	t.Helper()
 	docs, err := rules.Parse(t.Name()+".yaml", []byte(src))
 	if err != nil {

@@ -1,11 +1,12 @@
 package httpapi
 
 import (
-	"fmt"
+	"encoding/json"
 	"math"
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 
@@ -40,11 +41,94 @@ const (
 )
 
 func writeProblem(c *gin.Context, p Problem) {
-	c.Header("Content-Type", "application/problem+json")
+	h := c.Writer.Header()
+	h["Content-Type"] = problemContentType
 	if p.RetryAfter > 0 {
-		c.Header("Retry-After", strconv.Itoa(p.RetryAfter))
+		h["Retry-After"] = []string{strconv.Itoa(p.RetryAfter)}
 	}
-	c.AbortWithStatusJSON(p.Status, p)
+	var body []byte
+	if p.NodeErrors != nil {
+		var err error
+		if body, err = json.Marshal(p); err != nil {
+			body = p.appendJSON(nil) // drops node_errors rather than the answer
+		}
+	} else {
+		body = p.appendJSON(make([]byte, 0, 512))
+	}
+	c.Abort()
+	c.Data(p.Status, problemContentType[0], body)
+}
+
+var problemContentType = []string{"application/problem+json"}
+
+// appendJSON writes p as JSON without reflection: refusals are the path a
+// flood takes, so they are kept cheap. NodeErrors are left to json.Marshal.
+func (p *Problem) appendJSON(b []byte) []byte {
+	b = append(b, `{"type":`...)
+	b = appendJSONString(b, p.Type)
+	b = append(b, `,"title":`...)
+	b = appendJSONString(b, p.Title)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(p.Status), 10)
+	b = append(b, `,"detail":`...)
+	b = appendJSONString(b, p.Detail)
+	for _, f := range [...]struct{ key, v string }{
+		{`,"resource":`, p.Resource}, {`,"rule":`, p.Rule}, {`,"kind":`, p.Kind}, {`,"param":`, p.Param}, {`,"value":`, p.Value},
+	} {
+		if f.v != "" {
+			b = append(b, f.key...)
+			b = appendJSONString(b, f.v)
+		}
+	}
+	if p.RetryAfter > 0 {
+		b = append(b, `,"retry_after":`...)
+		b = strconv.AppendInt(b, int64(p.RetryAfter), 10)
+	}
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string, escaping what JSON requires
+// and invalid UTF-8 as U+FFFD, as encoding/json does.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 // badRequest answers a client error of the given status.
@@ -77,8 +161,9 @@ func refusalProblem(c *gin.Context, r *engine.Refusal) {
 		p.Type, p.Title, p.Status = typeCapacity, "Service Unavailable", http.StatusServiceUnavailable
 	}
 	if policy := ratePolicy(r); policy != "" {
-		c.Header("RateLimit-Policy", policy)
-		c.Header("RateLimit", fmt.Sprintf("%q;r=0;t=%d", policyName(r), retry))
+		h := c.Writer.Header()
+		h["Ratelimit-Policy"] = []string{policy}
+		h["Ratelimit"] = []string{`"` + policyName(r) + `";r=0;t=` + strconv.Itoa(retry)}
 	}
 	writeProblem(c, p)
 }
@@ -95,13 +180,13 @@ func policyName(r *engine.Refusal) string {
 // in seconds; concurrency quotas count concurrent requests. Refusals that are
 // no quota (system, CPU) have no policy.
 func ratePolicy(r *engine.Refusal) string {
-	q := max(int64(r.Threshold), 1)
+	q := strconv.FormatInt(max(int64(r.Threshold), 1), 10)
 	switch r.Kind {
 	case engine.KindFlow, engine.KindHotspot, engine.KindBan:
-		w := max(int64(math.Ceil(r.Window.Seconds())), 1)
-		return fmt.Sprintf("%q;q=%d;w=%d", policyName(r), q, w)
+		w := strconv.FormatInt(max(int64(math.Ceil(r.Window.Seconds())), 1), 10)
+		return `"` + policyName(r) + `";q=` + q + ";w=" + w
 	case engine.KindConcurrency:
-		return fmt.Sprintf("%q;q=%d;qu=\"concurrent-requests\"", policyName(r), q)
+		return `"` + policyName(r) + `";q=` + q + `;qu="concurrent-requests"`
 	}
 	return ""
 }

@@ -122,13 +122,12 @@ func (s *Server) guard(c *gin.Context, call engine.Call) *engine.Token {
 	var ref *engine.Refusal
 	switch {
 	case errors.As(err, &ref):
-		s.log.Info("request refused",
+		s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request refused",
 			slog.String("ip", call.Origin),
 			slog.String("resource", call.Resource),
 			slog.Int("size", call.Size),
 			slog.String("rule", ref.Rule),
 			slog.String("kind", string(ref.Kind)),
-			slog.String("hot_value", ref.Value),
 			slog.Float64("threshold", ref.Threshold),
 			slog.Duration("retry_after", ref.RetryAfter))
 		c.Set(refusedKey, true)
