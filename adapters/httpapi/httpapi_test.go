@@ -506,7 +506,11 @@ func TestBadInput(t *testing.T) {
 		{"steps out of range", generateRequest(`{"prompt": "x", "steps": 0}`), 400, "steps must be between 1 and 50"},
 		{"unknown json field", generateRequest(`{"prompt": "x", "cfg": 7}`), 400, `unknown field "cfg"`},
 		{"wrong json type", generateRequest(`{"prompt": 5}`), 400, "prompt"},
-		{"not json", func() *http.Request { r := generateRequest(`prompt=x`); r.Header.Set("Content-Type", "text/plain"); return r }(), 415, "application/json"},
+		{"not json", func() *http.Request {
+			r := generateRequest(`prompt=x`)
+			r.Header.Set("Content-Type", "text/plain")
+			return r
+		}(), 415, "application/json"},
 		{"unknown endpoint", httptest.NewRequest(http.MethodPost, "/api/ddcolorize/cat", nil), 404, "no endpoint"},
 		{"wrong method", httptest.NewRequest(http.MethodGet, "/v1/generate", nil), 405, "GET is not allowed"},
 	}
