@@ -1,0 +1,38 @@
+# sluice — the README's two commands are `make run` and `make test`.
+
+GO      ?= go
+PKGS    := ./...
+BIN     := bin/sluice
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: run test build bench fuzz lint clean
+
+## run: the gateway with its defaults: testdata/rules and the built-in ComfyUI simulator
+run:
+	$(GO) run ./cmd/sluice serve --rules testdata/rules $(ARGS)
+
+## test: formatting, vet and every test with the race detector
+test: lint
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## build: a static binary in bin/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/sluice
+
+## bench: the engine and route benchmarks quoted in the README
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./engine ./adapters/httpapi
+
+## fuzz: a short run of every fuzz target
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./rules
+	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime 30s ./adapters/httpapi/imageinput
+	$(GO) test -run '^$$' -fuzz FuzzProblemJSON -fuzztime 30s ./adapters/httpapi
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin
