@@ -59,7 +59,10 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	if err := fs.Parse(args); err != nil {
-		return nil, fs, err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, fs, err
+		}
+		return nil, fs, &usageError{err.Error()}
 	}
 	if fs.NArg() > 0 {
 		return nil, fs, &usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
