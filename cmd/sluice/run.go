@@ -16,7 +16,7 @@ func (e *usageError) Error() string { return e.msg }
 
 func exitCode(err error) int {
 	var ue *usageError
-	if errors.As(err, &ue) || errors.Is(err, flag.ErrHelp) {
+	if errors.As(err, &ue) {
 		return 2
 	}
 	return 1
@@ -41,7 +41,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch args[0] {
 	case "serve":
-		return serve(ctx, args[1:], stderr)
+		err := serve(ctx, args[1:], stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // -h printed the flags
+		}
+		return err
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 		return nil
