@@ -51,7 +51,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.StringVar(&f.rulesPath, "rules", defaultRulesPath, "rule file or folder (the built-in rules when left at its default and absent)")
 	fs.Var(&f.comfyui, "comfyui", "ComfyUI base URL, repeatable (none: the built-in simulator)")
 	fs.Var(&f.trustedProxies, "trusted-proxy", "CIDR or address of a proxy whose X-Forwarded-For is believed, repeatable (none by default)")
-	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator")
+	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator (0: times as on a real GPU)")
 	fs.StringVar(&f.workflows, "workflows", "", "folder of workflow templates in ComfyUI API format (default: the built-in ones)")
 	fs.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "longest a ComfyUI job may run")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
@@ -141,14 +141,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	urls := []string(f.comfyui)
 	if len(urls) == 0 {
-		jobTime := f.simJobTime
-		sim := comfyuitest.NewServer(comfyuitest.Options{
-			JobTime: func(comfyuitest.Prompt) time.Duration { return jobTime },
-			Logger:  log.With(slog.String("component", "comfyui-sim")),
-		})
+		sim, err := startSimulator(f.simJobTime, log)
+		if err != nil {
+			return err
+		}
 		defer sim.Close()
-		log.Warn("no --comfyui given: serving with the built-in ComfyUI simulator (no GPU, synthetic images)",
-			slog.String("url", sim.URL), slog.Duration("job_time", jobTime))
 		urls = []string{sim.URL}
 	}
 	var backends roundRobin
@@ -202,6 +199,25 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// startSimulator serves the built-in ComfyUI simulator on a loopback port.
+// jobTime 0 means the times seen on real GPUs (DDColor about 3 s, more for
+// bigger sizes).
+func startSimulator(jobTime time.Duration, log *slog.Logger) (*comfyuitest.Server, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("built-in ComfyUI simulator: %w", err)
+	}
+	times, desc := comfyuitest.FieldJobTime, "as on a data-centre GPU"
+	if jobTime > 0 {
+		times, desc = func(comfyuitest.Prompt) time.Duration { return jobTime }, jobTime.String()
+	}
+	sim := comfyuitest.NewHandler(comfyuitest.Options{JobTime: times, Logger: log.With(slog.String("component", "comfyui-sim"))})
+	sim.Serve(l)
+	log.Warn("no --comfyui given: serving with the built-in ComfyUI simulator (no GPU, synthetic images)",
+		slog.String("url", sim.URL), slog.String("job_time", desc))
+	return sim, nil
 }
 
 // roundRobin spreads jobs over several ComfyUI servers in turn.
