@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -157,14 +156,14 @@ func (s *Server) generate(c *gin.Context) {
 			return
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBytes))
+	job, err := parseGenerate(http.MaxBytesReader(c.Writer, c.Request.Body, maxJSONBytes))
 	if err != nil {
-		formError(c, err)
-		return
-	}
-	job, msg := parseGenerate(body)
-	if msg != "" {
-		badRequest(c, http.StatusBadRequest, "bad-request", msg)
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			formError(c, err)
+			return
+		}
+		badRequest(c, http.StatusBadRequest, "bad-request", err.Error())
 		return
 	}
 	tok := s.guard(c, engine.Call{Resource: "zimage_generate", Origin: origin(c), Size: max(job.Width, job.Height)})
@@ -175,18 +174,32 @@ func (s *Server) generate(c *gin.Context) {
 	s.run(c, tok, job)
 }
 
-// parseGenerate decodes and checks a generate request strictly; msg says
+// parseGenerate decodes and checks a generate request strictly. Its error
+// is an *http.MaxBytesError for a body over the cap, else a message saying
 // what is wrong.
-func parseGenerate(body []byte) (job comfyui.Job, msg string) {
+func parseGenerate(body io.Reader) (comfyui.Job, error) {
 	var req generateRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		return job, "the body is not a valid generate request: " + strings.TrimPrefix(err.Error(), "json: ")
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return comfyui.Job{}, mbe
+		}
+		return comfyui.Job{}, errors.New("the body is not a valid generate request: " + strings.TrimPrefix(err.Error(), "json: "))
 	}
 	if dec.More() {
-		return job, "the body holds more than one JSON value"
+		return comfyui.Job{}, errors.New("the body holds more than one JSON value")
 	}
+	job, msg := checkGenerate(&req)
+	if msg != "" {
+		return job, errors.New(msg)
+	}
+	return job, nil
+}
+
+// checkGenerate checks a decoded request's values; msg says what is wrong.
+func checkGenerate(req *generateRequest) (job comfyui.Job, msg string) {
 	prompt := strings.TrimSpace(req.Prompt)
 	switch n := utf8.RuneCountInString(prompt); {
 	case !utf8.ValidString(req.Prompt) || !utf8.ValidString(req.NegativePrompt):

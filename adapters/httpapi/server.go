@@ -84,7 +84,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("httpapi: trusted proxies: %w", err)
 	}
 	r.HandleMethodNotAllowed = true
-	r.Use(s.recover, s.accessLog)
+	r.Use(s.recover)
+	if cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		r.Use(s.accessLog) // only when it is written: it costs on every request
+	}
 	r.NoRoute(func(c *gin.Context) {
 		badRequest(c, http.StatusNotFound, "not-found", fmt.Sprintf("no endpoint %s %s", c.Request.Method, c.Request.URL.Path))
 	})
@@ -107,10 +110,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 // canonical form.
 func origin(c *gin.Context) string {
 	ip := c.ClientIP()
-	if a, err := netip.ParseAddr(ip); err == nil {
-		return a.Unmap().String()
+	if a, err := netip.ParseAddr(ip); err == nil && !a.Is4() {
+		return a.Unmap().String() // IPv6 (or IPv4-mapped) in canonical form
 	}
-	return ip
+	return ip // dotted IPv4 parses only in canonical form
 }
 
 // guard asks the engine; on refusal it answers and logs, and returns nil.
@@ -130,7 +133,9 @@ func (s *Server) guard(c *gin.Context, call engine.Call) *engine.Token {
 			slog.String("kind", string(ref.Kind)),
 			slog.Float64("threshold", ref.Threshold),
 			slog.Duration("retry_after", ref.RetryAfter))
-		c.Set(refusedKey, true)
+		if s.log.Enabled(c.Request.Context(), slog.LevelDebug) {
+			c.Set(refusedKey, true) // for the access log
+		}
 		refusalProblem(c, ref)
 	case errors.Is(err, context.Canceled):
 		c.AbortWithStatus(statusClientClosed)
