@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"fmt"
 	"strconv"
 	"time"
 
@@ -111,7 +110,7 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		} else {
 			ref.Param, arg = rules.ParamSize, rs.sizeArg(c.Size)
 		}
-		ref.Value = fmt.Sprint(arg)
+		ref.Value, _ = arg.(string)
 		limit := rule.Threshold
 		if n, ok := rule.SpecificItems[arg]; ok {
 			limit = n
