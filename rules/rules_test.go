@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -120,4 +121,26 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestEncodeRoundTrip checks that encoding a document and parsing it again
+// gives the same document, for every document of the built-in rules.
+func TestEncodeRoundTrip(t *testing.T) {
+	docs, err := rules.Parse("default.yaml", rules.DefaultSource())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range docs {
+		b, err := rules.Encode(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := rules.Parse("encoded", b)
+		if err != nil {
+			t.Fatalf("%s: encoded form does not parse: %v\n%s", d.Name(), err, b)
+		}
+		if len(back) != 1 || !reflect.DeepEqual(back[0].Resource, d.Resource) || !reflect.DeepEqual(back[0].System, d.System) {
+			t.Fatalf("%s: round trip changed the document:\n%s", d.Name(), b)
+		}
+	}
 }

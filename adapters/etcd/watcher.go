@@ -1,0 +1,279 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sluicehq/sluice/rules"
+)
+
+// Applier takes a validated rule set; *engine.Engine is one.
+type Applier interface {
+	Apply(*rules.Set) error
+}
+
+// Clock tells the time of applies and rejections.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// WatcherConfig configures a Watcher.
+type WatcherConfig struct {
+	Store  *Store
+	Engine Applier
+	Logger *slog.Logger
+	Clock  Clock
+	// MinBackoff and MaxBackoff bound the wait between attempts to list
+	// again after a failure (defaults 100ms and 5s).
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Watcher keeps an engine's rules in step with etcd.
+type Watcher struct {
+	store    *Store
+	eng      Applier
+	log      *slog.Logger
+	clock    Clock
+	min, max time.Duration
+
+	// values is etcd's view as last seen; owned by Run.
+	values      map[string][]byte
+	lastApplied map[string][]byte
+
+	mu      sync.Mutex
+	status  Status
+	changed chan struct{} // closed and replaced whenever status changes
+	ready   chan struct{}
+
+	// beforeWatch, when set (tests), runs between a list and the watch
+	// that follows it.
+	beforeWatch func(listRevision int64)
+}
+
+// Status is what the watcher knows.
+type Status struct {
+	// Revision is the etcd revision last seen, applied or rejected.
+	Revision int64 `json:"revision"`
+	// AppliedRevision is the revision of the rules in force, and
+	// AppliedAt when they were applied.
+	AppliedRevision int64     `json:"applied_revision"`
+	AppliedAt       time.Time `json:"applied_at"`
+	// LastRejection is the most recent update refused; nil if none.
+	LastRejection *Rejection `json:"last_rejection,omitempty"`
+}
+
+// Rejection is an update that did not validate: the rules in force stayed.
+type Rejection struct {
+	Key      string    `json:"key"`
+	Revision int64     `json:"revision"`
+	Errors   []string  `json:"errors"`
+	At       time.Time `json:"at"`
+}
+
+// NewWatcher makes a watcher; Run starts it.
+func NewWatcher(cfg WatcherConfig) *Watcher {
+	w := &Watcher{
+		store:   cfg.Store,
+		eng:     cfg.Engine,
+		log:     cfg.Logger,
+		clock:   cfg.Clock,
+		min:     cfg.MinBackoff,
+		max:     cfg.MaxBackoff,
+		changed: make(chan struct{}),
+		ready:   make(chan struct{}),
+	}
+	if w.log == nil {
+		w.log = slog.New(slog.DiscardHandler)
+	}
+	if w.clock == nil {
+		w.clock = systemClock{}
+	}
+	if w.min <= 0 {
+		w.min = 100 * time.Millisecond
+	}
+	if w.max < w.min {
+		w.max = max(5*time.Second, w.min)
+	}
+	return w
+}
+
+// Ready is closed once the first listing has been applied (or rejected:
+// then the engine keeps the rules it had).
+func (w *Watcher) Ready() <-chan struct{} { return w.ready }
+
+// Status returns what the watcher knows now.
+func (w *Watcher) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.status
+	if s.LastRejection != nil {
+		r := *s.LastRejection
+		s.LastRejection = &r
+	}
+	return s
+}
+
+// WaitRevision waits until the watcher has seen revision rev (applied or
+// rejected it), or ctx ends.
+func (w *Watcher) WaitRevision(ctx context.Context, rev int64) (Status, error) {
+	for {
+		w.mu.Lock()
+		s, ch := w.status, w.changed
+		w.mu.Unlock()
+		if s.Revision >= rev {
+			return w.Status(), nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return w.Status(), ctx.Err()
+		}
+	}
+}
+
+var errCompacted = errors.New("watch revision compacted")
+
+// Run lists the rules and watches them until ctx ends. Failures never stop
+// it: it lists again with backoff while the engine keeps its last good rules.
+func (w *Watcher) Run(ctx context.Context) error {
+	backoff := w.min
+	for ctx.Err() == nil {
+		rev, err := w.sync(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			w.log.Warn("cannot list rules in etcd; keeping the rules in force", slog.Any("error", err), slog.Duration("retry_in", backoff))
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			backoff = min(backoff*2, w.max)
+			continue
+		}
+		backoff = w.min
+		if w.beforeWatch != nil {
+			w.beforeWatch(rev)
+		}
+		err = w.watch(ctx, rev+1)
+		if ctx.Err() != nil {
+			break
+		}
+		w.log.Warn("rule watch ended; listing again", slog.Any("error", err))
+	}
+	return nil
+}
+
+// sync lists every document and applies them; it returns the revision of
+// the listing.
+func (w *Watcher) sync(ctx context.Context) (int64, error) {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	snap, err := w.store.Load(lctx)
+	if err != nil {
+		return 0, err
+	}
+	w.values = snap.Values
+	w.update(snap.Revision, "")
+	return snap.Revision, nil
+}
+
+// watch follows changes from revision from on, until the watch fails.
+func (w *Watcher) watch(ctx context.Context, from int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	ch := w.store.Client().Watch(wctx, w.store.rulesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(from))
+	for resp := range ch {
+		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+			return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
+		}
+		if err := resp.Err(); err != nil {
+			return err
+		}
+		if len(resp.Events) == 0 {
+			continue // progress notification
+		}
+		keys := make([]string, 0, len(resp.Events))
+		for _, ev := range resp.Events {
+			k := string(ev.Kv.Key)
+			if ev.Type == clientv3.EventTypeDelete {
+				delete(w.values, k)
+			} else {
+				w.values[k] = ev.Kv.Value
+			}
+			keys = append(keys, k)
+		}
+		w.update(resp.Events[len(resp.Events)-1].Kv.ModRevision, strings.Join(slices.Compact(keys), ", "))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.New("watch channel closed")
+}
+
+// update builds the candidate rule set from w.values and applies it, or
+// records why not. keys names what changed ("" for a full listing).
+func (w *Watcher) update(rev int64, keys string) {
+	var (
+		rejected *Rejection
+		applied  bool
+	)
+	unchanged := w.lastApplied != nil && maps.EqualFunc(w.values, w.lastApplied, func(a, b []byte) bool { return string(a) == string(b) })
+	if !unchanged {
+		set, err := w.store.Build(w.values)
+		if err == nil {
+			err = w.eng.Apply(set)
+		}
+		if err != nil {
+			rejected = &Rejection{Key: keys, Revision: rev, Errors: messages(err), At: w.clock.Now()}
+			if keys == "" {
+				rejected.Key = w.store.rulesPrefix()
+			}
+			w.log.Warn("rule update rejected; keeping the last good rules",
+				slog.String("key", rejected.Key), slog.Int64("revision", rev), slog.Any("errors", rejected.Errors))
+		} else {
+			w.lastApplied = maps.Clone(w.values)
+			applied = true
+			w.log.Info("rules applied from etcd", slog.Int64("revision", rev), slog.Int("documents", len(w.values)), slog.String("changed", keys))
+		}
+	}
+	w.mu.Lock()
+	w.status.Revision = rev
+	if applied || unchanged {
+		w.status.AppliedRevision = rev // the rules in force are etcd's at rev
+	}
+	if applied {
+		w.status.AppliedAt = w.clock.Now()
+	}
+	if rejected != nil {
+		w.status.LastRejection = rejected
+	}
+	close(w.changed)
+	w.changed = make(chan struct{})
+	w.mu.Unlock()
+	select {
+	case <-w.ready:
+	default:
+		close(w.ready)
+	}
+}
+
+func messages(err error) []string {
+	var list rules.Errors
+	if errors.As(err, &list) {
+		return list.Messages()
+	}
+	return []string{err.Error()}
+}

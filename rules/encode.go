@@ -1,0 +1,23 @@
+package rules
+
+import (
+	"fmt"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Encode writes one document as YAML in the rule language, as given (no
+// defaults filled in): the form stored in etcd, one document per key.
+func Encode(d Document) ([]byte, error) {
+	var v any = d.Resource
+	if d.System != nil {
+		v = struct {
+			System *System `yaml:"system"`
+		}{d.System}
+	}
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", d.Name(), err)
+	}
+	return b, nil
+}
