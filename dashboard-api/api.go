@@ -1,9 +1,19 @@
 package dashboardapi
 
 import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 
@@ -14,24 +24,201 @@ import (
 // Config configures the operator API.
 type Config struct {
 	Engine *engine.Engine
-	// Source says where the rules came from: a path, or "built-in".
+	// Source says where the rules come from: "etcd http://127.0.0.1:2379
+	// /sluice", a file path, "built-in".
 	Source string
+	// Writer writes rule documents to the source of truth. nil: the rules
+	// come from files and PUT and DELETE answer 405.
+	Writer RuleWriter
+	// Status reports the revision in force and the last rejected change;
+	// nil: GET /api/rules carries no revision.
+	Status func() RulesStatus
+	// Ready reports whether the gateway should receive traffic; nil: ready
+	// once the engine has rules.
+	Ready func() bool
+	// AdminToken is the bearer token that writes need. Empty: writes are
+	// refused with 403; they are never open.
+	AdminToken string
+	// ProtectReads makes GET /api/* need the token too (healthz and readyz
+	// stay open). It needs an AdminToken.
+	ProtectReads bool
+	Logger       *slog.Logger
 }
+
+// RuleWriter writes rule documents to the source of truth (etcd). It
+// validates the whole candidate rule set first and returns rules.Errors
+// when it is invalid.
+type RuleWriter interface {
+	// Put stores doc as the document of resource, which may be "system".
+	Put(ctx context.Context, resource string, doc []byte) (revision int64, err error)
+	// Delete removes the document of resource.
+	Delete(ctx context.Context, resource string) (revision int64, err error)
+}
+
+// ErrNotFound is what a RuleWriter returns, wrapped, when the document to
+// delete does not exist; the API answers 404.
+var ErrNotFound = errors.New("no such rule document")
+
+// RulesStatus says which revision of the rules is in force.
+type RulesStatus struct {
+	Revision  int64     `json:"revision"`
+	AppliedAt time.Time `json:"applied_at,omitzero"`
+	// LastRejection is the last change that was not applied; nil when
+	// none was rejected.
+	LastRejection *Rejection `json:"last_rejection"`
+}
+
+// Rejection is a change to the rules that failed validation: the last good
+// rules stayed in force.
+type Rejection struct {
+	Key      string    `json:"key"`
+	Revision int64     `json:"revision"`
+	Errors   []string  `json:"errors"`
+	At       time.Time `json:"at"`
+}
+
+// Limits of GET /api/blocked.
+const (
+	defaultBlockedLimit = 100
+	maxBlockedLimit     = 1024
+)
+
+// writeTimeout bounds one write to the rule source.
+const writeTimeout = 10 * time.Second
 
 type api struct {
-	eng    *engine.Engine
-	source string
+	cfg       Config
+	log       *slog.Logger
+	tokenHash *[sha256.Size]byte // nil: no admin token
 }
 
-// Register mounts the operator API on r.
-func Register(r gin.IRouter, cfg Config) {
-	a := &api{eng: cfg.Engine, source: cfg.Source}
-	r.GET("/api/rules", a.rules)
-	r.GET("/api/rules/:resource", a.resourceRules)
-	r.GET("/api/resources", a.resources)
+// Register mounts the operator API on r. It returns an error, and mounts
+// nothing, when cfg is invalid.
+func Register(r gin.IRouter, cfg Config) error {
+	if cfg.Engine == nil {
+		return errors.New("operator API: an engine is required")
+	}
+	if cfg.ProtectReads && cfg.AdminToken == "" {
+		return errors.New("operator API: protecting reads needs an admin token")
+	}
+	a := &api{cfg: cfg, log: cfg.Logger}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AdminToken != "" {
+		h := sha256.Sum256([]byte(cfg.AdminToken))
+		a.tokenHash = &h
+	}
+
+	reads := r.Group("/api")
+	if cfg.ProtectReads {
+		reads.Use(a.authorize)
+	}
+	reads.GET("/rules", a.rules)
+	reads.GET("/rules/:resource", a.resourceRules)
+	reads.GET("/resources", a.resources)
+	reads.GET("/blocked", a.blocked)
+
+	writes := r.Group("/api", a.readOnly, a.authorize, a.knownResource)
+	writes.PUT("/rules/:resource", a.put)
+	writes.DELETE("/rules/:resource", a.delete)
+
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
 	r.GET("/readyz", a.ready)
+	return nil
 }
+
+// problem is an RFC 9457 problem body, as the public API writes them.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	// Errors lists every problem of a rejected rule document.
+	Errors []string `json:"errors,omitempty"`
+}
+
+const problemBase = "https://sluice.dev/problems/"
+
+func writeProblem(c *gin.Context, status int, typ, detail string, errs []string) {
+	c.Abort()
+	c.Render(status, problemJSON{problem{
+		Type: problemBase + typ, Title: http.StatusText(status), Status: status, Detail: detail, Errors: errs,
+	}})
+}
+
+// problemJSON renders a problem as application/problem+json.
+type problemJSON struct{ p problem }
+
+func (r problemJSON) Render(w http.ResponseWriter) error {
+	r.WriteContentType(w)
+	body, err := json.Marshal(r.p)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(body)
+	return err
+}
+
+func (problemJSON) WriteContentType(w http.ResponseWriter) {
+	w.Header()["Content-Type"] = []string{"application/problem+json"}
+}
+
+// authorize lets a request through only with the admin token as its bearer
+// credentials. The token is compared in constant time (over its SHA-256,
+// so its length does not leak either) and never logged.
+func (a *api) authorize(c *gin.Context) {
+	if a.tokenHash == nil {
+		writeProblem(c, http.StatusForbidden, "forbidden",
+			"no admin token configured: the operator API refuses writes (start sluice with an admin token to allow them)", nil)
+		return
+	}
+	const scheme = "Bearer "
+	h := c.GetHeader("Authorization")
+	if len(h) <= len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) || strings.TrimSpace(h[len(scheme):]) == "" {
+		c.Header("WWW-Authenticate", `Bearer realm="sluice"`)
+		writeProblem(c, http.StatusUnauthorized, "unauthorized",
+			"this endpoint needs the admin token: send Authorization: Bearer <token>", nil)
+		return
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
+	if subtle.ConstantTimeCompare(got[:], a.tokenHash[:]) != 1 {
+		a.log.Warn("operator API: wrong admin token",
+			slog.String("method", c.Request.Method), slog.String("path", c.Request.URL.Path),
+			slog.String("remote", c.ClientIP()))
+		writeProblem(c, http.StatusForbidden, "forbidden", "the bearer token is not the admin token", nil)
+		return
+	}
+	c.Next()
+}
+
+// readOnly answers writes when the rules come from files.
+func (a *api) readOnly(c *gin.Context) {
+	if a.cfg.Writer != nil {
+		return
+	}
+	c.Header("Allow", "GET")
+	writeProblem(c, http.StatusMethodNotAllowed, "rules-read-only",
+		fmt.Sprintf("the rules come from %s and cannot be changed through the API; edit the files, or run sluice with etcd", a.source()), nil)
+}
+
+func (a *api) source() string {
+	if a.cfg.Source == "" {
+		return "files"
+	}
+	return a.cfg.Source
+}
+
+// knownResource answers 404, and aborts, for a document name that is
+// neither a resource nor "system".
+func (a *api) knownResource(c *gin.Context) {
+	if name := c.Param("resource"); !known(name) {
+		writeProblem(c, http.StatusNotFound, "unknown-resource",
+			fmt.Sprintf("unknown resource %q; rule documents are %s and system", name, strings.Join(rules.Resources, ", ")), nil)
+	}
+}
+
+func known(name string) bool { return name == "system" || slices.Contains(rules.Resources, name) }
 
 // document is one rule document as the API shows it.
 type document struct {
@@ -56,35 +243,141 @@ func documents(set *rules.Set) []document {
 	return out
 }
 
+// rulesBody is the answer of GET /api/rules.
+type rulesBody struct {
+	Source string `json:"source"`
+	*RulesStatus
+	Documents []document `json:"documents"`
+}
+
 func (a *api) rules(c *gin.Context) {
-	c.JSON(http.StatusOK, gin.H{"source": a.source, "documents": documents(a.eng.Rules())})
+	body := rulesBody{Source: a.cfg.Source, Documents: documents(a.cfg.Engine.Rules())}
+	if a.cfg.Status != nil {
+		st := a.cfg.Status()
+		body.RulesStatus = &st
+	}
+	c.JSON(http.StatusOK, body)
 }
 
 func (a *api) resourceRules(c *gin.Context) {
-	name := c.Param("resource")
-	if !slices.Contains(rules.Resources, name) {
-		c.AbortWithStatusJSON(http.StatusNotFound, gin.H{
-			"type": "https://sluice.dev/problems/unknown-resource", "title": "Not Found", "status": http.StatusNotFound,
-			"detail": fmt.Sprintf("unknown resource %q; known resources are %v", name, rules.Resources)})
+	if a.knownResource(c); c.IsAborted() {
 		return
 	}
-	for _, d := range documents(a.eng.Rules()) {
+	name := c.Param("resource")
+	for _, d := range documents(a.cfg.Engine.Rules()) {
 		if d.Resource == name {
 			c.JSON(http.StatusOK, d)
 			return
 		}
 	}
-	c.JSON(http.StatusOK, document{Resource: name}) // no rules: everything passes
+	c.JSON(http.StatusOK, document{Resource: name}) // no document: no limits
 }
 
 func (a *api) resources(c *gin.Context) {
-	c.JSON(http.StatusOK, gin.H{"resources": a.eng.Stats(), "cpu_usage": a.eng.CPUUsage()})
+	c.JSON(http.StatusOK, gin.H{"resources": a.cfg.Engine.Stats(), "cpu_usage": a.cfg.Engine.CPUUsage()})
+}
+
+func (a *api) blocked(c *gin.Context) {
+	limit := defaultBlockedLimit
+	if s, ok := c.GetQuery("limit"); ok {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxBlockedLimit {
+			writeProblem(c, http.StatusBadRequest, "invalid-parameter",
+				fmt.Sprintf("limit must be an integer from 1 to %d; got %q", maxBlockedLimit, s), nil)
+			return
+		}
+		limit = n
+	}
+	c.JSON(http.StatusOK, gin.H{"blocked": a.cfg.Engine.Blocked(limit)})
 }
 
 func (a *api) ready(c *gin.Context) {
-	if a.eng.Rules() == nil {
-		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "no rules loaded"})
+	ready := a.cfg.Engine.Rules() != nil
+	if a.cfg.Ready != nil {
+		ready = a.cfg.Ready()
+	}
+	if !ready {
+		c.JSON(http.StatusServiceUnavailable, gin.H{"status": "not ready"})
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"status": "ready"})
+}
+
+// writeResult is the answer of a successful PUT or DELETE.
+type writeResult struct {
+	Resource string `json:"resource"`
+	Revision int64  `json:"revision"`
+}
+
+func (a *api) put(c *gin.Context) {
+	name := c.Param("resource")
+	if c.Request.ContentLength > rules.MaxSourceBytes {
+		a.tooLarge(c)
+		return
+	}
+	doc, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, rules.MaxSourceBytes))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		a.tooLarge(c)
+		return
+	case err != nil:
+		writeProblem(c, http.StatusBadRequest, "bad-request", "reading the body: "+err.Error(), nil)
+		return
+	case len(strings.TrimSpace(string(doc))) == 0:
+		writeProblem(c, http.StatusBadRequest, "bad-request",
+			fmt.Sprintf("the body is empty: send the rule document of %s (YAML or JSON), or DELETE it", name), nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), writeTimeout)
+	defer cancel()
+	rev, err := a.cfg.Writer.Put(ctx, name, doc)
+	a.answerWrite(c, "put", name, rev, err)
+}
+
+func (a *api) delete(c *gin.Context) {
+	name := c.Param("resource")
+	ctx, cancel := context.WithTimeout(c.Request.Context(), writeTimeout)
+	defer cancel()
+	rev, err := a.cfg.Writer.Delete(ctx, name)
+	a.answerWrite(c, "delete", name, rev, err)
+}
+
+func (a *api) tooLarge(c *gin.Context) {
+	writeProblem(c, http.StatusRequestEntityTooLarge, "body-too-large",
+		fmt.Sprintf("a rule document may be at most %d bytes", rules.MaxSourceBytes), nil)
+}
+
+// answerWrite answers a write to the rule source and logs it.
+func (a *api) answerWrite(c *gin.Context, op, name string, rev int64, err error) {
+	attrs := []any{slog.String("op", op), slog.String("resource", name), slog.String("remote", c.ClientIP())}
+	if err == nil {
+		a.log.Info("operator API: rules written", append(attrs, slog.Int64("revision", rev))...)
+		c.JSON(http.StatusOK, writeResult{Resource: name, Revision: rev})
+		return
+	}
+	var (
+		list rules.Errors
+		one  *rules.Error
+	)
+	switch {
+	case errors.As(err, &list):
+		a.log.Info("operator API: rules rejected", append(attrs, slog.Any("error", err))...)
+		writeProblem(c, http.StatusUnprocessableEntity, "invalid-rules",
+			fmt.Sprintf("the rules with this change are invalid (%d problems); nothing was written", len(list)), list.Messages())
+	case errors.As(err, &one):
+		a.log.Info("operator API: rules rejected", append(attrs, slog.Any("error", err))...)
+		writeProblem(c, http.StatusUnprocessableEntity, "invalid-rules",
+			"the rules with this change are invalid (1 problem); nothing was written", []string{one.Error()})
+	case errors.Is(err, ErrNotFound):
+		writeProblem(c, http.StatusNotFound, "no-rule-document",
+			fmt.Sprintf("%s has no rule document to %s", name, op), nil)
+	case errors.Is(err, context.DeadlineExceeded):
+		a.log.Error("operator API: writing rules timed out", append(attrs, slog.Any("error", err))...)
+		writeProblem(c, http.StatusGatewayTimeout, "rule-source-timeout",
+			fmt.Sprintf("could not write to etcd within %s: %v", writeTimeout, err), nil)
+	default:
+		a.log.Error("operator API: writing rules failed", append(attrs, slog.Any("error", err))...)
+		writeProblem(c, http.StatusBadGateway, "rule-source-unavailable", "could not write to etcd: "+err.Error(), nil)
+	}
 }

@@ -1,9 +1,44 @@
 // Package dashboardapi is the operator's API, mounted on the gateway's Gin
 // server beside the public endpoints:
 //
-//	GET /api/rules              every rule document in force, with its source
-//	GET /api/rules/:resource    one resource's rules
-//	GET /api/resources          live statistics per resource
-//	GET /healthz                the process is up
-//	GET /readyz                 rules are loaded
+//	GET    /api/rules              every rule document in force, with its source,
+//	                               the revision in force and the last rejected change
+//	GET    /api/rules/:resource    one resource's rules, or "system"
+//	PUT    /api/rules/:resource    write one rule document (YAML or JSON, ≤ 1 MiB)
+//	DELETE /api/rules/:resource    remove one rule document
+//	GET    /api/resources          live statistics per resource
+//	GET    /api/blocked?limit=N    the N most recent refusals, newest first (default 100, max 1024)
+//	GET    /healthz                the process is up
+//	GET    /readyz                 ready for traffic (503 until then)
+//
+// Mount it with Register, which refuses an invalid Config:
+//
+//	err := dashboardapi.Register(router, dashboardapi.Config{
+//		Engine:     eng,
+//		Source:     "etcd http://127.0.0.1:2379 /sluice",
+//		Writer:     writer,   // writes to etcd; nil when the rules come from files
+//		Status:     status,   // func() RulesStatus: revision in force, last rejection
+//		Ready:      ready,    // func() bool: the first listing of etcd is applied
+//		AdminToken: token,
+//		Logger:     log,
+//	})
+//
+// Writes go to Config.Writer, the source of truth, which validates the whole
+// candidate rule set first: the engine changes only when the watcher sees
+// the write. Their answers:
+//
+//	200 {"resource", "revision"}       written
+//	401 (WWW-Authenticate: Bearer)     no bearer token
+//	403                                wrong token, or no admin token configured
+//	404                                not a resource nor "system"; or, on
+//	                                   DELETE, no such document (ErrNotFound)
+//	405                                no Writer: the rules come from files
+//	413                                body over rules.MaxSourceBytes
+//	422 {"errors": [...]}              the rules with this change would be invalid
+//	502, 504                           etcd failed, or did not answer in 10 s
+//
+// Writes always need Authorization: Bearer <AdminToken>; with no AdminToken
+// they are refused, never open. With ProtectReads the GET /api/ endpoints
+// need it too; /healthz and /readyz stay open. Errors are RFC 9457 problem
+// bodies (application/problem+json) like the public API's.
 package dashboardapi

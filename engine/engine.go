@@ -50,6 +50,9 @@ type Options struct {
 	// statistics live as long as the process: tests give each engine its
 	// own. Empty in production.
 	Namespace string
+	// BlockedLog is how many recent refusals Blocked can return (default
+	// DefaultBlockedLog).
+	BlockedLog int
 }
 
 // Engine guards calls with the current rule set. It is safe for concurrent
@@ -62,6 +65,7 @@ type Engine struct {
 	state   atomic.Pointer[state]
 	applyMu sync.Mutex
 	bans    *banTracker
+	blocked *blockedLog
 	stats   map[string]*resStats
 
 	cpuSrc   CPUSource
@@ -125,6 +129,7 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 		clock:    opts.Clock,
 		ns:       opts.Namespace,
 		bans:     newBanTracker(opts.Clock),
+		blocked:  newBlockedLog(opts.BlockedLog),
 		stats:    make(map[string]*resStats, len(rules.Resources)),
 		cpuSrc:   opts.CPU,
 		cpuEvery: opts.CPUInterval,
@@ -350,7 +355,7 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 	if r := e.chain.Entry(sctx); r != nil && r.IsBlocked() {
 		ref := e.refusal(rs, c, r.BlockError())
 		entry.Exit()
-		e.refused(st, rs, c.Origin, ref)
+		e.refused(st, rs, c, ref)
 		return nil, ref
 	}
 	tok.entry = entry
@@ -380,16 +385,21 @@ func (rs *resState) sizeArg(size int) any {
 	return strconv.Itoa(size)
 }
 
-// refused counts a refusal and feeds the ban rule.
-func (e *Engine) refused(st *state, rs *resState, origin string, ref *Refusal) {
+// refused counts a refusal, records it in the log of recent refusals and
+// feeds the ban rule.
+func (e *Engine) refused(st *state, rs *resState, c Call, ref *Refusal) {
 	rs.stats.refuse(ref.Kind)
-	if rs.ban == nil || ref.Kind == KindBan || origin == "" {
+	e.blocked.add(Blocked{
+		Time: e.clock.Now(), Origin: c.Origin, Resource: rs.name, Size: c.Size,
+		Rule: ref.Rule, Kind: ref.Kind, Value: ref.Value,
+	})
+	if rs.ban == nil || ref.Kind == KindBan || c.Origin == "" {
 		return
 	}
-	if e.bans.refused(rs.name, origin, rs.ban) {
+	if e.bans.refused(rs.name, c.Origin, rs.ban) {
 		e.log.Warn("origin banned",
 			slog.String("resource", rs.name),
-			slog.String("origin", origin),
+			slog.String("origin", c.Origin),
 			slog.Int("refusals", rs.ban.Blocks),
 			slog.Duration("within", time.Duration(rs.ban.Within)),
 			slog.Duration("for", time.Duration(rs.ban.For)))

@@ -15,8 +15,14 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func exitCode(err error) int {
-	var ue *usageError
-	if errors.As(err, &ue) {
+	var (
+		ue *usageError
+		ee *exitError
+	)
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.As(err, &ue):
 		return 2
 	}
 	return 1
@@ -26,6 +32,7 @@ const usage = `sluice — a GPU-aware flow-control gateway for ComfyUI image ser
 
 Usage:
   sluice serve [flags]    run the gateway (sluice serve -h for its flags)
+  sluice rules COMMAND    read, validate, apply and watch the rules in etcd
   sluice version          print the version
 `
 
@@ -46,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return nil // -h printed the flags
 		}
 		return err
+	case "rules":
+		return rulesCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "sluice", version)
 		return nil

@@ -39,6 +39,13 @@ type serveFlags struct {
 	maxImageBytes  int64
 	logLevel       string
 	logFormat      string
+
+	etcd         etcdFlags
+	etcdListen   string
+	dataDir      string
+	readyWait    time.Duration
+	adminToken   string
+	protectReads bool
 }
 
 const defaultRulesPath = "testdata/rules"
@@ -58,6 +65,20 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.Int64Var(&f.maxImageBytes, "max-image-bytes", imageinput.DefaultLimits().MaxBytes, "largest accepted upload, in bytes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&f.etcd.endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (none: start an embedded etcd)")
+	fs.StringVar(&f.etcd.prefix, "etcd-prefix", "/sluice", "key prefix of the rule documents")
+	fs.StringVar(&f.etcd.cacert, "etcd-cacert", "", "CA bundle to verify etcd's certificate")
+	fs.StringVar(&f.etcd.cert, "etcd-cert", "", "client certificate for etcd")
+	fs.StringVar(&f.etcd.key, "etcd-key", "", "client key for etcd")
+	fs.StringVar(&f.etcd.user, "etcd-user", "", "username[:password] for etcd")
+	fs.StringVar(&f.etcd.password, "etcd-password", "", "password for etcd (or $SLUICE_ETCD_PASSWORD)")
+	fs.DurationVar(&f.etcd.dialTimeout, "etcd-dial-timeout", 2*time.Second, "time to connect to etcd")
+	fs.DurationVar(&f.etcd.commandTimeout, "etcd-timeout", 5*time.Second, "time an etcd request may take")
+	fs.StringVar(&f.etcdListen, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
+	fs.StringVar(&f.dataDir, "data-dir", ".sluice", "folder for the embedded etcd's data")
+	fs.DurationVar(&f.readyWait, "ready-wait", 10*time.Second, "how long start-up waits for the rules from etcd")
+	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for rule writes through the API (or $SLUICE_ADMIN_TOKEN)")
+	fs.BoolVar(&f.protectReads, "protect-reads", false, "the operator API's reads need the admin token too")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, fs, err
@@ -66,6 +87,15 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	}
 	if fs.NArg() > 0 {
 		return nil, fs, &usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	}
+	if f.adminToken == "" {
+		f.adminToken = os.Getenv("SLUICE_ADMIN_TOKEN")
+	}
+	if f.etcd.password == "" {
+		f.etcd.password = os.Getenv("SLUICE_ETCD_PASSWORD")
+	}
+	if f.protectReads && f.adminToken == "" {
+		return nil, fs, &usageError{"--protect-reads needs --admin-token or $SLUICE_ADMIN_TOKEN"}
 	}
 	return f, fs, nil
 }
@@ -125,13 +155,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("load rules: %w", err)
 	}
-	log.Info("rules loaded", slog.String("source", source), slog.Int("documents", len(set.Docs)))
+	log.Info("local rules loaded", slog.String("source", source), slog.Int("documents", len(set.Docs)))
 
 	eng, err := engine.New(engine.Options{Logger: log}, set)
 	if err != nil {
 		return err
 	}
 	defer eng.Close()
+	rs, err := startRules(ctx, f, set, source, eng, log)
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
 
 	workflows := comfyui.DefaultWorkflows()
 	if f.workflows != "" {
@@ -168,7 +203,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dashboardapi.Register(api.Router(), dashboardapi.Config{Engine: eng, Source: source})
+	if err := dashboardapi.Register(api.Router(), dashboardapi.Config{
+		Engine:       eng,
+		Source:       rs.desc,
+		Writer:       ruleWriter{rs},
+		Status:       rs.status,
+		Ready:        rs.ready,
+		AdminToken:   f.adminToken,
+		ProtectReads: f.protectReads,
+		Logger:       log,
+	}); err != nil {
+		return err
+	}
+	if f.adminToken == "" {
+		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply)")
+	}
 
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {

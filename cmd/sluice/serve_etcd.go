@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/adapters/etcd"
+	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
+	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/rules"
+)
+
+// ruleSource is etcd feeding the engine: an embedded server or a cluster,
+// the store and the running watcher.
+type ruleSource struct {
+	embedded *etcd.Embedded
+	store    *etcd.Store
+	watcher  *etcd.Watcher
+	desc     string
+	stop     context.CancelFunc
+	done     chan struct{}
+}
+
+// startRules connects to etcd (starting the embedded one when no endpoints
+// are given), seeds it with seed when it holds no rules, and starts the
+// watcher that keeps eng in step. It waits up to readyWait for the first
+// listing; past that the gateway serves with the rules it has and /readyz
+// says not ready until etcd answers.
+func startRules(ctx context.Context, f *serveFlags, seed *rules.Set, seedSource string, eng *engine.Engine, log *slog.Logger) (*ruleSource, error) {
+	rs := &ruleSource{done: make(chan struct{})}
+	cc := f.etcd.clientConfig()
+	if f.etcd.endpoints == "" {
+		dir := filepath.Join(f.dataDir, "etcd")
+		e, err := etcd.StartEmbedded(etcd.EmbeddedConfig{Dir: dir, ClientURL: f.etcdListen, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("%w (another sluice or etcd on %s? use --etcd-listen or --etcd-endpoints)", err, f.etcdListen)
+		}
+		rs.embedded = e
+		cc = etcd.ClientConfig{Endpoints: e.Endpoints()}
+		log.Info("embedded etcd started", slog.String("endpoints", strings.Join(e.Endpoints(), ",")), slog.String("data_dir", dir))
+	}
+	client, err := etcd.NewClient(cc)
+	if err != nil {
+		rs.closeEmbedded()
+		return nil, err
+	}
+	rs.store = etcd.NewStore(client, f.etcd.prefix)
+	rs.desc = fmt.Sprintf("etcd %s %s", strings.Join(cc.Endpoints, ","), rs.store.Prefix())
+
+	sctx, cancel := context.WithTimeout(ctx, f.etcd.commandTimeout)
+	seeded, err := rs.store.Seed(sctx, seed)
+	cancel()
+	switch {
+	case err != nil:
+		log.Warn("could not check etcd for rules; serving with the local rules until it answers", slog.Any("error", err))
+	case seeded:
+		log.Info("etcd held no rules: seeded", slog.String("from", seedSource), slog.String("prefix", rs.store.Prefix()))
+	default:
+		log.Info("rules come from etcd; --rules was not needed", slog.String("prefix", rs.store.Prefix()))
+	}
+
+	rs.watcher = etcd.NewWatcher(etcd.WatcherConfig{Store: rs.store, Engine: eng, Logger: log})
+	wctx, stop := context.WithCancel(context.Background())
+	rs.stop = stop
+	go func() {
+		defer close(rs.done)
+		rs.watcher.Run(wctx)
+	}()
+	select {
+	case <-rs.watcher.Ready():
+	case <-time.After(f.readyWait):
+		log.Warn("no rules from etcd yet; serving with the local rules", slog.Duration("waited", f.readyWait))
+	case <-ctx.Done():
+	}
+	return rs, nil
+}
+
+// Close stops the watcher, then the client, then the embedded etcd.
+func (rs *ruleSource) Close() {
+	rs.stop()
+	<-rs.done
+	rs.store.Client().Close()
+	rs.closeEmbedded()
+}
+
+func (rs *ruleSource) closeEmbedded() {
+	if rs.embedded != nil {
+		rs.embedded.Close()
+	}
+}
+
+func (rs *ruleSource) ready() bool {
+	select {
+	case <-rs.watcher.Ready():
+		return true
+	default:
+		return false
+	}
+}
+
+func (rs *ruleSource) status() dashboardapi.RulesStatus {
+	st := rs.watcher.Status()
+	out := dashboardapi.RulesStatus{Revision: st.AppliedRevision, AppliedAt: st.AppliedAt}
+	if r := st.LastRejection; r != nil {
+		out.LastRejection = &dashboardapi.Rejection{Key: r.Key, Revision: r.Revision, Errors: r.Errors, At: r.At}
+	}
+	return out
+}
+
+// ruleWriter writes through the store and waits, briefly, until the watcher
+// has applied (or rejected) the write, so that an API client that gets 200
+// sees the rule enforced.
+type ruleWriter struct{ rs *ruleSource }
+
+func (w ruleWriter) Put(ctx context.Context, resource string, doc []byte) (int64, error) {
+	rev, err := w.rs.store.Put(ctx, resource, doc)
+	return w.settle(ctx, rev, err)
+}
+
+func (w ruleWriter) Delete(ctx context.Context, resource string) (int64, error) {
+	rev, err := w.rs.store.Delete(ctx, resource)
+	if errors.Is(err, etcd.ErrNotFound) {
+		return 0, fmt.Errorf("%w: %v", dashboardapi.ErrNotFound, err)
+	}
+	return w.settle(ctx, rev, err)
+}
+
+func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	w.rs.watcher.WaitRevision(wctx, rev) // best effort: the write is in etcd either way
+	return rev, nil
+}
