@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"fmt"
 
 	"go.yaml.in/yaml/v3"
@@ -15,9 +16,14 @@ func Encode(d Document) ([]byte, error) {
 			System *System `yaml:"system"`
 		}{d.System}
 	}
-	b, err := yaml.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(v); err != nil {
 		return nil, fmt.Errorf("encode %s: %w", d.Name(), err)
 	}
-	return b, nil
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("encode %s: %w", d.Name(), err)
+	}
+	return buf.Bytes(), nil
 }

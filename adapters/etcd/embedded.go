@@ -130,7 +130,10 @@ func (c slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	for k, v := range enc.Fields {
 		attrs = append(attrs, slog.Any(k, v))
 	}
-	level := slog.LevelWarn
+	// etcd warns about things that are by design here (one port for HTTP
+	// and gRPC, simple tokens): its warnings are debug detail, its errors
+	// errors.
+	level := slog.LevelDebug
 	if e.Level >= zapcore.ErrorLevel {
 		level = slog.LevelError
 	}

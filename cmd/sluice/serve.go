@@ -123,20 +123,33 @@ func loadRules(path string, explicit bool) (*rules.Set, string, error) {
 		set, err := rules.Default()
 		return set, "built-in", err
 	}
-	fsys, name := os.DirFS("."), filepath.ToSlash(path)
+	fsys, name, root := os.DirFS("."), filepath.ToSlash(path), ""
 	if !filepath.IsLocal(path) {
 		abs, err := filepath.Abs(path)
 		if err != nil {
 			return nil, "", fmt.Errorf("rules %s: %w", path, err)
 		}
-		fsys, name = os.DirFS("/"), strings.TrimPrefix(filepath.ToSlash(abs), "/")
+		fsys, name, root = os.DirFS("/"), strings.TrimPrefix(filepath.ToSlash(abs), "/"), "/"
 	}
 	docs, err := rules.ParseFS(fsys, name)
 	if err != nil {
+		// Name files as the user wrote them: an absolute path keeps its "/".
+		var list rules.Errors
+		if errors.As(err, &list) {
+			for _, e := range list {
+				e.File = root + e.File
+			}
+		}
 		return nil, "", err
 	}
+	for i := range docs {
+		docs[i].File = root + docs[i].File
+	}
 	set, err := rules.Build(docs)
-	return set, path, err
+	if err != nil {
+		return nil, "", err
+	}
+	return set, path, nil
 }
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
@@ -149,6 +162,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	gin.SetMode(gin.ReleaseMode)
+	defer log.Info("stopped") // deferred first, so logged last
 	explicit := false
 	fset.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "rules" })
 	set, source, err := loadRules(f.rulesPath, explicit)
@@ -246,7 +260,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
-	log.Info("stopped")
 	return nil
 }
 
