@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: run test build bench fuzz lint clean
 
-## run: the gateway with its defaults: testdata/rules and the built-in ComfyUI simulator
+## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
 run:
 	$(GO) run ./cmd/sluice serve --rules testdata/rules $(ARGS)
 
@@ -19,9 +19,11 @@ test: lint
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/sluice
 
-## bench: the engine and route benchmarks quoted in the README
+## bench: the engine, route and rule-update benchmarks quoted in the README
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./engine ./adapters/httpapi
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./engine
+	$(GO) test -run '^$$' -bench Route -benchmem -count 6 ./adapters/httpapi
+	$(GO) test -run '^$$' -bench PutToEnforced -benchtime 400x -count 3 ./adapters/etcd
 
 ## fuzz: a short run of every fuzz target
 fuzz:
@@ -35,4 +37,4 @@ lint:
 	$(GO) vet $(PKGS)
 
 clean:
-	rm -rf bin
+	rm -rf bin .sluice
