@@ -152,12 +152,9 @@ type problemJSON struct{ p problem }
 
 func (r problemJSON) Render(w http.ResponseWriter) error {
 	r.WriteContentType(w)
-	body, err := json.Marshal(r.p)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(body)
-	return err
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // messages quote rules: keep "<" and ">" readable
+	return enc.Encode(r.p)
 }
 
 func (problemJSON) WriteContentType(w http.ResponseWriter) {
@@ -364,7 +361,7 @@ func (a *api) answerWrite(c *gin.Context, op, name string, rev int64, err error)
 	case errors.As(err, &list):
 		a.log.Info("operator API: rules rejected", append(attrs, slog.Any("error", err))...)
 		writeProblem(c, http.StatusUnprocessableEntity, "invalid-rules",
-			fmt.Sprintf("the rules with this change are invalid (%d problems); nothing was written", len(list)), list.Messages())
+			fmt.Sprintf("the rules with this change are invalid (%s); nothing was written", problems(len(list))), list.Messages())
 	case errors.As(err, &one):
 		a.log.Info("operator API: rules rejected", append(attrs, slog.Any("error", err))...)
 		writeProblem(c, http.StatusUnprocessableEntity, "invalid-rules",
@@ -380,4 +377,12 @@ func (a *api) answerWrite(c *gin.Context, op, name string, rev int64, err error)
 		a.log.Error("operator API: writing rules failed", append(attrs, slog.Any("error", err))...)
 		writeProblem(c, http.StatusBadGateway, "rule-source-unavailable", "could not write to etcd: "+err.Error(), nil)
 	}
+}
+
+// problems counts validation problems in words: "1 problem", "3 problems".
+func problems(n int) string {
+	if n == 1 {
+		return "1 problem"
+	}
+	return fmt.Sprintf("%d problems", n)
 }

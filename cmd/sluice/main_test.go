@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/adapters/etcd"
 )
 
 func TestBadRulesFileFailsWithItsMessage(t *testing.T) {
@@ -161,6 +163,45 @@ func TestServeWithDefaults(t *testing.T) {
 	resp.Body.Close()
 	if len(doc.Rules.Flow) != 1 || doc.Rules.Flow[0].Threshold != 7 {
 		t.Fatalf("the rule written through the API is not in force: %+v", doc)
+	}
+
+	// A bad document written straight into etcd (as with etcdctl) is
+	// refused by the watcher: the rules stay and /api/rules says why.
+	raw, err := etcd.NewClient(etcd.ClientConfig{Endpoints: []string{etcdEndpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	pr2, err := raw.Put(ctx, "/sluice/rules/resources/zimage_generate", "resource: zimage_generate\nflow: [{threshold: 2, window: 7s}]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status struct {
+		Revision      int64 `json:"revision"`
+		LastRejection *struct {
+			Key      string   `json:"key"`
+			Revision int64    `json:"revision"`
+			Errors   []string `json:"errors"`
+		} `json:"last_rejection"`
+	}
+	for range 100 { // the watcher sees a put within milliseconds; bounded, not timed
+		resp, err := http.Get(base + "/api/rules")
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&status)
+		resp.Body.Close()
+		if status.LastRejection != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r := status.LastRejection; r == nil || r.Revision != pr2.Header.Revision || r.Key != "/sluice/rules/resources/zimage_generate" ||
+		len(r.Errors) != 1 || !strings.Contains(r.Errors[0], "flow[0].window: must be one of") {
+		t.Fatalf("/api/rules does not show the rejection: %+v", status)
+	}
+	if status.Revision >= pr2.Header.Revision {
+		t.Fatalf("revision in force %d moved past the rejected %d", status.Revision, pr2.Header.Revision)
 	}
 
 	resp, err = http.Get(base + "/api/resources")
