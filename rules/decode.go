@@ -118,23 +118,28 @@ func decodeDocument(file string, n int, root *yaml.Node) (Document, error) {
 	c := &errs{file: file, doc: n}
 	doc := Document{File: file, Index: n}
 	if root.Kind != yaml.MappingNode {
-		c.add("", "a document must be a mapping with a resource or system key, got %s", describe(root))
+		c.add("", "a document must be a mapping with a resource key, or system and gpu keys, got %s", describe(root))
 		return doc, c.err()
 	}
 	if v := mappingValue(root, "resource"); v != nil && v.Kind == yaml.ScalarNode {
 		c.resource = v.Value
 	}
-	if sys := mappingValue(root, "system"); sys != nil {
+	sys, gpu := mappingValue(root, "system"), mappingValue(root, "gpu")
+	if sys != nil || gpu != nil {
 		c.resource = "system"
-		if len(root.Content) > 2 {
-			for i := 0; i < len(root.Content); i += 2 {
-				if k := root.Content[i].Value; k != "system" {
-					c.add(k, "unknown field in the system document; it holds only system")
-				}
+		for i := 0; i+1 < len(root.Content); i += 2 {
+			if k := root.Content[i].Value; k != "system" && k != "gpu" {
+				c.add(k, "unknown field in the system document; it holds system and gpu")
 			}
 		}
-		doc.System = new(System)
-		decodeInto(c, sys, reflect.ValueOf(doc.System).Elem(), "system")
+		if sys != nil {
+			doc.System = new(System)
+			decodeInto(c, sys, reflect.ValueOf(doc.System).Elem(), "system")
+		}
+		if gpu != nil {
+			doc.GPU = new(GPU)
+			decodeInto(c, gpu, reflect.ValueOf(doc.GPU).Elem(), "gpu")
+		}
 	} else {
 		doc.Resource = new(Resource)
 		decodeInto(c, root, reflect.ValueOf(doc.Resource).Elem(), "")

@@ -11,10 +11,11 @@ import (
 // defaults filled in): the form stored in etcd, one document per key.
 func Encode(d Document) ([]byte, error) {
 	var v any = d.Resource
-	if d.System != nil {
+	if d.Resource == nil {
 		v = struct {
-			System *System `yaml:"system"`
-		}{d.System}
+			System *System `yaml:"system,omitempty"`
+			GPU    *GPU    `yaml:"gpu,omitempty"`
+		}{d.System, d.GPU}
 	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)

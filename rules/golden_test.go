@@ -78,6 +78,7 @@ type goldenView struct {
 	System    []*system.Rule      `json:"system"`
 	Own       map[string]ownRules `json:"own"`
 	CPUUsage  float64             `json:"cpu_usage"`
+	GPU       *rules.GPU          `json:"gpu"`
 }
 
 type ownRules struct {
@@ -95,7 +96,7 @@ func compileForGolden(name string, input []byte) string {
 		return err.Error() + "\n"
 	}
 	s := set.Sentinel(func(r string) string { return r })
-	v := goldenView{Flow: s.Flow, Isolation: s.Isolation, System: s.System, Own: map[string]ownRules{}, CPUUsage: set.System.CPUUsage}
+	v := goldenView{Flow: s.Flow, Isolation: s.Isolation, System: s.System, Own: map[string]ownRules{}, CPUUsage: set.System.CPUUsage, GPU: set.GPU}
 	for _, h := range s.Hotspot {
 		items := make(map[string]int64, len(h.SpecificItems))
 		for k, n := range h.SpecificItems {

@@ -145,18 +145,55 @@ type System struct {
 	CPUUsage float64 `json:"cpu_usage,omitempty" yaml:"cpu_usage,omitempty"`
 }
 
-// Document is one decoded document: exactly one of Resource and System is
-// set.
+// GPU protects the GPUs themselves: it is the gpu section of the system
+// document. Each GPU is judged on its own; while any is under pressure the
+// action applies to every GPU-bound resource.
+type GPU struct {
+	// MemoryUsedRatio is the used/total VRAM fraction at or above which a
+	// GPU is under pressure (0–1; 0 is off).
+	MemoryUsedRatio float64 `json:"memory_used_ratio,omitempty" yaml:"memory_used_ratio,omitempty"`
+	// Utilization is the busy fraction at or above which a GPU is under
+	// pressure (0–1; 0 is off). Only NVML reports it.
+	Utilization float64 `json:"utilization,omitempty" yaml:"utilization,omitempty"`
+	// RecoverMemoryRatio and RecoverUtilization are the hysteresis: a GPU
+	// leaves pressure only below both (defaults: 0.05 under the thresholds).
+	RecoverMemoryRatio float64 `json:"recover_memory_used_ratio,omitempty" yaml:"recover_memory_used_ratio,omitempty"`
+	RecoverUtilization float64 `json:"recover_utilization,omitempty" yaml:"recover_utilization,omitempty"`
+	// Action is reject (new jobs get 503) or tighten (flow thresholds are
+	// scaled by Factor while the pressure lasts). Default reject.
+	Action string `json:"action,omitempty" yaml:"action,omitempty"`
+	// Factor scales flow thresholds under tighten (0–1, default 0.5).
+	Factor float64 `json:"factor,omitempty" yaml:"factor,omitempty"`
+	// Devices override the thresholds for single GPUs, by GPU id
+	// ("nvml:0") or by backend (a ComfyUI base URL: all its GPUs).
+	Devices map[string]GPUThresholds `json:"devices,omitempty" yaml:"devices,omitempty"`
+}
+
+// GPUThresholds are the thresholds of one GPU or backend.
+type GPUThresholds struct {
+	MemoryUsedRatio float64 `json:"memory_used_ratio,omitempty" yaml:"memory_used_ratio,omitempty"`
+	Utilization     float64 `json:"utilization,omitempty" yaml:"utilization,omitempty"`
+}
+
+// The GPU actions.
+const (
+	GPUReject  = "reject"
+	GPUTighten = "tighten"
+)
+
+// Document is one decoded document: a resource document (Resource set) or
+// the system document (System and/or GPU set).
 type Document struct {
 	File     string // the file or etcd key it was decoded from
 	Index    int    // 1-based position within File
 	Resource *Resource
 	System   *System
+	GPU      *GPU
 }
 
 // Name is the document's resource, or "system".
 func (d Document) Name() string {
-	if d.System != nil {
+	if d.Resource == nil {
 		return "system"
 	}
 	return d.Resource.Resource

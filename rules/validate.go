@@ -32,6 +32,8 @@ type Set struct {
 	Resources map[string]*Resource
 	// System holds the system rules; the zero value turns them all off.
 	System System
+	// GPU holds the GPU rule, with defaults filled in; nil when off.
+	GPU *GPU
 	// Docs are the documents the set was built from, in source order.
 	Docs []Document
 }
@@ -51,10 +53,17 @@ func Build(docs []Document) (*Set, error) {
 			continue
 		}
 		seen[d.Name()] = d
-		if d.System != nil {
-			sys := *d.System
-			validateSystem(c, &sys)
-			set.System = sys
+		if d.Resource == nil {
+			if d.System != nil {
+				sys := *d.System
+				validateSystem(c, &sys)
+				set.System = sys
+			}
+			if d.GPU != nil {
+				g := cloneGPU(d.GPU)
+				validateGPU(c, g)
+				set.GPU = g
+			}
 		} else {
 			r := cloneResource(d.Resource)
 			validateResource(c, r)
@@ -229,6 +238,74 @@ func validateSystem(c *errs, s *System) {
 		}
 		c.add("system.cpu_usage", "must be a fraction of the machine between 0 and 1 (0 is off), got %v%s", s.CPUUsage, hint)
 	}
+}
+
+func validateGPU(c *errs, g *GPU) {
+	fraction := func(field string, v float64) bool {
+		if v < 0 || v > 1 || math.IsNaN(v) {
+			c.add("gpu."+field, "must be a fraction between 0 and 1, got %v", v)
+			return false
+		}
+		return true
+	}
+	memOK, utilOK := fraction("memory_used_ratio", g.MemoryUsedRatio), fraction("utilization", g.Utilization)
+	if g.MemoryUsedRatio == 0 && g.Utilization == 0 && len(g.Devices) == 0 {
+		c.add("gpu", "sets no threshold: give memory_used_ratio, utilization or devices")
+	}
+	recover := func(field string, v *float64, limit float64, ok bool) {
+		if limit == 0 && *v != 0 {
+			c.add("gpu."+field, "needs its threshold (%s) set, got %v", strings.TrimPrefix(field, "recover_"), *v)
+			return
+		}
+		if limit == 0 || !ok {
+			return
+		}
+		if *v == 0 {
+			*v = max(math.Round((limit-0.05)*1e4)/1e4, 0)
+		}
+		if *v < 0 || *v > limit || math.IsNaN(*v) {
+			c.add("gpu."+field, "must be between 0 and the threshold %v (the pressure ends below it), got %v", limit, *v)
+		}
+	}
+	recover("recover_memory_used_ratio", &g.RecoverMemoryRatio, g.MemoryUsedRatio, memOK)
+	recover("recover_utilization", &g.RecoverUtilization, g.Utilization, utilOK)
+	switch g.Action {
+	case "":
+		g.Action = GPUReject
+	case GPUReject, GPUTighten:
+	default:
+		c.add("gpu.action", "must be reject or tighten, got %q", g.Action)
+	}
+	if g.Action == GPUTighten && g.Factor == 0 {
+		g.Factor = 0.5
+	}
+	if g.Action == GPUReject && g.Factor != 0 {
+		c.add("gpu.factor", "applies only to action: tighten, got %v with action: reject", g.Factor)
+	}
+	if g.Action == GPUTighten && (g.Factor <= 0 || g.Factor >= 1 || math.IsNaN(g.Factor)) {
+		c.add("gpu.factor", "must be between 0 and 1 (exclusive), got %v", g.Factor)
+	}
+	for _, id := range sortedKeys(g.Devices) {
+		d := g.Devices[id]
+		at := fmt.Sprintf("gpu.devices[%q]", id)
+		if d.MemoryUsedRatio < 0 || d.MemoryUsedRatio > 1 || d.Utilization < 0 || d.Utilization > 1 {
+			c.add(at, "thresholds must be fractions between 0 and 1, got memory_used_ratio %v, utilization %v", d.MemoryUsedRatio, d.Utilization)
+		}
+		if d.MemoryUsedRatio == 0 && d.Utilization == 0 {
+			c.add(at, "sets no threshold")
+		}
+	}
+}
+
+func cloneGPU(g *GPU) *GPU {
+	c := *g
+	if g.Devices != nil {
+		c.Devices = make(map[string]GPUThresholds, len(g.Devices))
+		for k, v := range g.Devices {
+			c.Devices[k] = v
+		}
+	}
+	return &c
 }
 
 func threshold(c *errs, at string, v float64) {

@@ -347,5 +347,5 @@ func (s *Store) write(ctx context.Context, plan func(*Snapshot) ([]clientv3.Op, 
 // d: a document written by hand may differ in layout only.
 func (s *Store) sameDocument(key string, old []byte, d rules.Document) bool {
 	prev, err := s.parseKey(key, old)
-	return err == nil && reflect.DeepEqual(prev.Resource, d.Resource) && reflect.DeepEqual(prev.System, d.System)
+	return err == nil && reflect.DeepEqual(prev.Resource, d.Resource) && reflect.DeepEqual(prev.System, d.System) && reflect.DeepEqual(prev.GPU, d.GPU)
 }

@@ -23,6 +23,13 @@ type Runner interface {
 
 var _ Runner = (*comfyui.Client)(nil)
 
+// JobObserver is told about every job that ran on ComfyUI: how long it
+// waited in ComfyUI's queue and ran, and its error (nil on success). The
+// Prometheus exporter is one.
+type JobObserver interface {
+	ObserveJob(resource string, queueWait, run time.Duration, err error)
+}
+
 // Config configures a Server.
 type Config struct {
 	Engine *engine.Engine
@@ -35,6 +42,8 @@ type Config struct {
 	Image imageinput.Limits
 	// JobTimeout bounds one ComfyUI job (default 10m).
 	JobTimeout time.Duration
+	// Jobs, if set, observes every job's timings.
+	Jobs JobObserver
 }
 
 // Server is the public API. Mount more routes on Router().
@@ -45,6 +54,7 @@ type Server struct {
 	log        *slog.Logger
 	image      imageinput.Limits
 	jobTimeout time.Duration
+	jobs       JobObserver
 }
 
 // formSlack is what a multipart body may carry beyond the image itself:
@@ -69,6 +79,7 @@ func New(cfg Config) (*Server, error) {
 		log:        cfg.Logger,
 		image:      imageinput.DefaultLimits(),
 		jobTimeout: cfg.JobTimeout,
+		jobs:       cfg.Jobs,
 	}
 	if cfg.Image.MaxBytes > 0 {
 		s.image.MaxBytes = cfg.Image.MaxBytes
@@ -157,8 +168,16 @@ const refusedKey = "sluice.refused"
 func (s *Server) run(c *gin.Context, tok *engine.Token, job comfyui.Job) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), s.jobTimeout)
 	defer cancel()
+	start := time.Now()
 	res, err := s.runner.Run(ctx, job)
 	tok.Exit(err)
+	if s.jobs != nil {
+		wait, run := time.Duration(0), time.Since(start)
+		if res != nil {
+			wait, run = jobTimes(res)
+		}
+		s.jobs.ObserveJob(job.Resource, wait, run, err)
+	}
 	if err != nil {
 		s.jobError(c, job.Resource, err)
 		return
@@ -168,15 +187,20 @@ func (s *Server) run(c *gin.Context, tok *engine.Token, job comfyui.Job) {
 	c.Data(http.StatusOK, res.ContentType, res.Image)
 }
 
-// serverTiming reports the job's time in ComfyUI's queue and running.
-func serverTiming(res *comfyui.Result) string {
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+// jobTimes splits a job's time into its wait in ComfyUI's queue and its run.
+func jobTimes(res *comfyui.Result) (wait, run time.Duration) {
 	start := res.Started
 	if start.IsZero() {
 		start = res.Queued
 	}
-	return fmt.Sprintf(`queue;dur=%.1f;desc="ComfyUI queue", run;dur=%.1f;desc="ComfyUI job"`,
-		ms(start.Sub(res.Queued)), ms(res.Finished.Sub(start)))
+	return start.Sub(res.Queued), res.Finished.Sub(start)
+}
+
+// serverTiming reports the job's time in ComfyUI's queue and running.
+func serverTiming(res *comfyui.Result) string {
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	wait, run := jobTimes(res)
+	return fmt.Sprintf(`queue;dur=%.1f;desc="ComfyUI queue", run;dur=%.1f;desc="ComfyUI job"`, ms(wait), ms(run))
 }
 
 func (s *Server) jobError(c *gin.Context, resource string, err error) {
