@@ -63,6 +63,7 @@ func (e *Engine) sampleLoop() {
 			return
 		case <-t.C:
 			e.SampleCPU()
+			e.evaluateGPUs() // samples age: a silent source stops counting
 		}
 	}
 }

@@ -68,6 +68,8 @@ type Engine struct {
 	blocked *blockedLog
 	stats   map[string]*resStats
 
+	gpu gpus
+
 	cpuSrc   CPUSource
 	cpuEvery time.Duration
 	cpuBits  atomic.Uint64 // float64 bits of the last CPU sample
@@ -82,6 +84,7 @@ type state struct {
 	res      map[string]*resState
 	cpuLimit float64
 	cpuRule  *ownRule
+	gpuRule  *ownRule // the GPU rule under reject; nil without one
 }
 
 // resState is one resource's compiled rules.
@@ -94,11 +97,15 @@ type resState struct {
 	// Which of sentinel-golang's slots have rules for this resource: the
 	// others are skipped, sparing their per-call allocations.
 	hasSystem, hasHotspot, hasConcurrency bool
-	ban                                   *rules.BanRule
-	banRule                               *ownRule
-	sizeCost                              map[int]uint32
-	sizeArgs                              map[int]any // boxed size strings, to spare an allocation per call
-	stats                                 *resStats
+
+	ban      *rules.BanRule
+	banRule  *ownRule
+	sizeCost map[int]uint32
+	sizeArgs map[int]any // boxed size strings, to spare an allocation per call
+	stats    *resStats
+	// flowChecks are the flow rules as the GPU slot checks them while a
+	// tighten pressure lasts.
+	flowChecks []flowCheck
 }
 
 // sentinelInit guards sentinel-golang's process-wide initialisation.
@@ -139,6 +146,8 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 	for _, r := range rules.Resources {
 		e.stats[r] = newResStats()
 	}
+	e.gpu.sources = make(map[string]*gpuSourceState)
+	e.gpu.inPress = make(map[string]bool)
 	e.chain = e.buildChain()
 	if set == nil {
 		set = &rules.Set{Resources: map[string]*rules.Resource{}}
@@ -179,6 +188,7 @@ func (e *Engine) buildChain() *base.SlotChain {
 	sc.AddRuleCheckSlot(&banSlot{e: e})
 	sc.AddRuleCheckSlot(gated{system.DefaultAdaptiveSlot, func(rs *resState) bool { return rs.hasSystem }})
 	sc.AddRuleCheckSlot(&cpuSlot{e: e})
+	sc.AddRuleCheckSlot(&gpuSlot{e: e})
 	sc.AddRuleCheckSlot(flow.DefaultSlot)
 	sc.AddRuleCheckSlot(gated{isolation.DefaultSlot, func(rs *resState) bool { return rs.hasConcurrency }})
 	sc.AddRuleCheckSlot(gated{hotspot.DefaultSlot, func(rs *resState) bool { return rs.hasHotspot }})
@@ -199,13 +209,16 @@ func (e *Engine) Apply(set *rules.Set) error {
 	st := &state{set: set, res: make(map[string]*resState, len(rules.Resources))}
 	s := set.Sentinel(e.sentinelName)
 	for _, name := range rules.Resources {
-		rs := e.compileResource(name, set.Resources[name])
+		rs := e.compileResource(name, set.Resources[name], set.GPU)
 		rs.hasSystem = len(s.System) > 0
 		st.res[name] = rs
 	}
 	if cpu := set.System.CPUUsage; cpu > 0 {
 		st.cpuLimit = cpu
 		st.cpuRule = &ownRule{id: "system/cpu_usage", kind: KindCPU, threshold: cpu}
+	}
+	if g := set.GPU; g != nil {
+		st.gpuRule = &ownRule{id: "system/gpu", kind: KindGPU, threshold: g.MemoryUsedRatio}
 	}
 	var prev *state
 	if p := e.state.Load(); p != nil {
@@ -220,6 +233,7 @@ func (e *Engine) Apply(set *rules.Set) error {
 		return fmt.Errorf("apply rules: %w", err)
 	}
 	e.state.Store(st)
+	e.evaluateGPUs() // the thresholds may have changed
 	return nil
 }
 
@@ -239,7 +253,7 @@ func loadSentinel(s *rules.Sentinel) error {
 	return nil
 }
 
-func (e *Engine) compileResource(name string, r *rules.Resource) *resState {
+func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU) *resState {
 	sname := e.sentinelName(name)
 	rs := &resState{
 		name:    name,
@@ -250,6 +264,15 @@ func (e *Engine) compileResource(name string, r *rules.Resource) *resState {
 	}
 	if r == nil {
 		return rs
+	}
+	if gpu != nil && gpu.Action == rules.GPUTighten {
+		for i, f := range r.Flow {
+			rs.flowChecks = append(rs.flowChecks, flowCheck{
+				stat: windowStat(rs.node, time.Duration(f.Window)),
+				tightRule: &ownRule{id: "system/gpu", resource: name, kind: KindGPU,
+					threshold: f.Threshold * gpu.Factor, window: time.Duration(f.Window), tightened: fmt.Sprintf("%s/flow[%d]", name, i)},
+			})
+		}
 	}
 	rs.needArgs = len(r.Hotspot) > 0 || r.Ban != nil
 	rs.hasHotspot = len(r.Hotspot) > 0
@@ -276,6 +299,20 @@ func (e *Engine) compileResource(name string, r *rules.Resource) *resState {
 				rs.sizeArgs[size] = v
 			}
 		}
+	}
+	return rs
+}
+
+// windowStat reads a resource's admissions over one of the flow windows
+// rules allow (all of which slide over sentinel-golang's resource window).
+func windowStat(node *stat.ResourceNode, window time.Duration) base.ReadStat {
+	ms := uint32(window.Milliseconds())
+	if ms == 1000 {
+		return node.DefaultMetric()
+	}
+	rs, err := node.GenerateReadStat(ms/500, ms)
+	if err != nil {
+		return node.DefaultMetric() // unreachable for the windows rules.Build accepts
 	}
 	return rs
 }

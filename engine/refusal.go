@@ -25,6 +25,7 @@ const (
 	KindSystem      Kind = "system"
 	KindCPU         Kind = "cpu"
 	KindBan         Kind = "ban"
+	KindGPU         Kind = "gpu"
 )
 
 // Kinds lists every kind, in a stable order.
@@ -44,6 +45,9 @@ type Refusal struct {
 	// Window is the span Threshold applies to; 0 for limits that are not
 	// per window (concurrency, CPU, load).
 	Window time.Duration
+	// Tightened names the flow rule whose threshold the GPU rule scaled
+	// down (a gpu refusal under action tighten).
+	Tightened string
 	// RetryAfter estimates when a retry could pass.
 	RetryAfter time.Duration
 }
@@ -63,6 +67,10 @@ func (r *Refusal) Error() string {
 		b = append(b, r.Window.String()...)
 	}
 	b = append(b, ')')
+	if r.Tightened != "" {
+		b = append(b, " tightening "...)
+		b = append(b, r.Tightened...)
+	}
 	if r.Param != "" {
 		b = append(b, " for "...)
 		b = append(b, r.Param...)
@@ -75,11 +83,11 @@ func (r *Refusal) Error() string {
 }
 
 // Overload reports whether the refusal is about capacity (system, CPU,
-// concurrency: HTTP 503) rather than the caller's own rate (flow, hotspot,
-// ban: HTTP 429).
+// GPU, concurrency: HTTP 503) rather than the caller's own rate (flow,
+// hotspot, ban: HTTP 429).
 func (r *Refusal) Overload() bool {
 	switch r.Kind {
-	case KindSystem, KindCPU, KindConcurrency:
+	case KindSystem, KindCPU, KindConcurrency, KindGPU:
 		return true
 	}
 	return false
@@ -140,7 +148,12 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		ref.Rule = rule.id
 		ref.Threshold = rule.threshold
 		ref.Window = rule.window
+		ref.Tightened = rule.tightened
 		ref.RetryAfter = time.Second
+		if rule.kind == KindGPU {
+			// The pressure eases as jobs finish: retry after about one.
+			ref.RetryAfter = max(avgRT(rs.node.AvgRT()), rule.window)
+		}
 		if left, ok := be.TriggeredValue().(time.Duration); ok {
 			ref.Param, ref.Value = rules.ParamOrigin, c.Origin
 			ref.RetryAfter = left

@@ -16,6 +16,8 @@ type ownRule struct {
 	kind      Kind
 	threshold float64
 	window    time.Duration
+	// tightened names the flow rule a GPU tighten scaled.
+	tightened string
 }
 
 func (r *ownRule) ResourceName() string { return r.resource }

@@ -19,7 +19,7 @@ type resStats struct {
 }
 
 // kindIndex orders the kinds in the statistics' arrays.
-var kindIndex = [...]Kind{KindFlow, KindHotspot, KindConcurrency, KindSystem, KindCPU, KindBan}
+var kindIndex = [...]Kind{KindFlow, KindHotspot, KindConcurrency, KindSystem, KindCPU, KindBan, KindGPU}
 
 // Refusal rates are kept over a one-second window of two buckets, the same
 // span as sentinel-golang's per-second figures.
