@@ -791,6 +791,29 @@ func (s *Server) handleSystemStats(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// SetVRAMUsed sets every device's VRAM in use to ratio (0–1) of its total.
+func (s *Server) SetVRAMUsed(ratio float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ratio = min(max(ratio, 0), 1)
+	for i := range s.devices {
+		s.devices[i].VRAMFree = s.devices[i].VRAMTotal - int64(ratio*float64(s.devices[i].VRAMTotal))
+	}
+}
+
+// VRAMUsed returns each device's VRAM in use as a fraction of its total.
+func (s *Server) VRAMUsed() []float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]float64, len(s.devices))
+	for i, d := range s.devices {
+		if d.VRAMTotal > 0 {
+			out[i] = float64(d.VRAMTotal-d.VRAMFree) / float64(d.VRAMTotal)
+		}
+	}
+	return out
+}
+
 // SetVRAMFree sets the free memory /system_stats reports for the device at
 // index (its position in Options.Devices).
 func (s *Server) SetVRAMFree(index int, free int64) {
