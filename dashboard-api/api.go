@@ -118,6 +118,7 @@ func Register(r gin.IRouter, cfg Config) error {
 	reads.GET("/rules/:resource", a.resourceRules)
 	reads.GET("/resources", a.resources)
 	reads.GET("/blocked", a.blocked)
+	reads.GET("/system", a.system)
 
 	writes := r.Group("/api", a.readOnly, a.authorize, a.knownResource)
 	writes.PUT("/rules/:resource", a.put)
@@ -272,6 +273,12 @@ func (a *api) resourceRules(c *gin.Context) {
 
 func (a *api) resources(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"resources": a.cfg.Engine.Stats(), "cpu_usage": a.cfg.Engine.CPUUsage()})
+}
+
+// system shows the machine's CPU and load, every GPU with its source,
+// memory and utilisation, and the GPU rule's pressure state.
+func (a *api) system(c *gin.Context) {
+	c.JSON(http.StatusOK, a.cfg.Engine.System())
 }
 
 func (a *api) blocked(c *gin.Context) {

@@ -502,3 +502,45 @@ func TestRulesStatus(t *testing.T) {
 		t.Fatalf("/api/rules after a rejection: %v", body)
 	}
 }
+
+func TestSystemEndpoint(t *testing.T) {
+	gin.SetMode(gin.TestMode)
+	docs, _ := rules.Parse("r.yaml", []byte("gpu: {memory_used_ratio: 0.875}\n"))
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	eng.ReportGPUs("comfyui http://gpu-1:8188", []engine.GPU{{ID: "http://gpu-1:8188#0", Source: "comfyui", Backend: "http://gpu-1:8188",
+		MemoryUsed: 15 << 30, MemoryTotal: 16 << 30, Utilization: -1, SampledAt: time.Now()}}, nil)
+	r := gin.New()
+	if err := dashboardapi.Register(r, dashboardapi.Config{Engine: eng}); err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/system", nil))
+	var sys struct {
+		GPUs []struct {
+			ID       string  `json:"id"`
+			Source   string  `json:"source"`
+			Ratio    float64 `json:"memory_used_ratio"`
+			Pressure bool    `json:"pressure"`
+		} `json:"gpus"`
+		Pressure struct {
+			Active  bool     `json:"active"`
+			Action  string   `json:"action"`
+			Devices []string `json:"devices"`
+		} `json:"gpu_pressure"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &sys); err != nil || rec.Code != 200 {
+		t.Fatalf("%d %v %s", rec.Code, err, rec.Body)
+	}
+	if len(sys.GPUs) != 1 || sys.GPUs[0].Source != "comfyui" || sys.GPUs[0].Ratio != 0.9375 || !sys.GPUs[0].Pressure ||
+		!sys.Pressure.Active || sys.Pressure.Action != "reject" || sys.Pressure.Devices[0] != "http://gpu-1:8188#0" {
+		t.Fatalf("/api/system: %s", rec.Body)
+	}
+}

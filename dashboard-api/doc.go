@@ -8,6 +8,7 @@
 //	DELETE /api/rules/:resource    remove one rule document
 //	GET    /api/resources          live statistics per resource
 //	GET    /api/blocked?limit=N    the N most recent refusals, newest first (default 100, max 1024)
+//	GET    /api/system             CPU, load, every GPU (source, memory, utilisation) and the GPU pressure
 //	GET    /healthz                the process is up
 //	GET    /readyz                 ready for traffic (503 until then)
 //

@@ -161,6 +161,9 @@ func TestBadPutKeepsLastGoodRules(t *testing.T) {
 			if r == nil || r.Revision != st.Revision || r.Key != f.store.Key(tc.key) || !strings.Contains(strings.Join(r.Errors, "\n"), tc.want) {
 				t.Fatalf("rejection %+v, want one naming %q", r, tc.want)
 			}
+			if st.Rejections != good.Rejections+1 {
+				t.Fatalf("rejections counted %d, want %d", st.Rejections, good.Rejections+1)
+			}
 			if st.AppliedRevision != good.AppliedRevision {
 				t.Fatalf("applied revision moved to %d", st.AppliedRevision)
 			}

@@ -72,6 +72,8 @@ type Status struct {
 	AppliedAt       time.Time `json:"applied_at"`
 	// LastRejection is the most recent update refused; nil if none.
 	LastRejection *Rejection `json:"last_rejection,omitempty"`
+	// Rejections counts the updates refused since start.
+	Rejections uint64 `json:"rejections"`
 }
 
 // Rejection is an update that did not validate: the rules in force stayed.
@@ -259,6 +261,7 @@ func (w *Watcher) update(rev int64, keys string) {
 	}
 	if rejected != nil {
 		w.status.LastRejection = rejected
+		w.status.Rejections++
 	}
 	close(w.changed)
 	w.changed = make(chan struct{})
