@@ -224,15 +224,19 @@ type document struct {
 	Resource string          `json:"resource"`
 	Rules    *rules.Resource `json:"rules,omitempty"`
 	System   *rules.System   `json:"system,omitempty"`
+	GPU      *rules.GPU      `json:"gpu,omitempty"`
 }
 
 func documents(set *rules.Set) []document {
 	out := make([]document, 0, len(set.Docs))
 	for _, d := range set.Docs {
 		doc := document{Source: d.Source(), Resource: d.Name()}
-		if d.System != nil {
-			sys := set.System
-			doc.System = &sys
+		if d.Resource == nil {
+			if d.System != nil {
+				sys := set.System
+				doc.System = &sys
+			}
+			doc.GPU = set.GPU // with defaults filled in
 		} else {
 			doc.Rules = set.Resources[d.Name()] // with defaults filled in
 		}

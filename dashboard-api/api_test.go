@@ -35,7 +35,7 @@ func newEngine(t *testing.T, src string, opts engine.Options) *engine.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Namespace = t.Name() + "/"
+	opts.Namespace = fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1))
 	eng, err := engine.New(opts, set)
 	if err != nil {
 		t.Fatal(err)
@@ -510,7 +510,7 @@ func TestSystemEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, set)
+	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1))}, set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -544,3 +544,8 @@ func TestSystemEndpoint(t *testing.T) {
 		t.Fatalf("/api/system: %s", rec.Body)
 	}
 }
+
+// engineSeq gives every engine of the test binary its own sentinel-golang
+// namespace, so windows of earlier tests (or earlier -count runs) do not
+// leak into later ones.
+var engineSeq atomic.Int64

@@ -4,7 +4,7 @@
 // An Engine holds the compiled rules (replaced atomically by Apply) and
 // guards calls:
 //
-//	tok, err := eng.Guard(engine.Call{Resource: "ddcolor_person", Origin: ip, Size: 512})
+//	tok, err := eng.Guard(ctx, engine.Call{Resource: "ddcolor_person", Origin: ip, Size: 512})
 //	var refusal *engine.Refusal
 //	if errors.As(err, &refusal) {
 //		// 429 or 503, refusal.RetryAfter, refusal.Kind ...

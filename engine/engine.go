@@ -106,6 +106,10 @@ type resState struct {
 	// flowChecks are the flow rules as the GPU slot checks them while a
 	// tighten pressure lasts.
 	flowChecks []flowCheck
+	// mu serialises admissions, making thresholds exact, unless throttled:
+	// see entry.
+	mu        sync.Mutex
+	throttled bool
 }
 
 // sentinelInit guards sentinel-golang's process-wide initialisation.
@@ -186,12 +190,12 @@ func (e *Engine) buildChain() *base.SlotChain {
 	sc := base.NewSlotChain()
 	sc.AddStatPrepareSlot(stat.DefaultResourceNodePrepareSlot)
 	sc.AddRuleCheckSlot(&banSlot{e: e})
-	sc.AddRuleCheckSlot(gated{system.DefaultAdaptiveSlot, func(rs *resState) bool { return rs.hasSystem }})
+	sc.AddRuleCheckSlot(gated{RuleCheckSlot: system.DefaultAdaptiveSlot, need: func(rs *resState) bool { return rs.hasSystem }})
 	sc.AddRuleCheckSlot(&cpuSlot{e: e})
 	sc.AddRuleCheckSlot(&gpuSlot{e: e})
 	sc.AddRuleCheckSlot(flow.DefaultSlot)
-	sc.AddRuleCheckSlot(gated{isolation.DefaultSlot, func(rs *resState) bool { return rs.hasConcurrency }})
-	sc.AddRuleCheckSlot(gated{hotspot.DefaultSlot, func(rs *resState) bool { return rs.hasHotspot }})
+	sc.AddRuleCheckSlot(gated{RuleCheckSlot: hotspot.DefaultSlot, need: func(rs *resState) bool { return rs.hasHotspot }, order: hotspotSlotOrder})
+	sc.AddRuleCheckSlot(gated{RuleCheckSlot: isolation.DefaultSlot, need: func(rs *resState) bool { return rs.hasConcurrency }})
 	sc.AddStatSlot(stat.DefaultSlot)
 	sc.AddStatSlot(flow.DefaultStandaloneStatSlot)
 	sc.AddStatSlot(hotspot.DefaultConcurrencyStatSlot)
@@ -220,10 +224,7 @@ func (e *Engine) Apply(set *rules.Set) error {
 	if g := set.GPU; g != nil {
 		st.gpuRule = &ownRule{id: "system/gpu", kind: KindGPU, threshold: g.MemoryUsedRatio}
 	}
-	var prev *state
-	if p := e.state.Load(); p != nil {
-		prev = p
-	}
+	prev := e.state.Load()
 	if err := loadSentinel(s); err != nil {
 		if prev != nil {
 			if rerr := loadSentinel(prev.set.Sentinel(e.sentinelName)); rerr != nil {
@@ -274,6 +275,9 @@ func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU)
 			})
 		}
 	}
+	for _, f := range r.Flow {
+		rs.throttled = rs.throttled || f.Behavior == rules.BehaviorThrottle
+	}
 	rs.needArgs = len(r.Hotspot) > 0 || r.Ban != nil
 	rs.hasHotspot = len(r.Hotspot) > 0
 	rs.hasConcurrency = r.Concurrency > 0
@@ -288,8 +292,10 @@ func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU)
 			rs.sizeCost[size] = uint32(n)
 		}
 	}
-	rs.sizeArgs = make(map[int]any)
-	for _, size := range []int{256, 384, 512, 640, 768, 1024, 1280, 1536, 2048} {
+	// Every size the API accepts (multiples of 16 up to 2048) is boxed once
+	// here rather than on each call.
+	rs.sizeArgs = make(map[int]any, 2048/16)
+	for size := 16; size <= 2048; size += 16 {
 		rs.sizeArgs[size] = strconv.Itoa(size)
 	}
 	for _, h := range r.Hotspot {
@@ -389,15 +395,31 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 	sctx.Input.Args = tok.args[:]
 	entry := base.NewSentinelEntry(sctx, rs.wrapper, e.chain)
 	sctx.SetEntry(entry)
-	if r := e.chain.Entry(sctx); r != nil && r.IsBlocked() {
+	if r := rs.entry(e.chain, sctx); r != nil && r.IsBlocked() {
 		ref := e.refusal(rs, c, r.BlockError())
 		entry.Exit()
-		e.refused(st, rs, c, ref)
+		e.refused(rs, c, ref)
 		return nil, ref
 	}
 	tok.entry = entry
 	rs.stats.passed.Add(1)
 	return tok, nil
+}
+
+// entry runs the slot chain. sentinel-golang's flow and concurrency checks
+// read the statistics and count the admission in separate steps, so
+// concurrent calls can overshoot a threshold; for a resource without
+// throttling the chain runs under the resource's lock, which makes every
+// threshold exact (a few admissions a second per GPU resource never contend
+// for long). Throttling sleeps inside the chain to pace admissions, and its
+// pacing is exact by itself, so those resources run unlocked.
+func (rs *resState) entry(sc *base.SlotChain, ctx *base.EntryContext) *base.TokenResult {
+	if rs.throttled {
+		return sc.Entry(ctx)
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return sc.Entry(ctx)
 }
 
 // argResource is where Guard passes the *resState to the engine's slots.
@@ -424,13 +446,15 @@ func (rs *resState) sizeArg(size int) any {
 
 // refused counts a refusal, records it in the log of recent refusals and
 // feeds the ban rule.
-func (e *Engine) refused(st *state, rs *resState, c Call, ref *Refusal) {
+func (e *Engine) refused(rs *resState, c Call, ref *Refusal) {
 	rs.stats.refuse(ref.Kind)
 	e.blocked.add(Blocked{
 		Time: e.clock.Now(), Origin: c.Origin, Resource: rs.name, Size: c.Size,
 		Rule: ref.Rule, Kind: ref.Kind, Value: ref.Value,
 	})
-	if rs.ban == nil || ref.Kind == KindBan || c.Origin == "" {
+	// Only the caller's own excess earns a ban: refusals for capacity
+	// (GPU, CPU, system, concurrency) hit honest clients too.
+	if rs.ban == nil || ref.Kind == KindBan || ref.Overload() || c.Origin == "" {
 		return
 	}
 	if e.bans.refused(rs.name, c.Origin, rs.ban) {

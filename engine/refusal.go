@@ -28,8 +28,9 @@ const (
 	KindGPU         Kind = "gpu"
 )
 
-// Kinds lists every kind, in a stable order.
-var Kinds = kindIndex[:]
+// Kinds lists every kind, in a stable order. It is a copy: changing it
+// changes nothing in the engine.
+var Kinds = append([]Kind(nil), kindIndex[:]...)
 
 // Refusal is the error Guard returns when a rule refuses a call.
 type Refusal struct {

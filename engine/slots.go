@@ -26,10 +26,13 @@ func (r *ownRule) String() string {
 }
 
 // Slot orders: bans first, so a banned origin spends nothing; the CPU check
-// beside sentinel-golang's system slot (1000), before flow (2000).
+// beside sentinel-golang's system slot (1000); hotspot before flow (2000),
+// whose throttling books a place in its pacing that a later refusal would
+// not give back: a client over its own limit must not slow the others.
 const (
-	banSlotOrder = 500
-	cpuSlotOrder = 1001
+	banSlotOrder     = 500
+	cpuSlotOrder     = 1001
+	hotspotSlotOrder = 1500
 )
 
 // gated runs a sentinel-golang slot only for resources that have its kind
@@ -37,6 +40,15 @@ const (
 type gated struct {
 	base.RuleCheckSlot
 	need func(*resState) bool
+	// order, when not 0, moves the slot in the chain.
+	order uint32
+}
+
+func (g gated) Order() uint32 {
+	if g.order != 0 {
+		return g.order
+	}
+	return g.RuleCheckSlot.Order()
 }
 
 func (g gated) Check(ctx *base.EntryContext) *base.TokenResult {

@@ -168,8 +168,8 @@ func validateHotspot(c *errs, at string, h *HotspotRule) {
 }
 
 func validateCost(c *errs, r *CostRule) {
-	if !slices.Contains(Params, r.Param) {
-		c.add("cost.param", "unknown parameter %q; known parameters are %s", r.Param, strings.Join(Params, ", "))
+	if r.Param != ParamSize {
+		c.add("cost.param", "costs are by size: want size, got %q", r.Param)
 	}
 	if r.Default == 0 {
 		r.Default = 1
@@ -192,28 +192,37 @@ func validateCost(c *errs, r *CostRule) {
 // costWithinThresholds refuses a cost that no flow or hotspot rule could
 // ever admit: a request that costs more than a threshold is refused always.
 func costWithinThresholds(c *errs, r *Resource) {
-	for _, k := range sortedKeys(r.Cost.Values) {
-		cost := float64(r.Cost.Values[k])
+	costs := map[string]int{}
+	for k, v := range r.Cost.Values {
+		costs[fmt.Sprintf("cost.values[%q]", k)] = v
+	}
+	costs["cost.default"] = r.Cost.Default
+	for _, at := range sortedKeys(costs) {
+		cost := float64(costs[at])
+		value, listed := strings.CutPrefix(at, "cost.values[")
+		if listed {
+			value, _ = strconv.Unquote(strings.TrimSuffix(value, "]"))
+		}
 		for i, f := range r.Flow {
 			switch {
 			case f.Threshold > 0 && cost > f.Threshold:
-				c.add(fmt.Sprintf("cost.values[%q]", k), "costs %v but flow[%d].threshold is %v: such requests could never pass", cost, i, f.Threshold)
+				c.add(at, "costs %v but flow[%d].threshold is %v: such requests could never pass", cost, i, f.Threshold)
 			case f.WarmUp != nil && f.WarmUp.ColdFactor > 0 && cost > f.Threshold/float64(f.WarmUp.ColdFactor):
 				// A cold warm-up admits threshold/cold_factor; if nothing
 				// passes it never warms.
-				c.add(fmt.Sprintf("cost.values[%q]", k), "costs %v but flow[%d] admits only %.3g per window while cold (threshold/cold_factor): such requests could never warm it up",
+				c.add(at, "costs %v but flow[%d] admits only %.3g per window while cold (threshold/cold_factor): such requests could never warm it up",
 					cost, i, f.Threshold/float64(f.WarmUp.ColdFactor))
 			}
 		}
 		for i, h := range r.Hotspot {
 			limit := h.Threshold
-			if h.Param == r.Cost.Param {
-				if n, ok := h.Items[k]; ok {
+			if listed && h.Param == r.Cost.Param {
+				if n, ok := h.Items[value]; ok {
 					limit = n
 				}
 			}
 			if limit > 0 && cost > float64(limit+h.Burst) {
-				c.add(fmt.Sprintf("cost.values[%q]", k), "costs %v but hotspot[%d] admits %d per window: such requests could never pass", cost, i, limit+h.Burst)
+				c.add(at, "costs %v but hotspot[%d] admits %d per window: such requests could never pass", cost, i, limit+h.Burst)
 			}
 		}
 	}

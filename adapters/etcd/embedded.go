@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -113,7 +114,7 @@ type slogCore struct {
 
 func (c slogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel && !c.closing.Load() }
 func (c slogCore) With(f []zapcore.Field) zapcore.Core {
-	return slogCore{log: c.log, closing: c.closing, fields: append(append([]zapcore.Field(nil), c.fields...), f...)}
+	return slogCore{log: c.log, closing: c.closing, fields: slices.Concat(c.fields, f)}
 }
 func (c slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
 	if c.Enabled(e.Level) {
@@ -123,7 +124,7 @@ func (c slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Chec
 }
 func (c slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	enc := zapcore.NewMapObjectEncoder()
-	for _, f := range append(c.fields, fields...) {
+	for _, f := range slices.Concat(c.fields, fields) {
 		f.AddTo(enc)
 	}
 	attrs := make([]slog.Attr, 0, len(enc.Fields))

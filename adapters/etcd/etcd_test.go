@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,7 +60,7 @@ type fixture struct {
 func newFixture(t testing.TB, client *clientv3.Client, configure func(*Watcher)) *fixture {
 	t.Helper()
 	store := NewStore(client, "/test/"+t.Name())
-	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, nil)
+	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1))}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,3 +327,8 @@ func TestSeedOnlyWhenEmpty(t *testing.T) {
 		t.Fatalf("second seed wrote again: %v %v", ok, err)
 	}
 }
+
+// engineSeq gives every engine of the test binary its own sentinel-golang
+// namespace, so windows of earlier tests (or earlier -count runs) do not
+// leak into later ones.
+var engineSeq atomic.Int64

@@ -109,6 +109,9 @@ func (s *Store) Client() *clientv3.Client { return s.c }
 // Prefix is the store's key prefix.
 func (s *Store) Prefix() string { return s.prefix }
 
+// RulesPrefix is the prefix every rule document's key starts with.
+func (s *Store) RulesPrefix() string { return s.rulesPrefix() }
+
 func (s *Store) rulesPrefix() string    { return s.prefix + "/rules/" }
 func (s *Store) resourcePrefix() string { return s.prefix + "/rules/resources/" }
 func (s *Store) systemKey() string      { return s.prefix + "/rules/system" }
@@ -329,9 +332,14 @@ func (s *Store) write(ctx context.Context, plan func(*Snapshot) ([]clientv3.Op, 
 		if len(ops) == 0 {
 			return changes, snap.Revision, nil
 		}
-		// Nothing under the prefix may have changed since the snapshot: a
-		// new key appearing would change the candidate set too.
+		// Nothing under the prefix may have changed since the snapshot: no
+		// key written since (which also catches a new key appearing), and
+		// every key read still there at the revision read (which catches a
+		// key deleted meanwhile).
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.rulesPrefix()).WithPrefix(), "<", snap.Revision+1)}
+		for k, rev := range snap.ModRevisions {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+		}
 		resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return nil, 0, fmt.Errorf("etcd: write rules: %w", err)

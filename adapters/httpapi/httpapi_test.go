@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image"
 	"image/color"
 	"image/gif"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -62,7 +64,7 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/", Clock: o.clock, CPU: idleCPU{}}, set)
+	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), Clock: o.clock, CPU: idleCPU{}}, set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -613,3 +615,8 @@ func crc32IEEE(p []byte) uint32 {
 	}
 	return ^crc
 }
+
+// engineSeq gives every engine of the test binary its own sentinel-golang
+// namespace, so windows of earlier tests (or earlier -count runs) do not
+// leak into later ones.
+var engineSeq atomic.Int64

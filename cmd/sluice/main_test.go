@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"math"
 	"mime/multipart"
 	"net/http"
 	"os"
@@ -56,7 +58,7 @@ func TestServeWithDefaults(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"serve", "--rules", "../../testdata/rules", "--listen", "127.0.0.1:0", "--sim-job-time", "10ms",
+		done <- run(ctx, []string{"serve", "--rules", "../../testdata/rules", "--listen", "127.0.0.1:0", "--sim-job-time", "10ms", "--gpu-interval", "20ms",
 			"--etcd-listen", "http://127.0.0.1:0", "--data-dir", t.TempDir(), "--admin-token", "s3cret"}, io.Discard, pw)
 		pw.Close()
 	}()
@@ -184,24 +186,86 @@ func TestServeWithDefaults(t *testing.T) {
 			Errors   []string `json:"errors"`
 		} `json:"last_rejection"`
 	}
-	for range 100 { // the watcher sees a put within milliseconds; bounded, not timed
-		resp, err := http.Get(base + "/api/rules")
-		if err != nil {
-			t.Fatal(err)
-		}
-		json.NewDecoder(resp.Body).Decode(&status)
-		resp.Body.Close()
-		if status.LastRejection != nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, func() bool {
+		getJSON(t, base+"/api/rules", &status)
+		return status.LastRejection != nil
+	})
 	if r := status.LastRejection; r == nil || r.Revision != pr2.Header.Revision || r.Key != "/sluice/rules/resources/zimage_generate" ||
 		len(r.Errors) != 1 || !strings.Contains(r.Errors[0], "flow[0].window: must be one of") {
 		t.Fatalf("/api/rules does not show the rejection: %+v", status)
 	}
 	if status.Revision >= pr2.Header.Revision {
 		t.Fatalf("revision in force %d moved past the rejected %d", status.Revision, pr2.Header.Revision)
+	}
+
+	// Pushing the simulator's VRAM up refuses new jobs, with hysteresis, and
+	// /api/system and /metrics show it.
+	setVRAM := func(ratio float64) {
+		req, _ := http.NewRequest(http.MethodPut, base+"/api/simulator/vram", strings.NewReader(fmt.Sprintf(`{"used_ratio": %v}`, ratio)))
+		req.Header.Set("Authorization", "Bearer s3cret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("PUT /api/simulator/vram: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	type system struct {
+		GPUs []struct {
+			Ratio    float64 `json:"memory_used_ratio"`
+			Pressure bool    `json:"pressure"`
+		} `json:"gpus"`
+		Pressure struct {
+			Active bool `json:"active"`
+		} `json:"gpu_pressure"`
+	}
+	sampled := func(ratio float64) system { // waits for a sample at ratio
+		var sys system
+		eventually(t, func() bool {
+			getJSON(t, base+"/api/system", &sys)
+			return len(sys.GPUs) == 1 && math.Abs(sys.GPUs[0].Ratio-ratio) < 0.01
+		})
+		return sys
+	}
+	colorizeStatus := func() (int, string) {
+		resp, body := colorize()
+		return resp.StatusCode, string(body)
+	}
+	// Lift the flow limit set above, and mend the bad document in the same
+	// transaction: while it is in etcd no candidate rule set validates.
+	os.WriteFile(filepath.Join(dir, "person.yaml"), []byte("resource: ddcolor_person\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "zimage.yaml"), []byte("resource: zimage_generate\n"), 0o644)
+	if _, errOut, code := sluice(t, "rules", "apply", "-f", dir, "--endpoints", etcdEndpoint); code != 0 {
+		t.Fatalf("rules apply: %s", errOut)
+	}
+	eventually(t, func() bool { code, _ := colorizeStatus(); return code == 200 })
+	setVRAM(0.95)
+	if sys := sampled(0.95); !sys.Pressure.Active || !sys.GPUs[0].Pressure {
+		t.Fatalf("at 95%% VRAM no pressure: %+v", sys)
+	}
+	if code, body := colorizeStatus(); code != 503 || !strings.Contains(body, `"rule":"system/gpu"`) {
+		t.Fatalf("under GPU pressure: %d %s", code, body)
+	}
+	setVRAM(0.85) // under the 0.875 threshold, above the 0.8 recovery
+	if sys := sampled(0.85); !sys.Pressure.Active {
+		t.Fatal("the pressure flapped off at 85%")
+	}
+	setVRAM(0.5)
+	if sys := sampled(0.5); sys.Pressure.Active {
+		t.Fatal("the pressure stayed on at 50%")
+	}
+	if code, body := colorizeStatus(); code != 200 {
+		t.Fatalf("after the pressure: %d %s", code, body)
+	}
+	resp, err = http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exposition, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`sluice_requests_total{outcome="refused",resource="ddcolor_person",rule_kind="gpu"} 1`, "sluice_gpu_memory_used_bytes{", "sluice_rules_revision ", "sluice_job_duration_seconds_bucket{"} {
+		if !strings.Contains(string(exposition), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 
 	resp, err = http.Get(base + "/api/resources")
@@ -228,5 +292,30 @@ func TestServeWithDefaults(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not stop after its context ended")
+	}
+}
+
+// eventually polls cond until it holds, failing the test after 10 s: for
+// state that changes asynchronously (a watcher, a sampler) behind an API.
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
 	}
 }

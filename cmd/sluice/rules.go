@@ -90,12 +90,17 @@ func (f *etcdFlags) clientConfig() etcd.ClientConfig {
 		InsecureSkipVerify: f.insecure, Username: user, Password: password}
 }
 
-func (f *etcdFlags) store() (*etcd.Store, error) {
+// withStore connects to etcd, runs fn with a context bounded by
+// --command-timeout, and closes the connection.
+func (f *etcdFlags) withStore(ctx context.Context, fn func(context.Context, *etcd.Store) error) error {
 	c, err := etcd.NewClient(f.clientConfig())
 	if err != nil {
-		return nil, invalid(err)
+		return invalid(err)
 	}
-	return etcd.NewStore(c, f.prefix), nil
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, f.commandTimeout)
+	defer cancel()
+	return fn(ctx, etcd.NewStore(c, f.prefix))
 }
 
 func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -205,22 +210,17 @@ func rulesApply(ctx context.Context, ef *etcdFlags, file string, rest []string, 
 	if err != nil {
 		return err
 	}
-	store, err := ef.store()
-	if err != nil {
-		return err
-	}
-	defer store.Client().Close()
-	ctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
-	defer cancel()
-	changes, rev, err := store.Apply(ctx, docs)
-	if err != nil {
-		return classify(err)
-	}
-	for _, c := range changes {
-		fmt.Fprintf(stdout, "%-18s %-10s %s\n", c.Name, c.Action, c.Key)
-	}
-	fmt.Fprintf(stdout, "revision %d\n", rev)
-	return nil
+	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
+		changes, rev, err := store.Apply(ctx, docs)
+		if err != nil {
+			return classify(err)
+		}
+		for _, c := range changes {
+			fmt.Fprintf(stdout, "%-18s %-10s %s\n", c.Name, c.Action, c.Key)
+		}
+		fmt.Fprintf(stdout, "revision %d\n", rev)
+		return nil
+	})
 }
 
 func rulesDelete(ctx context.Context, ef *etcdFlags, rest []string, stdout io.Writer) error {
@@ -230,19 +230,14 @@ func rulesDelete(ctx context.Context, ef *etcdFlags, rest []string, stdout io.Wr
 	if name := rest[0]; name != "system" && !slices.Contains(rules.Resources, name) {
 		return invalid(fmt.Errorf("unknown resource %q; known resources are %s and system", name, strings.Join(rules.Resources, ", ")))
 	}
-	store, err := ef.store()
-	if err != nil {
-		return err
-	}
-	defer store.Client().Close()
-	ctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
-	defer cancel()
-	rev, err := store.Delete(ctx, rest[0])
-	if err != nil {
-		return classify(err)
-	}
-	fmt.Fprintf(stdout, "%s deleted\nrevision %d\n", rest[0], rev)
-	return nil
+	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
+		rev, err := store.Delete(ctx, rest[0])
+		if err != nil {
+			return classify(err)
+		}
+		fmt.Fprintf(stdout, "%s deleted\nrevision %d\n", rest[0], rev)
+		return nil
+	})
 }
 
 // getDocument is one document of `rules get -o json`.
@@ -251,6 +246,7 @@ type getDocument struct {
 	ModRevision int64           `json:"mod_revision"`
 	Resource    *rules.Resource `json:"resource,omitempty"`
 	System      *rules.System   `json:"system,omitempty"`
+	GPU         *rules.GPU      `json:"gpu,omitempty"`
 	Raw         string          `json:"raw,omitempty"` // a value that does not parse
 }
 
@@ -261,64 +257,60 @@ func rulesGet(ctx context.Context, ef *etcdFlags, output string, rest []string, 
 	if len(rest) > 1 {
 		return invalid(errors.New("get takes at most one RESOURCE"))
 	}
-	store, err := ef.store()
-	if err != nil {
-		return err
-	}
-	defer store.Client().Close()
-	ctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
-	defer cancel()
-	snap, err := store.Load(ctx)
-	if err != nil {
-		return classify(err)
-	}
-	keys := make([]string, 0, len(snap.Values))
-	for k := range snap.Values {
-		if len(rest) == 0 || k == store.Key(rest[0]) {
-			keys = append(keys, k)
+	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
+		snap, err := store.Load(ctx)
+		if err != nil {
+			return classify(err)
 		}
-	}
-	slices.Sort(keys)
-	if len(rest) == 1 && len(keys) == 0 {
-		return invalid(fmt.Errorf("no rule document for %s in etcd (%s)", rest[0], store.Key(rest[0])))
-	}
-	if output == "yaml" {
-		fmt.Fprintf(stdout, "# revision %d\n", snap.Revision)
-		for i, k := range keys {
-			if i > 0 {
-				fmt.Fprintln(stdout, "---")
+		keys := make([]string, 0, len(snap.Values))
+		for k := range snap.Values {
+			if len(rest) == 0 || k == store.Key(rest[0]) {
+				keys = append(keys, k)
 			}
-			fmt.Fprintf(stdout, "# %s (mod revision %d)\n%s", k, snap.ModRevisions[k], strings.TrimRight(string(snap.Values[k]), "\n")+"\n")
 		}
-		return nil
-	}
-	out := struct {
-		Revision  int64         `json:"revision"`
-		Documents []getDocument `json:"documents"`
-	}{Revision: snap.Revision, Documents: []getDocument{}}
-	for _, k := range keys {
-		d := getDocument{Key: k, ModRevision: snap.ModRevisions[k]}
-		if docs, err := rules.Parse(k, snap.Values[k]); err == nil && len(docs) == 1 {
-			d.Resource, d.System = docs[0].Resource, docs[0].System
-		} else {
-			d.Raw = string(snap.Values[k])
+		slices.Sort(keys)
+		if len(rest) == 1 && len(keys) == 0 {
+			return invalid(fmt.Errorf("no rule document for %s in etcd (%s)", rest[0], store.Key(rest[0])))
 		}
-		out.Documents = append(out.Documents, d)
-	}
-	enc := json.NewEncoder(stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+		if output == "yaml" {
+			fmt.Fprintf(stdout, "# revision %d\n", snap.Revision)
+			for i, k := range keys {
+				if i > 0 {
+					fmt.Fprintln(stdout, "---")
+				}
+				fmt.Fprintf(stdout, "# %s (mod revision %d)\n%s", k, snap.ModRevisions[k], strings.TrimRight(string(snap.Values[k]), "\n")+"\n")
+			}
+			return nil
+		}
+		out := struct {
+			Revision  int64         `json:"revision"`
+			Documents []getDocument `json:"documents"`
+		}{Revision: snap.Revision, Documents: []getDocument{}}
+		for _, k := range keys {
+			d := getDocument{Key: k, ModRevision: snap.ModRevisions[k]}
+			if docs, err := rules.Parse(k, snap.Values[k]); err == nil && len(docs) == 1 {
+				d.Resource, d.System, d.GPU = docs[0].Resource, docs[0].System, docs[0].GPU
+			} else {
+				d.Raw = string(snap.Values[k])
+			}
+			out.Documents = append(out.Documents, d)
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	})
 }
 
 func rulesWatch(ctx context.Context, ef *etcdFlags, rest []string, stdout io.Writer) error {
 	if len(rest) > 0 {
 		return invalid(fmt.Errorf("unexpected arguments %q", rest))
 	}
-	store, err := ef.store()
+	c, err := etcd.NewClient(ef.clientConfig())
 	if err != nil {
-		return err
+		return invalid(err)
 	}
-	defer store.Client().Close()
+	defer c.Close()
+	store := etcd.NewStore(c, ef.prefix)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
 	lctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
@@ -327,22 +319,26 @@ func rulesWatch(ctx context.Context, ef *etcdFlags, rest []string, stdout io.Wri
 	if err != nil {
 		return classify(err)
 	}
-	fmt.Fprintf(stdout, "watching %s from revision %d\n", store.Prefix()+"/rules/", snap.Revision+1)
-	ch := store.Client().Watch(clientv3.WithRequireLeader(ctx), store.Prefix()+"/rules/", clientv3.WithPrefix(), clientv3.WithRev(snap.Revision+1))
+	// Judge every change as the gateway's watcher does: the whole rule set
+	// after it.
+	values := snap.Values
+	fmt.Fprintf(stdout, "watching %s from revision %d\n", store.RulesPrefix(), snap.Revision+1)
+	ch := c.Watch(clientv3.WithRequireLeader(ctx), store.RulesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(snap.Revision+1))
 	for resp := range ch {
 		if err := resp.Err(); err != nil {
 			return unreachable(fmt.Errorf("watch: %w", err))
 		}
 		for _, ev := range resp.Events {
-			verdict := ""
-			if ev.Type == clientv3.EventTypePut {
-				if docs, err := rules.Parse(string(ev.Kv.Key), ev.Kv.Value); err != nil {
-					verdict = " (invalid: " + strings.ReplaceAll(err.Error(), "\n", "; ") + ")"
-				} else if _, err := rules.Build(docs); err != nil {
-					verdict = " (invalid: " + strings.ReplaceAll(err.Error(), "\n", "; ") + ")"
-				}
+			if ev.Type == clientv3.EventTypeDelete {
+				delete(values, string(ev.Kv.Key))
+			} else {
+				values[string(ev.Kv.Key)] = ev.Kv.Value
 			}
-			fmt.Fprintf(stdout, "%s %s revision %d%s\n", ev.Type, ev.Kv.Key, ev.Kv.ModRevision, verdict)
+			verdict := "rules valid"
+			if _, err := store.Build(values); err != nil {
+				verdict = "rules invalid, the gateway keeps its last good rules: " + strings.ReplaceAll(err.Error(), "\n", "; ")
+			}
+			fmt.Fprintf(stdout, "%s %s revision %d: %s\n", ev.Type, ev.Kv.Key, ev.Kv.ModRevision, verdict)
 		}
 	}
 	return nil

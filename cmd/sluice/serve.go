@@ -22,6 +22,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/rules"
@@ -33,6 +34,8 @@ type serveFlags struct {
 	comfyui        stringList
 	trustedProxies stringList
 	simJobTime     time.Duration
+	simVRAMUsed    float64
+	gpuInterval    time.Duration
 	workflows      string
 	jobTimeout     time.Duration
 	shutdownGrace  time.Duration
@@ -59,6 +62,8 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.Var(&f.comfyui, "comfyui", "ComfyUI base URL, repeatable (none: the built-in simulator)")
 	fs.Var(&f.trustedProxies, "trusted-proxy", "CIDR or address of a proxy whose X-Forwarded-For is believed, repeatable (none by default)")
 	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator (0: times as on a real GPU)")
+	fs.Float64Var(&f.simVRAMUsed, "sim-vram-used", 0.3, "the simulator's GPU memory in use at start, 0–1 (change it live with PUT /api/simulator/vram)")
+	fs.DurationVar(&f.gpuInterval, "gpu-interval", 2*time.Second, "how often GPU memory and utilisation are sampled")
 	fs.StringVar(&f.workflows, "workflows", "", "folder of workflow templates in ComfyUI API format (default: the built-in ones)")
 	fs.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "longest a ComfyUI job may run")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
@@ -93,6 +98,9 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	}
 	if f.etcd.password == "" {
 		f.etcd.password = os.Getenv("SLUICE_ETCD_PASSWORD")
+	}
+	if f.simVRAMUsed < 0 || f.simVRAMUsed > 1 {
+		return nil, fs, &usageError{fmt.Sprintf("--sim-vram-used: want a fraction between 0 and 1, got %v", f.simVRAMUsed)}
 	}
 	if f.protectReads && f.adminToken == "" {
 		return nil, fs, &usageError{"--protect-reads needs --admin-token or $SLUICE_ADMIN_TOKEN"}
@@ -189,9 +197,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	urls := []string(f.comfyui)
+	var sim *comfyuitest.Server
 	if len(urls) == 0 {
-		sim, err := startSimulator(f.simJobTime, log)
-		if err != nil {
+		if sim, err = startSimulator(f.simJobTime, f.simVRAMUsed, log); err != nil {
 			return err
 		}
 		defer sim.Close()
@@ -205,8 +213,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		backends.clients = append(backends.clients, c)
 	}
+	stopGPUs := watchGPUs(backends.clients, eng, f.gpuInterval, log)
+	defer stopGPUs()
 
+	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
 	api, err := httpapi.New(httpapi.Config{
+		Jobs:           metrics,
 		Engine:         eng,
 		Runner:         &backends,
 		Logger:         log,
@@ -232,13 +244,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if f.adminToken == "" {
 		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply)")
 	}
+	api.Router().GET("/metrics", gin.WrapH(metrics.Handler()))
+	if sim != nil {
+		mountSimulatorControl(api.Router(), sim, f.adminToken)
+	}
 
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
+	// Requests get a context of their own, not ctx: a signal must let them
+	// finish within the grace, and only then are they cancelled.
+	reqCtx, cancelRequests := context.WithCancel(context.Background())
+	defer cancelRequests()
 	srv := &http.Server{
 		Handler:           api,
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute,
 		IdleTimeout:       2 * time.Minute,
@@ -258,7 +279,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+		// Past the grace: end the requests still running (their jobs are
+		// interrupted on ComfyUI) before the components they use close.
+		cancelRequests()
+		srv.Close()
+		return fmt.Errorf("shutdown: requests still running after %s were cut off: %w", f.shutdownGrace, err)
 	}
 	return nil
 }
@@ -266,7 +291,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 // startSimulator serves the built-in ComfyUI simulator on a loopback port.
 // jobTime 0 means the times seen on real GPUs (DDColor about 3 s, more for
 // bigger sizes).
-func startSimulator(jobTime time.Duration, log *slog.Logger) (*comfyuitest.Server, error) {
+func startSimulator(jobTime time.Duration, vramUsed float64, log *slog.Logger) (*comfyuitest.Server, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("built-in ComfyUI simulator: %w", err)
@@ -277,6 +302,7 @@ func startSimulator(jobTime time.Duration, log *slog.Logger) (*comfyuitest.Serve
 	}
 	sim := comfyuitest.NewHandler(comfyuitest.Options{JobTime: times, Logger: log.With(slog.String("component", "comfyui-sim"))})
 	sim.Serve(l)
+	sim.SetVRAMUsed(vramUsed)
 	log.Warn("no --comfyui given: serving with the built-in ComfyUI simulator (no GPU, synthetic images)",
 		slog.String("url", sim.URL), slog.String("job_time", desc))
 	return sim, nil

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/adapters/etcd"
+	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/rules"
@@ -112,6 +113,13 @@ func (rs *ruleSource) status() dashboardapi.RulesStatus {
 	return out
 }
 
+// rulesInfo is what the metrics say of the rules: the revision in force and
+// the updates refused.
+func (rs *ruleSource) rulesInfo() sluiceprom.RulesInfo {
+	st := rs.watcher.Status()
+	return sluiceprom.RulesInfo{Revision: st.AppliedRevision, Rejections: st.Rejections}
+}
+
 // ruleWriter writes through the store and waits, briefly, until the watcher
 // has applied (or rejected) the write, so that an API client that gets 200
 // sees the rule enforced.
@@ -125,7 +133,7 @@ func (w ruleWriter) Put(ctx context.Context, resource string, doc []byte) (int64
 func (w ruleWriter) Delete(ctx context.Context, resource string) (int64, error) {
 	rev, err := w.rs.store.Delete(ctx, resource)
 	if errors.Is(err, etcd.ErrNotFound) {
-		return 0, fmt.Errorf("%w: %v", dashboardapi.ErrNotFound, err)
+		return 0, fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
 	}
 	return w.settle(ctx, rev, err)
 }

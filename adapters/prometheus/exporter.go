@@ -1,0 +1,134 @@
+package prometheus
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	prom "github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/rules"
+)
+
+// namespace prefixes every metric of sluice's own.
+const namespace = "sluice"
+
+// jobBuckets suit GPU jobs of a fraction of a second to two minutes, in
+// seconds.
+var jobBuckets = []float64{.1, .25, .5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120}
+
+// The outcomes of a job.
+const (
+	outcomeSuccess = "success"
+	outcomeFailure = "failure"
+)
+
+// RulesInfo is the state of the rules as their source knows it.
+type RulesInfo struct {
+	// Revision is the etcd revision of the rules in force.
+	Revision int64
+	// Rejections counts the rule updates refused since start.
+	Rejections uint64
+}
+
+// Config configures an Exporter.
+type Config struct {
+	// Engine is read at every scrape; nil exports no engine metrics.
+	Engine *engine.Engine
+	// Rules reports the rules' revision and rejected updates at every
+	// scrape; it must be safe for concurrent use. Nil exports neither.
+	Rules func() RulesInfo
+	// Logger receives the errors met while serving a scrape; they are
+	// discarded when nil (promhttp_metric_handler_errors_total counts them
+	// either way).
+	Logger *slog.Logger
+}
+
+// Exporter holds sluice's metrics on a private registry. It is safe for
+// concurrent use.
+type Exporter struct {
+	reg         *prom.Registry
+	handler     http.Handler
+	jobDuration *prom.HistogramVec
+	queueWait   *prom.HistogramVec
+}
+
+var _ httpapi.JobObserver = (*Exporter)(nil)
+
+// New builds an exporter and its registry.
+func New(cfg Config) *Exporter {
+	e := &Exporter{
+		reg: prom.NewRegistry(),
+		jobDuration: prom.NewHistogramVec(prom.HistogramOpts{
+			Namespace: namespace,
+			Name:      "job_duration_seconds",
+			Help:      "Time the jobs ran on ComfyUI, after their wait in its queue; a failed job's whole time.",
+			Buckets:   jobBuckets,
+		}, []string{"resource", "outcome"}),
+		queueWait: prom.NewHistogramVec(prom.HistogramOpts{
+			Namespace: namespace,
+			Name:      "job_queue_wait_seconds",
+			Help:      "Time the jobs that succeeded waited in ComfyUI's queue before they ran.",
+			Buckets:   jobBuckets,
+		}, []string{"resource"}),
+	}
+	// Every resource's series exist from the start, so rates over them
+	// begin at zero rather than at the first job.
+	for _, r := range rules.Resources {
+		e.jobDuration.WithLabelValues(r, outcomeSuccess)
+		e.jobDuration.WithLabelValues(r, outcomeFailure)
+		e.queueWait.WithLabelValues(r)
+	}
+	e.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		e.jobDuration,
+		e.queueWait,
+	)
+	if cfg.Engine != nil || cfg.Rules != nil {
+		e.reg.MustRegister(newEngineCollector(cfg.Engine, cfg.Rules))
+	}
+	opts := promhttp.HandlerOpts{
+		Registry: e.reg,
+		// A metric that cannot be collected (a GPU label that is not
+		// UTF-8) costs its own series, not the whole scrape.
+		ErrorHandling: promhttp.ContinueOnError,
+	}
+	if cfg.Logger != nil {
+		opts.ErrorLog = errorLog{cfg.Logger}
+	}
+	e.handler = promhttp.InstrumentMetricHandler(e.reg, promhttp.HandlerFor(e.reg, opts))
+	return e
+}
+
+// Handler serves the metrics in the Prometheus exposition formats.
+func (e *Exporter) Handler() http.Handler { return e.handler }
+
+// ObserveJob records a job that ran on ComfyUI: its run time under its
+// outcome (failure when err is not nil) and, when it succeeded, its wait in
+// ComfyUI's queue. A failed job's split is unknown: run is its whole time.
+func (e *Exporter) ObserveJob(resource string, queueWait, run time.Duration, err error) {
+	outcome := outcomeSuccess
+	if err != nil {
+		outcome = outcomeFailure
+	}
+	e.jobDuration.WithLabelValues(resource, outcome).Observe(seconds(run))
+	if err == nil {
+		e.queueWait.WithLabelValues(resource).Observe(seconds(queueWait))
+	}
+}
+
+// seconds converts d, negative ones (clocks that disagree) counting as 0.
+func seconds(d time.Duration) float64 { return max(d, 0).Seconds() }
+
+// errorLog is promhttp's logger over slog.
+type errorLog struct{ log *slog.Logger }
+
+func (l errorLog) Println(v ...any) {
+	l.log.Warn("serving metrics", slog.String("error", fmt.Sprint(v...)))
+}
