@@ -422,6 +422,24 @@ func (rs *resState) entry(sc *base.SlotChain, ctx *base.EntryContext) *base.Toke
 	return sc.Entry(ctx)
 }
 
+// Precheck refuses a call whose origin is banned from the resource, before
+// the caller has spent anything on it — before an upload is even read. It
+// returns nil when Guard should decide; it counts a refusal as Guard does.
+func (e *Engine) Precheck(c Call) *Refusal {
+	rs := e.state.Load().res[c.Resource]
+	if rs == nil || rs.ban == nil || c.Origin == "" {
+		return nil
+	}
+	left, banned := e.bans.banned(rs.name, c.Origin)
+	if !banned {
+		return nil
+	}
+	ref := &Refusal{Resource: rs.name, Kind: KindBan, Rule: rs.banRule.id, Param: rules.ParamOrigin, Value: c.Origin,
+		Threshold: rs.banRule.threshold, Window: rs.banRule.window, RetryAfter: left}
+	e.refused(rs, c, ref)
+	return ref
+}
+
 // argResource is where Guard passes the *resState to the engine's slots.
 const argResource = 2
 

@@ -348,3 +348,27 @@ func TestCapacityRefusalsEarnNoBan(t *testing.T) {
 // namespace, so windows of earlier tests (or earlier -count runs) do not
 // leak into later ones.
 var engineSeq atomic.Int64
+
+func TestPrecheckRefusesBannedOrigins(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	e := newEngine(t, `resource: ddcolor_person
+hotspot: [{param: origin, threshold: 1, window: 60s}]
+ban: {blocks: 2, within: 10s, for: 1m}
+`, engine.Options{Clock: clock})
+	call := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.66"}
+	if r := e.Precheck(call); r != nil {
+		t.Fatalf("not banned yet: %+v", r)
+	}
+	toks, _ := burst(t, e, 3, call) // 1 admitted, 2 refusals: banned
+	exitAll(toks)
+	r := e.Precheck(call)
+	if r == nil || r.Kind != engine.KindBan || r.RetryAfter != time.Minute || r.Value != "192.0.2.66" {
+		t.Fatalf("banned origin: %+v", r)
+	}
+	if e.Precheck(engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.67"}) != nil {
+		t.Fatal("another origin refused")
+	}
+	if got := e.Stats()[0].Refused[engine.KindBan]; got != 1 {
+		t.Fatalf("ban refusals counted %d, want 1", got)
+	}
+}

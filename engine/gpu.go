@@ -127,13 +127,32 @@ func (e *Engine) evaluateGPUs() {
 // thresholds are one GPU's limits: enter at or above, leave below recover.
 type thresholds struct{ mem, memRecover, util, utilRecover float64 }
 
+// gpuThresholds are the rule's thresholds for g: a device override (by GPU
+// id, else by backend) replaces the thresholds it sets, keeping the rule's
+// margin between threshold and recovery; what it leaves out comes from the
+// rule.
 func gpuThresholds(rule *rules.GPU, g GPU) thresholds {
 	t := thresholds{rule.MemoryUsedRatio, rule.RecoverMemoryRatio, rule.Utilization, rule.RecoverUtilization}
 	for _, key := range []string{g.ID, g.Backend} {
-		if d, ok := rule.Devices[key]; ok && key != "" {
-			t = thresholds{d.MemoryUsedRatio, max(d.MemoryUsedRatio-0.05, 0), d.Utilization, max(d.Utilization-0.05, 0)}
-			break
+		d, ok := rule.Devices[key]
+		if !ok || key == "" {
+			continue
 		}
+		if d.MemoryUsedRatio > 0 {
+			margin := 0.05
+			if rule.MemoryUsedRatio > 0 {
+				margin = rule.MemoryUsedRatio - rule.RecoverMemoryRatio
+			}
+			t.mem, t.memRecover = d.MemoryUsedRatio, max(d.MemoryUsedRatio-margin, 0)
+		}
+		if d.Utilization > 0 {
+			margin := 0.05
+			if rule.Utilization > 0 {
+				margin = rule.Utilization - rule.RecoverUtilization
+			}
+			t.util, t.utilRecover = d.Utilization, max(d.Utilization-margin, 0)
+		}
+		break
 	}
 	return t
 }

@@ -165,15 +165,26 @@ func (w *Watcher) Run(ctx context.Context) error {
 			backoff = min(backoff*2, w.max)
 			continue
 		}
-		backoff = w.min
 		if w.beforeWatch != nil {
 			w.beforeWatch(rev)
 		}
+		started := time.Now()
 		err = w.watch(ctx, rev+1)
 		if ctx.Err() != nil {
 			break
 		}
 		w.log.Warn("rule watch ended; listing again", slog.Any("error", err))
+		if time.Since(started) < w.max {
+			// A watch that fails soon after it starts (etcd refusing it)
+			// must not turn the relisting into a busy loop.
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			backoff = min(backoff*2, w.max)
+		} else {
+			backoff = w.min
+		}
 	}
 	return nil
 }

@@ -38,12 +38,28 @@ const (
 // colorize serves a DDColor endpoint: multipart image and optional size.
 func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		ip := origin(c)
+		// A banned client is turned away before its upload is read.
+		if ref := s.eng.Precheck(engine.Call{Resource: resource, Origin: ip}); ref != nil {
+			s.refuse(c, engine.Call{Resource: resource, Origin: ip}, ref)
+			return
+		}
+		// Reading, checking and scaling an upload costs memory and CPU:
+		// only so many at once.
+		select {
+		case s.uploads <- struct{}{}:
+			defer func() { <-s.uploads }()
+		default:
+			writeProblem(c, Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+				Detail: fmt.Sprintf("the gateway is already reading %d uploads; try again shortly", cap(s.uploads)), Resource: resource, RetryAfter: 1})
+			return
+		}
 		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, s.image.MaxBytes+formSlack)
 		up, size, ok := s.readColorize(c, defaultSize)
 		if !ok {
 			return
 		}
-		tok := s.guard(c, engine.Call{Resource: resource, Origin: origin(c), Size: size})
+		tok := s.guard(c, engine.Call{Resource: resource, Origin: ip, Size: size})
 		if tok == nil {
 			return
 		}

@@ -52,6 +52,7 @@ type stackOptions struct {
 	comfy          comfyuitest.Options
 	workflows      *comfyui.Workflows
 	image          imageinput.Limits
+	maxUploads     int
 }
 
 func newStack(t testing.TB, src string, o stackOptions) *stack {
@@ -78,7 +79,7 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: client, TrustedProxies: o.trustedProxies, Image: o.image,
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: client, TrustedProxies: o.trustedProxies, Image: o.image, MaxUploads: o.maxUploads,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -382,6 +383,12 @@ ban: {blocks: 3, within: 10s, for: 5m}
 	if rec.Code != 429 || p.Kind != "ban" || p.RetryAfter != 300 || rec.Header().Get("Retry-After") != "300" {
 		t.Fatalf("after 3 refusals: %d %+v", rec.Code, p)
 	}
+	// Banned, the client is turned away before its upload is even read: not
+	// an image, yet the answer is the ban.
+	junk := s.do(colorizeRequest(t, "/api/ddcolorize/person", []byte("not an image"), nil), "192.0.2.99:1234")
+	if p := problemOf(t, junk.Body.Bytes()); junk.Code != 429 || p.Kind != "ban" {
+		t.Fatalf("a banned client's upload was read: %d %+v", junk.Code, p)
+	}
 	clock.Advance(5 * time.Minute)
 	if p := problemOf(t, send().Body.Bytes()); p.Kind != "hotspot" {
 		t.Fatalf("after 5m the ban should be over, refused by %q", p.Kind)
@@ -411,11 +418,11 @@ func TestConcurrencyAnswers503(t *testing.T) {
 }
 
 func TestExitAtJobEndWithRealTime(t *testing.T) {
-	fail := false
+	var fail atomic.Bool
 	s := newStack(t, "resource: ddcolor_person\n", stackOptions{comfy: comfyuitest.Options{
 		JobTime: func(comfyuitest.Prompt) time.Duration { return 150 * time.Millisecond },
 		Fail: func(comfyuitest.Prompt) *comfyuitest.ExecutionFailure {
-			if fail {
+			if fail.Load() {
 				return &comfyuitest.ExecutionFailure{ExceptionType: "torch.OutOfMemoryError", ExceptionMessage: "CUDA out of memory"}
 			}
 			return nil
@@ -429,7 +436,7 @@ func TestExitAtJobEndWithRealTime(t *testing.T) {
 	if st.Completed != 1 || st.InFlight != 0 || st.AvgRTMillis < 150 {
 		t.Fatalf("after one 150ms job: %+v", st)
 	}
-	fail = true
+	fail.Store(true)
 	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", img, nil), "192.0.2.1:1")
 	if p := problemOf(t, rec.Body.Bytes()); rec.Code != 502 || !strings.Contains(p.Detail, "CUDA out of memory") {
 		t.Fatalf("failed job: %d %+v", rec.Code, p)
@@ -620,3 +627,39 @@ func crc32IEEE(p []byte) uint32 {
 // namespace, so windows of earlier tests (or earlier -count runs) do not
 // leak into later ones.
 var engineSeq atomic.Int64
+
+// signalReader reports its first Read, then blocks until released: an
+// upload still arriving.
+type signalReader struct {
+	first   sync.Once
+	reading chan struct{}
+	release chan struct{}
+	r       io.Reader
+}
+
+func (s *signalReader) Read(p []byte) (int, error) {
+	s.first.Do(func() { close(s.reading) })
+	<-s.release
+	return s.r.Read(p)
+}
+
+func TestUploadsAreBounded(t *testing.T) {
+	s := newStack(t, "resource: ddcolor_person\n", stackOptions{maxUploads: 1})
+	slow := colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 32, 32), nil)
+	body := &signalReader{reading: make(chan struct{}), release: make(chan struct{}), r: slow.Body}
+	slow.Body = io.NopCloser(body)
+	done := make(chan int)
+	go func() { done <- s.do(slow, "192.0.2.1:1").Code }()
+	<-body.reading // the first upload holds the only place
+	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 32, 32), nil), "192.0.2.2:1")
+	if p := problemOf(t, rec.Body.Bytes()); rec.Code != 503 || !strings.Contains(p.Detail, "already reading 1 uploads") || rec.Header().Get("Retry-After") != "1" {
+		t.Fatalf("second upload: %d %+v", rec.Code, p)
+	}
+	close(body.release)
+	if code := <-done; code != 200 {
+		t.Fatalf("first upload: %d", code)
+	}
+	if rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 32, 32), nil), "192.0.2.2:1"); rec.Code != 200 {
+		t.Fatalf("after the first finished: %d %s", rec.Code, rec.Body)
+	}
+}

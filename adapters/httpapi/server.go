@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,6 +45,9 @@ type Config struct {
 	JobTimeout time.Duration
 	// Jobs, if set, observes every job's timings.
 	Jobs JobObserver
+	// MaxUploads bounds the uploads read and checked at once (default 16);
+	// beyond it a DDColor request gets 503 at once.
+	MaxUploads int
 }
 
 // Server is the public API. Mount more routes on Router().
@@ -55,6 +59,7 @@ type Server struct {
 	image      imageinput.Limits
 	jobTimeout time.Duration
 	jobs       JobObserver
+	uploads    chan struct{} // a semaphore of MaxUploads
 }
 
 // formSlack is what a multipart body may carry beyond the image itself:
@@ -80,6 +85,7 @@ func New(cfg Config) (*Server, error) {
 		image:      imageinput.DefaultLimits(),
 		jobTimeout: cfg.JobTimeout,
 		jobs:       cfg.Jobs,
+		uploads:    make(chan struct{}, cmp.Or(max(cfg.MaxUploads, 0), 16)),
 	}
 	if cfg.Image.MaxBytes > 0 {
 		s.image.MaxBytes = cfg.Image.MaxBytes
@@ -136,25 +142,33 @@ func (s *Server) guard(c *gin.Context, call engine.Call) *engine.Token {
 	var ref *engine.Refusal
 	switch {
 	case errors.As(err, &ref):
-		s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request refused",
-			slog.String("ip", call.Origin),
-			slog.String("resource", call.Resource),
-			slog.Int("size", call.Size),
-			slog.String("rule", ref.Rule),
-			slog.String("kind", string(ref.Kind)),
-			slog.Float64("threshold", ref.Threshold),
-			slog.Duration("retry_after", ref.RetryAfter))
-		if s.log.Enabled(c.Request.Context(), slog.LevelDebug) {
-			c.Set(refusedKey, true) // for the access log
-		}
-		refusalProblem(c, ref)
+		s.refuse(c, call, ref)
 	case errors.Is(err, context.Canceled):
 		c.AbortWithStatus(statusClientClosed)
+	case errors.Is(err, context.DeadlineExceeded):
+		writeProblem(c, Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+			Detail: "the request ran out of time before it could be admitted", Resource: call.Resource, RetryAfter: 1})
 	default:
 		s.log.Error("guard failed", slog.String("resource", call.Resource), slog.Any("error", err))
 		badRequest(c, http.StatusInternalServerError, "internal", "admission failed")
 	}
 	return nil
+}
+
+// refuse answers a refusal and logs it, once.
+func (s *Server) refuse(c *gin.Context, call engine.Call, ref *engine.Refusal) {
+	s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request refused",
+		slog.String("ip", call.Origin),
+		slog.String("resource", call.Resource),
+		slog.Int("size", call.Size),
+		slog.String("rule", ref.Rule),
+		slog.String("kind", string(ref.Kind)),
+		slog.Float64("threshold", ref.Threshold),
+		slog.Duration("retry_after", ref.RetryAfter))
+	if s.log.Enabled(c.Request.Context(), slog.LevelDebug) {
+		c.Set(refusedKey, true) // for the access log
+	}
+	refusalProblem(c, ref)
 }
 
 // statusClientClosed is nginx's code for a client that went away; nobody
