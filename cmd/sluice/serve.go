@@ -40,6 +40,7 @@ type serveFlags struct {
 	jobTimeout     time.Duration
 	shutdownGrace  time.Duration
 	maxImageBytes  int64
+	maxUploads     int
 	logLevel       string
 	logFormat      string
 
@@ -68,6 +69,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "longest a ComfyUI job may run")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
 	fs.Int64Var(&f.maxImageBytes, "max-image-bytes", imageinput.DefaultLimits().MaxBytes, "largest accepted upload, in bytes")
+	fs.IntVar(&f.maxUploads, "max-uploads", 16, "uploads read and checked at once; beyond, DDColor requests get 503")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&f.etcd.endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (none: start an embedded etcd)")
@@ -225,6 +227,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		TrustedProxies: f.trustedProxies,
 		Image:          imageinput.Limits{MaxBytes: f.maxImageBytes},
 		JobTimeout:     f.jobTimeout,
+		MaxUploads:     f.maxUploads,
 	})
 	if err != nil {
 		return err
