@@ -137,15 +137,3 @@ func CanonicalValue(param, v string) string {
 	}
 	return v
 }
-
-// CostOf returns the weight of a request whose parameter param has value
-// v: 1 when the resource has no cost rule on param.
-func (r *Resource) CostOf(param, v string) int {
-	if r == nil || r.Cost == nil || r.Cost.Param != param {
-		return 1
-	}
-	if c, ok := r.Cost.Values[v]; ok {
-		return c
-	}
-	return r.Cost.Default
-}

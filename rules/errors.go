@@ -40,13 +40,7 @@ func (e *Error) Error() string {
 // Errors is every problem found in a rule source, in source order.
 type Errors []*Error
 
-func (es Errors) Error() string {
-	msgs := make([]string, len(es))
-	for i, e := range es {
-		msgs[i] = e.Error()
-	}
-	return strings.Join(msgs, "\n")
-}
+func (es Errors) Error() string { return strings.Join(es.Messages(), "\n") }
 
 // Messages returns each error's text, for APIs that list them.
 func (es Errors) Messages() []string {

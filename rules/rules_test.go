@@ -70,30 +70,6 @@ func TestParseFSFolder(t *testing.T) {
 	}
 }
 
-func TestCostOf(t *testing.T) {
-	docs, err := rules.Parse("c.yaml", []byte("resource: ddcolor_person\ncost: {param: size, default: 1, values: {\"1280\": 3}}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := set.Resources["ddcolor_person"]
-	for _, tc := range []struct {
-		param, value string
-		want         int
-	}{{"size", "1280", 3}, {"size", "512", 1}, {"origin", "1280", 1}} {
-		if got := r.CostOf(tc.param, tc.value); got != tc.want {
-			t.Errorf("CostOf(%s, %s) = %d, want %d", tc.param, tc.value, got, tc.want)
-		}
-	}
-	var none *rules.Resource
-	if none.CostOf("size", "1280") != 1 {
-		t.Error("a resource without rules must cost 1")
-	}
-}
-
 // FuzzParse checks that no input crashes decoding or validation, and that
 // every failure is reported as rules.Errors naming the source.
 func FuzzParse(f *testing.F) {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -308,12 +309,7 @@ func validateGPU(c *errs, g *GPU) {
 
 func cloneGPU(g *GPU) *GPU {
 	c := *g
-	if g.Devices != nil {
-		c.Devices = make(map[string]GPUThresholds, len(g.Devices))
-		for k, v := range g.Devices {
-			c.Devices[k] = v
-		}
-	}
+	c.Devices = maps.Clone(g.Devices)
 	return &c
 }
 
