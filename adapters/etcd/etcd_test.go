@@ -59,7 +59,7 @@ type fixture struct {
 
 func newFixture(t testing.TB, client *clientv3.Client, configure func(*Watcher)) *fixture {
 	t.Helper()
-	store := NewStore(client, "/test/"+t.Name())
+	store := NewStore(client, testPrefix(t))
 	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1))}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +258,7 @@ func TestCompactedRevisionListsAgain(t *testing.T) {
 }
 
 func TestStoreApplyValidatesAllAndWritesNothingOnError(t *testing.T) {
-	store := NewStore(shared.client, "/test/"+t.Name())
+	store := NewStore(shared.client, testPrefix(t))
 	ctx := context.Background()
 	docs, err := rules.Parse("good.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 2}]\n---\nsystem: {load: 8}\n"))
 	if err != nil {
@@ -306,7 +306,7 @@ func TestStoreApplyValidatesAllAndWritesNothingOnError(t *testing.T) {
 }
 
 func TestSeedOnlyWhenEmpty(t *testing.T) {
-	store := NewStore(shared.client, "/test/"+t.Name())
+	store := NewStore(shared.client, testPrefix(t))
 	set, err := rules.Default()
 	if err != nil {
 		t.Fatal(err)
@@ -332,3 +332,9 @@ func TestSeedOnlyWhenEmpty(t *testing.T) {
 // namespace, so windows of earlier tests (or earlier -count runs) do not
 // leak into later ones.
 var engineSeq atomic.Int64
+
+// testPrefix gives every store of the test binary its own prefix in the
+// shared etcd, so earlier tests (or earlier -count runs) leave nothing behind.
+func testPrefix(t testing.TB) string {
+	return fmt.Sprintf("/test/%s#%d", t.Name(), engineSeq.Add(1))
+}
