@@ -69,7 +69,7 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 			imageProblem(c, err)
 			return
 		}
-		s.run(c, tok, comfyui.Job{Resource: resource, Image: img.PNG, Size: size})
+		s.run(c, tok, ip, comfyui.Job{Resource: resource, Image: img.PNG, Size: size})
 	}
 }
 
@@ -182,12 +182,13 @@ func (s *Server) generate(c *gin.Context) {
 		badRequest(c, http.StatusBadRequest, "bad-request", err.Error())
 		return
 	}
-	tok := s.guard(c, engine.Call{Resource: "zimage_generate", Origin: origin(c), Size: max(job.Width, job.Height)})
+	ip := origin(c)
+	tok := s.guard(c, engine.Call{Resource: "zimage_generate", Origin: ip, Size: max(job.Width, job.Height)})
 	if tok == nil {
 		return
 	}
 	c.Header("X-Sluice-Seed", strconv.FormatInt(job.Seed, 10))
-	s.run(c, tok, job)
+	s.run(c, tok, ip, job)
 }
 
 // parseGenerate decodes and checks a generate request strictly. Its error

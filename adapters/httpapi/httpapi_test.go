@@ -79,7 +79,7 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: client, TrustedProxies: o.trustedProxies, Image: o.image, MaxUploads: o.maxUploads,
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: httpapi.Direct{Client: client}, TrustedProxies: o.trustedProxies, Image: o.image, MaxUploads: o.maxUploads,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -661,5 +661,44 @@ func TestUploadsAreBounded(t *testing.T) {
 	}
 	if rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 32, 32), nil), "192.0.2.2:1"); rec.Code != 200 {
 		t.Fatalf("after the first finished: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// busyRunner answers every job as a full farm would.
+type busyRunner struct{ err *httpapi.BusyError }
+
+func (b busyRunner) Run(context.Context, httpapi.Job) (*comfyui.Result, error) { return nil, b.err }
+
+func TestBusyFarm(t *testing.T) {
+	docs, _ := rules.Parse("r.yaml", []byte("resource: zimage_generate\n"))
+	set, _ := rules.Build(docs)
+	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), CPU: idleCPU{}}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	for _, tc := range []struct {
+		err    *httpapi.BusyError
+		status int
+		retry  string
+	}{
+		{&httpapi.BusyError{Reason: "queue full", RetryAfter: 2500 * time.Millisecond}, 503, "3"},
+		{&httpapi.BusyError{Reason: "2 jobs in flight", RetryAfter: time.Second, OverShare: true}, 429, "1"},
+	} {
+		api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: busyRunner{tc.err}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		req := generateRequest(`{"prompt": "a lighthouse"}`)
+		req.RemoteAddr = "192.0.2.1:1"
+		api.ServeHTTP(rec, req)
+		p := problemOf(t, rec.Body.Bytes())
+		if rec.Code != tc.status || rec.Header().Get("Retry-After") != tc.retry || p.Kind != "queue" || !strings.Contains(p.Detail, tc.err.Reason) {
+			t.Errorf("%+v: %d retry %q %+v", tc.err, rec.Code, rec.Header().Get("Retry-After"), p)
+		}
+	}
+	if st := eng.Stats()[2]; st.InFlight != 0 || st.Completed != 2 {
+		t.Fatalf("tokens not exited: %+v", st)
 	}
 }

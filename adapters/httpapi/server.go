@@ -17,12 +17,40 @@ import (
 	"github.com/sluicehq/sluice/engine"
 )
 
-// Runner runs an admitted job on ComfyUI; *comfyui.Client is one.
+// Runner runs an admitted job on a ComfyUI backend.
 type Runner interface {
-	Run(ctx context.Context, job comfyui.Job) (*comfyui.Result, error)
+	Run(ctx context.Context, job Job) (*comfyui.Result, error)
 }
 
-var _ Runner = (*comfyui.Client)(nil)
+// Job is an admitted job: the ComfyUI job, and who asked for it and what it
+// weighs, for a Runner that shares the GPUs fairly.
+type Job struct {
+	comfyui.Job
+	// Tenant is who asked: the client IP, until API keys arrive.
+	Tenant string
+	// Cost is the job's weight, as the engine admitted it.
+	Cost int
+}
+
+// Direct runs every job on one ComfyUI client, as it comes.
+type Direct struct{ Client *comfyui.Client }
+
+// Run runs job on the client.
+func (d Direct) Run(ctx context.Context, job Job) (*comfyui.Result, error) {
+	return d.Client.Run(ctx, job.Job)
+}
+
+// BusyError is a Runner's answer when no backend can take the job: all
+// slots taken and the wait queue full or too long, or the tenant over its
+// share. It is answered 503 (429 when OverShare) with Retry-After.
+type BusyError struct {
+	Reason     string // what was full: "queue full", "waited too long", ...
+	RetryAfter time.Duration
+	// OverShare says the caller already has its share of jobs in flight.
+	OverShare bool
+}
+
+func (e *BusyError) Error() string { return "no GPU slot: " + e.Reason }
 
 // JobObserver is told about every job that ran on ComfyUI: how long it
 // waited in ComfyUI's queue and ran, and its error (nil on success). The
@@ -179,7 +207,8 @@ const refusedKey = "sluice.refused"
 
 // run runs an admitted job, exits its token when the job ends, and answers
 // with the image or the job's error.
-func (s *Server) run(c *gin.Context, tok *engine.Token, job comfyui.Job) {
+func (s *Server) run(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) {
+	job := Job{Job: cj, Tenant: origin, Cost: tok.Cost}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), s.jobTimeout)
 	defer cancel()
 	start := time.Now()
@@ -219,14 +248,23 @@ func serverTiming(res *comfyui.Result) string {
 
 func (s *Server) jobError(c *gin.Context, resource string, err error) {
 	var (
-		pe *comfyui.PromptError
-		ee *comfyui.ExecutionError
+		pe   *comfyui.PromptError
+		ee   *comfyui.ExecutionError
+		busy *BusyError
 	)
 	log := s.log.With(slog.String("resource", resource), slog.Any("error", err))
 	switch {
 	case errors.Is(c.Request.Context().Err(), context.Canceled):
 		log.Info("client went away; job cancelled")
 		c.AbortWithStatus(statusClientClosed)
+	case errors.As(err, &busy):
+		log.Info("no GPU slot for the job")
+		p := Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+			Detail: busy.Error(), Resource: resource, Kind: "queue", RetryAfter: retrySeconds(busy.RetryAfter)}
+		if busy.OverShare {
+			p.Type, p.Title, p.Status = typeQuota, "Too Many Requests", http.StatusTooManyRequests
+		}
+		writeProblem(c, p)
 	case errors.As(err, &pe):
 		log.Warn("comfyui refused the workflow")
 		writeProblem(c, Problem{Type: typeBase + "comfyui-prompt-refused", Title: "Bad Gateway", Status: http.StatusBadGateway,

@@ -317,7 +317,7 @@ type roundRobin struct {
 	next    atomic.Uint64
 }
 
-func (r *roundRobin) Run(ctx context.Context, job comfyui.Job) (*comfyui.Result, error) {
+func (r *roundRobin) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
 	c := r.clients[(r.next.Add(1)-1)%uint64(len(r.clients))]
-	return c.Run(ctx, job)
+	return c.Run(ctx, job.Job)
 }
