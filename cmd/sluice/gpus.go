@@ -19,13 +19,15 @@ import (
 )
 
 // watchGPUs samples every backend's GPU memory from /system_stats (and this
-// host's GPUs through NVML, where it has them) into the engine, and returns
-// a function that stops the sampling and waits for it.
-func watchGPUs(backends []*comfyui.Client, eng *engine.Engine, every time.Duration, log *slog.Logger) func() {
+// host's GPUs through NVML, where it has them) into the engine, takes
+// backends that stop answering out of the farm, and returns a function that
+// stops the sampling and waits for it.
+func watchGPUs(backends *farm, eng *engine.Engine, every time.Duration, log *slog.Logger) func() {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, c := range backends {
-		w := &comfyui.VRAMWatcher{Client: c, Reporter: eng, Interval: every, Logger: log}
+	for name, c := range backends.clients {
+		health := &healthReporter{eng: eng, d: backends.d, backend: name, log: log}
+		w := &comfyui.VRAMWatcher{Client: c, Reporter: health, Interval: every, Logger: log}
 		wg.Go(func() { w.Run(ctx) })
 	}
 	wg.Go(func() { runNVML(ctx, eng, every, log) })

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -36,6 +35,10 @@ type serveFlags struct {
 	simJobTime     time.Duration
 	simVRAMUsed    float64
 	gpuInterval    time.Duration
+	slots          int
+	queueMax       int
+	queueWait      time.Duration
+	tenantInFlight int
 	workflows      string
 	jobTimeout     time.Duration
 	shutdownGrace  time.Duration
@@ -61,6 +64,10 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address to serve the API on")
 	fs.StringVar(&f.rulesPath, "rules", defaultRulesPath, "rule file or folder (the built-in rules when left at its default and absent)")
 	fs.Var(&f.comfyui, "comfyui", "ComfyUI base URL, repeatable (none: the built-in simulator)")
+	fs.IntVar(&f.slots, "slots", 1, "jobs each ComfyUI backend runs at once (ComfyUI runs one prompt at a time)")
+	fs.IntVar(&f.queueMax, "queue-max", 64, "jobs that may wait for a GPU slot, over all clients; beyond, 503")
+	fs.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "longest a job waits for a GPU slot; beyond, 503")
+	fs.IntVar(&f.tenantInFlight, "tenant-inflight", 2, "jobs one client may have running or waiting at once; beyond, 429")
 	fs.Var(&f.trustedProxies, "trusted-proxy", "CIDR or address of a proxy whose X-Forwarded-For is believed, repeatable (none by default)")
 	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator (0: times as on a real GPU)")
 	fs.Float64Var(&f.simVRAMUsed, "sim-vram-used", 0.3, "the simulator's GPU memory in use at start, 0–1 (change it live with PUT /api/simulator/vram)")
@@ -207,22 +214,26 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		defer sim.Close()
 		urls = []string{sim.URL}
 	}
-	var backends roundRobin
+	var clients []*comfyui.Client
 	for _, u := range urls {
 		c, err := comfyui.NewClient(comfyui.Config{BaseURL: u, Logger: log, Workflows: workflows})
 		if err != nil {
 			return fmt.Errorf("--comfyui %s: %w", u, err)
 		}
-		backends.clients = append(backends.clients, c)
+		clients = append(clients, c)
 	}
-	stopGPUs := watchGPUs(backends.clients, eng, f.gpuInterval, log)
+	backends, err := newFarm(clients, f.slots, f.queueMax, f.tenantInFlight, f.queueWait)
+	if err != nil {
+		return err
+	}
+	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
 
 	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
 	api, err := httpapi.New(httpapi.Config{
 		Jobs:           metrics,
 		Engine:         eng,
-		Runner:         &backends,
+		Runner:         backends,
 		Logger:         log,
 		TrustedProxies: f.trustedProxies,
 		Image:          imageinput.Limits{MaxBytes: f.maxImageBytes},
@@ -309,15 +320,4 @@ func startSimulator(jobTime time.Duration, vramUsed float64, log *slog.Logger) (
 	log.Warn("no --comfyui given: serving with the built-in ComfyUI simulator (no GPU, synthetic images)",
 		slog.String("url", sim.URL), slog.String("job_time", desc))
 	return sim, nil
-}
-
-// roundRobin spreads jobs over several ComfyUI servers in turn.
-type roundRobin struct {
-	clients []*comfyui.Client
-	next    atomic.Uint64
-}
-
-func (r *roundRobin) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
-	c := r.clients[(r.next.Add(1)-1)%uint64(len(r.clients))]
-	return c.Run(ctx, job.Job)
 }

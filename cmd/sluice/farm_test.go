@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/engine"
+)
+
+// twoBackends starts two fake ComfyUI servers whose jobs record how many run
+// at once over both.
+func twoBackends(t *testing.T, jobTime time.Duration) ([]*comfyui.Client, []*comfyuitest.Server, *atomic.Int64) {
+	t.Helper()
+	var running, peak atomic.Int64
+	var clients []*comfyui.Client
+	var servers []*comfyuitest.Server
+	for range 2 {
+		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration {
+			n := running.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			time.AfterFunc(jobTime, func() { running.Add(-1) })
+			return jobTime
+		}})
+		t.Cleanup(srv.Close)
+		c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients, servers = append(clients, c), append(servers, srv)
+	}
+	return clients, servers, &peak
+}
+
+func generate(tenant string) httpapi.Job {
+	return httpapi.Job{Job: comfyui.Job{Resource: "zimage_generate", Prompt: "a lighthouse", Width: 256, Height: 256}, Tenant: tenant, Cost: 1}
+}
+
+func TestFarmNeverOversubscribes(t *testing.T) {
+	clients, servers, peak := twoBackends(t, 30*time.Millisecond)
+	f, err := newFarm(clients, 1, 64, 2, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Go(func() {
+			if _, err := f.Run(context.Background(), generate(fmt.Sprintf("192.0.2.%d", i))); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if p := peak.Load(); p > 2 {
+		t.Fatalf("%d jobs ran at once on 2 backends of 1 slot", p)
+	}
+	st := f.d.Stats()
+	if st.Backends[0].Started+st.Backends[1].Started != 8 || st.Backends[0].Started == 0 || st.Backends[1].Started == 0 {
+		t.Fatalf("jobs not spread over both backends: %+v", st.Backends)
+	}
+	if len(servers[0].Prompts())+len(servers[1].Prompts()) != 8 {
+		t.Fatal("not every job reached a backend")
+	}
+}
+
+func TestFarmTenantCapAnswers429(t *testing.T) {
+	clients, _, _ := twoBackends(t, 200*time.Millisecond)
+	f, err := newFarm(clients[:1], 1, 64, 1, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error)
+	go func() { _, err := f.Run(context.Background(), generate("192.0.2.1")); first <- err }()
+	for f.d.Stats().Backends[0].InUse == 0 { // the first job holds the tenant's one place
+		time.Sleep(time.Millisecond)
+	}
+	_, err = f.Run(context.Background(), generate("192.0.2.1"))
+	var busy *httpapi.BusyError
+	if !errors.As(err, &busy) || !busy.OverShare {
+		t.Fatalf("second job of a tenant at its cap: %v", err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
+	clients, servers, _ := twoBackends(t, 5*time.Millisecond)
+	f, err := newFarm(clients, 1, 64, 8, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	dead := clients[0].BaseURL()
+	h := &healthReporter{eng: eng, d: f.d, backend: dead, log: discardLog()}
+	for range failuresToTrip {
+		h.ReportGPUs("comfyui "+dead, nil, errors.New("connection refused"))
+	}
+	for i := range 4 {
+		if _, err := f.Run(context.Background(), generate(fmt.Sprintf("192.0.2.%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(servers[0].Prompts()); n != 0 {
+		t.Fatalf("the backend taken out still got %d jobs", n)
+	}
+	h.ReportGPUs("comfyui "+dead, nil, nil) // it answers again
+	for _, b := range f.d.Stats().Backends {
+		if !b.Healthy {
+			t.Fatalf("backend %s still out after it answered", b.Name)
+		}
+	}
+}
+
+func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }

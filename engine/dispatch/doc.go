@@ -1,0 +1,35 @@
+// Package dispatch shares the GPU backends' job slots between tenants: a
+// bounded, fair wait queue in front of an exact per-backend semaphore.
+//
+// Every backend (a ComfyUI server) runs at most Slots jobs at once; that cap
+// is what keeps VRAM from running out, so it is never exceeded. A job first
+// takes a slot with Acquire and gives it back with Release when the GPU work
+// ends:
+//
+//	lease, err := d.Acquire(ctx, clientIP, cost)
+//	var refusal *dispatch.Refusal
+//	if errors.As(err, &refusal) {
+//		// 503 (or 429 for ReasonTenantBusy), Retry-After: refusal.RetryAfter
+//	}
+//	if err != nil {
+//		return err // ctx ended while waiting
+//	}
+//	// ... run the job on lease.Backend() ...
+//	lease.Release(jobTime)
+//
+// When no slot is free the job waits, at most Config.MaxWait, in a queue of
+// at most Config.MaxQueue jobs over all tenants, and a tenant has at most
+// Config.TenantInFlight jobs running or waiting. Freed slots go to waiters by
+// deficit round robin over tenants, each tenant's jobs in FIFO order, so a
+// tenant flooding the queue gets its share and no more; a job's cost weighs
+// its share (a cost-3 job counts as three cost-1 jobs).
+//
+// A Release hands the freed slot to the next waiter synchronously, under the
+// Dispatcher's single mutex: a slot is never free and promised at once. A
+// waiter whose context ends, or whose MaxWait passes, leaves the queue under
+// the same mutex; a lease handed to it in the same instant goes on to the
+// next waiter. Waiting costs no goroutine beyond the caller's own.
+//
+// A Dispatcher made by New is safe for concurrent use. The zero Dispatcher
+// has no backends: it refuses every Acquire with ReasonNoBackend.
+package dispatch
