@@ -18,6 +18,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/dispatch"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -43,6 +44,9 @@ type Config struct {
 	// stay open). It needs an AdminToken.
 	ProtectReads bool
 	Logger       *slog.Logger
+	// Backends reports the GPU farm: slots per backend, the queue and the
+	// tenants waiting; nil: GET /api/backends answers 404.
+	Backends func() dispatch.Stats
 }
 
 // RuleWriter writes rule documents to the source of truth (etcd). It
@@ -119,6 +123,9 @@ func Register(r gin.IRouter, cfg Config) error {
 	reads.GET("/resources", a.resources)
 	reads.GET("/blocked", a.blocked)
 	reads.GET("/system", a.system)
+	if cfg.Backends != nil {
+		reads.GET("/backends", func(c *gin.Context) { c.JSON(http.StatusOK, backendsBody(cfg.Backends())) })
+	}
 
 	writes := r.Group("/api", a.readOnly, a.authorize, a.knownResource)
 	writes.PUT("/rules/:resource", a.put)
@@ -277,6 +284,19 @@ func (a *api) resourceRules(c *gin.Context) {
 
 func (a *api) resources(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"resources": a.cfg.Engine.Stats(), "cpu_usage": a.cfg.Engine.CPUUsage()})
+}
+
+// backendsBody renders the farm's state with times in milliseconds.
+func backendsBody(st dispatch.Stats) gin.H {
+	backends := make([]gin.H, 0, len(st.Backends))
+	for _, b := range st.Backends {
+		backends = append(backends, gin.H{"name": b.Name, "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "started_total": b.Started})
+	}
+	tenants := make([]gin.H, 0, len(st.Tenants))
+	for _, t := range st.Tenants {
+		tenants = append(tenants, gin.H{"tenant": t.Tenant, "waiting": t.Waiting, "running": t.Running})
+	}
+	return gin.H{"backends": backends, "queued": st.Queued, "tenants": tenants, "avg_job_time_ms": st.AvgJobTime.Milliseconds()}
 }
 
 // system shows the machine's CPU and load, every GPU with its source,

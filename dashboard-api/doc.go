@@ -9,6 +9,7 @@
 //	GET    /api/resources          live statistics per resource
 //	GET    /api/blocked?limit=N    the N most recent refusals, newest first (default 100, max 1024)
 //	GET    /api/system             CPU, load, every GPU (source, memory, utilisation) and the GPU pressure
+//	GET    /api/backends           the GPU farm: each backend's slots in use and health, the queue, the tenants
 //	GET    /healthz                the process is up
 //	GET    /readyz                 ready for traffic (503 until then)
 //

@@ -268,6 +268,18 @@ func TestServeWithDefaults(t *testing.T) {
 		}
 	}
 
+	var farm struct {
+		Backends []struct {
+			Slots   int  `json:"slots"`
+			Healthy bool `json:"healthy"`
+			Started int  `json:"started_total"`
+		} `json:"backends"`
+	}
+	getJSON(t, base+"/api/backends", &farm)
+	if len(farm.Backends) != 1 || farm.Backends[0].Slots != 1 || !farm.Backends[0].Healthy || farm.Backends[0].Started == 0 {
+		t.Fatalf("/api/backends: %+v", farm)
+	}
+
 	resp, err = http.Get(base + "/api/resources")
 	if err != nil {
 		t.Fatal(err)

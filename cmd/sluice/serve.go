@@ -252,6 +252,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AdminToken:   f.adminToken,
 		ProtectReads: f.protectReads,
 		Logger:       log,
+		Backends:     backends.d.Stats,
 	}); err != nil {
 		return err
 	}
