@@ -99,6 +99,10 @@ type Job struct {
 	// OnProgress, if set, is called from Run's goroutine with each progress
 	// event of the prompt. It must return quickly.
 	OnProgress func(value, max int)
+	// OnExecuted, if set, is called once the prompt has finished executing,
+	// before its output is fetched: from then on ComfyUI is free for its
+	// next prompt.
+	OnExecuted func()
 }
 
 // Result is a finished job: the first output image and its timings.
@@ -172,6 +176,9 @@ func (c *Client) Run(ctx context.Context, job Job) (*Result, error) {
 	}
 	if res.Finished.IsZero() {
 		res.Finished = time.Now()
+	}
+	if job.OnExecuted != nil {
+		job.OnExecuted()
 	}
 	if res.Image, res.ContentType, err = c.view(ctx, img); err != nil {
 		return nil, fmt.Errorf("comfyui: prompt %s: %w", id, err)

@@ -80,3 +80,21 @@ func TestVRAMWatcherReportsUnreachable(t *testing.T) {
 		t.Fatalf("an unreachable backend must be reported as an error: %+v", rec.reports)
 	}
 }
+
+func TestOnExecutedBeforeOutputFetched(t *testing.T) {
+	srv := comfyuitest.NewServer(comfyuitest.Options{})
+	defer srv.Close()
+	client, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	res, err := client.Run(context.Background(), comfyui.Job{Resource: "zimage_generate", Prompt: "a kite", Width: 256, Height: 256,
+		OnExecuted: func() { calls++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || len(res.Image) == 0 {
+		t.Fatalf("OnExecuted called %d times; image %d bytes", calls, len(res.Image))
+	}
+}

@@ -52,8 +52,13 @@ func (f *farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error
 		}
 		return nil, err
 	}
+	// The slot is free as soon as ComfyUI has executed the prompt, while
+	// its output is still being fetched; Release is idempotent, so the
+	// second call only covers jobs that failed before that.
 	start := time.Now()
-	res, err := f.clients[lease.Backend()].Run(ctx, job.Job)
+	cj := job.Job
+	cj.OnExecuted = func() { lease.Release(time.Since(start)) }
+	res, err := f.clients[lease.Backend()].Run(ctx, cj)
 	lease.Release(time.Since(start))
 	return res, err
 }
