@@ -5,7 +5,7 @@ PKGS    := ./...
 BIN     := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build bench fuzz lint clean
+.PHONY: run test build bench bench-overload fuzz lint clean
 
 ## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
 run:
@@ -24,6 +24,10 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./engine
 	$(GO) test -run '^$$' -bench Route -benchmem -count 6 ./adapters/httpapi
 	$(GO) test -run '^$$' -bench PutToEnforced -benchtime 400x -count 3 ./adapters/etcd
+
+## bench-overload: an abusive client at 20x the capacity of a farm of fake GPU backends (about 6 s, loopback only)
+bench-overload:
+	$(GO) test -run '^$$' -bench Overload -benchtime 1x ./cmd/sluice
 
 ## fuzz: a short run of every fuzz target
 fuzz:
