@@ -38,6 +38,10 @@ const (
 // colorize serves a DDColor endpoint: multipart image and optional size.
 func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		async, ok := asyncMode(c)
+		if !ok {
+			return
+		}
 		ip := origin(c)
 		// A banned client is turned away before its upload is read.
 		if ref := s.eng.Precheck(engine.Call{Resource: resource, Origin: ip}); ref != nil {
@@ -69,7 +73,12 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 			imageProblem(c, err)
 			return
 		}
-		s.run(c, tok, ip, comfyui.Job{Resource: resource, Image: img.PNG, Size: size})
+		job := comfyui.Job{Resource: resource, Image: img.PNG, Size: size}
+		if async {
+			s.submit(c, tok, ip, job)
+			return
+		}
+		s.run(c, tok, ip, job)
 	}
 }
 
@@ -166,6 +175,10 @@ type generateRequest struct {
 }
 
 func (s *Server) generate(c *gin.Context) {
+	async, ok := asyncMode(c)
+	if !ok {
+		return
+	}
 	if ct := c.GetHeader("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 			badRequest(c, http.StatusUnsupportedMediaType, "not-json", fmt.Sprintf("send application/json, got %q", ct))
@@ -188,6 +201,10 @@ func (s *Server) generate(c *gin.Context) {
 		return
 	}
 	c.Header("X-Sluice-Seed", strconv.FormatInt(job.Seed, 10))
+	if async {
+		s.submit(c, tok, ip, job)
+		return
+	}
 	s.run(c, tok, ip, job)
 }
 

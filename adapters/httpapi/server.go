@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/jobs"
 )
 
 // Runner runs an admitted job on a ComfyUI backend.
@@ -76,6 +77,10 @@ type Config struct {
 	// MaxUploads bounds the uploads read and checked at once (default 16);
 	// beyond it a DDColor request gets 503 at once.
 	MaxUploads int
+	// AsyncJobs holds the jobs of ?mode=async requests. Default: a Manager
+	// of jobs.Config{}, closed by Close; one given here is the caller's to
+	// close.
+	AsyncJobs *jobs.Manager
 }
 
 // Server is the public API. Mount more routes on Router().
@@ -88,6 +93,8 @@ type Server struct {
 	jobTimeout time.Duration
 	jobs       JobObserver
 	uploads    chan struct{} // a semaphore of MaxUploads
+	async      *jobs.Manager
+	ownsAsync  bool
 }
 
 // formSlack is what a multipart body may carry beyond the image itself:
@@ -114,6 +121,10 @@ func New(cfg Config) (*Server, error) {
 		jobTimeout: cfg.JobTimeout,
 		jobs:       cfg.Jobs,
 		uploads:    make(chan struct{}, cmp.Or(max(cfg.MaxUploads, 0), 16)),
+		async:      cfg.AsyncJobs,
+	}
+	if s.async == nil {
+		s.async, s.ownsAsync = jobs.New(jobs.Config{}), true
 	}
 	if cfg.Image.MaxBytes > 0 {
 		s.image.MaxBytes = cfg.Image.MaxBytes
@@ -142,6 +153,7 @@ func New(cfg Config) (*Server, error) {
 	r.POST("/api/ddcolorize/person", s.colorize("ddcolor_person", 512))
 	r.POST("/api/ddcolorize/building", s.colorize("ddcolor_building", 1280))
 	r.POST("/v1/generate", s.generate)
+	s.mountJobs(r)
 	return s, nil
 }
 
@@ -208,9 +220,21 @@ const refusedKey = "sluice.refused"
 // run runs an admitted job, exits its token when the job ends, and answers
 // with the image or the job's error.
 func (s *Server) run(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) {
-	job := Job{Job: cj, Tenant: origin, Cost: tok.Cost}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), s.jobTimeout)
 	defer cancel()
+	res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost})
+	if err != nil {
+		s.jobError(c, cj.Resource, err)
+		return
+	}
+	c.Header("Server-Timing", serverTiming(res))
+	c.Header("X-Sluice-Prompt-Id", res.PromptID)
+	c.Data(http.StatusOK, res.ContentType, res.Image)
+}
+
+// execute runs an admitted job, exits its token when the job ends, and
+// reports its timings.
+func (s *Server) execute(ctx context.Context, tok *engine.Token, job Job) (*comfyui.Result, error) {
 	start := time.Now()
 	res, err := s.runner.Run(ctx, job)
 	tok.Exit(err)
@@ -221,13 +245,7 @@ func (s *Server) run(c *gin.Context, tok *engine.Token, origin string, cj comfyu
 		}
 		s.jobs.ObserveJob(job.Resource, wait, run, err)
 	}
-	if err != nil {
-		s.jobError(c, job.Resource, err)
-		return
-	}
-	c.Header("Server-Timing", serverTiming(res))
-	c.Header("X-Sluice-Prompt-Id", res.PromptID)
-	c.Data(http.StatusOK, res.ContentType, res.Image)
+	return res, err
 }
 
 // jobTimes splits a job's time into its wait in ComfyUI's queue and its run.

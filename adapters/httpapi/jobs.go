@@ -1,0 +1,239 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/jobs"
+)
+
+// Close cancels the async jobs still running and waits for them, when the
+// Server made its own job manager.
+func (s *Server) Close() {
+	if s.ownsAsync {
+		s.async.Close()
+	}
+}
+
+func (s *Server) mountJobs(r *gin.Engine) {
+	r.GET("/api/jobs/:id", s.jobStatus)
+	r.GET("/api/jobs/:id/result", s.jobResult)
+	r.GET("/api/jobs/:id/events", s.jobEvents)
+	r.DELETE("/api/jobs/:id", s.jobCancel)
+}
+
+// asyncMode says whether the request asks to be answered at admission,
+// with ?mode=async or Prefer: respond-async. A bad mode is answered 400
+// and gives ok false.
+func asyncMode(c *gin.Context) (async, ok bool) {
+	switch mode := c.Query("mode"); mode {
+	case "async":
+		return true, true
+	case "sync":
+		return false, true
+	case "":
+	default:
+		badRequest(c, http.StatusBadRequest, "bad-mode", fmt.Sprintf("mode must be sync or async; got %q", mode))
+		return false, false
+	}
+	return preferAsync(c), true
+}
+
+// preferAsync reports whether a Prefer field (RFC 7240) holds respond-async.
+func preferAsync(c *gin.Context) bool {
+	for _, field := range c.Request.Header.Values("Prefer") {
+		for pref := range strings.SplitSeq(field, ",") {
+			name, _, _ := strings.Cut(pref, ";")
+			if strings.EqualFold(strings.TrimSpace(name), "respond-async") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// submitted is the answer to an async request.
+type submitted struct {
+	ID        string     `json:"id"`
+	StatusURL string     `json:"status_url"`
+	State     jobs.State `json:"state"`
+}
+
+// submit starts an admitted job in the background and answers 202. The job
+// runs under a context of its own, bounded by the job timeout; its token is
+// exited when it ends.
+func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) {
+	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Params: jobs.Params{
+		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
+	}}
+	job, err := s.async.Submit(spec, func(ctx context.Context, progress func(value, max int)) (jobs.Result, error) {
+		cj.OnProgress = progress
+		ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
+		defer cancel()
+		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost})
+		if err != nil {
+			return jobs.Result{}, s.asyncError(ctx, cj.Resource, err)
+		}
+		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
+	})
+	if err != nil {
+		tok.Exit(nil) // never ran
+		writeProblem(c, Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+			Detail: "the gateway is shutting down", Resource: cj.Resource, RetryAfter: 1})
+		return
+	}
+	url := "/api/jobs/" + job.ID
+	if c.Query("mode") == "" {
+		c.Header("Preference-Applied", "respond-async")
+	}
+	c.Header("Location", url)
+	c.JSON(http.StatusAccepted, submitted{ID: job.ID, StatusURL: url, State: job.State})
+}
+
+// asyncError logs a failed async job and returns what its record says: the
+// same information a synchronous caller gets, and no backend addresses.
+func (s *Server) asyncError(ctx context.Context, resource string, err error) error {
+	var (
+		pe   *comfyui.PromptError
+		ee   *comfyui.ExecutionError
+		busy *BusyError
+	)
+	log := s.log.With(slog.String("resource", resource), slog.Any("error", err))
+	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		log.Info("async job cancelled")
+		return context.Canceled
+	case errors.As(err, &busy):
+		log.Info("no GPU slot for the async job")
+		return busy
+	case errors.As(err, &pe):
+		log.Warn("comfyui refused the workflow")
+		return pe
+	case errors.As(err, &ee):
+		log.Warn("comfyui job failed")
+		return ee
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Warn("comfyui job timed out")
+		return fmt.Errorf("the job did not finish within %s", s.jobTimeout)
+	default:
+		log.Error("comfyui unavailable")
+		return errors.New("the image backend could not run the job")
+	}
+}
+
+// ownJob returns the job named in the path if the caller created it, and
+// answers 404 otherwise: another tenant's job does not exist for the caller.
+func (s *Server) ownJob(c *gin.Context) (jobs.Job, bool) {
+	id := c.Param("id")
+	job, err := s.async.Get(id)
+	if err != nil || job.Tenant != origin(c) {
+		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", id))
+		return jobs.Job{}, false
+	}
+	return job, true
+}
+
+func (s *Server) jobStatus(c *gin.Context) {
+	if job, ok := s.ownJob(c); ok {
+		c.JSON(http.StatusOK, job)
+	}
+}
+
+func (s *Server) jobResult(c *gin.Context) {
+	job, ok := s.ownJob(c)
+	if !ok {
+		return
+	}
+	if job.State != jobs.Succeeded {
+		detail := fmt.Sprintf("job %s is %s; it has no result", job.ID, job.State)
+		if job.Error != "" {
+			detail += ": " + job.Error
+		}
+		writeProblem(c, Problem{Type: typeBase + "job-not-succeeded", Title: "Conflict", Status: http.StatusConflict,
+			Detail: detail, Resource: job.Resource, Value: string(job.State)})
+		return
+	}
+	c.Header("X-Sluice-Prompt-Id", job.PromptID)
+	c.Data(http.StatusOK, job.ContentType, job.Result)
+}
+
+// jobEvents streams the job's progress and state as Server-Sent Events,
+// ending after its final state.
+func (s *Server) jobEvents(c *gin.Context) {
+	job, ok := s.ownJob(c)
+	if !ok {
+		return
+	}
+	events, err := s.async.Subscribe(c.Request.Context(), job.ID)
+	if err != nil { // forgotten in between
+		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", job.ID))
+		return
+	}
+	h := c.Writer.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	c.Status(http.StatusOK)
+	for ev := range events {
+		var data any = ev.Job
+		if ev.Type == jobs.EventProgress {
+			data = struct {
+				ID string `json:"id"`
+				jobs.Progress
+			}{ev.Job.ID, ev.Job.Progress}
+		}
+		b, err := json.Marshal(data)
+		if err != nil {
+			return
+		}
+		if _, err := fmt.Fprintf(c.Writer, "event: %s\ndata: %s\n\n", ev.Type, b); err != nil {
+			return
+		}
+		c.Writer.Flush()
+	}
+}
+
+// cancelWait is how long DELETE waits for a cancelled job to end before it
+// answers 202.
+const cancelWait = 2 * time.Second
+
+// jobCancel cancels the job; 200 with the record once it has ended, 202
+// while it is still winding down.
+func (s *Server) jobCancel(c *gin.Context) {
+	job, ok := s.ownJob(c)
+	if !ok {
+		return
+	}
+	job, err := s.async.Cancel(job.ID)
+	switch {
+	case errors.Is(err, jobs.ErrFinished):
+		writeProblem(c, Problem{Type: typeBase + "job-finished", Title: "Conflict", Status: http.StatusConflict,
+			Detail: fmt.Sprintf("job %s already %s", job.ID, job.State), Resource: job.Resource, Value: string(job.State)})
+		return
+	case err != nil: // forgotten in between
+		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", c.Param("id")))
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), cancelWait)
+	defer cancel()
+	if events, err := s.async.Subscribe(ctx, job.ID); err == nil {
+		for ev := range events {
+			job = ev.Job
+		}
+	}
+	status := http.StatusAccepted
+	if job.State.Final() {
+		status = http.StatusOK
+	}
+	c.JSON(status, job)
+}
