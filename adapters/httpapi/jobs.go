@@ -17,6 +17,10 @@ import (
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
+// Drain stops taking async jobs and waits, until ctx ends, for those
+// running to finish.
+func (s *Server) Drain(ctx context.Context) error { return s.async.Drain(ctx) }
+
 // Close cancels the async jobs still running and waits for them, when the
 // Server made its own job manager.
 func (s *Server) Close() {

@@ -293,12 +293,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("shutting down: finishing requests in flight", slog.Duration("grace", f.shutdownGrace))
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownGrace)
 	defer cancel()
+	defer api.Close() // cancels async jobs still running past the grace
 	if err := srv.Shutdown(sctx); err != nil {
 		// Past the grace: end the requests still running (their jobs are
 		// interrupted on ComfyUI) before the components they use close.
 		cancelRequests()
 		srv.Close()
 		return fmt.Errorf("shutdown: requests still running after %s were cut off: %w", f.shutdownGrace, err)
+	}
+	if err := api.Drain(sctx); err != nil {
+		return fmt.Errorf("shutdown: async jobs still running after %s were cancelled: %w", f.shutdownGrace, err)
 	}
 	return nil
 }

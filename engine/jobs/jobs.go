@@ -307,6 +307,26 @@ func (m *Manager) Subscribe(ctx context.Context, id string) (<-chan Event, error
 	return s.out, nil
 }
 
+// Drain stops taking jobs and waits until the jobs already taken have
+// finished, or ctx ends: a graceful shutdown drains first and only then
+// closes, so nothing accepted is dropped within the grace.
+func (m *Manager) Drain(ctx context.Context) error {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		m.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Close cancels every job not finished, waits for their run functions to
 // return, and refuses new jobs.
 func (m *Manager) Close() {

@@ -224,3 +224,32 @@ func TestSubscriptionEndsWithContext(t *testing.T) {
 	}
 	st.end <- nil
 }
+
+func TestDrainWaitsForRunningJobs(t *testing.T) {
+	m := jobs.New(jobs.Config{})
+	defer m.Close()
+	release := make(chan struct{})
+	job, err := m.Submit(jobs.Spec{Tenant: "192.0.2.1", Resource: "zimage_generate"}, func(ctx context.Context, progress func(int, int)) (jobs.Result, error) {
+		<-release
+		return jobs.Result{Data: []byte("png"), ContentType: "image/png"}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past its deadline, Drain gives up and says so; the job still runs.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.Drain(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("drain with an ended context: %v", err)
+	}
+	if _, err := m.Submit(jobs.Spec{}, nil); !errors.Is(err, jobs.ErrClosed) {
+		t.Fatalf("a draining manager took a job: %v", err)
+	}
+	close(release)
+	if err := m.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := m.Get(job.ID); got.State != jobs.Succeeded {
+		t.Fatalf("drained job state %s, want succeeded", got.State)
+	}
+}
