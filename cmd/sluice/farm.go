@@ -20,18 +20,28 @@ import (
 type farm struct {
 	d       *dispatch.Dispatcher
 	clients map[string]*comfyui.Client
+	log     *slog.Logger
+
+	mu   sync.Mutex
+	down map[string]chan struct{} // per backend: closed when it is taken out
+	out  map[string]bool
 }
+
+// errBackendDown cancels the jobs of a backend taken out of the farm.
+var errBackendDown = errors.New("backend taken out of the farm")
 
 var _ httpapi.Runner = (*farm)(nil)
 
-func newFarm(clients []*comfyui.Client, slots, maxQueue, tenantInFlight int, maxWait time.Duration) (*farm, error) {
-	f := &farm{clients: make(map[string]*comfyui.Client, len(clients))}
+func newFarm(clients []*comfyui.Client, slots, maxQueue, tenantInFlight int, maxWait time.Duration, log *slog.Logger) (*farm, error) {
+	f := &farm{clients: make(map[string]*comfyui.Client, len(clients)), log: log,
+		down: make(map[string]chan struct{}), out: make(map[string]bool)}
 	var backends []dispatch.BackendConfig
 	for _, c := range clients {
 		if _, dup := f.clients[c.BaseURL()]; dup {
 			return nil, fmt.Errorf("--comfyui %s given twice", c.BaseURL())
 		}
 		f.clients[c.BaseURL()] = c
+		f.down[c.BaseURL()] = make(chan struct{})
 		backends = append(backends, dispatch.BackendConfig{Name: c.BaseURL(), Slots: slots})
 	}
 	d, err := dispatch.New(dispatch.Config{Backends: backends, MaxQueue: maxQueue, MaxWait: maxWait, TenantInFlight: tenantInFlight})
@@ -42,25 +52,76 @@ func newFarm(clients []*comfyui.Client, slots, maxQueue, tenantInFlight int, max
 	return f, nil
 }
 
-// Run waits for a slot, runs the job on that backend and frees the slot.
+// Run waits for a slot, runs the job on that backend and frees the slot. A
+// job whose backend is taken out of the farm while it runs is interrupted
+// there and run once more elsewhere: it never runs on two backends at once.
 func (f *farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
+	for attempt := 1; ; attempt++ {
+		res, backend, err := f.runOnce(ctx, job)
+		if err == nil || attempt == 2 || ctx.Err() != nil || !errors.Is(err, errBackendDown) {
+			return res, err
+		}
+		f.log.Warn("job re-run elsewhere: its backend was taken out", slog.String("backend", backend), slog.String("tenant", job.Tenant))
+	}
+}
+
+func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, string, error) {
 	lease, err := f.d.Acquire(ctx, job.Tenant, max(job.Cost, 1))
 	if err != nil {
 		var r *dispatch.Refusal
 		if errors.As(err, &r) {
-			return nil, &httpapi.BusyError{Reason: r.Error(), RetryAfter: r.RetryAfter, OverShare: r.Reason == dispatch.ReasonTenantBusy}
+			return nil, "", &httpapi.BusyError{Reason: r.Error(), RetryAfter: r.RetryAfter, OverShare: r.Reason == dispatch.ReasonTenantBusy}
 		}
-		return nil, err
+		return nil, "", err
 	}
+	backend := lease.Backend()
+	// The job's context ends, with errBackendDown as its cause, if the
+	// backend is taken out while it runs.
+	jobCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	f.mu.Lock()
+	down := f.down[backend]
+	f.mu.Unlock()
+	watch := make(chan struct{})
+	go func() {
+		select {
+		case <-down:
+			cancel(errBackendDown)
+		case <-jobCtx.Done():
+		case <-watch:
+		}
+	}()
+	defer close(watch)
+
 	// The slot is free as soon as ComfyUI has executed the prompt, while
 	// its output is still being fetched; Release is idempotent, so the
 	// second call only covers jobs that failed before that.
 	start := time.Now()
 	cj := job.Job
 	cj.OnExecuted = func() { lease.Release(time.Since(start)) }
-	res, err := f.clients[lease.Backend()].Run(ctx, cj)
+	res, err := f.clients[backend].Run(jobCtx, cj)
 	lease.Release(time.Since(start))
-	return res, err
+	if err != nil && errors.Is(context.Cause(jobCtx), errBackendDown) {
+		err = fmt.Errorf("%w: %s: %w", errBackendDown, backend, err)
+	}
+	return res, backend, err
+}
+
+// setOut takes a backend out of the farm (its running jobs are cancelled
+// and re-run elsewhere) or puts it back in.
+func (f *farm) setOut(backend string, out bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.out[backend] == out {
+		return
+	}
+	f.out[backend] = out
+	if out {
+		close(f.down[backend])
+	} else {
+		f.down[backend] = make(chan struct{})
+	}
+	f.d.SetHealthy(backend, !out)
 }
 
 // healthReporter passes GPU samples on to the engine and, from whether a
@@ -69,13 +130,12 @@ func (f *farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error
 // probe is the sampling itself.
 type healthReporter struct {
 	eng     *engine.Engine
-	d       *dispatch.Dispatcher
+	farm    *farm
 	backend string
 	log     *slog.Logger
 
 	mu       sync.Mutex
 	failures int
-	out      bool
 }
 
 // failuresToTrip is how many failed samples in a row take a backend out.
@@ -87,17 +147,15 @@ func (h *healthReporter) ReportGPUs(source string, gpus []engine.GPU, err error)
 	defer h.mu.Unlock()
 	if err != nil {
 		h.failures++
-		if h.failures >= failuresToTrip && !h.out {
-			h.out = true
-			h.d.SetHealthy(h.backend, false)
+		if h.failures == failuresToTrip {
 			h.log.Warn("backend taken out: it does not answer", slog.String("backend", h.backend), slog.Any("error", err))
+			h.farm.setOut(h.backend, true)
 		}
 		return
 	}
-	h.failures = 0
-	if h.out {
-		h.out = false
-		h.d.SetHealthy(h.backend, true)
+	if h.failures >= failuresToTrip {
 		h.log.Info("backend back in", slog.String("backend", h.backend))
 	}
+	h.failures = 0
+	h.farm.setOut(h.backend, false)
 }

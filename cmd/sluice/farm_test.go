@@ -47,7 +47,7 @@ func generate(tenant string) httpapi.Job {
 
 func TestFarmNeverOversubscribes(t *testing.T) {
 	clients, servers, peak := twoBackends(t, 30*time.Millisecond)
-	f, err := newFarm(clients, 1, 64, 2, 30*time.Second)
+	f, err := newFarm(clients, 1, 64, 2, 30*time.Second, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestFarmNeverOversubscribes(t *testing.T) {
 
 func TestFarmTenantCapAnswers429(t *testing.T) {
 	clients, _, _ := twoBackends(t, 200*time.Millisecond)
-	f, err := newFarm(clients[:1], 1, 64, 1, 30*time.Second)
+	f, err := newFarm(clients[:1], 1, 64, 1, 30*time.Second, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestFarmTenantCapAnswers429(t *testing.T) {
 
 func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
 	clients, servers, _ := twoBackends(t, 5*time.Millisecond)
-	f, err := newFarm(clients, 1, 64, 8, 30*time.Second)
+	f, err := newFarm(clients, 1, 64, 8, 30*time.Second, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
 	}
 	defer eng.Close()
 	dead := clients[0].BaseURL()
-	h := &healthReporter{eng: eng, d: f.d, backend: dead, log: discardLog()}
+	h := &healthReporter{eng: eng, farm: f, backend: dead, log: discardLog()}
 	for range failuresToTrip {
 		h.ReportGPUs("comfyui "+dead, nil, errors.New("connection refused"))
 	}
@@ -131,3 +131,58 @@ func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func TestJobOfBackendTakenOutRunsElsewhere(t *testing.T) {
+	var (
+		calls   atomic.Int64
+		started = make(chan string, 2)
+	)
+	var clients []*comfyui.Client
+	var servers []*comfyuitest.Server
+	for range 2 {
+		var url string
+		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration {
+			started <- url
+			if calls.Add(1) == 1 {
+				return time.Minute // the first job hangs on its backend
+			}
+			return 10 * time.Millisecond
+		}})
+		url = srv.URL
+		t.Cleanup(srv.Close)
+		c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients, servers = append(clients, c), append(servers, srv)
+	}
+	f, err := newFarm(clients, 1, 64, 2, 30*time.Second, discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() {
+		_, err := f.Run(context.Background(), generate("192.0.2.1"))
+		done <- err
+	}()
+	first := <-started // the job runs on one backend ...
+	f.setOut(first, true)
+	second := <-started // ... which is taken out: it runs on the other
+	if err := <-done; err != nil {
+		t.Fatalf("the job did not finish elsewhere: %v", err)
+	}
+	if first == second {
+		t.Fatalf("re-run on the backend taken out (%s)", first)
+	}
+	// It was interrupted where it hung: it never ran on two backends at once.
+	for _, srv := range servers {
+		if srv.URL == first && len(srv.Interrupts())+len(srv.Deletes()) == 0 {
+			t.Fatal("the job was not interrupted on the backend taken out")
+		}
+	}
+	for _, b := range f.d.Stats().Backends {
+		if b.Name == first && b.Healthy {
+			t.Fatal("the backend taken out is still healthy")
+		}
+	}
+}

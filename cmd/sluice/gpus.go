@@ -26,7 +26,7 @@ func watchGPUs(backends *farm, eng *engine.Engine, every time.Duration, log *slo
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for name, c := range backends.clients {
-		health := &healthReporter{eng: eng, d: backends.d, backend: name, log: log}
+		health := &healthReporter{eng: eng, farm: backends, backend: name, log: log}
 		w := &comfyui.VRAMWatcher{Client: c, Reporter: health, Interval: every, Logger: log}
 		wg.Go(func() { w.Run(ctx) })
 	}

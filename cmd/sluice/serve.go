@@ -222,7 +222,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		clients = append(clients, c)
 	}
-	backends, err := newFarm(clients, f.slots, f.queueMax, f.tenantInFlight, f.queueWait)
+	backends, err := newFarm(clients, f.slots, f.queueMax, f.tenantInFlight, f.queueWait, log)
 	if err != nil {
 		return err
 	}
