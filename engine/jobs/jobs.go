@@ -45,6 +45,9 @@ type Spec struct {
 	Tenant   string
 	Resource string
 	Params   Params
+	// Webhook, if set, is the URL told when the job ends (Config.OnFinish
+	// delivers it).
+	Webhook string
 }
 
 // Result is what a run function returns on success.
@@ -77,6 +80,8 @@ type Job struct {
 	// Result and ContentType are the output of a succeeded job.
 	Result      []byte `json:"-"`
 	ContentType string `json:"content_type,omitempty"`
+	// Webhook is the URL told when the job ends.
+	Webhook string `json:"webhook,omitempty"`
 }
 
 // EventType says what an Event reports.
@@ -113,6 +118,10 @@ type Config struct {
 	// SubscriberBuffer is how many events a subscriber may fall behind
 	// before its intermediate progress events are dropped (default 16).
 	SubscriberBuffer int
+	// OnFinish, if set, is called with every job that reaches its final
+	// state, on the job's own goroutine, outside the Manager's lock (the
+	// webhook is sent from here). Drain and Close wait for it.
+	OnFinish func(Job)
 }
 
 // Errors of Get, Cancel, Subscribe and Submit.
@@ -164,7 +173,7 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &record{
 		job: Job{
-			ID: uuid.NewString(), Tenant: spec.Tenant, Resource: spec.Resource, Params: spec.Params,
+			ID: uuid.NewString(), Tenant: spec.Tenant, Resource: spec.Resource, Params: spec.Params, Webhook: spec.Webhook,
 			State: Queued, Created: m.cfg.Clock.Now(),
 		},
 		cancel: cancel,
@@ -184,7 +193,10 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 		defer m.wg.Done()
 		defer cancel()
 		res, err := run(ctx, func(value, max int) { m.progress(r, value, max) })
-		m.finish(r, res, err)
+		final := m.finish(r, res, err)
+		if m.cfg.OnFinish != nil {
+			m.cfg.OnFinish(final)
+		}
 	}()
 	return snap, nil
 }
@@ -209,9 +221,9 @@ func (m *Manager) progress(r *record, value, max int) {
 	r.publish(EventProgress, m.cfg.SubscriberBuffer)
 }
 
-// finish records the end of a job and forgets the oldest finished jobs
-// beyond the bounds.
-func (m *Manager) finish(r *record, res Result, err error) {
+// finish records the end of a job, forgets the oldest finished jobs beyond
+// the bounds, and returns the job as it ended.
+func (m *Manager) finish(r *record, res Result, err error) Job {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	j := &r.job
@@ -241,12 +253,14 @@ func (m *Manager) finish(r *record, res Result, err error) {
 
 	m.finished = append(m.finished, j.ID)
 	m.resultBytes += int64(len(j.Result))
+	final := *j
 	for len(m.finished) > m.cfg.MaxFinished || (m.resultBytes > m.cfg.MaxResultBytes && len(m.finished) > 1) {
 		old := m.finished[0]
 		m.finished = m.finished[1:]
 		m.resultBytes -= int64(len(m.jobs[old].job.Result))
 		delete(m.jobs, old)
 	}
+	return final
 }
 
 // Get returns a snapshot of job id.
