@@ -13,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/webhook"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
@@ -42,15 +43,26 @@ func (s *Server) mountJobs(r *gin.Engine) {
 func asyncMode(c *gin.Context) (async, ok bool) {
 	switch mode := c.Query("mode"); mode {
 	case "async":
-		return true, true
+		async = true
 	case "sync":
-		return false, true
 	case "":
+		async = preferAsync(c)
 	default:
 		badRequest(c, http.StatusBadRequest, "bad-mode", fmt.Sprintf("mode must be sync or async; got %q", mode))
 		return false, false
 	}
-	return preferAsync(c), true
+	// ?webhook=URL asks to be told when an async job ends.
+	if hook, given := c.GetQuery("webhook"); given {
+		if !async {
+			badRequest(c, http.StatusBadRequest, "bad-webhook", "a webhook needs mode=async (or Prefer: respond-async)")
+			return false, false
+		}
+		if err := webhook.CheckURL(hook); err != nil {
+			badRequest(c, http.StatusBadRequest, "bad-webhook", err.Error())
+			return false, false
+		}
+	}
+	return async, true
 }
 
 // preferAsync reports whether a Prefer field (RFC 7240) holds respond-async.
@@ -77,7 +89,7 @@ type submitted struct {
 // runs under a context of its own, bounded by the job timeout; its token is
 // exited when it ends.
 func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) {
-	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Params: jobs.Params{
+	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Webhook: c.Query("webhook"), Params: jobs.Params{
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
 	job, err := s.async.Submit(spec, func(ctx context.Context, progress func(value, max int)) (jobs.Result, error) {
