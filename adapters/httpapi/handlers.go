@@ -38,7 +38,7 @@ const (
 // colorize serves a DDColor endpoint: multipart image and optional size.
 func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		async, ok := asyncMode(c)
+		async, ok := s.asyncMode(c)
 		if !ok {
 			return
 		}
@@ -175,7 +175,7 @@ type generateRequest struct {
 }
 
 func (s *Server) generate(c *gin.Context) {
-	async, ok := asyncMode(c)
+	async, ok := s.asyncMode(c)
 	if !ok {
 		return
 	}

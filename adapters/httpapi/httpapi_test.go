@@ -53,6 +53,7 @@ type stackOptions struct {
 	workflows      *comfyui.Workflows
 	image          imageinput.Limits
 	maxUploads     int
+	webhooks       bool
 }
 
 func newStack(t testing.TB, src string, o stackOptions) *stack {
@@ -79,7 +80,7 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: httpapi.Direct{Client: client}, TrustedProxies: o.trustedProxies, Image: o.image, MaxUploads: o.maxUploads,
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: httpapi.Direct{Client: client}, TrustedProxies: o.trustedProxies, Image: o.image, MaxUploads: o.maxUploads, Webhooks: o.webhooks,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -40,7 +40,7 @@ func (s *Server) mountJobs(r *gin.Engine) {
 // asyncMode says whether the request asks to be answered at admission,
 // with ?mode=async or Prefer: respond-async. A bad mode is answered 400
 // and gives ok false.
-func asyncMode(c *gin.Context) (async, ok bool) {
+func (s *Server) asyncMode(c *gin.Context) (async, ok bool) {
 	switch mode := c.Query("mode"); mode {
 	case "async":
 		async = true
@@ -55,6 +55,10 @@ func asyncMode(c *gin.Context) (async, ok bool) {
 	if hook, given := c.GetQuery("webhook"); given {
 		if !async {
 			badRequest(c, http.StatusBadRequest, "bad-webhook", "a webhook needs mode=async (or Prefer: respond-async)")
+			return false, false
+		}
+		if !s.webhooks {
+			badRequest(c, http.StatusBadRequest, "bad-webhook", "this gateway sends no webhooks (it has no --webhook-secret)")
 			return false, false
 		}
 		if err := webhook.CheckURL(hook); err != nil {

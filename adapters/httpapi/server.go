@@ -77,6 +77,10 @@ type Config struct {
 	// MaxUploads bounds the uploads read and checked at once (default 16);
 	// beyond it a DDColor request gets 503 at once.
 	MaxUploads int
+	// Webhooks says whether async requests may ask for a webhook
+	// (?webhook=URL): true when something delivers them (Config.AsyncJobs'
+	// OnFinish).
+	Webhooks bool
 	// AsyncJobs holds the jobs of ?mode=async requests. Default: a Manager
 	// of jobs.Config{}, closed by Close; one given here is the caller's to
 	// close.
@@ -93,6 +97,7 @@ type Server struct {
 	jobTimeout time.Duration
 	jobs       JobObserver
 	uploads    chan struct{} // a semaphore of MaxUploads
+	webhooks   bool
 	async      *jobs.Manager
 	ownsAsync  bool
 }
@@ -121,6 +126,7 @@ func New(cfg Config) (*Server, error) {
 		jobTimeout: cfg.JobTimeout,
 		jobs:       cfg.Jobs,
 		uploads:    make(chan struct{}, cmp.Or(max(cfg.MaxUploads, 0), 16)),
+		webhooks:   cfg.Webhooks,
 		async:      cfg.AsyncJobs,
 	}
 	if s.async == nil {

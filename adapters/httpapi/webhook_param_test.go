@@ -7,7 +7,14 @@ import (
 )
 
 func TestWebhookParameter(t *testing.T) {
-	s := newStack(t, "resource: zimage_generate\n", stackOptions{})
+	if rec := newStack(t, "resource: zimage_generate\n", stackOptions{}).do(func() *http.Request {
+		r := generateRequest(`{"prompt": "a kite"}`)
+		r.URL.RawQuery = "mode=async&webhook=https://hooks.example.com/sluice"
+		return r
+	}(), "192.0.2.1:1"); rec.Code != http.StatusBadRequest {
+		t.Fatalf("a gateway without webhooks took one: %d", rec.Code)
+	}
+	s := newStack(t, "resource: zimage_generate\n", stackOptions{webhooks: true})
 	for _, tc := range []struct {
 		query  string
 		status int
