@@ -17,10 +17,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -112,6 +115,10 @@ type Config struct {
 	// Now and Sleep are the clock (tests inject them).
 	Now   func() time.Time
 	Sleep func(context.Context, time.Duration) error
+	// AllowPrivate lets webhooks reach loopback, private and link-local
+	// addresses. Off by default: a client-chosen URL must not make the
+	// gateway call into its own network (etcd, cloud metadata).
+	AllowPrivate bool
 }
 
 // New checks cfg and returns a Sender.
@@ -122,7 +129,15 @@ func New(cfg Config) (*Sender, error) {
 	}
 	s := &Sender{key: key, client: cfg.Client, log: cfg.Logger, now: cfg.Now, attempts: cfg.Attempts, backoff: cfg.Backoff, sleep: cfg.Sleep}
 	if s.client == nil {
-		s.client = &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		dialer := &net.Dialer{Timeout: 5 * time.Second}
+		if !cfg.AllowPrivate {
+			dialer.Control = publicOnly
+		}
+		s.client = &http.Client{
+			Timeout:       10 * time.Second,
+			Transport:     &http.Transport{DialContext: dialer.DialContext, Proxy: nil, TLSHandshakeTimeout: 5 * time.Second},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -149,6 +164,26 @@ func New(cfg Config) (*Sender, error) {
 		}
 	}
 	return s, nil
+}
+
+// publicOnly refuses connections to addresses that are not public: it runs
+// on the address actually dialled, after name resolution, so a name that
+// resolves to a private address is caught too.
+func publicOnly(network, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("webhook: cannot check address %q", address)
+	}
+	ip = ip.Unmap()
+	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() ||
+		ip.IsInterfaceLocalMulticast() || netip.MustParsePrefix("100.64.0.0/10").Contains(ip) {
+		return fmt.Errorf("webhook: %s is not a public address (see --webhook-allow-private)", ip)
+	}
+	return nil
 }
 
 // Event is the body of a message: {"type", "timestamp", "data"}.

@@ -69,7 +69,7 @@ func TestSendSignsRetriesAndStops(t *testing.T) {
 	defer srv.Close()
 	now := time.Unix(1_800_000_000, 0)
 	var waits []time.Duration
-	s, err := webhook.New(webhook.Config{Secret: secret, Now: func() time.Time { return now },
+	s, err := webhook.New(webhook.Config{Secret: secret, AllowPrivate: true, Now: func() time.Time { return now },
 		Sleep: func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -100,5 +100,20 @@ func TestSendSignsRetriesAndStops(t *testing.T) {
 	mu.Unlock()
 	if err := s.Send(context.Background(), srv.URL, "job-2.failed", ev); err == nil || len(got) != 1 {
 		t.Fatalf("after a 410: %v, %d attempts", err, len(got))
+	}
+}
+
+func TestPrivateAddressesRefusedByDefault(t *testing.T) {
+	hit := false
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hit = true }))
+	defer srv.Close()
+	secret := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	s, err := webhook.New(webhook.Config{Secret: secret, Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Send(context.Background(), srv.URL, "job-3.succeeded", webhook.Event{Type: "job.succeeded"})
+	if err == nil || hit || !strings.Contains(err.Error(), "not a public address") {
+		t.Fatalf("a loopback webhook was called: %v (hit %v)", err, hit)
 	}
 }
