@@ -103,6 +103,9 @@ type Job struct {
 	// before its output is fetched: from then on ComfyUI is free for its
 	// next prompt.
 	OnExecuted func()
+	// OnQueued, if set, is called from Run's goroutine once ComfyUI has
+	// accepted the prompt, with its ID: Recover follows it from there.
+	OnQueued func(promptID string)
 }
 
 // Result is a finished job: the first output image and its timings.
@@ -166,6 +169,9 @@ func (c *Client) Run(ctx context.Context, job Job) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{PromptID: id, Queued: time.Now()}
+	if job.OnQueued != nil {
+		job.OnQueued(id)
+	}
 	img, err := c.await(ctx, id, ev, job.OnProgress, res, log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -182,6 +188,30 @@ func (c *Client) Run(ctx context.Context, job Job) (*Result, error) {
 	}
 	if res.Image, res.ContentType, err = c.view(ctx, img); err != nil {
 		return nil, fmt.Errorf("comfyui: prompt %s: %w", id, err)
+	}
+	res.Filename, res.Subfolder = img.Filename, img.Subfolder
+	return res, nil
+}
+
+// Recover follows a prompt queued earlier, perhaps by another process (a
+// gateway before its restart), polling /history until it has finished or
+// ctx ends, then fetches its first output image. Unlike Run it never
+// removes or interrupts the prompt when ctx ends. Errors are those of Run.
+func (c *Client) Recover(ctx context.Context, promptID string) (*Result, error) {
+	log := c.log.With(slog.String("prompt_id", promptID))
+	res := &Result{PromptID: promptID}
+	img, err := c.await(ctx, promptID, nil, nil, res, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("comfyui: prompt %s: %w", promptID, ctx.Err())
+		}
+		return nil, err
+	}
+	if res.Finished.IsZero() {
+		res.Finished = time.Now()
+	}
+	if res.Image, res.ContentType, err = c.view(ctx, img); err != nil {
+		return nil, fmt.Errorf("comfyui: prompt %s: %w", promptID, err)
 	}
 	res.Filename, res.Subfolder = img.Filename, img.Subfolder
 	return res, nil

@@ -96,11 +96,11 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Webhook: c.Query("webhook"), Params: jobs.Params{
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
-	job, err := s.async.Submit(spec, func(ctx context.Context, progress func(value, max int)) (jobs.Result, error) {
-		cj.OnProgress = progress
+	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
+		cj.OnProgress = report.Progress
 		ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
 		defer cancel()
-		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost})
+		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost, OnStarted: report.Started})
 		if err != nil {
 			return jobs.Result{}, s.asyncError(ctx, cj.Resource, err)
 		}
@@ -155,7 +155,7 @@ func (s *Server) asyncError(ctx context.Context, resource string, err error) err
 // answers 404 otherwise: another tenant's job does not exist for the caller.
 func (s *Server) ownJob(c *gin.Context) (jobs.Job, bool) {
 	id := c.Param("id")
-	job, err := s.async.Get(id)
+	job, err := s.async.Status(id)
 	if err != nil || job.Tenant != origin(c) {
 		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", id))
 		return jobs.Job{}, false

@@ -31,6 +31,10 @@ type Job struct {
 	Tenant string
 	// Cost is the job's weight, as the engine admitted it.
 	Cost int
+	// OnStarted, if set, is called once the job is queued on a backend,
+	// with the backend's base URL and the prompt ID: where a restarted
+	// gateway finds the job again.
+	OnStarted func(backend, promptID string)
 }
 
 // Direct runs every job on one ComfyUI client, as it comes.
@@ -38,7 +42,11 @@ type Direct struct{ Client *comfyui.Client }
 
 // Run runs job on the client.
 func (d Direct) Run(ctx context.Context, job Job) (*comfyui.Result, error) {
-	return d.Client.Run(ctx, job.Job)
+	cj := job.Job
+	if job.OnStarted != nil {
+		cj.OnQueued = func(promptID string) { job.OnStarted(d.Client.BaseURL(), promptID) }
+	}
+	return d.Client.Run(ctx, cj)
 }
 
 // BusyError is a Runner's answer when no backend can take the job: all

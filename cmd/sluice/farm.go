@@ -99,6 +99,9 @@ func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, s
 	start := time.Now()
 	cj := job.Job
 	cj.OnExecuted = func() { lease.Release(time.Since(start)) }
+	if job.OnStarted != nil {
+		cj.OnQueued = func(promptID string) { job.OnStarted(backend, promptID) }
+	}
 	res, err := f.clients[backend].Run(jobCtx, cj)
 	lease.Release(time.Since(start))
 	if err != nil && errors.Is(context.Cause(jobCtx), errBackendDown) {

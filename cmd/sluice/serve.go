@@ -50,6 +50,7 @@ type serveFlags struct {
 	etcd         etcdFlags
 	etcdListen   string
 	dataDir      string
+	resultsDir   string
 	readyWait    time.Duration
 	adminToken   string
 	protectReads bool
@@ -90,6 +91,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.etcd.commandTimeout, "etcd-timeout", 5*time.Second, "time an etcd request may take")
 	fs.StringVar(&f.etcdListen, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
 	fs.StringVar(&f.dataDir, "data-dir", ".sluice", "folder for the embedded etcd's data")
+	fs.StringVar(&f.resultsDir, "results-dir", ".sluice/results", "folder for the results of async jobs (their records live in etcd)")
 	fs.DurationVar(&f.readyWait, "ready-wait", 10*time.Second, "how long start-up waits for the rules from etcd")
 	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for rule writes through the API (or $SLUICE_ADMIN_TOKEN)")
 	fs.BoolVar(&f.protectReads, "protect-reads", false, "the operator API's reads need the admin token too")
@@ -228,6 +230,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
+	async, err := startJobs(ctx, f, rs, clients, log)
+	if err != nil {
+		return err
+	}
+	defer async.Close() // before etcd and the backends close
 
 	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
 	api, err := httpapi.New(httpapi.Config{
@@ -239,6 +246,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Image:          imageinput.Limits{MaxBytes: f.maxImageBytes},
 		JobTimeout:     f.jobTimeout,
 		MaxUploads:     f.maxUploads,
+		AsyncJobs:      async,
 	})
 	if err != nil {
 		return err

@@ -9,10 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/etcd"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/jobs"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -146,4 +148,74 @@ func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, er
 	defer cancel()
 	w.rs.watcher.WaitRevision(wctx, rev) // best effort: the write is in etcd either way
 	return rev, nil
+}
+
+// startJobs makes the async jobs' manager: records in etcd beside the
+// rules, results in --results-dir. It restores the jobs of the gateway
+// before it: those that were running on a backend still configured are
+// followed there to their end, each within --job-timeout. etcd not
+// answering is logged, not fatal: the gateway serves and saves what it can.
+func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, log *slog.Logger) (*jobs.Manager, error) {
+	results, err := jobs.NewDirResults(f.resultsDir)
+	if err != nil {
+		return nil, fmt.Errorf("--results-dir: %w", err)
+	}
+	m := jobs.New(jobs.Config{
+		Store:   etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout),
+		Results: results,
+		Logger:  log,
+	})
+	byURL := make(map[string]*comfyui.Client, len(clients))
+	for _, c := range clients {
+		byURL[c.BaseURL()] = c
+	}
+	recover := func(ctx context.Context, j jobs.Job) (jobs.Result, error) {
+		jl := log.With(slog.String("job", j.ID), slog.String("backend", j.Backend), slog.String("prompt_id", j.PromptID))
+		c, ok := byURL[j.Backend]
+		if !ok {
+			jl.Warn("async job not recovered: its backend is no longer configured")
+			return jobs.Result{}, errors.New("lost at restart: its backend is no longer configured")
+		}
+		ctx, cancel := context.WithTimeout(ctx, f.jobTimeout)
+		defer cancel()
+		res, err := c.Recover(ctx, j.PromptID)
+		if err != nil {
+			return jobs.Result{}, recoverError(ctx, err, f.jobTimeout, jl)
+		}
+		jl.Info("async job recovered after restart")
+		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
+	}
+	if err := m.Restore(ctx, recover); err != nil {
+		log.Error("async jobs of the last run not restored", slog.Any("error", err))
+	}
+	return m, nil
+}
+
+// recoverError logs why a recovered job failed and returns what its record
+// says: ComfyUI's own errors, and no backend addresses.
+func recoverError(ctx context.Context, err error, timeout time.Duration, log *slog.Logger) error {
+	var (
+		pe *comfyui.PromptError
+		ee *comfyui.ExecutionError
+	)
+	log = log.With(slog.Any("error", err))
+	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		log.Info("recovered async job cancelled")
+		return context.Canceled
+	case errors.As(err, &ee):
+		log.Warn("recovered async job failed on comfyui")
+		return ee
+	case errors.As(err, &pe):
+		return pe
+	case errors.Is(err, comfyui.ErrInterrupted):
+		log.Warn("recovered async job was interrupted on comfyui")
+		return errors.New("the job was interrupted on the image backend")
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Warn("recovered async job timed out")
+		return fmt.Errorf("the job did not finish within %s", timeout)
+	default:
+		log.Error("recovered async job: comfyui unavailable")
+		return errors.New("the image backend could not finish the job")
+	}
 }

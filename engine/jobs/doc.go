@@ -10,12 +10,12 @@
 //	m := jobs.New(jobs.Config{})
 //	defer m.Close()
 //	job, err := m.Submit(jobs.Spec{Tenant: ip, Resource: "zimage_generate"},
-//		func(ctx context.Context, progress func(value, max int)) (jobs.Result, error) {
-//			return render(ctx, progress)
+//		func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
+//			return render(ctx, report.Progress)
 //		})
 //
-// A job is queued until its run function first reports progress (progress(0,
-// 0) says only "it has started"), running after that, and succeeded, failed
+// A job is queued until its run function first reports progress
+// (Progress(0, 0) says only "it has started"), running after that, and succeeded, failed
 // or cancelled when the function returns. Cancel ends the job's context; the
 // function is expected to return soon after, and the job is then cancelled.
 // The run function is called exactly once for every job Submit accepted,
@@ -31,7 +31,18 @@
 // Config.MaxResultBytes of result bytes in all (default 512 MiB); beyond
 // either the oldest finished are forgotten first. Jobs still queued or
 // running are never evicted; their number is bounded by admission control
-// upstream. Nothing is persisted: a restart forgets every job.
+// upstream.
+//
+// Nothing is persisted unless Config.Store is set. With a Store, every
+// job's record (not its progress ticks, nor its result bytes) is saved on
+// each state change and when Started; a forgotten job's record is deleted.
+// With a ResultStore (DirResults keeps results in a folder) result bytes
+// leave memory for it. After a restart, Restore loads the records:
+// finished jobs stay readable; jobs that had reached a backend (Started)
+// are followed there to their end by a RecoverFunc; the others end failed
+// (LostQueued), for their input image is never stored. Close leaves
+// the stored records of the jobs it cancels as they were, so that the next
+// gateway takes them up.
 //
 // A Manager is safe for concurrent use.
 package jobs

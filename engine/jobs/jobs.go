@@ -1,8 +1,12 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,9 +61,22 @@ type Result struct {
 	ContentType string
 }
 
-// RunFunc runs a job under ctx, calling progress as it goes (from any one
-// goroutine at a time; it does not block).
-type RunFunc func(ctx context.Context, progress func(value, max int)) (Result, error)
+// Report is how a run function tells the Manager how its job goes. Both
+// functions are always set.
+type Report struct {
+	// Progress reports value of max steps; (0, 0) says only "it has
+	// started". Call it from one goroutine at a time; it does not block.
+	Progress func(value, max int)
+	// Started says where the job runs: the backend and the prompt ID it
+	// was given there (it may still wait in that backend's queue; its
+	// state is left as it is). It saves the job's record at once, so it
+	// may block on the Store: a restarted gateway finds the job again by
+	// these two.
+	Started func(backend, promptID string)
+}
+
+// RunFunc runs a job under ctx, reporting through report as it goes.
+type RunFunc func(ctx context.Context, report Report) (Result, error)
 
 // Job is a snapshot of a job's record.
 type Job struct {
@@ -82,6 +99,12 @@ type Job struct {
 	ContentType string `json:"content_type,omitempty"`
 	// Webhook is the URL told when the job ends.
 	Webhook string `json:"webhook,omitempty"`
+	// Backend is where the job runs or ran (a ComfyUI base URL); it is
+	// kept from callers, like every backend address.
+	Backend string `json:"-"`
+
+	// resultKey names the job's result in the ResultStore once stored.
+	resultKey string
 }
 
 // EventType says what an Event reports.
@@ -122,7 +145,39 @@ type Config struct {
 	// state, on the job's own goroutine, outside the Manager's lock (the
 	// webhook is sent from here). Drain and Close wait for it.
 	OnFinish func(Job)
+	// Store, if set, keeps every job's record (never its result bytes) so
+	// that a restarted gateway knows its jobs: see Restore. Nil: memory
+	// only.
+	Store Store
+	// Results, if set, keeps succeeded jobs' result bytes instead of
+	// memory; MaxResultBytes then bounds nothing. Nil: memory only.
+	Results ResultStore
+	// Logger receives the Store's and ResultStore's failures, which never
+	// fail a job. Default: discard.
+	Logger *slog.Logger
 }
+
+// Store keeps job records. Save is called on every state change and when a
+// job is started on its backend (not on progress), Delete when a finished
+// job is forgotten, Load once by Restore. Save is never called for one job
+// from two goroutines at once.
+type Store interface {
+	Save(Job) error
+	Load() ([]Job, error)
+	Delete(id string) error
+}
+
+// ResultStore keeps the result bytes of succeeded jobs, by job ID. Get of
+// a missing result returns an error wrapping ErrNotFound.
+type ResultStore interface {
+	Put(id string, data []byte, contentType string) error
+	Get(id string) ([]byte, string, error)
+	Delete(id string) error
+}
+
+// LostQueued is the error of a job found queued at Restore: it had not
+// reached a backend, and its input is not kept, so it cannot be run.
+const LostQueued = "lost at restart before it started; submit it again"
 
 // Errors of Get, Cancel, Subscribe and Submit.
 var (
@@ -147,7 +202,11 @@ type record struct {
 	job       Job
 	cancel    context.CancelFunc
 	cancelled bool // Cancel was called
+	closing   bool // Close cancelled it: its stored record is left as it was
+	evicted   bool // forgotten: its stored record is deleted, never saved again
 	subs      map[*subscriber]struct{}
+
+	saveMu sync.Mutex // orders the record's saves and its deletion
 }
 
 // New returns a Manager.
@@ -163,6 +222,9 @@ func New(cfg Config) *Manager {
 	}
 	if cfg.SubscriberBuffer <= 0 {
 		cfg.SubscriberBuffer = 16
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Manager{cfg: cfg, jobs: map[string]*record{}}
 }
@@ -189,16 +251,109 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 	snap := r.job
 	m.mu.Unlock()
 
-	go func() {
-		defer m.wg.Done()
-		defer cancel()
-		res, err := run(ctx, func(value, max int) { m.progress(r, value, max) })
-		final := m.finish(r, res, err)
-		if m.cfg.OnFinish != nil {
-			m.cfg.OnFinish(final)
-		}
-	}()
+	m.save(r)
+	go m.run(ctx, cancel, r, run)
 	return snap, nil
+}
+
+// run calls the job's run function and records its end; m.wg was added.
+func (m *Manager) run(ctx context.Context, cancel context.CancelFunc, r *record, run RunFunc) {
+	defer m.wg.Done()
+	defer cancel()
+	res, err := run(ctx, Report{
+		Progress: func(value, max int) { m.progress(r, value, max) },
+		Started:  func(backend, promptID string) { m.started(r, backend, promptID) },
+	})
+	m.end(r, res, err)
+}
+
+// end records the end of a job, stores its result and its record, forgets
+// what the bounds evict, and tells OnFinish.
+func (m *Manager) end(r *record, res Result, err error) {
+	data, stored := res.Data, false
+	if err == nil && m.cfg.Results != nil {
+		if perr := m.cfg.Results.Put(r.id(), res.Data, res.ContentType); perr != nil {
+			m.cfg.Logger.Error("jobs: storing a result failed; kept in memory only",
+				slog.String("job", r.id()), slog.Any("error", perr))
+		} else {
+			res.Data, stored = nil, true
+		}
+	}
+	final, evicted, keep := m.finish(r, res, err, stored)
+	final.Result = data
+	if !keep {
+		m.save(r)
+	}
+	for _, old := range evicted {
+		m.forget(old)
+	}
+	if m.cfg.OnFinish != nil {
+		m.cfg.OnFinish(final)
+	}
+}
+
+// id is the job's ID, which never changes.
+func (r *record) id() string { return r.job.ID }
+
+// started records where the job runs and saves it.
+func (m *Manager) started(r *record, backend, promptID string) {
+	m.mu.Lock()
+	if r.job.State.Final() {
+		m.mu.Unlock()
+		return
+	}
+	r.job.Backend, r.job.PromptID = backend, promptID
+	m.mu.Unlock()
+	m.save(r)
+}
+
+// markRunning makes a queued job running. m.mu is held.
+func (m *Manager) markRunning(r *record) bool {
+	if r.job.State != Queued {
+		return false
+	}
+	r.job.State = Running
+	r.job.Started = m.cfg.Clock.Now()
+	r.job.QueuePosition = 0
+	r.publish(EventState, m.cfg.SubscriberBuffer)
+	return true
+}
+
+// save writes the record as it is now to the Store. Saves of one record
+// are serialised and each writes the latest state, so an older state never
+// overwrites a newer one; a forgotten record is never saved again.
+func (m *Manager) save(r *record) {
+	if m.cfg.Store == nil {
+		return
+	}
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	m.mu.Lock()
+	j, gone := r.job, r.evicted
+	m.mu.Unlock()
+	if gone {
+		return
+	}
+	j.Result = nil
+	if err := m.cfg.Store.Save(j); err != nil {
+		m.cfg.Logger.Error("jobs: saving a job record failed", slog.String("job", j.ID), slog.Any("error", err))
+	}
+}
+
+// forget deletes an evicted job's record and result.
+func (m *Manager) forget(r *record) {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	if m.cfg.Store != nil {
+		if err := m.cfg.Store.Delete(r.id()); err != nil {
+			m.cfg.Logger.Error("jobs: deleting a job record failed", slog.String("job", r.id()), slog.Any("error", err))
+		}
+	}
+	if m.cfg.Results != nil && r.job.resultKey != "" {
+		if err := m.cfg.Results.Delete(r.job.resultKey); err != nil {
+			m.cfg.Logger.Error("jobs: deleting a result failed", slog.String("job", r.id()), slog.Any("error", err))
+		}
+	}
 }
 
 // progress records a progress report; the first makes the job running.
@@ -208,11 +363,13 @@ func (m *Manager) progress(r *record, value, max int) {
 	if r.job.State.Final() {
 		return
 	}
-	if r.job.State == Queued {
-		r.job.State = Running
-		r.job.Started = m.cfg.Clock.Now()
-		r.job.QueuePosition = 0
-		r.publish(EventState, m.cfg.SubscriberBuffer)
+	if m.markRunning(r) && m.cfg.Store != nil {
+		// Saved off the caller's goroutine: progress does not block.
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.save(r)
+		}()
 	}
 	if max <= 0 && value <= 0 {
 		return // only "started"
@@ -222,8 +379,9 @@ func (m *Manager) progress(r *record, value, max int) {
 }
 
 // finish records the end of a job, forgets the oldest finished jobs beyond
-// the bounds, and returns the job as it ended.
-func (m *Manager) finish(r *record, res Result, err error) Job {
+// the bounds, and returns the job as it ended, the records evicted, and
+// whether its stored record is to be kept as it was (Close ended it).
+func (m *Manager) finish(r *record, res Result, err error, stored bool) (Job, []*record, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	j := &r.job
@@ -232,7 +390,10 @@ func (m *Manager) finish(r *record, res Result, err error) Job {
 	switch {
 	case err == nil:
 		j.State = Succeeded
-		j.PromptID, j.Result, j.ContentType = res.PromptID, res.Data, res.ContentType
+		j.PromptID, j.Result, j.ContentType = cmp.Or(res.PromptID, j.PromptID), res.Data, res.ContentType
+		if stored {
+			j.resultKey = j.ID
+		}
 		if j.Started.IsZero() {
 			j.Started = j.Finished
 		}
@@ -241,6 +402,8 @@ func (m *Manager) finish(r *record, res Result, err error) Job {
 		}
 	case r.cancelled:
 		j.State, j.Error = Cancelled, "cancelled"
+	case r.closing:
+		j.State, j.Error = Cancelled, "cancelled: the gateway stopped"
 	default:
 		j.State, j.Error = Failed, err.Error()
 	}
@@ -250,21 +413,44 @@ func (m *Manager) finish(r *record, res Result, err error) Job {
 	}
 	r.subs = nil
 	r.cancel = nil
-
-	m.finished = append(m.finished, j.ID)
-	m.resultBytes += int64(len(j.Result))
-	final := *j
-	for len(m.finished) > m.cfg.MaxFinished || (m.resultBytes > m.cfg.MaxResultBytes && len(m.finished) > 1) {
-		old := m.finished[0]
-		m.finished = m.finished[1:]
-		m.resultBytes -= int64(len(m.jobs[old].job.Result))
-		delete(m.jobs, old)
-	}
-	return final
+	return *j, m.keepFinished(r), r.closing && !r.cancelled && m.cfg.Store != nil
 }
 
-// Get returns a snapshot of job id.
+// keepFinished adds a finished record to the bounded list and returns the
+// records it evicts, marked so. m.mu is held.
+func (m *Manager) keepFinished(r *record) []*record {
+	m.finished = append(m.finished, r.id())
+	m.resultBytes += int64(len(r.job.Result))
+	var evicted []*record
+	for len(m.finished) > m.cfg.MaxFinished || (m.resultBytes > m.cfg.MaxResultBytes && len(m.finished) > 1) {
+		old := m.jobs[m.finished[0]]
+		m.finished = m.finished[1:]
+		m.resultBytes -= int64(len(old.job.Result))
+		delete(m.jobs, old.id())
+		old.evicted = true
+		evicted = append(evicted, old)
+	}
+	return evicted
+}
+
+// Get returns a snapshot of job id, with its result bytes once it has
+// succeeded (read from the ResultStore when they are kept there).
 func (m *Manager) Get(id string) (Job, error) {
+	j, err := m.Status(id)
+	if err != nil || j.State != Succeeded || j.Result != nil || j.resultKey == "" {
+		return j, err
+	}
+	data, ct, err := m.cfg.Results.Get(j.resultKey)
+	if err != nil {
+		return j, fmt.Errorf("jobs: result of %s: %w", id, err)
+	}
+	j.Result, j.ContentType = data, ct
+	return j, nil
+}
+
+// Status returns a snapshot of job id without reading its result from the
+// ResultStore: Result is nil when the bytes are kept there.
+func (m *Manager) Status(id string) (Job, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r, ok := m.jobs[id]
@@ -342,13 +528,15 @@ func (m *Manager) Drain(ctx context.Context) error {
 }
 
 // Close cancels every job not finished, waits for their run functions to
-// return, and refuses new jobs.
+// return, and refuses new jobs. With a Store, the records of the jobs it
+// cancels are left as they were saved (queued or running), so that the
+// next gateway's Restore takes them up; in memory they end cancelled.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
 	for _, r := range m.jobs {
 		if r.cancel != nil {
-			r.cancelled = true
+			r.closing = true
 			r.cancel()
 		}
 	}
@@ -442,4 +630,83 @@ func (s *subscriber) pump(ctx context.Context, leave func()) {
 			}
 		}
 	}
+}
+
+// RecoverFunc follows a job found running at Restore on its backend, by
+// its Backend and PromptID, to its end.
+type RecoverFunc func(ctx context.Context, job Job) (Result, error)
+
+// Restore loads the Store's records into the Manager; call it once, before
+// serving. Finished jobs are kept as they were (their results read from
+// the ResultStore when asked for), within the bounds. Jobs that had been
+// given to a backend under a prompt ID (queued there or running) are taken
+// up again: recover runs
+// for each on a goroutine of its own, under a context of the Manager's like
+// a run function's, and the job ends as it returns. Jobs with no prompt
+// ID yet end failed with LostQueued: their input
+// (an uploaded image) was never stored. ctx bounds only the loading.
+func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
+	if m.cfg.Store == nil {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	loaded, err := m.cfg.Store.Load()
+	if err != nil {
+		return fmt.Errorf("jobs: restore: %w", err)
+	}
+	slices.SortFunc(loaded, func(a, b Job) int { return cmp.Or(a.Finished.Compare(b.Finished), a.Created.Compare(b.Created)) })
+
+	var evicted, lost []*record
+	type resumed struct {
+		r      *record
+		ctx    context.Context
+		cancel context.CancelFunc
+	}
+	var resume []resumed
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrClosed
+	}
+	for _, j := range loaded {
+		if _, dup := m.jobs[j.ID]; dup || j.ID == "" {
+			continue
+		}
+		j.Result, j.QueuePosition = nil, 0
+		r := &record{job: j}
+		m.jobs[j.ID] = r
+		switch {
+		case j.State.Final():
+			evicted = append(evicted, m.keepFinished(r)...)
+		case j.Backend != "" && j.PromptID != "": // queued or running there
+			ctx, cancel := context.WithCancel(context.Background())
+			r.cancel = cancel
+			m.wg.Add(1)
+			resume = append(resume, resumed{r, ctx, cancel})
+		default:
+			r.cancel = func() {} // nothing runs: Cancel and Close have nothing to end
+			m.wg.Add(1)
+			lost = append(lost, r)
+		}
+	}
+	m.mu.Unlock()
+
+	for _, r := range evicted {
+		m.forget(r)
+	}
+	for _, r := range lost {
+		go func() {
+			defer m.wg.Done()
+			m.end(r, Result{}, errors.New(LostQueued))
+		}()
+	}
+	for _, x := range resume {
+		job := x.r.job
+		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, _ Report) (Result, error) {
+			return recover(ctx, job)
+		})
+	}
+	return nil
 }

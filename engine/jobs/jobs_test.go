@@ -34,11 +34,11 @@ func newStep() *step {
 	return &step{progress: make(chan int), end: make(chan error), ctxDone: make(chan struct{})}
 }
 
-func (s *step) run(ctx context.Context, progress func(value, max int)) (jobs.Result, error) {
+func (s *step) run(ctx context.Context, report jobs.Report) (jobs.Result, error) {
 	for {
 		select {
 		case v := <-s.progress:
-			progress(v, 10)
+			report.Progress(v, 10)
 		case err := <-s.end:
 			if err != nil {
 				return jobs.Result{}, err
@@ -229,7 +229,7 @@ func TestDrainWaitsForRunningJobs(t *testing.T) {
 	m := jobs.New(jobs.Config{})
 	defer m.Close()
 	release := make(chan struct{})
-	job, err := m.Submit(jobs.Spec{Tenant: "192.0.2.1", Resource: "zimage_generate"}, func(ctx context.Context, progress func(int, int)) (jobs.Result, error) {
+	job, err := m.Submit(jobs.Spec{Tenant: "192.0.2.1", Resource: "zimage_generate"}, func(ctx context.Context, _ jobs.Report) (jobs.Result, error) {
 		<-release
 		return jobs.Result{Data: []byte("png"), ContentType: "image/png"}, nil
 	})

@@ -1,0 +1,60 @@
+package jobs
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// storedJob is a job's record as a Store keeps it: everything but the
+// result bytes, which the ResultStore keeps under ResultKey.
+type storedJob struct {
+	ID          string    `json:"id"`
+	Tenant      string    `json:"tenant"`
+	Resource    string    `json:"resource"`
+	Params      Params    `json:"params"`
+	Webhook     string    `json:"webhook,omitempty"`
+	Backend     string    `json:"backend,omitempty"`
+	PromptID    string    `json:"prompt_id,omitempty"`
+	State       State     `json:"state"`
+	Created     time.Time `json:"created"`
+	Started     time.Time `json:"started,omitzero"`
+	Finished    time.Time `json:"finished,omitzero"`
+	Progress    Progress  `json:"progress"`
+	Error       string    `json:"error,omitempty"`
+	ContentType string    `json:"content_type,omitempty"`
+	ResultKey   string    `json:"result_key,omitempty"`
+}
+
+// MarshalRecord encodes a job's record for a Store, as JSON: all of it
+// but its result bytes, with where the ResultStore keeps them.
+func MarshalRecord(j Job) ([]byte, error) {
+	return json.Marshal(storedJob{
+		ID: j.ID, Tenant: j.Tenant, Resource: j.Resource, Params: j.Params, Webhook: j.Webhook,
+		Backend: j.Backend, PromptID: j.PromptID, State: j.State,
+		Created: j.Created, Started: j.Started, Finished: j.Finished, Progress: j.Progress,
+		Error: j.Error, ContentType: j.ContentType, ResultKey: j.resultKey,
+	})
+}
+
+// UnmarshalRecord decodes what MarshalRecord encoded.
+func UnmarshalRecord(b []byte) (Job, error) {
+	var s storedJob
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Job{}, fmt.Errorf("jobs: record: %w", err)
+	}
+	if s.ID == "" {
+		return Job{}, fmt.Errorf("jobs: record: no id")
+	}
+	switch s.State {
+	case Queued, Running, Succeeded, Failed, Cancelled:
+	default:
+		return Job{}, fmt.Errorf("jobs: record %s: unknown state %q", s.ID, s.State)
+	}
+	return Job{
+		ID: s.ID, Tenant: s.Tenant, Resource: s.Resource, Params: s.Params, Webhook: s.Webhook,
+		Backend: s.Backend, PromptID: s.PromptID, State: s.State,
+		Created: s.Created, Started: s.Started, Finished: s.Finished, Progress: s.Progress,
+		Error: s.Error, ContentType: s.ContentType, resultKey: s.ResultKey,
+	}, nil
+}
