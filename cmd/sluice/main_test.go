@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,42 +54,72 @@ func TestUsageErrors(t *testing.T) {
 
 // TestServeWithDefaults runs `sluice serve` as `make run` does: the rules of
 // testdata/rules and the built-in simulator, then shuts it down.
-func TestServeWithDefaults(t *testing.T) {
+// gateway is a `sluice serve` running in the test.
+type gateway struct {
+	base, etcdEndpoint string
+	sawSim, seeded     bool
+	stop               func() error // ends it and returns run's error
+}
+
+// startServe runs `sluice serve` as `make run` does — testdata/rules, the
+// built-in simulator, an embedded etcd — on free ports, with extra flags.
+func startServe(t *testing.T, extra ...string) *gateway {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
+	args := append([]string{"serve", "--rules", "../../testdata/rules", "--listen", "127.0.0.1:0", "--sim-job-time", "10ms", "--gpu-interval", "20ms",
+		"--etcd-listen", "http://127.0.0.1:0", "--data-dir", t.TempDir()}, extra...)
 	go func() {
-		done <- run(ctx, []string{"serve", "--rules", "../../testdata/rules", "--listen", "127.0.0.1:0", "--sim-job-time", "10ms", "--gpu-interval", "20ms",
-			"--etcd-listen", "http://127.0.0.1:0", "--data-dir", t.TempDir(), "--admin-token", "s3cret"}, io.Discard, pw)
+		done <- run(ctx, args, io.Discard, pw)
 		pw.Close()
 	}()
+	g := &gateway{}
+	var once sync.Once
+	var runErr error
+	g.stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				runErr = errors.New("serve did not stop after its context ended")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() { g.stop() })
 	logs := bufio.NewScanner(pr)
 	addrRE := regexp.MustCompile(`msg="sluice serving" addr=(\S+)`)
 	etcdRE := regexp.MustCompile(`msg="embedded etcd started" endpoints=(\S+)`)
-	var base, etcdEndpoint string
-	var sawSim, seeded bool
-	for base == "" && logs.Scan() {
+	for g.base == "" && logs.Scan() {
 		line := logs.Text()
-		sawSim = sawSim || strings.Contains(line, "built-in ComfyUI simulator")
-		seeded = seeded || strings.Contains(line, "etcd held no rules: seeded")
+		g.sawSim = g.sawSim || strings.Contains(line, "built-in ComfyUI simulator")
+		g.seeded = g.seeded || strings.Contains(line, "etcd held no rules: seeded")
 		if m := etcdRE.FindStringSubmatch(line); m != nil {
-			etcdEndpoint = m[1]
+			g.etcdEndpoint = m[1]
 		}
 		if m := addrRE.FindStringSubmatch(line); m != nil {
-			base = m[1]
+			g.base = m[1]
 		}
 	}
-	if base == "" {
+	if g.base == "" {
 		t.Fatalf("serve never said where it listens: %v", <-done)
 	}
-	if !sawSim {
+	go io.Copy(io.Discard, pr) // keep draining the log
+	return g
+}
+
+func TestServeWithDefaults(t *testing.T) {
+	g := startServe(t, "--admin-token", "s3cret")
+	base, etcdEndpoint := g.base, g.etcdEndpoint
+	ctx := context.Background()
+	if !g.sawSim {
 		t.Error("the log did not name the built-in simulator")
 	}
-	if etcdEndpoint == "" || !seeded {
-		t.Fatalf("embedded etcd not started and seeded (endpoint %q, seeded %v)", etcdEndpoint, seeded)
+	if etcdEndpoint == "" || !g.seeded {
+		t.Fatalf("embedded etcd not started and seeded (endpoint %q, seeded %v)", etcdEndpoint, g.seeded)
 	}
-	go io.Copy(io.Discard, pr) // keep draining the log
 
 	resp, err := http.Get(base + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
@@ -296,14 +328,8 @@ func TestServeWithDefaults(t *testing.T) {
 		t.Fatalf("/api/resources: %+v", stats)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("shutdown: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop after its context ended")
+	if err := g.stop(); err != nil {
+		t.Fatalf("shutdown: %v", err)
 	}
 }
 

@@ -47,13 +47,16 @@ type serveFlags struct {
 	logLevel       string
 	logFormat      string
 
-	etcd         etcdFlags
-	etcdListen   string
-	dataDir      string
-	resultsDir   string
-	readyWait    time.Duration
-	adminToken   string
-	protectReads bool
+	etcd       etcdFlags
+	etcdListen string
+	dataDir    string
+	resultsDir string
+
+	webhookSecret       string
+	webhookAllowPrivate bool
+	readyWait           time.Duration
+	adminToken          string
+	protectReads        bool
 }
 
 const defaultRulesPath = "testdata/rules"
@@ -91,7 +94,9 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.etcd.commandTimeout, "etcd-timeout", 5*time.Second, "time an etcd request may take")
 	fs.StringVar(&f.etcdListen, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
 	fs.StringVar(&f.dataDir, "data-dir", ".sluice", "folder for the embedded etcd's data")
-	fs.StringVar(&f.resultsDir, "results-dir", ".sluice/results", "folder for the results of async jobs (their records live in etcd)")
+	fs.StringVar(&f.resultsDir, "results-dir", "", "folder for the results of async jobs, their records living in etcd (default DATA-DIR/results)")
+	fs.StringVar(&f.webhookSecret, "webhook-secret", "", "whsec_… secret that signs async jobs' webhooks (or $SLUICE_WEBHOOK_SECRET; none: no webhooks)")
+	fs.BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", false, "let webhooks reach loopback and private addresses")
 	fs.DurationVar(&f.readyWait, "ready-wait", 10*time.Second, "how long start-up waits for the rules from etcd")
 	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for rule writes through the API (or $SLUICE_ADMIN_TOKEN)")
 	fs.BoolVar(&f.protectReads, "protect-reads", false, "the operator API's reads need the admin token too")
@@ -109,6 +114,12 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	}
 	if f.etcd.password == "" {
 		f.etcd.password = os.Getenv("SLUICE_ETCD_PASSWORD")
+	}
+	if f.webhookSecret == "" {
+		f.webhookSecret = os.Getenv("SLUICE_WEBHOOK_SECRET")
+	}
+	if f.resultsDir == "" {
+		f.resultsDir = filepath.Join(f.dataDir, "results")
 	}
 	if f.simVRAMUsed < 0 || f.simVRAMUsed > 1 {
 		return nil, fs, &usageError{fmt.Sprintf("--sim-vram-used: want a fraction between 0 and 1, got %v", f.simVRAMUsed)}
@@ -247,6 +258,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		JobTimeout:     f.jobTimeout,
 		MaxUploads:     f.maxUploads,
 		AsyncJobs:      async,
+		Webhooks:       f.webhookSecret != "",
 	})
 	if err != nil {
 		return err

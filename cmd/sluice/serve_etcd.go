@@ -160,10 +160,15 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 	if err != nil {
 		return nil, fmt.Errorf("--results-dir: %w", err)
 	}
+	notify, err := webhookNotifier(f.webhookSecret, f.webhookAllowPrivate, log)
+	if err != nil {
+		return nil, err
+	}
 	m := jobs.New(jobs.Config{
-		Store:   etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout),
-		Results: results,
-		Logger:  log,
+		Store:    etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout),
+		Results:  results,
+		Logger:   log,
+		OnFinish: notify,
 	})
 	byURL := make(map[string]*comfyui.Client, len(clients))
 	for _, c := range clients {
