@@ -163,7 +163,7 @@ func (c *Client) Run(ctx context.Context, job Job) (*Result, error) {
 	id, err := c.queue(ctx, promptID, clientID, wf, extra, log)
 	if err != nil {
 		if ctx.Err() != nil {
-			c.abandon(ctx, promptID, log)
+			c.abandonUnlessDetached(ctx, promptID, log)
 			return nil, fmt.Errorf("comfyui: prompt %s: %w", promptID, ctx.Err())
 		}
 		return nil, err
@@ -175,7 +175,7 @@ func (c *Client) Run(ctx context.Context, job Job) (*Result, error) {
 	img, err := c.await(ctx, id, ev, job.OnProgress, res, log)
 	if err != nil {
 		if ctx.Err() != nil {
-			c.abandon(ctx, id, log)
+			c.abandonUnlessDetached(ctx, id, log)
 			return nil, fmt.Errorf("comfyui: prompt %s: %w", id, ctx.Err())
 		}
 		return nil, err
@@ -299,6 +299,20 @@ func setOnce(t *time.Time, now time.Time) {
 
 // abandon removes prompt id from the queue and interrupts it if it runs. It
 // uses its own short deadline: ctx has ended.
+// ErrDetached, as the cause of a cancelled context, tells Run to leave the
+// prompt queued or running on ComfyUI instead of removing it: the caller
+// (a gateway going down with a job store) will take it up again with
+// Recover.
+var ErrDetached = errors.New("comfyui: detached; the prompt is left to run")
+
+func (c *Client) abandonUnlessDetached(ctx context.Context, id string, log *slog.Logger) {
+	if errors.Is(context.Cause(ctx), ErrDetached) {
+		log.Info("comfyui: prompt left to run for a later recovery")
+		return
+	}
+	c.abandon(ctx, id, log)
+}
+
 func (c *Client) abandon(ctx context.Context, id string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()

@@ -98,6 +98,8 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	}}
 	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
 		cj.OnProgress = report.Progress
+		ctx, stop := detachOnShutdown(ctx)
+		defer stop()
 		ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
 		defer cancel()
 		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost, OnStarted: report.Started})
@@ -118,6 +120,24 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	}
 	c.Header("Location", url)
 	c.JSON(http.StatusAccepted, submitted{ID: job.ID, StatusURL: url, State: job.State})
+}
+
+// detachOnShutdown passes the job's end on to ComfyUI, except when the
+// gateway is stopping (jobs.ErrShutdown): then the prompt is left to run
+// (comfyui.ErrDetached), and the next gateway recovers it from its record.
+func detachOnShutdown(ctx context.Context) (context.Context, func()) {
+	runCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		if cause := context.Cause(ctx); errors.Is(cause, jobs.ErrShutdown) {
+			cancel(comfyui.ErrDetached)
+		} else {
+			cancel(cause)
+		}
+	})
+	return runCtx, func() {
+		stop()
+		cancel(nil)
+	}
 }
 
 // asyncError logs a failed async job and returns what its record says: the

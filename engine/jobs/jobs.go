@@ -184,6 +184,10 @@ var (
 	ErrNotFound = errors.New("jobs: no such job")
 	ErrFinished = errors.New("jobs: job already finished")
 	ErrClosed   = errors.New("jobs: manager closed")
+	// ErrShutdown is the cause with which Close ends the jobs still
+	// running: with a Store they are taken up again by the next Restore,
+	// so a run function should leave the work itself running if it can.
+	ErrShutdown = errors.New("jobs: the gateway is stopping; the job resumes after the restart")
 )
 
 // Manager owns job records. Make one with New and Close it.
@@ -200,7 +204,7 @@ type Manager struct {
 
 type record struct {
 	job       Job
-	cancel    context.CancelFunc
+	cancel    context.CancelCauseFunc
 	cancelled bool // Cancel was called
 	closing   bool // Close cancelled it: its stored record is left as it was
 	evicted   bool // forgotten: its stored record is deleted, never saved again
@@ -232,7 +236,7 @@ func New(cfg Config) *Manager {
 // Submit records a queued job and starts run on a goroutine of its own. It
 // returns ErrClosed, without calling run, once Close has begun.
 func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &record{
 		job: Job{
 			ID: uuid.NewString(), Tenant: spec.Tenant, Resource: spec.Resource, Params: spec.Params, Webhook: spec.Webhook,
@@ -243,7 +247,7 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		cancel()
+		cancel(ErrClosed)
 		return Job{}, ErrClosed
 	}
 	m.jobs[r.job.ID] = r
@@ -257,9 +261,9 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 }
 
 // run calls the job's run function and records its end; m.wg was added.
-func (m *Manager) run(ctx context.Context, cancel context.CancelFunc, r *record, run RunFunc) {
+func (m *Manager) run(ctx context.Context, cancel context.CancelCauseFunc, r *record, run RunFunc) {
 	defer m.wg.Done()
-	defer cancel()
+	defer cancel(nil)
 	res, err := run(ctx, Report{
 		Progress: func(value, max int) { m.progress(r, value, max) },
 		Started:  func(backend, promptID string) { m.started(r, backend, promptID) },
@@ -474,7 +478,7 @@ func (m *Manager) Cancel(id string) (Job, error) {
 		return r.job, ErrFinished
 	}
 	r.cancelled = true
-	r.cancel()
+	r.cancel(nil)
 	return r.job, nil
 }
 
@@ -537,7 +541,7 @@ func (m *Manager) Close() {
 	for _, r := range m.jobs {
 		if r.cancel != nil {
 			r.closing = true
-			r.cancel()
+			r.cancel(ErrShutdown)
 		}
 	}
 	m.mu.Unlock()
@@ -662,7 +666,7 @@ func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
 	type resumed struct {
 		r      *record
 		ctx    context.Context
-		cancel context.CancelFunc
+		cancel context.CancelCauseFunc
 	}
 	var resume []resumed
 	m.mu.Lock()
@@ -681,12 +685,12 @@ func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
 		case j.State.Final():
 			evicted = append(evicted, m.keepFinished(r)...)
 		case j.Backend != "" && j.PromptID != "": // queued or running there
-			ctx, cancel := context.WithCancel(context.Background())
+			ctx, cancel := context.WithCancelCause(context.Background())
 			r.cancel = cancel
 			m.wg.Add(1)
 			resume = append(resume, resumed{r, ctx, cancel})
 		default:
-			r.cancel = func() {} // nothing runs: Cancel and Close have nothing to end
+			r.cancel = func(error) {} // nothing runs: Cancel and Close have nothing to end
 			m.wg.Add(1)
 			lost = append(lost, r)
 		}
