@@ -77,9 +77,7 @@ func TestFarmTenantCapAnswers429(t *testing.T) {
 	}
 	first := make(chan error)
 	go func() { _, err := f.Run(context.Background(), generate("192.0.2.1")); first <- err }()
-	for f.d.Stats().Backends[0].InUse == 0 { // the first job holds the tenant's one place
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, func() bool { return f.d.Stats().Backends[0].InUse == 1 }) // the first job holds the tenant's one place
 	_, err = f.Run(context.Background(), generate("192.0.2.1"))
 	var busy *httpapi.BusyError
 	if !errors.As(err, &busy) || !busy.OverShare {
