@@ -703,3 +703,35 @@ func TestBusyFarm(t *testing.T) {
 		t.Fatalf("tokens not exited: %+v", st)
 	}
 }
+
+// fullFarm refuses every job, and says so before an async one is taken.
+type fullFarm struct{ busyRunner }
+
+func (f fullFarm) Precheck(string) error { return f.err }
+
+func TestAsyncRefusedAtOnceByAFullFarm(t *testing.T) {
+	docs, _ := rules.Parse("r.yaml", []byte("resource: zimage_generate\n"))
+	set, _ := rules.Build(docs)
+	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), CPU: idleCPU{}}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	busy := &httpapi.BusyError{Reason: "2 jobs of this client already running or waiting", RetryAfter: time.Second, OverShare: true}
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: fullFarm{busyRunner{busy}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	rec := httptest.NewRecorder()
+	req := generateRequest(`{"prompt": "a lighthouse"}`)
+	req.URL.RawQuery = "mode=async"
+	req.RemoteAddr = "192.0.2.1:1"
+	api.ServeHTTP(rec, req)
+	if rec.Code != http.StatusTooManyRequests || problemOf(t, rec.Body.Bytes()).Kind != "queue" {
+		t.Fatalf("async with a full farm: %d %s, want 429 at once", rec.Code, rec.Body)
+	}
+	if st := eng.Stats()[2]; st.InFlight != 0 {
+		t.Fatalf("token not exited: %+v", st)
+	}
+}

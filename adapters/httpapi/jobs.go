@@ -96,6 +96,13 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Webhook: c.Query("webhook"), Params: jobs.Params{
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
+	if pc, ok := s.runner.(Prechecker); ok {
+		if err := pc.Precheck(origin); err != nil {
+			tok.Exit(nil) // never ran
+			s.jobError(c, cj.Resource, err)
+			return
+		}
+	}
 	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
 		cj.OnProgress = report.Progress
 		ctx, stop := detachOnShutdown(ctx)

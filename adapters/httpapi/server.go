@@ -37,6 +37,13 @@ type Job struct {
 	OnStarted func(backend, promptID string)
 }
 
+// Prechecker is a Runner that can tell, before an async job is accepted,
+// that it would refuse the job now (a *BusyError), so that the caller hears
+// it at once instead of after a 202.
+type Prechecker interface {
+	Precheck(tenant string) error
+}
+
 // Direct runs every job on one ComfyUI client, as it comes.
 type Direct struct{ Client *comfyui.Client }
 
