@@ -11,5 +11,6 @@
 // next revision; every change builds the whole candidate set and either
 // swaps it into the engine or keeps the last good set and records the
 // rejection. Lost connections and compaction are survived by listing again
-// with backoff. Embedded runs a single-node etcd in-process.
+// with backoff. Embedded runs a single-node etcd in-process. JobStore keeps
+// the records of async jobs beside the rules, at <prefix>/jobs/<id>.
 package etcd
