@@ -25,7 +25,7 @@ bench:
 	$(GO) test -run '^$$' -bench Route -benchmem -count 6 ./adapters/httpapi
 	$(GO) test -run '^$$' -bench PutToEnforced -benchtime 400x -count 3 ./adapters/etcd
 
-## bench-overload: an abusive client at 20x the capacity of a farm of fake GPU backends (about 6 s, loopback only)
+## bench-overload: an abusive client at 20x the capacity of a farm of fake GPU backends (about 7 s, loopback only)
 bench-overload:
 	$(GO) test -run '^$$' -bench Overload -benchtime 1x ./cmd/sluice
 
