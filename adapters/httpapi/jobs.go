@@ -109,7 +109,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		defer stop()
 		ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
 		defer cancel()
-		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost, OnStarted: report.Started})
+		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost, OnStarted: report.Started, OnQueued: report.Queued})
 		if err != nil {
 			return jobs.Result{}, s.asyncError(ctx, cj.Resource, err)
 		}

@@ -35,6 +35,10 @@ type Job struct {
 	// with the backend's base URL and the prompt ID: where a restarted
 	// gateway finds the job again.
 	OnStarted func(backend, promptID string)
+	// OnQueued, if set, is called when the job has to wait for a GPU slot,
+	// with a function telling its place in the queue (0 once it no longer
+	// waits).
+	OnQueued func(position func() int)
 }
 
 // Prechecker is a Runner that can tell, before an async job is accepted,

@@ -69,7 +69,7 @@ func (f *farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error
 }
 
 func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, string, error) {
-	lease, err := f.d.Acquire(ctx, job.Tenant, max(job.Cost, 1))
+	lease, err := f.d.AcquireWith(ctx, job.Tenant, max(job.Cost, 1), job.OnQueued)
 	if err != nil {
 		var r *dispatch.Refusal
 		if errors.As(err, &r) {

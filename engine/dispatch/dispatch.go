@@ -74,6 +74,7 @@ type Dispatcher struct {
 	cur     *tenant            // the DRR ring of tenants with waiters; see drr.go
 	waiting int
 	avgJob  time.Duration // 0 until measured
+	seq     uint64        // numbers waiters in the order they queued
 }
 
 type backend struct {
@@ -149,6 +150,15 @@ func New(cfg Config) (*Dispatcher, error) {
 // the queue removed. Otherwise the caller holds the Lease until it calls
 // Release.
 func (d *Dispatcher) Acquire(ctx context.Context, tenant string, cost int) (*Lease, error) {
+	return d.AcquireWith(ctx, tenant, cost, nil)
+}
+
+// AcquireWith is Acquire that, when the job has to wait, calls onQueued
+// (before waiting) with a function telling its place in the queue: 1 for
+// the next in arrival order among the jobs waiting, 0 once it no longer
+// waits. Deficit round robin may serve a later job of another tenant first,
+// so the place is an estimate, and it only decreases.
+func (d *Dispatcher) AcquireWith(ctx context.Context, tenant string, cost int, onQueued func(position func() int)) (*Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -179,13 +189,36 @@ func (d *Dispatcher) Acquire(ctx context.Context, tenant string, cost int) (*Lea
 	}
 	w := d.queue(t, max(cost, 1))
 	d.mu.Unlock()
+	if onQueued != nil {
+		onQueued(func() int { return d.position(w) })
+	}
 	return d.wait(ctx, w)
+}
+
+// position is w's place among the waiters in arrival order; 0 when it no
+// longer waits.
+func (d *Dispatcher) position(w *waiter) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !w.queued {
+		return 0
+	}
+	pos := 1
+	for _, t := range d.tenants {
+		for o := t.head; o != nil; o = o.next {
+			if o.queued && o.seq < w.seq {
+				pos++
+			}
+		}
+	}
+	return pos
 }
 
 // queue puts a new waiter for t at the end of t's FIFO and starts its
 // MaxWait timer.
 func (d *Dispatcher) queue(t *tenant, cost int) *waiter {
-	w := &waiter{tenant: t, cost: cost, queuedAt: d.clock.Now(), ch: make(chan *Lease, 1)}
+	d.seq++
+	w := &waiter{tenant: t, cost: cost, queuedAt: d.clock.Now(), ch: make(chan *Lease, 1), seq: d.seq}
 	d.enqueue(w)
 	w.stop = d.after(d.maxWait, func() { d.expire(w) })
 	return w

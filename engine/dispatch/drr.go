@@ -34,6 +34,7 @@ type waiter struct {
 	tenant   *tenant
 	cost     int
 	queuedAt time.Time
+	seq      uint64 // arrival order
 	// Links in the tenant's FIFO.
 	prev, next *waiter
 	// queued is true from enqueue to unqueue; guarded by d.mu.

@@ -73,6 +73,10 @@ type Report struct {
 	// may block on the Store: a restarted gateway finds the job again by
 	// these two.
 	Started func(backend, promptID string)
+	// Queued says the job waits for a GPU slot, with a function telling its
+	// place in the queue (0 once it no longer waits): the job's
+	// QueuePosition while it is queued.
+	Queued func(position func() int)
 }
 
 // RunFunc runs a job under ctx, reporting through report as it goes.
@@ -209,6 +213,8 @@ type record struct {
 	closing   bool // Close cancelled it: its stored record is left as it was
 	evicted   bool // forgotten: its stored record is deleted, never saved again
 	subs      map[*subscriber]struct{}
+	// position tells the job's place in the GPU queue while it waits.
+	position func() int
 
 	saveMu sync.Mutex // orders the record's saves and its deletion
 }
@@ -267,6 +273,11 @@ func (m *Manager) run(ctx context.Context, cancel context.CancelCauseFunc, r *re
 	res, err := run(ctx, Report{
 		Progress: func(value, max int) { m.progress(r, value, max) },
 		Started:  func(backend, promptID string) { m.started(r, backend, promptID) },
+		Queued: func(position func() int) {
+			m.mu.Lock()
+			r.position = position
+			m.mu.Unlock()
+		},
 	})
 	m.end(r, res, err)
 }
@@ -461,7 +472,11 @@ func (m *Manager) Status(id string) (Job, error) {
 	if !ok {
 		return Job{}, ErrNotFound
 	}
-	return r.job, nil
+	j := r.job
+	if j.State == Queued && r.position != nil {
+		j.QueuePosition = r.position()
+	}
+	return j, nil
 }
 
 // Cancel ends job id's context and returns the job as it is now; it

@@ -1,0 +1,47 @@
+package dispatch_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/engine/dispatch"
+)
+
+func TestQueuePosition(t *testing.T) {
+	d, err := dispatch.New(dispatch.Config{Backends: []dispatch.BackendConfig{{Name: "gpu-1"}}, MaxWait: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := d.Acquire(context.Background(), "holder", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := make(chan *dispatch.Lease, 3)
+	var pos []func() int
+	for i := range 3 {
+		queued := make(chan func() int, 1)
+		go func() {
+			l, err := d.AcquireWith(context.Background(), fmt.Sprintf("tenant-%d", i), 1, func(p func() int) { queued <- p })
+			if err != nil {
+				t.Error(err)
+			}
+			leases <- l
+		}()
+		pos = append(pos, <-queued) // queued before the next one starts
+	}
+	for i, p := range pos {
+		if got := p(); got != i+1 {
+			t.Fatalf("waiter %d at place %d, want %d", i, got, i+1)
+		}
+	}
+	held.Release(time.Second) // the first waiter gets the slot
+	first := <-leases
+	if pos[0]() != 0 || pos[1]() != 1 || pos[2]() != 2 {
+		t.Fatalf("after one hand-out: places %d %d %d, want 0 1 2", pos[0](), pos[1](), pos[2]())
+	}
+	first.Release(time.Second)
+	(<-leases).Release(time.Second)
+	(<-leases).Release(time.Second)
+}
