@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/adapters/internal/leaktest"
 )
 
 // TestMain runs the tests with HOME in an empty folder, and fails the
@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "files written: %v\n", written)
 			code = 1
 		}
-		if leaked := leakedGoroutines(); leaked != "" {
+		if leaked := leaktest.Leaked(3*time.Second, "github.com/sluicehq/sluice/", "net/http/httptest"); leaked != "" {
 			fmt.Fprintf(os.Stderr, "leaked goroutines:\n%s\n", leaked)
 			code = 1
 		}
@@ -45,28 +45,4 @@ func filesUnder(dir string) []string {
 		return nil
 	})
 	return files
-}
-
-func leakedGoroutines() string {
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaked []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "leakedGoroutines") {
-				continue
-			}
-			if strings.Contains(g, "github.com/sluicehq/sluice/") || strings.Contains(g, "net/http/httptest") {
-				leaked = append(leaked, g)
-			}
-		}
-		if len(leaked) == 0 {
-			return ""
-		}
-		if time.Now().After(deadline) {
-			return strings.Join(leaked, "\n\n")
-		}
-		time.Sleep(20 * time.Millisecond) // goroutines are winding down; wait for them, bounded
-	}
 }
