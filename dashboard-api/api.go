@@ -47,6 +47,17 @@ type Config struct {
 	// Backends reports the GPU farm: slots per backend, the queue and the
 	// tenants waiting; nil: GET /api/backends answers 404.
 	Backends func() dispatch.Stats
+	// Simulator, when the built-in ComfyUI simulator runs, lets an operator
+	// push its GPU memory up or down (/api/simulator/vram). Its PUT needs
+	// the admin token when one is configured, and is open otherwise: it
+	// only moves a simulated GPU.
+	Simulator Simulator
+}
+
+// Simulator is the built-in ComfyUI simulator's GPU memory.
+type Simulator interface {
+	VRAMUsed() []float64
+	SetVRAMUsed(ratio float64)
 }
 
 // RuleWriter writes rule documents to the source of truth (etcd). It
@@ -123,6 +134,9 @@ func Register(r gin.IRouter, cfg Config) error {
 	reads.GET("/resources", a.resources)
 	reads.GET("/blocked", a.blocked)
 	reads.GET("/system", a.system)
+	if cfg.Simulator != nil {
+		a.mountSimulator(r, cfg.Simulator)
+	}
 	if cfg.Backends != nil {
 		reads.GET("/backends", func(c *gin.Context) { c.JSON(http.StatusOK, backendsBody(cfg.Backends())) })
 	}
@@ -195,6 +209,33 @@ func (a *api) authorize(c *gin.Context) {
 		return
 	}
 	c.Next()
+}
+
+// mountSimulator serves the simulator's GPU memory:
+//
+//	curl -X PUT -d '{"used_ratio": 0.95}' localhost:8080/api/simulator/vram
+func (a *api) mountSimulator(r gin.IRouter, sim Simulator) {
+	r.GET("/api/simulator/vram", func(c *gin.Context) {
+		c.JSON(http.StatusOK, gin.H{"used_ratio": sim.VRAMUsed()})
+	})
+	put := []gin.HandlerFunc{}
+	if a.tokenHash != nil {
+		put = append(put, a.authorize)
+	}
+	put = append(put, func(c *gin.Context) {
+		var body struct {
+			UsedRatio *float64 `json:"used_ratio"`
+		}
+		dec := json.NewDecoder(http.MaxBytesReader(c.Writer, c.Request.Body, 1<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil || body.UsedRatio == nil || *body.UsedRatio < 0 || *body.UsedRatio > 1 {
+			writeProblem(c, http.StatusBadRequest, "bad-request", `send {"used_ratio": R} with R between 0 and 1`, nil)
+			return
+		}
+		sim.SetVRAMUsed(*body.UsedRatio)
+		c.JSON(http.StatusOK, gin.H{"used_ratio": sim.VRAMUsed()})
+	})
+	r.PUT("/api/simulator/vram", put...)
 }
 
 // readOnly answers writes when the rules come from files.

@@ -549,3 +549,48 @@ func TestSystemEndpoint(t *testing.T) {
 // namespace, so windows of earlier tests (or earlier -count runs) do not
 // leak into later ones.
 var engineSeq atomic.Int64
+
+type fakeSim struct{ used float64 }
+
+func (f *fakeSim) VRAMUsed() []float64       { return []float64{f.used} }
+func (f *fakeSim) SetVRAMUsed(ratio float64) { f.used = ratio }
+
+func TestSimulatorControl(t *testing.T) {
+	gin.SetMode(gin.TestMode)
+	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1))}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	put := func(r *gin.Engine, token, body string) int {
+		req := httptest.NewRequest(http.MethodPut, "/api/simulator/vram", strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for _, tc := range []struct {
+		name, adminToken, token, body string
+		status                        int
+		used                          float64
+	}{
+		{"open without an admin token", "", "", `{"used_ratio": 0.95}`, 200, 0.95},
+		{"bad ratio", "", "", `{"used_ratio": 1.5}`, 400, 0.3},
+		{"token configured, none sent", "s3cret", "", `{"used_ratio": 0.95}`, 401, 0.3},
+		{"token configured, wrong one", "s3cret", "nope", `{"used_ratio": 0.95}`, 403, 0.3},
+		{"token configured and sent", "s3cret", "s3cret", `{"used_ratio": 0.9}`, 200, 0.9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sim := &fakeSim{used: 0.3}
+			r := gin.New()
+			if err := dashboardapi.Register(r, dashboardapi.Config{Engine: eng, AdminToken: tc.adminToken, Simulator: sim}); err != nil {
+				t.Fatal(err)
+			}
+			if got := put(r, tc.token, tc.body); got != tc.status || sim.used != tc.used {
+				t.Fatalf("status %d (want %d), used %v (want %v)", got, tc.status, sim.used, tc.used)
+			}
+		})
+	}
+}

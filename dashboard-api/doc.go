@@ -10,6 +10,7 @@
 //	GET    /api/blocked?limit=N    the N most recent refusals, newest first (default 100, max 1024)
 //	GET    /api/system             CPU, load, every GPU (source, memory, utilisation) and the GPU pressure
 //	GET    /api/backends           the GPU farm: each backend's slots in use and health, the queue, the tenants
+//	GET|PUT /api/simulator/vram    the built-in simulator's GPU memory in use (only with the simulator)
 //	GET    /healthz                the process is up
 //	GET    /readyz                 ready for traffic (503 until then)
 //

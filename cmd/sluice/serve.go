@@ -273,6 +273,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ProtectReads: f.protectReads,
 		Logger:       log,
 		Backends:     backends.d.Stats,
+		Simulator:    simulator(sim),
 	}); err != nil {
 		return err
 	}
@@ -280,9 +281,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply)")
 	}
 	api.Router().GET("/metrics", gin.WrapH(metrics.Handler()))
-	if sim != nil {
-		mountSimulatorControl(api.Router(), sim, f.adminToken)
-	}
 
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -325,6 +323,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("shutdown: async jobs still running after %s were cancelled: %w", f.shutdownGrace, err)
 	}
 	return nil
+}
+
+// simulator is sim for the operator API: nil (no simulator control) when
+// real ComfyUI servers are used.
+func simulator(sim *comfyuitest.Server) dashboardapi.Simulator {
+	if sim == nil {
+		return nil
+	}
+	return sim
 }
 
 // startSimulator serves the built-in ComfyUI simulator on a loopback port.
