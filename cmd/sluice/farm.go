@@ -22,8 +22,6 @@ type farm struct {
 	clients map[string]*comfyui.Client
 	log     *slog.Logger
 
-	maxQueue, tenantInFlight int
-
 	mu   sync.Mutex
 	down map[string]chan struct{} // per backend: closed when it is taken out
 	out  map[string]bool
@@ -36,7 +34,6 @@ var _ httpapi.Runner = (*farm)(nil)
 
 func newFarm(clients []*comfyui.Client, slots, maxQueue, tenantInFlight int, maxWait time.Duration, log *slog.Logger) (*farm, error) {
 	f := &farm{clients: make(map[string]*comfyui.Client, len(clients)), log: log,
-		maxQueue: maxQueue, tenantInFlight: tenantInFlight,
 		down: make(map[string]chan struct{}), out: make(map[string]bool)}
 	var backends []dispatch.BackendConfig
 	for _, c := range clients {
@@ -73,7 +70,7 @@ func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, s
 	if err != nil {
 		var r *dispatch.Refusal
 		if errors.As(err, &r) {
-			return nil, "", &httpapi.BusyError{Reason: r.Error(), RetryAfter: r.RetryAfter, OverShare: r.Reason == dispatch.ReasonTenantBusy}
+			return nil, "", busy(r)
 		}
 		return nil, "", err
 	}
@@ -113,28 +110,19 @@ func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, s
 	return res, backend, err
 }
 
-// Precheck says whether the farm would refuse a job of tenant now: the
-// tenant at its cap, or every slot taken and the queue full. An async job
-// is answered with it at once rather than failing after its 202.
+// Precheck says whether the farm would refuse a job of tenant now, so that
+// an async job is answered with it at once rather than failing after its
+// 202.
 func (f *farm) Precheck(tenant string) error {
-	st := f.d.Stats()
-	for _, t := range st.Tenants {
-		if t.Tenant == tenant && t.Running+t.Waiting >= f.tenantInFlight {
-			return &httpapi.BusyError{Reason: fmt.Sprintf("%d jobs of this client already running or waiting", t.Running+t.Waiting),
-				RetryAfter: max(st.AvgJobTime, time.Second), OverShare: true}
-		}
-	}
-	free := 0
-	for _, b := range st.Backends {
-		if b.Healthy {
-			free += b.Slots - b.InUse
-		}
-	}
-	if free == 0 && st.Queued >= f.maxQueue {
-		return &httpapi.BusyError{Reason: fmt.Sprintf("all GPU slots taken and %d jobs waiting", st.Queued),
-			RetryAfter: max(st.AvgJobTime, time.Second)}
+	if r := f.d.Check(tenant); r != nil {
+		return busy(r)
 	}
 	return nil
+}
+
+// busy is a dispatch refusal as the HTTP API answers it.
+func busy(r *dispatch.Refusal) *httpapi.BusyError {
+	return &httpapi.BusyError{Reason: r.Error(), RetryAfter: r.RetryAfter, OverShare: r.Reason == dispatch.ReasonTenantBusy}
 }
 
 // setOut takes a backend out of the farm (its running jobs are cancelled

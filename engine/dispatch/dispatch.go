@@ -195,6 +195,25 @@ func (d *Dispatcher) AcquireWith(ctx context.Context, tenant string, cost int, o
 	return d.wait(ctx, w)
 }
 
+// Check says whether Acquire would refuse a job of tenant right now, and
+// why, without queueing anything: for callers that must answer before they
+// hand the job over (an async request's 202). The answer can change by the
+// time they call Acquire.
+func (d *Dispatcher) Check(tenant string) *Refusal {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.healthySlots == 0 {
+		return d.refusal(ReasonNoBackend)
+	}
+	if t := d.tenants[tenant]; t != nil && t.running+t.waiting >= d.tenantCap {
+		return d.refusal(ReasonTenantBusy)
+	}
+	if d.waiting >= d.maxQueue && (d.waiting > 0 || d.freeBackend() == nil) {
+		return d.refusal(ReasonQueueFull)
+	}
+	return nil
+}
+
 // position is w's place among the waiters in arrival order; 0 when it no
 // longer waits.
 func (d *Dispatcher) position(w *waiter) int {

@@ -45,3 +45,37 @@ func TestQueuePosition(t *testing.T) {
 	(<-leases).Release(time.Second)
 	(<-leases).Release(time.Second)
 }
+
+func TestCheckAnswersAsAcquireWould(t *testing.T) {
+	d, err := dispatch.New(dispatch.Config{Backends: []dispatch.BackendConfig{{Name: "gpu-1"}}, MaxQueue: 1, TenantInFlight: 1, MaxWait: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := d.Check("a"); r != nil {
+		t.Fatalf("an idle farm refuses: %v", r)
+	}
+	held, _ := d.Acquire(context.Background(), "a", 1)
+	if r := d.Check("a"); r == nil || r.Reason != dispatch.ReasonTenantBusy {
+		t.Fatalf("tenant at its cap: %v", r)
+	}
+	if r := d.Check("b"); r != nil {
+		t.Fatalf("a free place in the queue refused: %v", r)
+	}
+	queued := make(chan func() int, 1)
+	got := make(chan *dispatch.Lease, 1)
+	go func() {
+		l, _ := d.AcquireWith(context.Background(), "b", 1, func(p func() int) { queued <- p })
+		got <- l
+	}()
+	<-queued
+	if r := d.Check("c"); r == nil || r.Reason != dispatch.ReasonQueueFull {
+		t.Fatalf("queue full: %v", r)
+	}
+	d.SetHealthy("gpu-1", false)
+	if r := d.Check("c"); r == nil || r.Reason != dispatch.ReasonNoBackend {
+		t.Fatalf("no healthy backend: %v", r)
+	}
+	d.SetHealthy("gpu-1", true)
+	held.Release(time.Second)
+	(<-got).Release(time.Second)
+}
