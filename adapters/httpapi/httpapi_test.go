@@ -515,7 +515,7 @@ func TestBadInput(t *testing.T) {
 		{"width out of range", generateRequest(`{"prompt": "x", "width": 4000}`), 400, "width must be a multiple of 16 between 256 and 2048; got 4000"},
 		{"steps out of range", generateRequest(`{"prompt": "x", "steps": 0}`), 400, "steps must be between 1 and 50"},
 		{"unknown json field", generateRequest(`{"prompt": "x", "cfg": 7}`), 400, `unknown field "cfg"`},
-		{"wrong json type", generateRequest(`{"prompt": 5}`), 400, "prompt"},
+		{"wrong json type", generateRequest(`{"prompt": 5}`), 400, "prompt of type string"},
 		{"not json", func() *http.Request {
 			r := generateRequest(`prompt=x`)
 			r.Header.Set("Content-Type", "text/plain")
