@@ -5,12 +5,19 @@ import (
 	"time"
 )
 
-func blockedInLeakyFunction(release <-chan struct{}) { <-release }
+// blockedInLeakyFunction says it runs (from inside, so its frame is on the
+// goroutine's stack) and blocks until released.
+//
+//go:noinline
+func blockedInLeakyFunction(running chan<- struct{}, release <-chan struct{}) {
+	close(running)
+	<-release
+}
 
 func TestLeakedFindsMarkedGoroutines(t *testing.T) {
-	release := make(chan struct{})
-	done := make(chan struct{})
-	go func() { blockedInLeakyFunction(release); close(done) }()
+	running, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() { blockedInLeakyFunction(running, release); close(done) }()
+	<-running
 	if got := Leaked(50*time.Millisecond, "blockedInLeakyFunction"); got == "" {
 		t.Fatal("a goroutine still running was not reported")
 	}
