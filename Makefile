@@ -33,7 +33,7 @@ bench-overload:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./rules
 	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime 30s ./adapters/httpapi/imageinput
-	$(GO) test -run '^$$' -fuzz FuzzProblemJSON -fuzztime 30s ./adapters/httpapi
+	$(GO) test -run '^$$' -fuzz FuzzAppendJSON -fuzztime 30s ./adapters/httpapi/problem
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

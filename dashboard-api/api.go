@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/sluicehq/sluice/adapters/httpapi/problem"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/dispatch"
 	"github.com/sluicehq/sluice/rules"
@@ -48,9 +48,10 @@ type Config struct {
 	// tenants waiting; nil: GET /api/backends answers 404.
 	Backends func() dispatch.Stats
 	// Simulator, when the built-in ComfyUI simulator runs, lets an operator
-	// push its GPU memory up or down (/api/simulator/vram). Its PUT needs
-	// the admin token when one is configured, and is open otherwise: it
-	// only moves a simulated GPU.
+	// push its GPU memory up or down (/api/simulator/vram). Its PUT is a
+	// write like any other: it needs the admin token, and with none
+	// configured it is refused (403), since pushing the memory up refuses
+	// every client's jobs.
 	Simulator Simulator
 }
 
@@ -150,37 +151,12 @@ func Register(r gin.IRouter, cfg Config) error {
 	return nil
 }
 
-// problem is an RFC 9457 problem body, as the public API writes them.
-type problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
-	// Errors lists every problem of a rejected rule document.
-	Errors []string `json:"errors,omitempty"`
-}
-
-const problemBase = "https://sluice.dev/problems/"
-
-func writeProblem(c *gin.Context, status int, typ, detail string, errs []string) {
-	c.Abort()
-	c.Render(status, problemJSON{problem{
-		Type: problemBase + typ, Title: http.StatusText(status), Status: status, Detail: detail, Errors: errs,
-	}})
-}
-
-// problemJSON renders a problem as application/problem+json.
-type problemJSON struct{ p problem }
-
-func (r problemJSON) Render(w http.ResponseWriter) error {
-	r.WriteContentType(w)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false) // messages quote rules: keep "<" and ">" readable
-	return enc.Encode(r.p)
-}
-
-func (problemJSON) WriteContentType(w http.ResponseWriter) {
-	w.Header()["Content-Type"] = []string{"application/problem+json"}
+// writeProblem answers with the problem writer the public API uses too;
+// errs lists every problem of a rejected rule document.
+func writeProblem(c *gin.Context, status int, code, detail string, errs []string) {
+	p := problem.New(status, code, detail)
+	p.Errors = errs
+	problem.Write(c, p)
 }
 
 // authorize lets a request through only with the admin token as its bearer
@@ -211,31 +187,30 @@ func (a *api) authorize(c *gin.Context) {
 	c.Next()
 }
 
-// mountSimulator serves the simulator's GPU memory:
+// mountSimulator serves the simulator's GPU memory. Its PUT is a write:
+// it needs the admin token, and with none configured it is refused, since
+// it puts the farm under pressure for everyone:
 //
-//	curl -X PUT -d '{"used_ratio": 0.95}' localhost:8080/api/simulator/vram
+//	curl -X PUT -H 'Authorization: Bearer s3cret' -d '{"used_ratio": 0.95}' localhost:8080/api/simulator/vram
 func (a *api) mountSimulator(r gin.IRouter, sim Simulator) {
 	r.GET("/api/simulator/vram", func(c *gin.Context) {
 		c.JSON(http.StatusOK, gin.H{"used_ratio": sim.VRAMUsed()})
 	})
-	put := []gin.HandlerFunc{}
-	if a.tokenHash != nil {
-		put = append(put, a.authorize)
-	}
-	put = append(put, func(c *gin.Context) {
-		var body struct {
-			UsedRatio *float64 `json:"used_ratio"`
-		}
-		dec := json.NewDecoder(http.MaxBytesReader(c.Writer, c.Request.Body, 1<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&body); err != nil || body.UsedRatio == nil || *body.UsedRatio < 0 || *body.UsedRatio > 1 {
+	r.PUT("/api/simulator/vram", a.authorize, func(c *gin.Context) {
+		var ratio *float64
+		err := problem.DecodeObject(http.MaxBytesReader(c.Writer, c.Request.Body, 1<<10), problem.Field{Name: "used_ratio", Into: &ratio})
+		switch {
+		case err != nil:
+			writeProblem(c, http.StatusBadRequest, "bad-request", err.Error()+`; send {"used_ratio": R} with R between 0 and 1`, nil)
+			return
+		case ratio == nil || *ratio < 0 || *ratio > 1:
 			writeProblem(c, http.StatusBadRequest, "bad-request", `send {"used_ratio": R} with R between 0 and 1`, nil)
 			return
 		}
-		sim.SetVRAMUsed(*body.UsedRatio)
+		sim.SetVRAMUsed(*ratio)
+		a.log.Info("operator API: simulator GPU memory set", slog.Float64("used_ratio", *ratio), slog.String("remote", c.ClientIP()))
 		c.JSON(http.StatusOK, gin.H{"used_ratio": sim.VRAMUsed()})
 	})
-	r.PUT("/api/simulator/vram", put...)
 }
 
 // readOnly answers writes when the rules come from files.

@@ -576,8 +576,13 @@ func TestSimulatorControl(t *testing.T) {
 		status                        int
 		used                          float64
 	}{
-		{"open without an admin token", "", "", `{"used_ratio": 0.95}`, 200, 0.95},
-		{"bad ratio", "", "", `{"used_ratio": 1.5}`, 400, 0.3},
+		// Pushing the memory up refuses every client's jobs: without a
+		// token configured nobody may, not even from loopback.
+		{"refused without an admin token", "", "", `{"used_ratio": 0.95}`, 403, 0.3},
+		{"refused without an admin token, even with one sent", "", "s3cret", `{"used_ratio": 0.95}`, 403, 0.3},
+		{"bad ratio", "s3cret", "s3cret", `{"used_ratio": 1.5}`, 400, 0.3},
+		{"key in another case", "s3cret", "s3cret", `{"USED_RATIO": 0.95}`, 400, 0.3},
+		{"ratio of the wrong type", "s3cret", "s3cret", `{"used_ratio": "0.95"}`, 400, 0.3},
 		{"token configured, none sent", "s3cret", "", `{"used_ratio": 0.95}`, 401, 0.3},
 		{"token configured, wrong one", "s3cret", "nope", `{"used_ratio": 0.95}`, 403, 0.3},
 		{"token configured and sent", "s3cret", "s3cret", `{"used_ratio": 0.9}`, 200, 0.9},

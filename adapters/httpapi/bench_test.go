@@ -1,10 +1,7 @@
 package httpapi_test
 
 import (
-	"encoding/json"
-
 	"bytes"
-	"github.com/sluicehq/sluice/adapters/httpapi"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -101,26 +98,4 @@ func BenchmarkRoute(b *testing.B) {
 	b.Run("refused/loopback", func(b *testing.B) { benchLoopback(b, refusing) })
 	b.Run("bare/in-process", func(b *testing.B) { benchInProcess(b, bareRouter()) })
 	b.Run("refused/in-process", func(b *testing.B) { benchInProcess(b, refusing) })
-}
-
-// FuzzProblemJSON checks the hand-written problem encoding against
-// encoding/json: whatever the strings, the body decodes to the same values.
-func FuzzProblemJSON(f *testing.F) {
-	f.Add("ddcolor_person refused", "203.0.113.7", "")
-	f.Add("quote \" backslash \\ newline \n tab \t", "\x00\x1f", "é ✓ \u2028")
-	f.Add("bad utf8 \xff\xfe", "", "x")
-	f.Fuzz(func(t *testing.T, detail, value, rule string) {
-		p := httpapi.Problem{Type: "t", Title: "Too Many Requests", Status: 429, Detail: detail, Value: value, Rule: rule, RetryAfter: 3}
-		got := httpapi.ProblemJSON(&p)
-		var back httpapi.Problem
-		if err := json.Unmarshal(got, &back); err != nil {
-			t.Fatalf("invalid JSON %q: %v", got, err)
-		}
-		want, _ := json.Marshal(p)
-		var ref httpapi.Problem
-		json.Unmarshal(want, &ref)
-		if back != ref {
-			t.Fatalf("decoded %+v, encoding/json gives %+v", back, ref)
-		}
-	})
 }

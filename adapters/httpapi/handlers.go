@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	"github.com/sluicehq/sluice/adapters/httpapi/problem"
 	"github.com/sluicehq/sluice/engine"
 )
 
@@ -54,7 +55,7 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 		case s.uploads <- struct{}{}:
 			defer func() { <-s.uploads }()
 		default:
-			writeProblem(c, Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+			problem.Write(c, Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
 				Detail: fmt.Sprintf("the gateway is already reading %d uploads; try again shortly", cap(s.uploads)), Resource: resource, RetryAfter: 1})
 			return
 		}
@@ -87,7 +88,7 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Upload, int, bool) {
 	mr, err := c.Request.MultipartReader()
 	if err != nil {
-		badRequest(c, http.StatusUnsupportedMediaType, "not-multipart",
+		problem.Answer(c, http.StatusUnsupportedMediaType, "not-multipart",
 			"send multipart/form-data with the photo in field image (curl -F image=@photo.jpg)")
 		return nil, 0, false
 	}
@@ -107,7 +108,7 @@ func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Uplo
 		switch part.FormName() {
 		case "image":
 			if up != nil {
-				badRequest(c, http.StatusBadRequest, "bad-form", "field image appears twice; send one image")
+				problem.Answer(c, http.StatusBadRequest, "bad-form", "field image appears twice; send one image")
 				return nil, 0, false
 			}
 			if up, err = imageinput.Inspect(part, s.image); err != nil {
@@ -122,17 +123,17 @@ func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Uplo
 			}
 			n, err := strconv.Atoi(strings.TrimSpace(string(raw)))
 			if err != nil || !slices.Contains(Sizes, n) {
-				badRequest(c, http.StatusBadRequest, "bad-size", fmt.Sprintf("size must be one of %s; got %q", sizesText(), raw))
+				problem.Answer(c, http.StatusBadRequest, "bad-size", fmt.Sprintf("size must be one of %s; got %q", sizesText(), raw))
 				return nil, 0, false
 			}
 			size = n
 		default:
-			badRequest(c, http.StatusBadRequest, "bad-form", fmt.Sprintf("unknown form field %q; the fields are image and size", part.FormName()))
+			problem.Answer(c, http.StatusBadRequest, "bad-form", fmt.Sprintf("unknown form field %q; the fields are image and size", part.FormName()))
 			return nil, 0, false
 		}
 	}
 	if up == nil {
-		badRequest(c, http.StatusBadRequest, "missing-image", "the form has no field image: send the photo as -F image=@photo.jpg")
+		problem.Answer(c, http.StatusBadRequest, "missing-image", "the form has no field image: send the photo as -F image=@photo.jpg")
 		return nil, 0, false
 	}
 	return up, size, true
@@ -141,19 +142,19 @@ func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Uplo
 func formError(c *gin.Context, err error) {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		badRequest(c, http.StatusRequestEntityTooLarge, "too-large", fmt.Sprintf("the request body is larger than %d bytes", mbe.Limit))
+		problem.Answer(c, http.StatusRequestEntityTooLarge, "too-large", fmt.Sprintf("the request body is larger than %d bytes", mbe.Limit))
 		return
 	}
-	badRequest(c, http.StatusBadRequest, "bad-form", "the multipart body is malformed: "+err.Error())
+	problem.Answer(c, http.StatusBadRequest, "bad-form", "the multipart body is malformed: "+err.Error())
 }
 
 func imageProblem(c *gin.Context, err error) {
 	var ie *imageinput.Error
 	if errors.As(err, &ie) {
-		badRequest(c, ie.Status, "image-"+strings.ReplaceAll(ie.Code, "_", "-"), ie.Msg)
+		problem.Answer(c, ie.Status, "image-"+strings.ReplaceAll(ie.Code, "_", "-"), ie.Msg)
 		return
 	}
-	badRequest(c, http.StatusBadRequest, "bad-image", err.Error())
+	problem.Answer(c, http.StatusBadRequest, "bad-image", err.Error())
 }
 
 func sizesText() string {
@@ -181,7 +182,7 @@ func (s *Server) generate(c *gin.Context) {
 	}
 	if ct := c.GetHeader("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			badRequest(c, http.StatusUnsupportedMediaType, "not-json", fmt.Sprintf("send application/json, got %q", ct))
+			problem.Answer(c, http.StatusUnsupportedMediaType, "not-json", fmt.Sprintf("send application/json, got %q", ct))
 			return
 		}
 	}
@@ -192,7 +193,7 @@ func (s *Server) generate(c *gin.Context) {
 			formError(c, err)
 			return
 		}
-		badRequest(c, http.StatusBadRequest, "bad-request", err.Error())
+		problem.Answer(c, http.StatusBadRequest, "bad-request", err.Error())
 		return
 	}
 	ip := origin(c)

@@ -13,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/httpapi/problem"
 	"github.com/sluicehq/sluice/adapters/webhook"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/jobs"
@@ -48,21 +49,21 @@ func (s *Server) asyncMode(c *gin.Context) (async, ok bool) {
 	case "":
 		async = preferAsync(c)
 	default:
-		badRequest(c, http.StatusBadRequest, "bad-mode", fmt.Sprintf("mode must be sync or async; got %q", mode))
+		problem.Answer(c, http.StatusBadRequest, "bad-mode", fmt.Sprintf("mode must be sync or async; got %q", mode))
 		return false, false
 	}
 	// ?webhook=URL asks to be told when an async job ends.
 	if hook, given := c.GetQuery("webhook"); given {
 		if !async {
-			badRequest(c, http.StatusBadRequest, "bad-webhook", "a webhook needs mode=async (or Prefer: respond-async)")
+			problem.Answer(c, http.StatusBadRequest, "bad-webhook", "a webhook needs mode=async (or Prefer: respond-async)")
 			return false, false
 		}
 		if !s.webhooks {
-			badRequest(c, http.StatusBadRequest, "bad-webhook", "this gateway sends no webhooks (it has no --webhook-secret)")
+			problem.Answer(c, http.StatusBadRequest, "bad-webhook", "this gateway sends no webhooks (it has no --webhook-secret)")
 			return false, false
 		}
 		if err := webhook.CheckURL(hook); err != nil {
-			badRequest(c, http.StatusBadRequest, "bad-webhook", err.Error())
+			problem.Answer(c, http.StatusBadRequest, "bad-webhook", err.Error())
 			return false, false
 		}
 	}
@@ -117,7 +118,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	})
 	if err != nil {
 		tok.Exit(nil) // never ran
-		writeProblem(c, Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+		problem.Write(c, Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
 			Detail: "the gateway is shutting down", Resource: cj.Resource, RetryAfter: 1})
 		return
 	}
@@ -184,7 +185,7 @@ func (s *Server) ownJob(c *gin.Context) (jobs.Job, bool) {
 	id := c.Param("id")
 	job, err := s.async.Status(id)
 	if err != nil || job.Tenant != origin(c) {
-		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", id))
+		problem.Answer(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", id))
 		return jobs.Job{}, false
 	}
 	return job, true
@@ -206,7 +207,7 @@ func (s *Server) jobResult(c *gin.Context) {
 		if job.Error != "" {
 			detail += ": " + job.Error
 		}
-		writeProblem(c, Problem{Type: typeBase + "job-not-succeeded", Title: "Conflict", Status: http.StatusConflict,
+		problem.Write(c, Problem{Type: problem.TypeBase + "job-not-succeeded", Title: "Conflict", Status: http.StatusConflict,
 			Detail: detail, Resource: job.Resource, Value: string(job.State)})
 		return
 	}
@@ -223,7 +224,7 @@ func (s *Server) jobEvents(c *gin.Context) {
 	}
 	events, err := s.async.Subscribe(c.Request.Context(), job.ID)
 	if err != nil { // forgotten in between
-		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", job.ID))
+		problem.Answer(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", job.ID))
 		return
 	}
 	h := c.Writer.Header()
@@ -264,11 +265,11 @@ func (s *Server) jobCancel(c *gin.Context) {
 	job, err := s.async.Cancel(job.ID)
 	switch {
 	case errors.Is(err, jobs.ErrFinished):
-		writeProblem(c, Problem{Type: typeBase + "job-finished", Title: "Conflict", Status: http.StatusConflict,
+		problem.Write(c, Problem{Type: problem.TypeBase + "job-finished", Title: "Conflict", Status: http.StatusConflict,
 			Detail: fmt.Sprintf("job %s already %s", job.ID, job.State), Resource: job.Resource, Value: string(job.State)})
 		return
 	case err != nil: // forgotten in between
-		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", c.Param("id")))
+		problem.Answer(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", c.Param("id")))
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), cancelWait)

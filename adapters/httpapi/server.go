@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	"github.com/sluicehq/sluice/adapters/httpapi/problem"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
@@ -170,10 +171,10 @@ func New(cfg Config) (*Server, error) {
 		r.Use(s.accessLog) // only when it is written: it costs on every request
 	}
 	r.NoRoute(func(c *gin.Context) {
-		badRequest(c, http.StatusNotFound, "not-found", fmt.Sprintf("no endpoint %s %s", c.Request.Method, c.Request.URL.Path))
+		problem.Answer(c, http.StatusNotFound, "not-found", fmt.Sprintf("no endpoint %s %s", c.Request.Method, c.Request.URL.Path))
 	})
 	r.NoMethod(func(c *gin.Context) {
-		badRequest(c, http.StatusMethodNotAllowed, "method-not-allowed", fmt.Sprintf("%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
+		problem.Answer(c, http.StatusMethodNotAllowed, "method-not-allowed", fmt.Sprintf("%s is not allowed on %s", c.Request.Method, c.Request.URL.Path))
 	})
 	r.POST("/api/ddcolorize/person", s.colorize("ddcolor_person", 512))
 	r.POST("/api/ddcolorize/building", s.colorize("ddcolor_building", 1280))
@@ -211,11 +212,11 @@ func (s *Server) guard(c *gin.Context, call engine.Call) *engine.Token {
 	case errors.Is(err, context.Canceled):
 		c.AbortWithStatus(statusClientClosed)
 	case errors.Is(err, context.DeadlineExceeded):
-		writeProblem(c, Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+		problem.Write(c, Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
 			Detail: "the request ran out of time before it could be admitted", Resource: call.Resource, RetryAfter: 1})
 	default:
 		s.log.Error("guard failed", slog.String("resource", call.Resource), slog.Any("error", err))
-		badRequest(c, http.StatusInternalServerError, "internal", "admission failed")
+		problem.Answer(c, http.StatusInternalServerError, "internal", "admission failed")
 	}
 	return nil
 }
@@ -302,27 +303,27 @@ func (s *Server) jobError(c *gin.Context, resource string, err error) {
 		c.AbortWithStatus(statusClientClosed)
 	case errors.As(err, &busy):
 		log.Info("no GPU slot for the job")
-		p := Problem{Type: typeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
-			Detail: busy.Error(), Resource: resource, Kind: "queue", RetryAfter: retrySeconds(busy.RetryAfter)}
+		p := Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
+			Detail: busy.Error(), Resource: resource, Kind: "queue", RetryAfter: problem.RetrySeconds(busy.RetryAfter)}
 		if busy.OverShare {
-			p.Type, p.Title, p.Status = typeQuota, "Too Many Requests", http.StatusTooManyRequests
+			p.Type, p.Title, p.Status = problem.TypeQuota, "Too Many Requests", http.StatusTooManyRequests
 		}
-		writeProblem(c, p)
+		problem.Write(c, p)
 	case errors.As(err, &pe):
 		log.Warn("comfyui refused the workflow")
-		writeProblem(c, Problem{Type: typeBase + "comfyui-prompt-refused", Title: "Bad Gateway", Status: http.StatusBadGateway,
+		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-prompt-refused", Title: "Bad Gateway", Status: http.StatusBadGateway,
 			Detail: pe.Error(), Resource: resource, NodeErrors: nodeErrors(pe)})
 	case errors.As(err, &ee):
 		log.Warn("comfyui job failed")
-		writeProblem(c, Problem{Type: typeBase + "comfyui-job-failed", Title: "Bad Gateway", Status: http.StatusBadGateway,
+		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-job-failed", Title: "Bad Gateway", Status: http.StatusBadGateway,
 			Detail: ee.Error(), Resource: resource})
 	case errors.Is(err, context.DeadlineExceeded):
 		log.Warn("comfyui job timed out")
-		writeProblem(c, Problem{Type: typeBase + "comfyui-timeout", Title: "Gateway Timeout", Status: http.StatusGatewayTimeout,
+		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-timeout", Title: "Gateway Timeout", Status: http.StatusGatewayTimeout,
 			Detail: fmt.Sprintf("the job did not finish within %s", s.jobTimeout), Resource: resource})
 	default:
 		log.Error("comfyui unavailable")
-		writeProblem(c, Problem{Type: typeBase + "comfyui-unavailable", Title: "Bad Gateway", Status: http.StatusBadGateway,
+		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-unavailable", Title: "Bad Gateway", Status: http.StatusBadGateway,
 			Detail: "the image backend could not run the job", Resource: resource})
 	}
 }
@@ -354,7 +355,7 @@ func (s *Server) recover(c *gin.Context) {
 			}
 			s.log.Error("handler panicked", slog.String("path", c.Request.URL.Path), slog.Any("panic", v))
 			if !c.Writer.Written() {
-				badRequest(c, http.StatusInternalServerError, "internal", "internal error")
+				problem.Answer(c, http.StatusInternalServerError, "internal", "internal error")
 			}
 		}
 	}()
