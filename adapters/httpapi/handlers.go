@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -43,49 +42,81 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 		if !ok {
 			return
 		}
-		ip := origin(c)
+		ip := s.origin(c)
 		// A banned client is turned away before its upload is read.
 		if ref := s.eng.Precheck(engine.Call{Resource: resource, Origin: ip}); ref != nil {
 			s.refuse(c, engine.Call{Resource: resource, Origin: ip}, ref)
 			return
 		}
 		// Reading, checking and scaling an upload costs memory and CPU:
-		// only so many at once.
-		select {
-		case s.uploads <- struct{}{}:
-			defer func() { <-s.uploads }()
-		default:
-			problem.Write(c, Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
-				Detail: fmt.Sprintf("the gateway is already reading %d uploads; try again shortly", cap(s.uploads)), Resource: resource, RetryAfter: 1})
+		// only so many at once, and a share of them per client. The slot is
+		// held while the upload is read, checked and prepared, not while
+		// the job runs.
+		release, refusal := s.uploads.take(ip, resource)
+		if refusal != nil {
+			problem.Write(c, *refusal)
 			return
 		}
+		defer release()
+		rate, lift := s.limitUpload(c)
+		defer lift()
 		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, s.image.MaxBytes+formSlack)
-		up, size, ok := s.readColorize(c, defaultSize)
+		up, size, ok := s.readColorize(c, resource, defaultSize, rate)
 		if !ok {
 			return
 		}
-		tok := s.guard(c, engine.Call{Resource: resource, Origin: ip, Size: size})
-		if tok == nil {
-			return
-		}
-		img, err := up.Prepare()
-		if err != nil {
-			tok.Exit(nil) // the caller's bad data, not a failed job
-			imageProblem(c, err)
-			return
-		}
-		job := comfyui.Job{Resource: resource, Image: img.PNG, Size: size}
-		if async {
-			s.submit(c, tok, ip, job)
-			return
-		}
-		s.run(c, tok, ip, job)
+		s.admit(c, engine.Call{Resource: resource, Origin: ip, Size: size}, async, func() (comfyui.Job, bool) {
+			defer release()
+			defer lift()
+			img, err := up.Prepare()
+			if err != nil { // the caller's bad data, not a failed job
+				imageProblem(c, err)
+				return comfyui.Job{}, false
+			}
+			return comfyui.Job{Resource: resource, Image: img.PNG, Size: size}, true
+		})
 	}
+}
+
+// admit guards call and, once admitted, builds the job (false: build has
+// answered, the caller's fault: the token exits without an error) and runs
+// it, synchronously or as an async job. The token is exited on every path:
+// by the job where it ends, with its outcome and time; here, with
+// errPanicked, should anything panic before; by the async job once handed
+// off.
+func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func() (comfyui.Job, bool)) {
+	tok := s.guard(c, call)
+	if tok == nil {
+		return
+	}
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			tok.Exit(errPanicked) // no-op after the job's own Exit
+		}
+	}()
+	job, ok := build()
+	if !ok {
+		tok.Exit(nil)
+		return
+	}
+	if async {
+		handedOff = s.submit(c, tok, call.Origin, job)
+		return
+	}
+	s.run(c, tok, call.Origin, job)
 }
 
 // readColorize reads the multipart form, checking the image's bytes, format
 // and declared dimensions but not decoding it yet.
-func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Upload, int, bool) {
+func (s *Server) readColorize(c *gin.Context, resource string, defaultSize int, rate *rateReader) (*imageinput.Upload, int, bool) {
+	tooSlow := func() bool {
+		if rate != nil && rate.slow {
+			s.tooSlow(c, resource)
+			return true
+		}
+		return false
+	}
 	mr, err := c.Request.MultipartReader()
 	if err != nil {
 		problem.Answer(c, http.StatusUnsupportedMediaType, "not-multipart",
@@ -102,7 +133,9 @@ func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Uplo
 			break
 		}
 		if err != nil {
-			formError(c, err)
+			if !tooSlow() {
+				formError(c, err)
+			}
 			return nil, 0, false
 		}
 		switch part.FormName() {
@@ -112,13 +145,17 @@ func (s *Server) readColorize(c *gin.Context, defaultSize int) (*imageinput.Uplo
 				return nil, 0, false
 			}
 			if up, err = imageinput.Inspect(part, s.image); err != nil {
-				imageProblem(c, err)
+				if !tooSlow() {
+					imageProblem(c, err)
+				}
 				return nil, 0, false
 			}
 		case "size":
 			raw, err := io.ReadAll(io.LimitReader(part, 16))
 			if err != nil {
-				formError(c, err)
+				if !tooSlow() {
+					formError(c, err)
+				}
 				return nil, 0, false
 			}
 			n, err := strconv.Atoi(strings.TrimSpace(string(raw)))
@@ -165,14 +202,15 @@ func sizesText() string {
 	return strings.Join(parts, ", ")
 }
 
-// generateRequest is the body of POST /v1/generate.
+// generateRequest is the body of POST /v1/generate; parseGenerate names
+// its JSON keys.
 type generateRequest struct {
-	Prompt         string `json:"prompt"`
-	NegativePrompt string `json:"negative_prompt"`
-	Width          *int   `json:"width"`
-	Height         *int   `json:"height"`
-	Steps          *int   `json:"steps"`
-	Seed           *int64 `json:"seed"`
+	Prompt         string
+	NegativePrompt string
+	Width          *int
+	Height         *int
+	Steps          *int
+	Seed           *int64
 }
 
 func (s *Server) generate(c *gin.Context) {
@@ -196,35 +234,28 @@ func (s *Server) generate(c *gin.Context) {
 		problem.Answer(c, http.StatusBadRequest, "bad-request", err.Error())
 		return
 	}
-	ip := origin(c)
-	tok := s.guard(c, engine.Call{Resource: "zimage_generate", Origin: ip, Size: max(job.Width, job.Height)})
-	if tok == nil {
-		return
-	}
-	c.Header("X-Sluice-Seed", strconv.FormatInt(job.Seed, 10))
-	if async {
-		s.submit(c, tok, ip, job)
-		return
-	}
-	s.run(c, tok, ip, job)
+	ip := s.origin(c)
+	s.admit(c, engine.Call{Resource: "zimage_generate", Origin: ip, Size: max(job.Width, job.Height)}, async, func() (comfyui.Job, bool) {
+		c.Header("X-Sluice-Seed", strconv.FormatInt(job.Seed, 10))
+		return job, true
+	})
 }
 
-// parseGenerate decodes and checks a generate request strictly. Its error
-// is an *http.MaxBytesError for a body over the cap, else a message saying
-// what is wrong.
+// parseGenerate decodes and checks a generate request strictly: keys match
+// exactly, and a wrong type is named by field and JSON type. Its error is
+// an *http.MaxBytesError (wrapped) for a body over the cap, else a message
+// saying what is wrong.
 func parseGenerate(body io.Reader) (comfyui.Job, error) {
 	var req generateRequest
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return comfyui.Job{}, mbe
-		}
-		return comfyui.Job{}, errors.New("the body is not a valid generate request: " + strings.TrimPrefix(err.Error(), "json: "))
-	}
-	if dec.More() {
-		return comfyui.Job{}, errors.New("the body holds more than one JSON value")
+	if err := problem.DecodeObject(body,
+		problem.Field{Name: "prompt", Into: &req.Prompt},
+		problem.Field{Name: "negative_prompt", Into: &req.NegativePrompt},
+		problem.Field{Name: "width", Into: &req.Width},
+		problem.Field{Name: "height", Into: &req.Height},
+		problem.Field{Name: "steps", Into: &req.Steps},
+		problem.Field{Name: "seed", Into: &req.Seed},
+	); err != nil {
+		return comfyui.Job{}, err
 	}
 	job, msg := checkGenerate(&req)
 	if msg != "" {

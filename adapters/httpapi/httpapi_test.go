@@ -52,8 +52,12 @@ type stackOptions struct {
 	comfy          comfyuitest.Options
 	workflows      *comfyui.Workflows
 	image          imageinput.Limits
-	maxUploads     int
-	webhooks       bool
+	// maxUploads and uploadsPerClient: 0 for room for every test's
+	// simultaneous uploads from one client (the upload slots have tests of
+	// their own).
+	maxUploads       int
+	uploadsPerClient int
+	webhooks         bool
 }
 
 func newStack(t testing.TB, src string, o stackOptions) *stack {
@@ -80,7 +84,14 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: httpapi.Direct{Client: client}, TrustedProxies: o.trustedProxies, Image: o.image, MaxUploads: o.maxUploads, Webhooks: o.webhooks,
+	if o.maxUploads == 0 {
+		o.maxUploads = 64
+	}
+	if o.uploadsPerClient == 0 {
+		o.uploadsPerClient = o.maxUploads
+	}
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: httpapi.Direct{Client: client}, TrustedProxies: o.trustedProxies, Image: o.image,
+		MaxUploads: o.maxUploads, UploadsPerClient: o.uploadsPerClient, Webhooks: o.webhooks,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -515,7 +526,10 @@ func TestBadInput(t *testing.T) {
 		{"width out of range", generateRequest(`{"prompt": "x", "width": 4000}`), 400, "width must be a multiple of 16 between 256 and 2048; got 4000"},
 		{"steps out of range", generateRequest(`{"prompt": "x", "steps": 0}`), 400, "steps must be between 1 and 50"},
 		{"unknown json field", generateRequest(`{"prompt": "x", "cfg": 7}`), 400, `unknown field "cfg"`},
-		{"wrong json type", generateRequest(`{"prompt": 5}`), 400, "prompt of type string"},
+		{"wrong json type", generateRequest(`{"prompt": 5}`), 400, "prompt must be a JSON string; got the number 5"},
+		{"wrong json type, integer", generateRequest(`{"prompt": "x", "width": 512.5}`), 400, "width must be a JSON integer; got the number 512.5"},
+		{"key in another case", generateRequest(`{"PROMPT": "x"}`), 400, `unknown field "PROMPT"`},
+		{"key in mixed case", generateRequest(`{"prompt": "x", "Width": 512}`), 400, `unknown field "Width"`},
 		{"not json", func() *http.Request {
 			r := generateRequest(`prompt=x`)
 			r.Header.Set("Content-Type", "text/plain")
@@ -532,6 +546,8 @@ func TestBadInput(t *testing.T) {
 			}
 			if p := problemOf(t, rec.Body.Bytes()); !strings.Contains(p.Detail, tc.detail) || p.Status != tc.status {
 				t.Fatalf("detail %q does not say %q", p.Detail, tc.detail)
+			} else if strings.Contains(p.Detail, "generateRequest") || strings.Contains(p.Detail, "Go struct") {
+				t.Fatalf("detail %q names a Go type", p.Detail)
 			}
 		})
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -92,8 +91,9 @@ type submitted struct {
 
 // submit starts an admitted job in the background and answers 202. The job
 // runs under a context of its own, bounded by the job timeout; its token is
-// exited when it ends.
-func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) {
+// exited when it ends, however it ends. It reports whether the job took the
+// token over; if not, submit has answered and the caller exits the token.
+func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) (handedOff bool) {
 	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Webhook: c.Query("webhook"), Params: jobs.Params{
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
@@ -101,10 +101,11 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		if err := pc.Precheck(origin); err != nil {
 			tok.Exit(nil) // never ran
 			s.jobError(c, cj.Resource, err)
-			return
+			return false
 		}
 	}
 	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
+		defer tok.Exit(errPanicked) // no-op after execute's Exit
 		cj.OnProgress = report.Progress
 		ctx, stop := detachOnShutdown(ctx)
 		defer stop()
@@ -112,7 +113,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		defer cancel()
 		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost, OnStarted: report.Started, OnQueued: report.Queued})
 		if err != nil {
-			return jobs.Result{}, s.asyncError(ctx, cj.Resource, err)
+			return jobs.Result{}, JobFailed(ctx, s.log, cj.Resource, err, s.jobTimeout)
 		}
 		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
 	})
@@ -120,7 +121,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		tok.Exit(nil) // never ran
 		problem.Write(c, Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
 			Detail: "the gateway is shutting down", Resource: cj.Resource, RetryAfter: 1})
-		return
+		return false
 	}
 	url := "/api/jobs/" + job.ID
 	if c.Query("mode") == "" {
@@ -128,6 +129,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	}
 	c.Header("Location", url)
 	c.JSON(http.StatusAccepted, submitted{ID: job.ID, StatusURL: url, State: job.State})
+	return true
 }
 
 // detachOnShutdown passes the job's end on to ComfyUI, except when the
@@ -148,43 +150,12 @@ func detachOnShutdown(ctx context.Context) (context.Context, func()) {
 	}
 }
 
-// asyncError logs a failed async job and returns what its record says: the
-// same information a synchronous caller gets, and no backend addresses.
-func (s *Server) asyncError(ctx context.Context, resource string, err error) error {
-	var (
-		pe   *comfyui.PromptError
-		ee   *comfyui.ExecutionError
-		busy *BusyError
-	)
-	log := s.log.With(slog.String("resource", resource), slog.Any("error", err))
-	switch {
-	case errors.Is(ctx.Err(), context.Canceled):
-		log.Info("async job cancelled")
-		return context.Canceled
-	case errors.As(err, &busy):
-		log.Info("no GPU slot for the async job")
-		return busy
-	case errors.As(err, &pe):
-		log.Warn("comfyui refused the workflow")
-		return pe
-	case errors.As(err, &ee):
-		log.Warn("comfyui job failed")
-		return ee
-	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("comfyui job timed out")
-		return fmt.Errorf("the job did not finish within %s", s.jobTimeout)
-	default:
-		log.Error("comfyui unavailable")
-		return errors.New("the image backend could not run the job")
-	}
-}
-
 // ownJob returns the job named in the path if the caller created it, and
 // answers 404 otherwise: another tenant's job does not exist for the caller.
 func (s *Server) ownJob(c *gin.Context) (jobs.Job, bool) {
 	id := c.Param("id")
 	job, err := s.async.Status(id)
-	if err != nil || job.Tenant != origin(c) {
+	if err != nil || job.Tenant != s.origin(c) {
 		problem.Answer(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", id))
 		return jobs.Job{}, false
 	}

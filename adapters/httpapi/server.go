@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
@@ -94,9 +94,32 @@ type Config struct {
 	JobTimeout time.Duration
 	// Jobs, if set, observes every job's timings.
 	Jobs JobObserver
-	// MaxUploads bounds the uploads read and checked at once (default 16);
-	// beyond it a DDColor request gets 503 at once.
+	// MaxUploads bounds the uploads read, checked and prepared at once
+	// (default 16); beyond it a DDColor request gets 503 at once. A slot
+	// is held while its upload is read, checked and prepared, not while
+	// the job runs.
 	MaxUploads int
+	// UploadsPerClient is the share of MaxUploads one client (origin) may
+	// hold at once (default a quarter of MaxUploads, at least 1); beyond
+	// it the client gets 429.
+	UploadsPerClient int
+	// UploadMinRate is the slowest an upload may arrive, in bytes per
+	// second, once UploadGrace has passed (default 16 KiB/s; negative:
+	// no minimum): by n bytes in, at most UploadGrace + n/UploadMinRate
+	// may have passed. A slower upload is cut off with 408 and frees its
+	// slot.
+	UploadMinRate int64
+	// UploadGrace is the time an upload has before the minimum rate
+	// applies (default 10s).
+	UploadGrace time.Duration
+	// IPv6Prefix is the length of the prefix that identifies an IPv6
+	// client (default 64): per-origin rules, bans and fair-queue tenants
+	// count the prefix ("2001:db8:1:2::/64"), so one host cannot rotate
+	// addresses past its limits. IPv4 clients are their address.
+	IPv6Prefix int
+	// Clock times uploads against UploadMinRate; the system clock by
+	// default.
+	Clock clock.Clock
 	// Webhooks says whether async requests may ask for a webhook
 	// (?webhook=URL): true when something delivers them (Config.AsyncJobs'
 	// OnFinish).
@@ -116,10 +139,15 @@ type Server struct {
 	image      imageinput.Limits
 	jobTimeout time.Duration
 	jobs       JobObserver
-	uploads    chan struct{} // a semaphore of MaxUploads
+	uploads    *uploadSlots
 	webhooks   bool
-	async      *jobs.Manager
-	ownsAsync  bool
+	clock      clock.Clock
+	ipv6Bits   int
+
+	uploadMinRate int64
+	uploadGrace   time.Duration
+	async         *jobs.Manager
+	ownsAsync     bool
 }
 
 // formSlack is what a multipart body may carry beyond the image itself:
@@ -137,6 +165,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.JobTimeout <= 0 {
 		cfg.JobTimeout = 10 * time.Minute
 	}
+	if cfg.IPv6Prefix == 0 {
+		cfg.IPv6Prefix = 64
+	}
+	if cfg.IPv6Prefix < 1 || cfg.IPv6Prefix > 128 {
+		return nil, fmt.Errorf("httpapi: IPv6Prefix must be between 1 and 128, got %d", cfg.IPv6Prefix)
+	}
+	if cfg.UploadMinRate == 0 {
+		cfg.UploadMinRate = defaultUploadMinRate
+	}
+	if cfg.UploadGrace <= 0 {
+		cfg.UploadGrace = defaultUploadGrace
+	}
 	s := &Server{
 		router:     gin.New(),
 		eng:        cfg.Engine,
@@ -145,9 +185,14 @@ func New(cfg Config) (*Server, error) {
 		image:      imageinput.DefaultLimits(),
 		jobTimeout: cfg.JobTimeout,
 		jobs:       cfg.Jobs,
-		uploads:    make(chan struct{}, cmp.Or(max(cfg.MaxUploads, 0), 16)),
+		uploads:    newUploadSlots(cfg.MaxUploads, cfg.UploadsPerClient),
 		webhooks:   cfg.Webhooks,
-		async:      cfg.AsyncJobs,
+		clock:      clock.Or(cfg.Clock),
+		ipv6Bits:   cfg.IPv6Prefix,
+
+		uploadMinRate: cfg.UploadMinRate,
+		uploadGrace:   cfg.UploadGrace,
+		async:         cfg.AsyncJobs,
 	}
 	if s.async == nil {
 		s.async, s.ownsAsync = jobs.New(jobs.Config{}), true
@@ -189,14 +234,28 @@ func (s *Server) Router() *gin.Engine { return s.router }
 // ServeHTTP serves the API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
-// origin is the client IP: the peer, or what a trusted proxy says, in
-// canonical form.
-func origin(c *gin.Context) string {
-	ip := c.ClientIP()
-	if a, err := netip.ParseAddr(ip); err == nil && !a.Is4() {
-		return a.Unmap().String() // IPv6 (or IPv4-mapped) in canonical form
+// origin is the client's identity for per-origin rules, bans and the fair
+// queue: the client IP (the peer, or what a trusted proxy says).
+func (s *Server) origin(c *gin.Context) string { return Origin(c.ClientIP(), s.ipv6Bits) }
+
+// Origin is the client identity of ip: an IPv4 address (IPv4-mapped IPv6
+// included) in canonical form, and for IPv6 the prefix of ipv6Bits bits
+// that holds it, in CIDR form ("2001:db8:1:2::/64"), so that a host cannot
+// rotate through the addresses of its prefix. ip that is no address is
+// returned as it is.
+func Origin(ip string, ipv6Bits int) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
 	}
-	return ip // dotted IPv4 parses only in canonical form
+	if a = a.Unmap(); a.Is4() {
+		return a.String()
+	}
+	p, err := a.WithZone("").Prefix(ipv6Bits)
+	if err != nil { // New checked the length
+		return a.String()
+	}
+	return p.String()
 }
 
 // guard asks the engine; on refusal it answers and logs, and returns nil.
@@ -290,44 +349,6 @@ func serverTiming(res *comfyui.Result) string {
 	return fmt.Sprintf(`queue;dur=%.1f;desc="ComfyUI queue", run;dur=%.1f;desc="ComfyUI job"`, ms(wait), ms(run))
 }
 
-func (s *Server) jobError(c *gin.Context, resource string, err error) {
-	var (
-		pe   *comfyui.PromptError
-		ee   *comfyui.ExecutionError
-		busy *BusyError
-	)
-	log := s.log.With(slog.String("resource", resource), slog.Any("error", err))
-	switch {
-	case errors.Is(c.Request.Context().Err(), context.Canceled):
-		log.Info("client went away; job cancelled")
-		c.AbortWithStatus(statusClientClosed)
-	case errors.As(err, &busy):
-		log.Info("no GPU slot for the job")
-		p := Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
-			Detail: busy.Error(), Resource: resource, Kind: "queue", RetryAfter: problem.RetrySeconds(busy.RetryAfter)}
-		if busy.OverShare {
-			p.Type, p.Title, p.Status = problem.TypeQuota, "Too Many Requests", http.StatusTooManyRequests
-		}
-		problem.Write(c, p)
-	case errors.As(err, &pe):
-		log.Warn("comfyui refused the workflow")
-		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-prompt-refused", Title: "Bad Gateway", Status: http.StatusBadGateway,
-			Detail: pe.Error(), Resource: resource, NodeErrors: nodeErrors(pe)})
-	case errors.As(err, &ee):
-		log.Warn("comfyui job failed")
-		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-job-failed", Title: "Bad Gateway", Status: http.StatusBadGateway,
-			Detail: ee.Error(), Resource: resource})
-	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("comfyui job timed out")
-		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-timeout", Title: "Gateway Timeout", Status: http.StatusGatewayTimeout,
-			Detail: fmt.Sprintf("the job did not finish within %s", s.jobTimeout), Resource: resource})
-	default:
-		log.Error("comfyui unavailable")
-		problem.Write(c, Problem{Type: problem.TypeBase + "comfyui-unavailable", Title: "Bad Gateway", Status: http.StatusBadGateway,
-			Detail: "the image backend could not run the job", Resource: resource})
-	}
-}
-
 // nodeErrors renders ComfyUI's node errors in ComfyUI's own JSON shape.
 func nodeErrors(pe *comfyui.PromptError) map[string]any {
 	if len(pe.NodeErrors) == 0 {
@@ -372,6 +393,6 @@ func (s *Server) accessLog(c *gin.Context) {
 		slog.String("method", c.Request.Method),
 		slog.String("path", c.Request.URL.Path),
 		slog.Int("status", c.Writer.Status()),
-		slog.String("ip", origin(c)),
+		slog.String("ip", s.origin(c)),
 		slog.Duration("duration", time.Since(start)))
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/etcd"
+	"github.com/sluicehq/sluice/adapters/httpapi"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
@@ -185,7 +186,7 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		defer cancel()
 		res, err := c.Recover(ctx, j.PromptID)
 		if err != nil {
-			return jobs.Result{}, recoverError(ctx, err, f.jobTimeout, jl)
+			return jobs.Result{}, httpapi.JobFailed(ctx, jl, j.Resource, err, f.jobTimeout)
 		}
 		jl.Info("async job recovered after restart")
 		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
@@ -194,33 +195,4 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		log.Error("async jobs of the last run not restored", slog.Any("error", err))
 	}
 	return m, nil
-}
-
-// recoverError logs why a recovered job failed and returns what its record
-// says: ComfyUI's own errors, and no backend addresses.
-func recoverError(ctx context.Context, err error, timeout time.Duration, log *slog.Logger) error {
-	var (
-		pe *comfyui.PromptError
-		ee *comfyui.ExecutionError
-	)
-	log = log.With(slog.Any("error", err))
-	switch {
-	case errors.Is(ctx.Err(), context.Canceled):
-		log.Info("recovered async job cancelled")
-		return context.Canceled
-	case errors.As(err, &ee):
-		log.Warn("recovered async job failed on comfyui")
-		return ee
-	case errors.As(err, &pe):
-		return pe
-	case errors.Is(err, comfyui.ErrInterrupted):
-		log.Warn("recovered async job was interrupted on comfyui")
-		return errors.New("the job was interrupted on the image backend")
-	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("recovered async job timed out")
-		return fmt.Errorf("the job did not finish within %s", timeout)
-	default:
-		log.Error("recovered async job: comfyui unavailable")
-		return errors.New("the image backend could not finish the job")
-	}
 }
