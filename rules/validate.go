@@ -328,18 +328,42 @@ func positiveDuration(c *errs, at string, d Duration) {
 	}
 }
 
-// paramValue checks that k is a value the parameter can take: an IP address
-// for origin, a positive integer for size.
+// paramValue checks that k is a value the parameter can take: a client
+// identity for origin (originValue), a positive integer for size.
 func paramValue(c *errs, at, param, k string) {
 	switch param {
 	case ParamOrigin:
-		if _, err := netip.ParseAddr(k); err != nil {
-			c.add(at, "origin values must be IP addresses, got %q", k)
-		}
+		originValue(c, at, k)
 	case ParamSize:
 		if n, err := strconv.Atoi(k); err != nil || n <= 0 || strconv.Itoa(n) != k {
 			c.add(at, "size values must be positive integers, got %q", k)
 		}
+	}
+}
+
+// originValue checks a value of the origin parameter against the client
+// identity the gateway counts: an IPv4 address (IPv4-mapped IPv6 too), and
+// for IPv6 the client's prefix in canonical CIDR form
+// ("2001:db8:1:2::/64"), since IPv6 clients are counted by prefix (of
+// sluice serve's --ipv6-prefix length, 64 by default). A bare IPv6 address
+// would never match, and is refused with the prefix to write instead.
+func originValue(c *errs, at, k string) {
+	if a, err := netip.ParseAddr(k); err == nil {
+		if a.Unmap().Is4() {
+			return
+		}
+		p, _ := a.WithZone("").Prefix(64)
+		c.add(at, "IPv6 clients are counted by prefix: write the prefix in CIDR form, of the length of --ipv6-prefix (such as %q for /64), got the address %q", p.String(), k)
+		return
+	}
+	p, err := netip.ParsePrefix(k)
+	switch {
+	case err != nil:
+		c.add(at, "origin values must be IPv4 addresses or IPv6 prefixes in CIDR form (2001:db8:1:2::/64), got %q", k)
+	case !p.Addr().Is6() || p.Addr().Is4In6():
+		c.add(at, "IPv4 clients are counted by address: write the address without a prefix length, got %q", k)
+	case p.Masked().String() != k:
+		c.add(at, "write the IPv6 prefix in canonical form, %q, got %q", p.Masked().String(), k)
 	}
 }
 
