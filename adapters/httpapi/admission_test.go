@@ -293,3 +293,39 @@ func TestStalledUploadCutOff(t *testing.T) {
 		t.Fatalf("a stalled upload: %d %s", resp.StatusCode, body)
 	}
 }
+
+// A failed job is told the same way on every path: the synchronous answer's
+// detail is what an async (or recovered) job's record says.
+func TestOneMappingForFailures(t *testing.T) {
+	api, _, runner := runnerStack(t, "resource: zimage_generate\n", httpapi.Config{JobTimeout: time.Minute})
+	for _, tc := range []struct {
+		name   string
+		err    error
+		status int
+		detail string
+	}{
+		{"execution", &comfyui.ExecutionError{ExceptionType: "RuntimeError", ExceptionMessage: "boom"}, 502, "boom"},
+		{"interrupted", fmt.Errorf("%w (prompt p)", comfyui.ErrInterrupted), 502, "the job was interrupted on the image backend"},
+		{"timeout", context.DeadlineExceeded, 504, "the job did not finish within 1m0s"},
+		{"unavailable", errors.New("dial tcp 10.0.0.5:8188: connection refused"), 502, "the image backend could not run the job"},
+		{"busy", &httpapi.BusyError{Reason: "queue full", RetryAfter: time.Second}, 503, "no GPU slot: queue full"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runner.set(func(context.Context, httpapi.Job) (*comfyui.Result, error) { return nil, tc.err })
+			rec := serve(api, generateRequest(`{"prompt": "a lighthouse"}`), "192.0.2.1:1")
+			p := problemOf(t, rec.Body.Bytes())
+			if rec.Code != tc.status || !strings.Contains(p.Detail, tc.detail) || strings.Contains(p.Detail, "10.0.0.5") {
+				t.Fatalf("synchronous answer %d %+v, want %d saying %q", rec.Code, p, tc.status, tc.detail)
+			}
+			record := httpapi.JobFailed(context.Background(), slog.New(slog.DiscardHandler), "zimage_generate", tc.err, time.Minute)
+			if record == nil || record.Error() != p.Detail {
+				t.Fatalf("the async record says %v, the synchronous answer %q", record, p.Detail)
+			}
+		})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := httpapi.JobFailed(ctx, slog.New(slog.DiscardHandler), "zimage_generate", context.Canceled, time.Minute); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled job's record: %v", err)
+	}
+}

@@ -47,6 +47,12 @@ type serveFlags struct {
 	logLevel       string
 	logFormat      string
 
+	// Client identity and upload fairness.
+	ipv6Prefix       int
+	uploadsPerClient int
+	uploadMinRate    int64
+	uploadGrace      time.Duration
+
 	etcd       etcdFlags
 	etcdListen string
 	dataDir    string
@@ -80,7 +86,11 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "longest a ComfyUI job may run")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
 	fs.Int64Var(&f.maxImageBytes, "max-image-bytes", imageinput.DefaultLimits().MaxBytes, "largest accepted upload, in bytes")
-	fs.IntVar(&f.maxUploads, "max-uploads", 16, "uploads read and checked at once; beyond, DDColor requests get 503")
+	fs.IntVar(&f.maxUploads, "max-uploads", 16, "uploads read, checked and prepared at once (not while their jobs run); beyond, DDColor requests get 503")
+	fs.IntVar(&f.uploadsPerClient, "max-uploads-per-client", 0, "uploads one client may have in those slots at once; beyond, 429 (0: a quarter of --max-uploads, at least 1)")
+	fs.Int64Var(&f.uploadMinRate, "upload-min-rate", 16<<10, "slowest an upload may arrive after --upload-grace, in bytes/s; slower ones are cut off with 408 (negative: no minimum)")
+	fs.DurationVar(&f.uploadGrace, "upload-grace", 10*time.Second, "time an upload has before --upload-min-rate applies")
+	fs.IntVar(&f.ipv6Prefix, "ipv6-prefix", 64, "prefix length that identifies an IPv6 client for per-origin rules, bans and fair queueing (1-128)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&f.etcd.endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (none: start an embedded etcd)")
@@ -123,6 +133,13 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	}
 	if f.simVRAMUsed < 0 || f.simVRAMUsed > 1 {
 		return nil, fs, &usageError{fmt.Sprintf("--sim-vram-used: want a fraction between 0 and 1, got %v", f.simVRAMUsed)}
+	}
+	if f.ipv6Prefix < 1 || f.ipv6Prefix > 128 {
+		return nil, fs, &usageError{fmt.Sprintf("--ipv6-prefix: want a prefix length from 1 to 128, got %d", f.ipv6Prefix)}
+	}
+	if f.uploadMinRate == 0 || f.uploadGrace <= 0 || f.uploadsPerClient < 0 {
+		return nil, fs, &usageError{fmt.Sprintf("--upload-min-rate must not be 0 (negative: no minimum), --upload-grace must be > 0, --max-uploads-per-client >= 0; got %d, %s, %d",
+			f.uploadMinRate, f.uploadGrace, f.uploadsPerClient)}
 	}
 	if f.protectReads && f.adminToken == "" {
 		return nil, fs, &usageError{"--protect-reads needs --admin-token or $SLUICE_ADMIN_TOKEN"}
@@ -259,6 +276,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxUploads:     f.maxUploads,
 		AsyncJobs:      async,
 		Webhooks:       f.webhookSecret != "",
+
+		UploadsPerClient: f.uploadsPerClient,
+		UploadMinRate:    f.uploadMinRate,
+		UploadGrace:      f.uploadGrace,
+		IPv6Prefix:       f.ipv6Prefix,
 	})
 	if err != nil {
 		return err
@@ -278,7 +300,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if f.adminToken == "" {
-		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply)")
+		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply) and simulator control")
 	}
 	api.Router().GET("/metrics", gin.WrapH(metrics.Handler()))
 
