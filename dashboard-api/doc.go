@@ -41,7 +41,9 @@
 //	502, 504                           etcd failed, or did not answer in 10 s
 //
 // Writes always need Authorization: Bearer <AdminToken>; with no AdminToken
-// they are refused, never open. With ProtectReads the GET /api/ endpoints
+// they are refused, never open: rule writes and the simulator's
+// PUT /api/simulator/vram alike. With ProtectReads the GET /api/ endpoints
 // need it too; /healthz and /readyz stay open. Errors are RFC 9457 problem
-// bodies (application/problem+json) like the public API's.
+// bodies (application/problem+json) written by the public API's writer
+// (package problem); JSON bodies are decoded with exact keys.
 package dashboardapi

@@ -28,7 +28,8 @@ type Runner interface {
 // weighs, for a Runner that shares the GPUs fairly.
 type Job struct {
 	comfyui.Job
-	// Tenant is who asked: the client IP, until API keys arrive.
+	// Tenant is who asked: the client's origin (its IPv4 address or IPv6
+	// prefix, see Origin), until API keys arrive.
 	Tenant string
 	// Cost is the job's weight, as the engine admitted it.
 	Cost int
