@@ -135,7 +135,7 @@ func (w *fakeWriter) Calls() []string {
 const flowDoc = "resource: ddcolor_person\nflow: [{threshold: 5}]\n"
 
 func TestOperatorAPI(t *testing.T) {
-	eng := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 1}]\n---\nsystem: {load: 9}\n", engine.Options{})
+	eng := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 1}]\n---\nsystem: {concurrency: 9}\n", engine.Options{})
 	r := newRouter(t, dashboardapi.Config{Engine: eng, Source: "r.yaml"})
 
 	get := func(path string, want int) map[string]any {
@@ -160,13 +160,13 @@ func TestOperatorAPI(t *testing.T) {
 	if first["source"] != "r.yaml#1" || flow["window"] != "1s" || flow["behavior"] != "reject" {
 		t.Fatalf("first document, defaults filled in: %v", first)
 	}
-	if sys := docsOut[1].(map[string]any); sys["resource"] != "system" || sys["system"].(map[string]any)["load"] != 9.0 {
+	if sys := docsOut[1].(map[string]any); sys["resource"] != "system" || sys["system"].(map[string]any)["concurrency"] != 9.0 {
 		t.Fatalf("system document: %v", sys)
 	}
 	if one := get("/api/rules/ddcolor_person", 200); one["resource"] != "ddcolor_person" {
 		t.Fatalf("one resource: %v", one)
 	}
-	if sys := get("/api/rules/system", 200); sys["source"] != "r.yaml#2" || sys["system"].(map[string]any)["load"] != 9.0 {
+	if sys := get("/api/rules/system", 200); sys["source"] != "r.yaml#2" || sys["system"].(map[string]any)["concurrency"] != 9.0 {
 		t.Fatalf("/api/rules/system: %v", sys)
 	}
 	if none := get("/api/rules/zimage_generate", 200); none["rules"] != nil {

@@ -140,8 +140,9 @@ type System struct {
 	Concurrency int `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
 	// InboundQPS caps inbound admissions per second over all resources.
 	InboundQPS float64 `json:"inbound_qps,omitempty" yaml:"inbound_qps,omitempty"`
-	// CPUUsage is the machine's CPU busy fraction (0–1] above which
-	// requests are refused.
+	// CPUUsage is the gateway's own CPU busy fraction (0–1] above which
+	// requests are refused: its cgroup v2's CPU time over the CPUs the
+	// cgroup may use, or the process's over the CPUs it may run on.
 	CPUUsage float64 `json:"cpu_usage,omitempty" yaml:"cpu_usage,omitempty"`
 }
 

@@ -246,7 +246,7 @@ func validateSystem(c *errs, s *System) {
 		if s.CPUUsage > 1 && s.CPUUsage <= 100 {
 			hint = fmt.Sprintf(" (did you mean %v?)", s.CPUUsage/100)
 		}
-		c.add("system.cpu_usage", "must be a fraction of the machine between 0 and 1 (0 is off), got %v%s", s.CPUUsage, hint)
+		c.add("system.cpu_usage", "must be a fraction of the gateway's CPUs between 0 and 1 (0 is off), got %v%s", s.CPUUsage, hint)
 	}
 }
 

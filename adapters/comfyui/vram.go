@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // BaseURL is the ComfyUI server the client talks to.
@@ -49,19 +50,12 @@ type GPUReporter interface {
 
 var _ GPUReporter = (*engine.Engine)(nil)
 
-// Clock tells the time of samples.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // VRAMWatcher samples a backend's GPUs every Interval and reports them.
 type VRAMWatcher struct {
 	Client   *Client
 	Reporter GPUReporter
 	Interval time.Duration // default 2s
-	Clock    Clock         // default the system clock
+	Clock    clock.Clock   // default the system clock
 	Logger   *slog.Logger
 }
 
@@ -71,14 +65,11 @@ func (w *VRAMWatcher) Source() string { return "comfyui " + w.Client.BaseURL() }
 // SampleOnce reads the backend once and reports what it saw (or that it
 // could not).
 func (w *VRAMWatcher) SampleOnce(ctx context.Context) {
-	clock := w.Clock
-	if clock == nil {
-		clock = systemClock{}
-	}
+	clk := clock.Or(w.Clock)
 	interval := w.interval()
 	sctx, cancel := context.WithTimeout(ctx, interval)
 	defer cancel()
-	gpus, err := w.Client.GPUs(sctx, clock.Now())
+	gpus, err := w.Client.GPUs(sctx, clk.Now())
 	if err != nil && w.Logger != nil {
 		w.Logger.Debug("reading GPU memory from ComfyUI failed", slog.String("backend", w.Client.BaseURL()), slog.Any("error", err))
 	}

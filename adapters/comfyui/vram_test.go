@@ -9,6 +9,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 type report struct {
@@ -28,10 +29,6 @@ func (r *recorder) ReportGPUs(source string, gpus []engine.GPU, err error) {
 	r.mu.Unlock()
 }
 
-type fixedClock struct{ t time.Time }
-
-func (c fixedClock) Now() time.Time { return c.t }
-
 func TestVRAMWatcherReadsSystemStats(t *testing.T) {
 	const total = 16 << 30
 	srv := comfyuitest.NewServer(comfyuitest.Options{Devices: []comfyuitest.Device{
@@ -45,7 +42,7 @@ func TestVRAMWatcherReadsSystemStats(t *testing.T) {
 	}
 	rec := &recorder{}
 	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
-	w := &comfyui.VRAMWatcher{Client: client, Reporter: rec, Clock: fixedClock{now}}
+	w := &comfyui.VRAMWatcher{Client: client, Reporter: rec, Clock: clock.NewFake(now)}
 	w.SampleOnce(context.Background())
 	srv.SetVRAMFree(0, total/10)
 	w.SampleOnce(context.Background())

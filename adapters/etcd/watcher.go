@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -22,19 +23,12 @@ type Applier interface {
 	Apply(*rules.Set) error
 }
 
-// Clock tells the time of applies and rejections.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // WatcherConfig configures a Watcher.
 type WatcherConfig struct {
 	Store  *Store
 	Engine Applier
 	Logger *slog.Logger
-	Clock  Clock
+	Clock  clock.Clock
 	// MinBackoff and MaxBackoff bound the wait between attempts to list
 	// again after a failure (defaults 100ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
@@ -45,7 +39,7 @@ type Watcher struct {
 	store    *Store
 	eng      Applier
 	log      *slog.Logger
-	clock    Clock
+	clock    clock.Clock
 	min, max time.Duration
 
 	// values is etcd's view as last seen; owned by Run.
@@ -90,7 +84,7 @@ func NewWatcher(cfg WatcherConfig) *Watcher {
 		store:   cfg.Store,
 		eng:     cfg.Engine,
 		log:     cfg.Logger,
-		clock:   cfg.Clock,
+		clock:   clock.Or(cfg.Clock),
 		min:     cfg.MinBackoff,
 		max:     cfg.MaxBackoff,
 		changed: make(chan struct{}),
@@ -98,9 +92,6 @@ func NewWatcher(cfg WatcherConfig) *Watcher {
 	}
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
-	}
-	if w.clock == nil {
-		w.clock = systemClock{}
 	}
 	if w.min <= 0 {
 		w.min = 100 * time.Millisecond

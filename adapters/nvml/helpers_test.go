@@ -12,10 +12,6 @@ import (
 
 var testNow = time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
 
-type fixedClock struct{ t time.Time }
-
-func (c fixedClock) Now() time.Time { return c.t }
-
 type report struct {
 	source string
 	gpus   []engine.GPU

@@ -13,6 +13,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 const gib = 1 << 30
@@ -74,7 +75,7 @@ func mockNVML(initRet gonvml.Return, devs ...*device) *mock.Interface {
 
 func mockSampler(lib gonvml.Interface, cfg Config) *Sampler {
 	if cfg.Clock == nil {
-		cfg.Clock = fixedClock{testNow}
+		cfg.Clock = clock.NewFake(testNow)
 	}
 	return newSampler(nvmlLibrary{lib}, cfg)
 }

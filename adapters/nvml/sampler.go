@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // Source is the name samples are reported under.
@@ -26,13 +27,6 @@ type Reporter interface {
 
 var _ Reporter = (*engine.Engine)(nil)
 
-// Clock tells the time of samples.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Sampler.
 type Config struct {
 	// Reporter receives Run's samples; required by Run.
@@ -40,7 +34,7 @@ type Config struct {
 	// Interval is the time between samples in Run; default 2s.
 	Interval time.Duration
 	// Clock stamps SampledAt; default the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// Logger; default discards.
 	Logger *slog.Logger
 }
@@ -64,7 +58,7 @@ type Sampler struct {
 	lib       library
 	reporter  Reporter
 	interval  time.Duration
-	clock     Clock
+	clock     clock.Clock
 	log       *slog.Logger
 	newTicker func(time.Duration) (<-chan time.Time, func())
 
@@ -83,15 +77,12 @@ func newSampler(lib library, cfg Config) *Sampler {
 		lib:       lib,
 		reporter:  cfg.Reporter,
 		interval:  cfg.Interval,
-		clock:     cfg.Clock,
+		clock:     clock.Or(cfg.Clock),
 		log:       cfg.Logger,
 		newTicker: systemTicker,
 	}
 	if s.interval <= 0 {
 		s.interval = 2 * time.Second
-	}
-	if s.clock == nil {
-		s.clock = systemClock{}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
@@ -139,7 +140,7 @@ func TestSampleOnceHonoursContext(t *testing.T) {
 func TestRealLibrary(t *testing.T) {
 	rec := &reporter{}
 	lg := &logs{}
-	s := New(Config{Reporter: rec, Logger: slog.New(lg), Clock: fixedClock{testNow}})
+	s := New(Config{Reporter: rec, Logger: slog.New(lg), Clock: clock.NewFake(testNow)})
 	defer s.Close()
 	gpus, err := s.SampleOnce(context.Background())
 	if err != nil {

@@ -41,7 +41,7 @@ func newEngineCollector(eng *engine.Engine, rulesInfo func() RulesInfo) *engineC
 		pressureActive: desc("gpu_pressure_active", "1 while the GPU rule refuses or tightens because a GPU is under pressure."),
 		tightenFactor:  desc("gpu_tighten_factor", "Factor flow thresholds are scaled by; 1 unless a tighten pressure is active."),
 		sourceUp:       desc("gpu_source_up", "1 when the GPU source's last read succeeded.", "source"),
-		cpuUsage:       desc("cpu_usage_ratio", "The machine's CPU busy fraction, 0–1, as the engine last sampled it."),
+		cpuUsage:       desc("cpu_usage_ratio", "The gateway's own CPU busy fraction (its cgroup's or its process's), 0–1, as the engine last sampled it."),
 		load1:          desc("load1", "The machine's 1-minute load average."),
 		rulesRevision:  desc("rules_revision", "The etcd revision of the rules in force."),
 		rulesReject:    desc("rule_updates_rejected_total", "Rule updates refused as invalid; the last good rules stayed in force."),

@@ -175,7 +175,7 @@ func TestGPUMetrics(t *testing.T) {
 	eng.ReportGPUs("comfyui http://gpu-2:8188", nil, errors.New("connection refused"))
 	eng.ReportGPUs("nvml", []engine.GPU{local(40, 0.7)}, nil)
 
-	const want = `# HELP sluice_cpu_usage_ratio The machine's CPU busy fraction, 0–1, as the engine last sampled it.
+	const want = `# HELP sluice_cpu_usage_ratio The gateway's own CPU busy fraction (its cgroup's or its process's), 0–1, as the engine last sampled it.
 # TYPE sluice_cpu_usage_ratio gauge
 sluice_cpu_usage_ratio 0.25
 # HELP sluice_gpu_memory_total_bytes GPU memory in all.

@@ -1,0 +1,15 @@
+//go:build !unix
+
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+)
+
+// processCPUTime is not implemented here: the CPU rule then never refuses.
+func processCPUTime() (time.Duration, error) {
+	return 0, fmt.Errorf("process cpu time on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+}
