@@ -117,3 +117,29 @@ func TestDecodeObjectPassesTheBodyCapOn(t *testing.T) {
 type readCloser struct{ *strings.Reader }
 
 func (readCloser) Close() error { return nil }
+
+// FuzzDecodeObject checks DecodeObject against encoding/json: what it
+// accepts is one valid JSON object whose keys are exactly the fields'.
+func FuzzDecodeObject(f *testing.F) {
+	f.Add(`{"prompt": "a kite", "width": 512}`)
+	f.Add(`{"PROMPT": "x"}`)
+	f.Add(`{"prompt": "x", "prompt": "y"}`)
+	f.Add(`{"width": 5.5} {}`)
+	f.Add(`{"seed": null, "used_ratio": 0.5}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		if _, err := decode(body); err != nil {
+			return
+		}
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(body), &obj); err != nil {
+			t.Fatalf("accepted %q, which encoding/json refuses: %v", body, err)
+		}
+		for k := range obj {
+			switch k {
+			case "prompt", "width", "seed", "used_ratio":
+			default:
+				t.Fatalf("accepted %q with the key %q", body, k)
+			}
+		}
+	})
+}
