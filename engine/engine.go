@@ -105,7 +105,6 @@ type resource struct {
 type state struct {
 	set      *rules.Set
 	res      map[string]*resState
-	system   []*system.Rule
 	cpuLimit float64
 	cpuRule  *ownRule
 	gpuRule  *ownRule // the GPU rule under reject; nil without one
@@ -119,6 +118,8 @@ type resState struct {
 	// Which of sentinel-golang's slots have rules for this resource: the
 	// others are skipped, sparing their per-call allocations.
 	hasSystem, hasHotspot bool
+
+	system []*system.Rule // the system document's rules but CPU, shared by every resource
 
 	concurrency     int64 // jobs in flight; 0 is off
 	concurrencyRule *ownRule
@@ -255,9 +256,9 @@ func (e *Engine) Apply(set *rules.Set) error {
 	defer e.applyMu.Unlock()
 	st := &state{set: set, res: make(map[string]*resState, len(rules.Resources))}
 	s := set.Sentinel(e.sentinelName)
-	st.system = s.System
 	for _, name := range rules.Resources {
 		rs := e.compileResource(name, set.Resources[name], set.GPU)
+		rs.system = s.System
 		rs.hasSystem = len(s.System) > 0
 		st.res[name] = rs
 	}
@@ -365,7 +366,6 @@ type Call struct {
 // Token is an admitted call. Exit it exactly once, when the work it guards
 // ends.
 type Token struct {
-	e      *Engine
 	res    *resState
 	entry  *base.SentinelEntry
 	args   [3]any
@@ -413,7 +413,7 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 	if r == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownResource, c.Resource)
 	}
-	tok := &Token{e: e}
+	tok := &Token{}
 	rs, res, entry := e.admit(r, tok, &c)
 	if res.IsBlocked() {
 		ref := e.refusal(rs, c, res.BlockError())

@@ -101,11 +101,7 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		ref.Rule = rule.ID
 		ref.Threshold = rule.Threshold
 		ref.Window = time.Duration(rule.StatIntervalInMs) * time.Millisecond
-		ref.RetryAfter = ref.Window
-		if rule.ControlBehavior == flow.Throttling {
-			// Paced: one admission every window/threshold.
-			ref.RetryAfter = time.Duration(float64(ref.Window) / rule.Threshold)
-		}
+		ref.RetryAfter = ref.Window // throttle rules are the engine's own: see paceSlot
 	case *hotspot.Rule:
 		ref.Kind = KindHotspot
 		ref.Rule = rule.ID

@@ -107,7 +107,7 @@ func (s *systemSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 		return nil
 	}
 	in := s.e.inbound
-	for _, r := range s.e.state.Load().system {
+	for _, r := range tok.res.system {
 		var v float64
 		var over bool
 		switch r.MetricType {
