@@ -82,7 +82,7 @@ func (idleCPU) CPUUsage() (float64, error) { return 0, nil }
 // already full, so every refusal evicts: the cost per new origin must not
 // grow with the table.
 func BenchmarkBanTableNewOrigin(b *testing.B) {
-	for _, size := range []int{1 << 10, banTableSize} {
+	for _, size := range []int{1 << 10, 1 << 13, banTableSize} {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
 			c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 			t := newBanTable(c, size)
