@@ -168,11 +168,21 @@ func TestTwoEnginesEnforceTheirOwnRules(t *testing.T) {
 	if ra[0].Kind != engine.KindSystem && ra[0].Kind != engine.KindFlow {
 		t.Fatalf("a refused by %s", ra[0].Kind)
 	}
-	if _, err := engine.New(engine.Options{Namespace: "shared/", CPU: &fakeCPU{}}, nil); err != nil {
+	ns := t.Name() + "/shared/"
+	first, err := engine.New(engine.Options{Namespace: ns, CPU: &fakeCPU{}}, nil)
+	if err != nil {
 		t.Fatal(err)
-	} else if _, err := engine.New(engine.Options{Namespace: "shared/", CPU: &fakeCPU{}}, nil); err == nil {
-		t.Fatal("a second live engine in namespace shared/ was accepted")
 	}
+	if second, err := engine.New(engine.Options{Namespace: ns, CPU: &fakeCPU{}}, nil); err == nil {
+		second.Close()
+		t.Fatalf("a second live engine in namespace %s was accepted", ns)
+	}
+	first.Close()
+	again, err := engine.New(engine.Options{Namespace: ns, CPU: &fakeCPU{}}, nil)
+	if err != nil {
+		t.Fatalf("the namespace of a closed engine: %v", err)
+	}
+	again.Close()
 }
 
 func TestClosingOneEngineLeavesTheOtherRules(t *testing.T) {
