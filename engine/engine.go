@@ -415,7 +415,7 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 	}
 	tok := &Token{}
 	rs, res, entry := e.admit(r, tok, &c)
-	if res.IsBlocked() {
+	if blocked(res) {
 		ref := e.refusal(rs, c, res.BlockError())
 		entry.Exit()
 		e.refused(rs, c, ref)
@@ -458,11 +458,16 @@ func (e *Engine) admit(r *resource, tok *Token, c *Call) (*resState, *base.Token
 	entry := base.NewSentinelEntry(sctx, r.wrapper, e.chain)
 	sctx.SetEntry(entry)
 	res := e.chain.Entry(sctx)
-	if !res.IsBlocked() {
+	if !blocked(res) {
 		r.inFlight.Add(1)
 	}
 	return rs, res, entry
 }
+
+// blocked reports whether the chain refused the call. A nil result (the
+// chain recovered from a panic of sentinel-golang's) admits, as
+// sentinel-golang's own Entry does.
+func blocked(res *base.TokenResult) bool { return res != nil && res.IsBlocked() }
 
 // Precheck refuses a call whose origin is banned from the resource, before
 // the caller has spent anything on it — before an upload is even read. It
