@@ -360,3 +360,18 @@ flow: [{threshold: 2, window: 1s, behavior: throttle, max_queue: 400ms}]
 		t.Error("a throttle refusal is the resource's rate, not overload")
 	}
 }
+
+func TestSystemRulesArePerEngine(t *testing.T) {
+	a := newEngine(t, "system: {concurrency: 1}\n", engine.Options{})
+	b := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 100}]\n", engine.Options{})
+	call := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1"}
+	ta, ra := burst(t, a, 3, call)
+	tb, _ := burst(t, b, 3, call)
+	defer exitAll(append(ta, tb...))
+	if len(ta) != 1 || ra[0].Kind != engine.KindSystem || ra[0].Rule != "system/concurrency" {
+		t.Fatalf("engine a under system concurrency 1: admitted %d, refusals %+v", len(ta), ra)
+	}
+	if len(tb) != 3 {
+		t.Fatalf("engine b, without system rules, admitted %d of 3: a's system rule reached it", len(tb))
+	}
+}
