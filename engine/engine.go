@@ -115,8 +115,8 @@ type resState struct {
 	*resource
 	rules    *rules.Resource // nil when the resource has no document
 	needArgs bool            // hotspot or ban rules read the origin and size
-	// Which of sentinel-golang's slots have rules for this resource: the
-	// others are skipped, sparing their per-call allocations.
+	// Whether the system and hotspot slots have rules for this resource:
+	// they are skipped otherwise, sparing their per-call work.
 	hasSystem, hasHotspot bool
 
 	system []*system.Rule // the system document's rules but CPU, shared by every resource
