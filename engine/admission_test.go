@@ -375,3 +375,27 @@ func TestSystemRulesArePerEngine(t *testing.T) {
 		t.Fatalf("engine b, without system rules, admitted %d of 3: a's system rule reached it", len(tb))
 	}
 }
+
+func TestHotspotRetryAfterIsExact(t *testing.T) {
+	c := clock.NewFake(t0)
+	e := newEngine(t, "resource: ddcolor_person\nhotspot: [{param: origin, threshold: 2, window: 10s}]\n", engine.Options{Clock: c})
+	call := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1"}
+	toks, _ := burst(t, e, 2, call) // the bucket filled at t0, now empty
+	exitAll(toks)
+	c.Advance(3 * time.Second)
+	_, refs := burst(t, e, 1, call)
+	// It refills at the first call more than 10 s after t0: t0+10.001s.
+	if len(refs) != 1 || refs[0].RetryAfter != 7*time.Second+time.Millisecond {
+		t.Fatalf("refused 3 s after the bucket filled: %+v, want retry after 7.001s", refs)
+	}
+	c.Advance(7 * time.Second)
+	if _, refs := burst(t, e, 1, call); len(refs) != 1 {
+		t.Fatal("admitted at exactly one window after the fill: sentinel-golang refills only after more than a window")
+	}
+	c.Advance(time.Millisecond)
+	toks, _ = burst(t, e, 1, call)
+	exitAll(toks)
+	if len(toks) != 1 {
+		t.Fatal("refused at the retry time")
+	}
+}
