@@ -16,7 +16,7 @@
 // flow and hotspot slots between the engine's own: bans of origins that
 // keep exceeding their own per-origin hotspot limit, the system rules
 // (load, average response time, jobs in flight, inbound rate, all per job
-// and per engine), the machine's CPU usage, GPU pressure, concurrency (jobs
+// and per engine), the gateway's own CPU usage, GPU pressure, concurrency (jobs
 // in flight, whatever their cost) and, last, throttle pacing, whose wait
 // happens outside the lock and ends with ctx. Every threshold is exact, and
 // stays so across Apply: each resource keeps its lock, in-flight count and

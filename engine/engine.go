@@ -35,8 +35,8 @@ type Options struct {
 	// windows and hotspot buckets follow its own process-wide clock: tests
 	// set it to the same clock with util.SetClock(clock.Sentinel(c)).
 	Clock clock.Clock
-	// CPU reports the machine's CPU usage; the whole machine's, sampled
-	// with gopsutil, by default.
+	// CPU reports the gateway's CPU usage; by default its own share: its
+	// cgroup v2's, else its process's (never the whole host's).
 	CPU CPUSource
 	// CPUInterval is how often CPU is sampled (default 1s).
 	CPUInterval time.Duration

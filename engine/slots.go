@@ -131,7 +131,7 @@ func (s *systemSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	return nil
 }
 
-// cpuSlot refuses inbound calls while the machine's CPU usage is above the
+// cpuSlot refuses inbound calls while the gateway's own CPU usage is above the
 // system document's cpu_usage.
 type cpuSlot struct{ e *Engine }
 
@@ -146,7 +146,7 @@ func (s *cpuSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	if usage <= st.cpuLimit {
 		return nil
 	}
-	return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "machine cpu usage", st.cpuRule, usage)
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "gateway cpu usage", st.cpuRule, usage)
 }
 
 // concurrencySlot refuses a call while the resource has its concurrency in
