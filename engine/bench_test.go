@@ -8,6 +8,7 @@ import (
 	"github.com/alibaba/sentinel-golang/core/base"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // The benchmarks put Guard+Exit beside bare sentinel-golang Entry+Exit on
@@ -32,7 +33,7 @@ system: {concurrency: 1000000, cpu_usage: 1}
 )
 
 func benchGuard(b *testing.B, src string, wantPass bool) {
-	e := newEngine(b, src, engine.Options{Namespace: b.Name() + "/"})
+	e := newEngine(b, src, engine.Options{Namespace: b.Name() + "/", Clock: clock.System{}})
 	call := engine.Call{Resource: "ddcolor_person", Origin: "198.51.100.4", Size: 512}
 	ctx := context.Background()
 	if tok, err := e.Guard(ctx, call); err == nil {
@@ -80,7 +81,7 @@ func BenchmarkPassAllRules(b *testing.B) {
 }
 
 func benchBareNamed(b *testing.B, src string, wantPass bool) {
-	newEngine(b, src, engine.Options{Namespace: b.Name() + "/"})
+	newEngine(b, src, engine.Options{Namespace: b.Name() + "/", Clock: clock.System{}})
 	name := b.Name() + "/ddcolor_person"
 	if entry, blocked := api.Entry(name, api.WithTrafficType(base.Inbound)); blocked == nil {
 		entry.Exit()
@@ -99,7 +100,7 @@ func benchBareNamed(b *testing.B, src string, wantPass bool) {
 }
 
 func benchBareArgs(b *testing.B, src string) {
-	newEngine(b, src, engine.Options{Namespace: b.Name() + "/"})
+	newEngine(b, src, engine.Options{Namespace: b.Name() + "/", Clock: clock.System{}})
 	name := b.Name() + "/ddcolor_person"
 	b.ReportAllocs()
 	b.ResetTimer()

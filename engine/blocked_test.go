@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 const blockedRules = `resource: ddcolor_person
@@ -17,7 +18,7 @@ ban: {blocks: 2, within: 10s, for: 1m}
 
 func TestBlockedRecordsRefusals(t *testing.T) {
 	t0 := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
-	clock := &fakeClock{now: t0}
+	clock := clock.NewFake(t0)
 	e := newEngine(t, blockedRules, engine.Options{Clock: clock})
 	if got := e.Blocked(10); got == nil || len(got) != 0 {
 		t.Fatalf("before any refusal: %#v, want an empty slice", got)
@@ -84,12 +85,12 @@ func TestBlockedWrapsAround(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t0 := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
-			clock := &fakeClock{now: t0}
+			clock := clock.NewFake(t0)
 			e := newEngine(t, "resource: zimage_generate\nflow: [{threshold: 1, window: 10s}]\n", engine.Options{Clock: clock, BlockedLog: tc.capacity})
 			toks, _ := burst(t, e, 1, engine.Call{Resource: "zimage_generate"})
 			defer exitAll(toks)
 			for i := range tc.refusals {
-				clock.Advance(time.Second)
+				clock.Advance(time.Millisecond) // all within the flow window
 				if _, refs := burst(t, e, 1, engine.Call{Resource: "zimage_generate", Origin: fmt.Sprint("192.0.2.", i%250), Size: i}); len(refs) != 1 {
 					t.Fatalf("call %d admitted", i)
 				}
@@ -100,7 +101,7 @@ func TestBlockedWrapsAround(t *testing.T) {
 			}
 			for j, b := range got {
 				i := tc.refusals - 1 - j // the refusal this entry must be
-				if b.Size != i || b.Time != t0.Add(time.Duration(i+1)*time.Second) || b.Kind != engine.KindFlow || b.Rule != "zimage_generate/flow[0]" {
+				if b.Size != i || b.Time != t0.Add(time.Duration(i+1)*time.Millisecond) || b.Kind != engine.KindFlow || b.Rule != "zimage_generate/flow[0]" {
 					t.Fatalf("entry %d = %+v, want refusal %d", j, b, i)
 				}
 			}

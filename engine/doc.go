@@ -12,12 +12,18 @@
 //	// ... run the GPU job ...
 //	tok.Exit(jobErr) // when the job ends: RT is the real job time
 //
-// Guard runs a slot chain of sentinel-golang's own slots (system, flow,
-// concurrency, hotspot) plus the engine's: temporary bans of origins that
-// keep getting refused, and the machine's CPU usage (sentinel-golang's own
-// CpuUsage rule measures the process against a fraction and cannot be used).
+// Guard runs, under the resource's lock, a slot chain of sentinel-golang's
+// flow and hotspot slots between the engine's own: bans of origins that
+// keep exceeding their own per-origin hotspot limit, the system rules
+// (load, average response time, jobs in flight, inbound rate, all per job
+// and per engine), the gateway's own CPU usage, GPU pressure, concurrency (jobs
+// in flight, whatever their cost) and, last, throttle pacing, whose wait
+// happens outside the lock and ends with ctx. Every threshold is exact, and
+// stays so across Apply: each resource keeps its lock, in-flight count and
+// pacing; only the rules change.
 //
-// sentinel-golang keeps rules and statistics in package state, so a process
-// runs one Engine at a time; Options.Namespace keeps the statistics of
-// engines that follow one another (tests) apart.
+// sentinel-golang keeps rules and statistics in package state. The engine
+// loads the union of the rules of every live Engine, each under its own
+// Options.Namespace, so engines in one process each enforce their own; New
+// refuses a namespace that a live engine holds.
 package engine

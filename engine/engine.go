@@ -15,10 +15,10 @@ import (
 	"github.com/alibaba/sentinel-golang/core/config"
 	"github.com/alibaba/sentinel-golang/core/flow"
 	"github.com/alibaba/sentinel-golang/core/hotspot"
-	"github.com/alibaba/sentinel-golang/core/isolation"
 	"github.com/alibaba/sentinel-golang/core/stat"
 	"github.com/alibaba/sentinel-golang/core/system"
 
+	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -26,29 +26,24 @@ import (
 // does not know.
 var ErrUnknownResource = errors.New("unknown resource")
 
-// Clock tells the time. The engine reads it for bans; tests inject one.
-type Clock interface {
-	Now() time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Options configure an Engine. The zero value is usable.
 type Options struct {
 	// Logger receives the engine's and sentinel-golang's logs.
 	Logger *slog.Logger
-	// Clock drives bans; the system clock by default.
-	Clock Clock
-	// CPU reports the machine's CPU usage; the whole machine's, sampled
-	// with gopsutil, by default.
+	// Clock drives bans, throttle pacing, response times and the log of
+	// refusals; the system clock by default. sentinel-golang's sliding
+	// windows and hotspot buckets follow its own process-wide clock: tests
+	// set it to the same clock with util.SetClock(clock.Sentinel(c)).
+	Clock clock.Clock
+	// CPU reports the gateway's CPU usage; by default its own share: its
+	// cgroup v2's, else its process's (never the whole host's).
 	CPU CPUSource
 	// CPUInterval is how often CPU is sampled (default 1s).
 	CPUInterval time.Duration
-	// Namespace prefixes the sentinel-golang resource names, whose
-	// statistics live as long as the process: tests give each engine its
-	// own. Empty in production.
+	// Namespace prefixes the sentinel-golang resource names. sentinel-golang
+	// keeps rules and statistics process-wide: engines alive at the same
+	// time need distinct namespaces (New refuses a namespace in use). Empty
+	// in production.
 	Namespace string
 	// BlockedLog is how many recent refusals Blocked can return (default
 	// DefaultBlockedLog).
@@ -59,14 +54,20 @@ type Options struct {
 // use; Apply may run while Guard does.
 type Engine struct {
 	log     *slog.Logger
-	clock   Clock
+	clock   clock.Clock
 	ns      string
 	chain   *base.SlotChain
 	state   atomic.Pointer[state]
 	applyMu sync.Mutex
-	bans    *banTracker
+	bans    *banTable
 	blocked *blockedLog
-	stats   map[string]*resStats
+	// res holds each resource's lock, in-flight count, pacing and
+	// statistics: built once, kept across Apply, so that a rule swap never
+	// runs two admissions of a resource under different locks or counters.
+	res map[string]*resource
+	// inbound is the engine's own figure of every admitted job, per job,
+	// for the system rules.
+	inbound *stat.ResourceNode
 
 	gpu gpus
 
@@ -76,6 +77,28 @@ type Engine struct {
 	stop     chan struct{}
 	done     chan struct{}
 	closed   sync.Once
+}
+
+// resource is what a guarded resource keeps across rule swaps.
+type resource struct {
+	name    string
+	wrapper *base.ResourceWrapper
+	// node is sentinel-golang's node of the resource: the flow rules count
+	// admissions there, weighted by cost.
+	node *stat.ResourceNode
+	// jobs counts per job, whatever its cost: admissions, completions,
+	// failures and response times, as Stats shows them.
+	jobs  *stat.ResourceNode
+	stats *resStats
+	// mu serialises admissions, making every threshold exact.
+	mu sync.Mutex
+	// inFlight counts admitted jobs not yet exited: checked and raised
+	// under mu, lowered once by Token.Exit.
+	inFlight atomic.Int64
+	// pace is, per throttle rule (by its index in the resource's flow
+	// list), the time in Unix nanoseconds of the last paced admission.
+	// Guarded by mu.
+	pace map[int]int64
 }
 
 // state is one compiled rule set: everything Guard needs, built at Apply.
@@ -89,27 +112,27 @@ type state struct {
 
 // resState is one resource's compiled rules.
 type resState struct {
-	name     string
-	wrapper  *base.ResourceWrapper
-	node     *stat.ResourceNode
+	*resource
 	rules    *rules.Resource // nil when the resource has no document
 	needArgs bool            // hotspot or ban rules read the origin and size
-	// Which of sentinel-golang's slots have rules for this resource: the
-	// others are skipped, sparing their per-call allocations.
-	hasSystem, hasHotspot, hasConcurrency bool
+	// Whether the system and hotspot slots have rules for this resource:
+	// they are skipped otherwise, sparing their per-call work.
+	hasSystem, hasHotspot bool
+
+	system []*system.Rule // the system document's rules but CPU, shared by every resource
+
+	concurrency     int64 // jobs in flight; 0 is off
+	concurrencyRule *ownRule
+
+	throttles []throttle
 
 	ban      *rules.BanRule
 	banRule  *ownRule
 	sizeCost map[int]uint32
 	sizeArgs map[int]any // boxed size strings, to spare an allocation per call
-	stats    *resStats
 	// flowChecks are the flow rules as the GPU slot checks them while a
 	// tighten pressure lasts.
 	flowChecks []flowCheck
-	// mu serialises admissions, making thresholds exact, unless throttled:
-	// see entry.
-	mu        sync.Mutex
-	throttled bool
 }
 
 // sentinelInit guards sentinel-golang's process-wide initialisation.
@@ -123,9 +146,7 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.Clock == nil {
-		opts.Clock = systemClock{}
-	}
+	opts.Clock = clock.Or(opts.Clock)
 	if opts.CPU == nil {
 		opts.CPU = newMachineCPU()
 	}
@@ -135,20 +156,32 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 	if err := initSentinel(opts.Logger); err != nil {
 		return nil, err
 	}
+	if err := sentinelRules.claim(opts.Namespace); err != nil {
+		return nil, err
+	}
 	e := &Engine{
 		log:      opts.Logger,
 		clock:    opts.Clock,
 		ns:       opts.Namespace,
-		bans:     newBanTracker(opts.Clock),
+		bans:     newBanTable(opts.Clock, banTableSize),
 		blocked:  newBlockedLog(opts.BlockedLog),
-		stats:    make(map[string]*resStats, len(rules.Resources)),
+		res:      make(map[string]*resource, len(rules.Resources)),
+		inbound:  stat.NewResourceNode(opts.Namespace+"(inbound)", base.ResTypeCommon),
 		cpuSrc:   opts.CPU,
 		cpuEvery: opts.CPUInterval,
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	for _, r := range rules.Resources {
-		e.stats[r] = newResStats()
+	for _, name := range rules.Resources {
+		sname := e.sentinelName(name)
+		e.res[name] = &resource{
+			name:    name,
+			wrapper: base.NewResourceWrapper(sname, base.ResTypeCommon, base.Inbound),
+			node:    stat.GetOrCreateResourceNode(sname, base.ResTypeCommon),
+			jobs:    stat.NewResourceNode(sname+"(jobs)", base.ResTypeCommon),
+			stats:   newResStats(),
+			pace:    make(map[int]int64),
+		}
 	}
 	e.gpu.sources = make(map[string]*gpuSourceState)
 	e.gpu.inPress = make(map[string]bool)
@@ -157,6 +190,7 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 		set = &rules.Set{Resources: map[string]*rules.Resource{}}
 	}
 	if err := e.Apply(set); err != nil {
+		sentinelRules.release(opts.Namespace, e.log)
 		return nil, err
 	}
 	e.SampleCPU()
@@ -165,7 +199,8 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 }
 
 // initSentinel initialises sentinel-golang once per process: logs through
-// slog, no files written, cached time, load sampled for system rules.
+// slog, no files written, cached time, load sampled for system rules, and
+// the engine's hotspot controller registered.
 func initSentinel(log *slog.Logger) error {
 	sentinelInit.once.Do(func() {
 		conf := config.NewDefaultConfig()
@@ -179,26 +214,33 @@ func initSentinel(log *slog.Logger) error {
 		conf.Sentinel.UseCacheTime = true
 		if err := api.InitWithConfig(conf); err != nil {
 			sentinelInit.err = fmt.Errorf("init sentinel-golang: %w", err)
+			return
+		}
+		if err := hotspot.SetTrafficShapingGenerator(hotspotBehavior, newHotspotController); err != nil {
+			sentinelInit.err = fmt.Errorf("register the hotspot controller: %w", err)
 		}
 	})
 	return sentinelInit.err
 }
 
-// buildChain is sentinel-golang's default chain without circuit breaking,
-// plus the engine's ban and CPU slots.
+// buildChain is sentinel-golang's flow and hotspot slots between the
+// engine's own: ban, system, CPU and GPU first, concurrency after flow and
+// throttle pacing last, so a paced call waits only once every other check
+// has passed. Statistics are the engine's own (per job, plus the cost the
+// flow rules count).
 func (e *Engine) buildChain() *base.SlotChain {
 	sc := base.NewSlotChain()
 	sc.AddStatPrepareSlot(stat.DefaultResourceNodePrepareSlot)
 	sc.AddRuleCheckSlot(&banSlot{e: e})
-	sc.AddRuleCheckSlot(gated{RuleCheckSlot: system.DefaultAdaptiveSlot, need: func(rs *resState) bool { return rs.hasSystem }})
+	sc.AddRuleCheckSlot(&systemSlot{e: e})
 	sc.AddRuleCheckSlot(&cpuSlot{e: e})
 	sc.AddRuleCheckSlot(&gpuSlot{e: e})
 	sc.AddRuleCheckSlot(flow.DefaultSlot)
 	sc.AddRuleCheckSlot(gated{RuleCheckSlot: hotspot.DefaultSlot, need: func(rs *resState) bool { return rs.hasHotspot }, order: hotspotSlotOrder})
-	sc.AddRuleCheckSlot(gated{RuleCheckSlot: isolation.DefaultSlot, need: func(rs *resState) bool { return rs.hasConcurrency }})
-	sc.AddStatSlot(stat.DefaultSlot)
+	sc.AddRuleCheckSlot(concurrencySlot{})
+	sc.AddRuleCheckSlot(&paceSlot{e: e})
+	sc.AddStatSlot(&statSlot{e: e})
 	sc.AddStatSlot(flow.DefaultStandaloneStatSlot)
-	sc.AddStatSlot(hotspot.DefaultConcurrencyStatSlot)
 	return sc
 }
 
@@ -206,7 +248,9 @@ func (e *Engine) sentinelName(resource string) string { return e.ns + resource }
 
 // Apply replaces the rule set. set must come from rules.Build, so every rule
 // is valid; Apply compiles everything first and then switches each rule
-// kind, keeping the previous rules if sentinel-golang refuses any.
+// kind, keeping the previous rules if sentinel-golang refuses any. Each
+// resource keeps its lock, in-flight count and pacing: only the rules
+// change.
 func (e *Engine) Apply(set *rules.Set) error {
 	e.applyMu.Lock()
 	defer e.applyMu.Unlock()
@@ -214,6 +258,7 @@ func (e *Engine) Apply(set *rules.Set) error {
 	s := set.Sentinel(e.sentinelName)
 	for _, name := range rules.Resources {
 		rs := e.compileResource(name, set.Resources[name], set.GPU)
+		rs.system = s.System
 		rs.hasSystem = len(s.System) > 0
 		st.res[name] = rs
 	}
@@ -224,13 +269,7 @@ func (e *Engine) Apply(set *rules.Set) error {
 	if g := set.GPU; g != nil {
 		st.gpuRule = &ownRule{id: "system/gpu", kind: KindGPU, threshold: g.MemoryUsedRatio}
 	}
-	prev := e.state.Load()
-	if err := loadSentinel(s); err != nil {
-		if prev != nil {
-			if rerr := loadSentinel(prev.set.Sentinel(e.sentinelName)); rerr != nil {
-				e.log.Error("restoring the previous rules failed", slog.Any("error", rerr))
-			}
-		}
+	if err := sentinelRules.load(e.ns, s); err != nil {
 		return fmt.Errorf("apply rules: %w", err)
 	}
 	e.state.Store(st)
@@ -238,31 +277,8 @@ func (e *Engine) Apply(set *rules.Set) error {
 	return nil
 }
 
-func loadSentinel(s *rules.Sentinel) error {
-	if _, err := flow.LoadRules(s.Flow); err != nil {
-		return fmt.Errorf("flow rules: %w", err)
-	}
-	if _, err := hotspot.LoadRules(s.Hotspot); err != nil {
-		return fmt.Errorf("hotspot rules: %w", err)
-	}
-	if _, err := isolation.LoadRules(s.Isolation); err != nil {
-		return fmt.Errorf("concurrency rules: %w", err)
-	}
-	if _, err := system.LoadRules(s.System); err != nil {
-		return fmt.Errorf("system rules: %w", err)
-	}
-	return nil
-}
-
 func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU) *resState {
-	sname := e.sentinelName(name)
-	rs := &resState{
-		name:    name,
-		wrapper: base.NewResourceWrapper(sname, base.ResTypeCommon, base.Inbound),
-		node:    stat.GetOrCreateResourceNode(sname, base.ResTypeCommon),
-		rules:   r,
-		stats:   e.stats[name],
-	}
+	rs := &resState{resource: e.res[name], rules: r}
 	if r == nil {
 		return rs
 	}
@@ -275,12 +291,17 @@ func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU)
 			})
 		}
 	}
-	for _, f := range r.Flow {
-		rs.throttled = rs.throttled || f.Behavior == rules.BehaviorThrottle
+	for i, f := range r.Flow {
+		if f.Behavior == rules.BehaviorThrottle {
+			rs.throttles = append(rs.throttles, newThrottle(name, i, f))
+		}
 	}
 	rs.needArgs = len(r.Hotspot) > 0 || r.Ban != nil
 	rs.hasHotspot = len(r.Hotspot) > 0
-	rs.hasConcurrency = r.Concurrency > 0
+	if r.Concurrency > 0 {
+		rs.concurrency = int64(r.Concurrency)
+		rs.concurrencyRule = &ownRule{id: name + "/concurrency", resource: name, kind: KindConcurrency, threshold: float64(r.Concurrency)}
+	}
 	if r.Ban != nil {
 		rs.ban = r.Ban
 		rs.banRule = &ownRule{id: name + "/ban", resource: name, kind: KindBan, threshold: float64(r.Ban.Blocks), window: time.Duration(r.Ban.Within)}
@@ -337,90 +358,116 @@ type Call struct {
 	// the longer side of a generated image); 0 when it has none.
 	Size int
 	// Cost is the call's weight against flow and hotspot thresholds; 0
-	// takes it from the resource's cost rule (1 without one).
+	// takes it from the resource's cost rule (1 without one). It does not
+	// weigh against concurrency, which counts jobs.
 	Cost int
 }
 
 // Token is an admitted call. Exit it exactly once, when the work it guards
 // ends.
 type Token struct {
+	res    *resState
 	entry  *base.SentinelEntry
-	stats  *resStats
 	args   [3]any
 	exited atomic.Bool
+	// start is when the job was admitted (after any pacing wait), by the
+	// engine's clock: its response time runs from there.
+	start time.Time
+	// wait is how long pacing holds the call; paced records the pacing
+	// slots it took, to give them back if the caller leaves while waiting.
+	wait  time.Duration
+	paced []pacedSlot
+	// abandoned marks a call whose caller left while it was paced: it
+	// counts as no job.
+	abandoned bool
 	// Cost is the weight the call was admitted with.
 	Cost int
 }
 
 // Exit records the end of the guarded work: its response time and, when
-// err is not nil, a failure. Calls after the first do nothing.
+// err is not nil, a failure. It frees the call's place under the
+// resource's concurrency. Calls after the first do nothing.
 func (t *Token) Exit(err error) {
 	if t == nil || !t.exited.CompareAndSwap(false, true) {
 		return
 	}
+	t.res.inFlight.Add(-1)
 	if err != nil {
 		t.entry.SetError(err)
-		t.stats.failed.Add(1)
+		t.res.stats.failed.Add(1)
 	}
-	t.stats.completed.Add(1)
+	t.res.stats.completed.Add(1)
 	t.entry.Exit()
 }
 
 // Guard decides whether a call may go ahead. It returns a Token to Exit
 // when the work ends, or a *Refusal saying which rule refused. A flow rule
-// with behavior throttle may hold the call for up to its max_queue first.
+// with behavior throttle may hold an admitted call for up to its max_queue;
+// if ctx ends meanwhile the call is not admitted, Guard returns ctx's error
+// and gives the pacing slot back when no later call has queued behind it.
 func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	st := e.state.Load()
-	rs := st.res[c.Resource]
-	if rs == nil {
+	r := e.res[c.Resource]
+	if r == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownResource, c.Resource)
 	}
-	cost := uint32(c.Cost)
-	if c.Cost <= 0 {
-		cost = rs.costOf(c.Size)
-	}
-	c.Cost = int(cost)
-	tok := &Token{stats: rs.stats, Cost: c.Cost}
-	sctx := e.chain.GetPooledContext()
-	sctx.Resource = rs.wrapper
-	sctx.Input.BatchCount = cost
-	tok.args[argResource] = rs
-	if rs.needArgs {
-		tok.args[rules.ArgOrigin] = c.Origin
-		tok.args[rules.ArgSize] = rs.sizeArg(c.Size)
-	}
-	sctx.Input.Args = tok.args[:]
-	entry := base.NewSentinelEntry(sctx, rs.wrapper, e.chain)
-	sctx.SetEntry(entry)
-	if r := rs.entry(e.chain, sctx); r != nil && r.IsBlocked() {
-		ref := e.refusal(rs, c, r.BlockError())
+	tok := &Token{}
+	rs, res, entry := e.admit(r, tok, &c)
+	if blocked(res) {
+		ref := e.refusal(rs, c, res.BlockError())
 		entry.Exit()
 		e.refused(rs, c, ref)
 		return nil, ref
 	}
 	tok.entry = entry
-	rs.stats.passed.Add(1)
+	if tok.wait > 0 {
+		if err := e.paced(ctx, tok); err != nil {
+			return nil, err
+		}
+	}
+	tok.start = e.clock.Now()
+	r.stats.passed.Add(1)
 	return tok, nil
 }
 
-// entry runs the slot chain. sentinel-golang's flow and concurrency checks
-// read the statistics and count the admission in separate steps, so
-// concurrent calls can overshoot a threshold; for a resource without
-// throttling the chain runs under the resource's lock, which makes every
-// threshold exact (a few admissions a second per GPU resource never contend
-// for long). Throttling sleeps inside the chain to pace admissions, and its
-// pacing is exact by itself, so those resources run unlocked.
-func (rs *resState) entry(sc *base.SlotChain, ctx *base.EntryContext) *base.TokenResult {
-	if rs.throttled {
-		return sc.Entry(ctx)
+// admit runs the slot chain under the resource's lock, with the rules in
+// force once the lock is held, and counts an admitted call in flight before
+// letting go. The result is valid until entry exits.
+func (e *Engine) admit(r *resource, tok *Token, c *Call) (*resState, *base.TokenResult, *base.SentinelEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rs := e.state.Load().res[r.name]
+	tok.res = rs
+	cost := uint32(c.Cost)
+	if c.Cost <= 0 {
+		cost = rs.costOf(c.Size)
 	}
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	return sc.Entry(ctx)
+	c.Cost = int(cost)
+	tok.Cost = c.Cost
+	sctx := e.chain.GetPooledContext()
+	sctx.Resource = r.wrapper
+	sctx.Input.BatchCount = cost
+	tok.args[argToken] = tok
+	if rs.needArgs {
+		tok.args[rules.ArgOrigin] = c.Origin
+		tok.args[rules.ArgSize] = rs.sizeArg(c.Size)
+	}
+	sctx.Input.Args = tok.args[:]
+	entry := base.NewSentinelEntry(sctx, r.wrapper, e.chain)
+	sctx.SetEntry(entry)
+	res := e.chain.Entry(sctx)
+	if !blocked(res) {
+		r.inFlight.Add(1)
+	}
+	return rs, res, entry
 }
+
+// blocked reports whether the chain refused the call. A nil result (the
+// chain recovered from a panic of sentinel-golang's) admits, as
+// sentinel-golang's own Entry does.
+func blocked(res *base.TokenResult) bool { return res != nil && res.IsBlocked() }
 
 // Precheck refuses a call whose origin is banned from the resource, before
 // the caller has spent anything on it — before an upload is even read. It
@@ -440,8 +487,21 @@ func (e *Engine) Precheck(c Call) *Refusal {
 	return ref
 }
 
-// argResource is where Guard passes the *resState to the engine's slots.
-const argResource = 2
+// Strike counts a refusal of origin that the caller caused outside the
+// engine — its own in-flight cap in the GPU dispatcher — toward its ban on
+// resource, and reports whether it started a ban. It does nothing for a
+// resource without a ban rule.
+func (e *Engine) Strike(resource, origin string) bool {
+	rs := e.state.Load().res[resource]
+	if rs == nil || rs.ban == nil || origin == "" {
+		return false
+	}
+	return e.strike(rs, origin)
+}
+
+// argToken is where Guard passes the *Token (and through it the resState)
+// to the engine's slots.
+const argToken = 2
 
 func (rs *resState) costOf(size int) uint32 {
 	if rs.rules == nil || rs.rules.Cost == nil {
@@ -470,31 +530,38 @@ func (e *Engine) refused(rs *resState, c Call, ref *Refusal) {
 		Time: e.clock.Now(), Origin: c.Origin, Resource: rs.name, Size: c.Size,
 		Rule: ref.Rule, Kind: ref.Kind, Value: ref.Value,
 	})
-	// Only the caller's own excess earns a ban: refusals for capacity
+	// Only the caller's own excess earns a ban: its per-origin hotspot.
+	// The resource-wide flow rule, the size hotspot and capacity refusals
 	// (GPU, CPU, system, concurrency) hit honest clients too.
-	if rs.ban == nil || ref.Kind == KindBan || ref.Overload() || c.Origin == "" {
+	if rs.ban == nil || c.Origin == "" || ref.Kind != KindHotspot || ref.Param != rules.ParamOrigin {
 		return
 	}
-	if e.bans.refused(rs.name, c.Origin, rs.ban) {
-		e.log.Warn("origin banned",
-			slog.String("resource", rs.name),
-			slog.String("origin", c.Origin),
-			slog.Int("refusals", rs.ban.Blocks),
-			slog.Duration("within", time.Duration(rs.ban.Within)),
-			slog.Duration("for", time.Duration(rs.ban.For)))
-	}
+	e.strike(rs, c.Origin)
 }
 
-// Close stops the engine's sampling and clears its rules from
-// sentinel-golang.
+// strike counts one refusal of origin toward its ban and logs a ban it
+// starts.
+func (e *Engine) strike(rs *resState, origin string) bool {
+	if !e.bans.refused(rs.name, origin, rs.ban) {
+		return false
+	}
+	e.log.Warn("origin banned",
+		slog.String("resource", rs.name),
+		slog.String("origin", origin),
+		slog.Int("refusals", rs.ban.Blocks),
+		slog.Duration("within", time.Duration(rs.ban.Within)),
+		slog.Duration("for", time.Duration(rs.ban.For)))
+	return true
+}
+
+// Close stops the engine's sampling and takes its rules out of
+// sentinel-golang, freeing its namespace.
 func (e *Engine) Close() {
 	e.closed.Do(func() {
 		close(e.stop)
 		<-e.done
 		e.applyMu.Lock()
 		defer e.applyMu.Unlock()
-		if err := loadSentinel(&rules.Sentinel{}); err != nil {
-			e.log.Warn("clearing rules", slog.Any("error", err))
-		}
+		sentinelRules.release(e.ns, e.log)
 	})
 }

@@ -273,10 +273,11 @@ func (s *gpuSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	if p == nil || !p.active {
 		return nil
 	}
-	rs := resOf(ctx)
-	if rs == nil {
+	tok := tokenOf(ctx)
+	if tok == nil {
 		return nil
 	}
+	rs := tok.res
 	if !p.tighten {
 		return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "gpu pressure", p.rule, nil)
 	}

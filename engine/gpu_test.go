@@ -7,18 +7,19 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 const gib = 1 << 30
 
 // remote is a GPU behind a ComfyUI backend with used of 16 GiB in use.
-func remote(clock *fakeClock, backend string, used float64) engine.GPU {
+func remote(clock *clock.Fake, backend string, used float64) engine.GPU {
 	return engine.GPU{ID: backend + "#0", Source: "comfyui", Backend: backend, Name: "cuda:0 NVIDIA RTX 4080",
 		MemoryUsed: uint64(used * 16 * gib), MemoryTotal: 16 * gib, Utilization: -1, SampledAt: clock.Now()}
 }
 
 func TestGPURejectWithHysteresis(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	clock := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	e := newEngine(t, "gpu: {memory_used_ratio: 0.875}\n", engine.Options{Clock: clock})
 	const backend = "http://gpu-1:8188"
 	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1"}
@@ -53,7 +54,7 @@ func TestGPURejectWithHysteresis(t *testing.T) {
 }
 
 func TestGPUTightenScalesFlow(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	clock := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	e := newEngine(t, `resource: ddcolor_person
 flow: [{threshold: 10, window: 10s}]
 ---
@@ -87,7 +88,7 @@ gpu: {memory_used_ratio: 0.875, action: tighten, factor: 0.5}
 }
 
 func TestGPUPerDeviceStaleAndUnavailable(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	clock := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	e := newEngine(t, `gpu:
   memory_used_ratio: 0.9
   devices: {"http://small:8188": {memory_used_ratio: 0.6}}
@@ -120,7 +121,7 @@ func TestGPUPerDeviceStaleAndUnavailable(t *testing.T) {
 }
 
 func TestGPURuleChangeReevaluates(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	clock := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	e := newEngine(t, "gpu: {memory_used_ratio: 0.8}\n", engine.Options{Clock: clock})
 	e.ReportGPUs("nvml", []engine.GPU{{ID: "nvml:0", Source: "nvml", MemoryUsed: 85, MemoryTotal: 100, Utilization: 0.2, SampledAt: clock.Now()}}, nil)
 	if !e.System().Pressure.Active {

@@ -7,8 +7,6 @@ import (
 	"github.com/alibaba/sentinel-golang/core/base"
 	"github.com/alibaba/sentinel-golang/core/flow"
 	"github.com/alibaba/sentinel-golang/core/hotspot"
-	"github.com/alibaba/sentinel-golang/core/isolation"
-	"github.com/alibaba/sentinel-golang/core/stat"
 	"github.com/alibaba/sentinel-golang/core/system"
 
 	"github.com/sluicehq/sluice/rules"
@@ -103,11 +101,7 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		ref.Rule = rule.ID
 		ref.Threshold = rule.Threshold
 		ref.Window = time.Duration(rule.StatIntervalInMs) * time.Millisecond
-		ref.RetryAfter = ref.Window
-		if rule.ControlBehavior == flow.Throttling {
-			// Paced: one admission every window/threshold.
-			ref.RetryAfter = time.Duration(float64(ref.Window) / rule.Threshold)
-		}
+		ref.RetryAfter = ref.Window // throttle rules are the engine's own: see paceSlot
 	case *hotspot.Rule:
 		ref.Kind = KindHotspot
 		ref.Rule = rule.ID
@@ -126,16 +120,11 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		}
 		ref.Threshold = float64(limit)
 		ref.Window = time.Duration(rule.DurationInSec) * time.Second
-		// The bucket refills one token every window/threshold.
+		// The controller says when the bucket refills enough.
 		ref.RetryAfter = ref.Window
-		if limit > 0 {
-			ref.RetryAfter = ref.Window * time.Duration(max(c.Cost, 1)) / time.Duration(limit)
+		if left, ok := be.TriggeredValue().(time.Duration); ok {
+			ref.RetryAfter = left
 		}
-	case *isolation.Rule:
-		ref.Kind = KindConcurrency
-		ref.Rule = rule.ID
-		ref.Threshold = float64(rule.Threshold)
-		ref.RetryAfter = avgRT(rs.node.AvgRT())
 	case *system.Rule:
 		ref.Kind = KindSystem
 		ref.Rule = rule.ID
@@ -143,7 +132,7 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		if rule.MetricType == system.InboundQPS {
 			ref.Window = time.Second
 		}
-		ref.RetryAfter = avgRT(stat.InboundNode().AvgRT())
+		ref.RetryAfter = avgRT(e.inbound.AvgRT())
 	case *ownRule:
 		ref.Kind = rule.kind
 		ref.Rule = rule.id
@@ -151,12 +140,14 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		ref.Window = rule.window
 		ref.Tightened = rule.tightened
 		ref.RetryAfter = time.Second
-		if rule.kind == KindGPU {
+		switch rule.kind {
+		case KindGPU, KindConcurrency:
 			// The pressure eases as jobs finish: retry after about one.
-			ref.RetryAfter = max(avgRT(rs.node.AvgRT()), rule.window)
+			ref.RetryAfter = max(avgRT(rs.jobs.AvgRT()), rule.window)
+		case KindBan:
+			ref.Param, ref.Value = rules.ParamOrigin, c.Origin
 		}
 		if left, ok := be.TriggeredValue().(time.Duration); ok {
-			ref.Param, ref.Value = rules.ParamOrigin, c.Origin
 			ref.RetryAfter = left
 		}
 	default:

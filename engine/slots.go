@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/alibaba/sentinel-golang/core/base"
+	"github.com/alibaba/sentinel-golang/core/stat"
+	"github.com/alibaba/sentinel-golang/core/system"
+	"github.com/alibaba/sentinel-golang/core/system_metric"
 )
 
 // ownRule is a rule the engine checks itself, in the form sentinel-golang's
@@ -25,14 +28,19 @@ func (r *ownRule) String() string {
 	return fmt.Sprintf("%s rule %s (threshold %v)", r.kind, r.id, r.threshold)
 }
 
-// Slot orders: bans first, so a banned origin spends nothing; the CPU check
-// beside sentinel-golang's system slot (1000); hotspot before flow (2000),
-// whose throttling books a place in its pacing that a later refusal would
-// not give back: a client over its own limit must not slow the others.
+// Slot orders: bans first, so a banned origin spends nothing; the system
+// check where sentinel-golang's was (1000) and the CPU and GPU checks beside
+// it; hotspot before flow (2000), so that a client over its own limit is
+// refused for that before anything shared; concurrency where
+// sentinel-golang's isolation was (3000); throttle pacing last, so that a
+// paced call books its slot only once nothing else can refuse it.
 const (
-	banSlotOrder     = 500
-	cpuSlotOrder     = 1001
-	hotspotSlotOrder = 1500
+	banSlotOrder         = 500
+	systemSlotOrder      = 1000
+	cpuSlotOrder         = 1001
+	hotspotSlotOrder     = 1500
+	concurrencySlotOrder = 3000
+	paceSlotOrder        = 9000
 )
 
 // gated runs a sentinel-golang slot only for resources that have its kind
@@ -52,20 +60,20 @@ func (g gated) Order() uint32 {
 }
 
 func (g gated) Check(ctx *base.EntryContext) *base.TokenResult {
-	if rs := resOf(ctx); rs != nil && !g.need(rs) {
+	if tok := tokenOf(ctx); tok != nil && !g.need(tok.res) {
 		return nil
 	}
 	return g.RuleCheckSlot.Check(ctx)
 }
 
-// resOf returns the resState Guard passed with the call; nil for entries
+// tokenOf returns the Token Guard passed with the call; nil for entries
 // made outside Guard.
-func resOf(ctx *base.EntryContext) *resState {
-	if len(ctx.Input.Args) <= argResource {
+func tokenOf(ctx *base.EntryContext) *Token {
+	if len(ctx.Input.Args) <= argToken {
 		return nil
 	}
-	rs, _ := ctx.Input.Args[argResource].(*resState)
-	return rs
+	tok, _ := ctx.Input.Args[argToken].(*Token)
+	return tok
 }
 
 // banSlot refuses origins banned by a resource's ban rule.
@@ -74,19 +82,56 @@ type banSlot struct{ e *Engine }
 func (s *banSlot) Order() uint32 { return banSlotOrder }
 
 func (s *banSlot) Check(ctx *base.EntryContext) *base.TokenResult {
-	rs := resOf(ctx)
-	if rs == nil || rs.ban == nil {
+	tok := tokenOf(ctx)
+	if tok == nil || tok.res.ban == nil {
 		return nil
 	}
 	origin, _ := ctx.Input.Args[0].(string)
-	left, banned := s.e.bans.banned(rs.name, origin)
+	left, banned := s.e.bans.banned(tok.res.name, origin)
 	if !banned {
 		return nil
 	}
-	return base.NewTokenResultBlockedWithCause(base.BlockTypeUnknown, "origin banned", rs.banRule, left)
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeUnknown, "origin banned", tok.res.banRule, left)
 }
 
-// cpuSlot refuses inbound calls while the machine's CPU usage is above the
+// systemSlot checks the system document's load, average response time,
+// concurrency and inbound rate against this engine's own figures, per job:
+// sentinel-golang's system slot reads process-wide figures weighted by cost.
+type systemSlot struct{ e *Engine }
+
+func (s *systemSlot) Order() uint32 { return systemSlotOrder }
+
+func (s *systemSlot) Check(ctx *base.EntryContext) *base.TokenResult {
+	tok := tokenOf(ctx)
+	if tok == nil || !tok.res.hasSystem {
+		return nil
+	}
+	in := s.e.inbound
+	for _, r := range tok.res.system {
+		var v float64
+		var over bool
+		switch r.MetricType {
+		case system.Load:
+			v = system_metric.CurrentLoad()
+			over = v > r.TriggerCount
+		case system.AvgRT:
+			v = in.AvgRT()
+			over = v >= r.TriggerCount
+		case system.Concurrency:
+			v = float64(in.CurrentConcurrency())
+			over = v >= r.TriggerCount
+		case system.InboundQPS:
+			v = in.GetQPS(base.MetricEventPass)
+			over = v >= r.TriggerCount
+		}
+		if over {
+			return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "system "+r.MetricType.String(), r, v)
+		}
+	}
+	return nil
+}
+
+// cpuSlot refuses inbound calls while the gateway's own CPU usage is above the
 // system document's cpu_usage.
 type cpuSlot struct{ e *Engine }
 
@@ -101,5 +146,65 @@ func (s *cpuSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	if usage <= st.cpuLimit {
 		return nil
 	}
-	return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "machine cpu usage", st.cpuRule, usage)
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "gateway cpu usage", st.cpuRule, usage)
+}
+
+// concurrencySlot refuses a call while the resource has its concurrency in
+// jobs in flight, whatever their cost. Guard runs it under the resource's
+// lock and counts the admitted call in flight before letting go, so the
+// limit is exact.
+type concurrencySlot struct{}
+
+func (concurrencySlot) Order() uint32 { return concurrencySlotOrder }
+
+func (concurrencySlot) Check(ctx *base.EntryContext) *base.TokenResult {
+	tok := tokenOf(ctx)
+	if tok == nil || tok.res.concurrency <= 0 || tok.res.inFlight.Load() < tok.res.concurrency {
+		return nil
+	}
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeIsolation, "concurrency", tok.res.concurrencyRule, nil)
+}
+
+// statSlot records an admission in the resource's node weighted by cost
+// (what flow rules count), and per job in the resource's and the engine's
+// own nodes; a completion only per job, with the response time from
+// admission (after any pacing) to Exit on the engine's clock.
+type statSlot struct{ e *Engine }
+
+func (s *statSlot) Order() uint32 { return 1000 }
+
+func (s *statSlot) OnEntryPassed(ctx *base.EntryContext) {
+	tok := tokenOf(ctx)
+	if tok == nil {
+		return
+	}
+	tok.res.node.AddCount(base.MetricEventPass, int64(ctx.Input.BatchCount))
+	tok.res.jobs.AddCount(base.MetricEventPass, 1)
+	s.e.inbound.AddCount(base.MetricEventPass, 1)
+	s.e.inbound.IncreaseConcurrency()
+}
+
+func (s *statSlot) OnEntryBlocked(*base.EntryContext, *base.BlockError) {}
+
+func (s *statSlot) OnCompleted(ctx *base.EntryContext) {
+	tok := tokenOf(ctx)
+	if tok == nil {
+		return
+	}
+	s.e.inbound.DecreaseConcurrency()
+	if tok.abandoned {
+		return
+	}
+	rt := int64(max(s.e.clock.Now().Sub(tok.start), 0) / time.Millisecond)
+	completed(tok.res.jobs, rt, ctx.Err())
+	completed(s.e.inbound, rt, ctx.Err())
+}
+
+// completed records one job's completion in n.
+func completed(n *stat.ResourceNode, rtMillis int64, err error) {
+	if err != nil {
+		n.AddCount(base.MetricEventError, 1)
+	}
+	n.AddCount(base.MetricEventRt, rtMillis)
+	n.AddCount(base.MetricEventComplete, 1)
 }

@@ -59,7 +59,7 @@ func (s *resStats) refuse(k Kind) {
 // ResourceStats is a snapshot of one resource's live statistics.
 type ResourceStats struct {
 	Resource string `json:"resource"`
-	// Per second, over the last second.
+	// Per second, over the last second, in jobs whatever their cost.
 	PassedPerSec    float64          `json:"passed_per_sec"`
 	RefusedPerSec   map[Kind]float64 `json:"refused_per_sec"`
 	CompletedPerSec float64          `json:"completed_per_sec"`
@@ -82,14 +82,14 @@ func (e *Engine) Stats() []ResourceStats {
 	out := make([]ResourceStats, 0, len(rules.Resources))
 	for _, name := range rules.Resources {
 		rs := st.res[name]
-		s := rs.stats
+		s, jobs := rs.stats, rs.jobs
 		r := ResourceStats{
 			Resource:        name,
-			PassedPerSec:    rs.node.GetQPS(base.MetricEventPass),
-			CompletedPerSec: rs.node.GetQPS(base.MetricEventComplete),
-			FailedPerSec:    rs.node.GetQPS(base.MetricEventError),
-			AvgRTMillis:     rs.node.AvgRT(),
-			InFlight:        int64(rs.node.CurrentConcurrency()),
+			PassedPerSec:    jobs.GetQPS(base.MetricEventPass),
+			CompletedPerSec: jobs.GetQPS(base.MetricEventComplete),
+			FailedPerSec:    jobs.GetQPS(base.MetricEventError),
+			AvgRTMillis:     jobs.AvgRT(),
+			InFlight:        rs.inFlight.Load(),
 			RefusedPerSec:   make(map[Kind]float64, len(kindIndex)),
 			Refused:         make(map[Kind]uint64, len(kindIndex)),
 			Passed:          s.passed.Load(),

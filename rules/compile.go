@@ -7,18 +7,16 @@ import (
 
 	"github.com/alibaba/sentinel-golang/core/flow"
 	"github.com/alibaba/sentinel-golang/core/hotspot"
-	"github.com/alibaba/sentinel-golang/core/isolation"
 	"github.com/alibaba/sentinel-golang/core/system"
 )
 
 // Sentinel is a Set converted to sentinel-golang rules, every field set
-// explicitly. Rules that sentinel-golang cannot carry (bans, costs, machine
-// CPU) stay in the Set for the engine's own slots.
+// explicitly. Rules that sentinel-golang cannot carry (concurrency in jobs,
+// bans, costs, machine CPU) stay in the Set for the engine's own slots.
 type Sentinel struct {
-	Flow      []*flow.Rule
-	Hotspot   []*hotspot.Rule
-	Isolation []*isolation.Rule
-	System    []*system.Rule
+	Flow    []*flow.Rule
+	Hotspot []*hotspot.Rule
+	System  []*system.Rule
 }
 
 // Hotspot rules read their parameter from the entry's arguments at these
@@ -43,14 +41,6 @@ func (s *Set) Sentinel(name func(resource string) string) *Sentinel {
 		}
 		for i, h := range r.Hotspot {
 			out.Hotspot = append(out.Hotspot, hotspotRule(fmt.Sprintf("%s/hotspot[%d]", res, i), sres, h))
-		}
-		if r.Concurrency > 0 {
-			out.Isolation = append(out.Isolation, &isolation.Rule{
-				ID:         res + "/concurrency",
-				Resource:   sres,
-				MetricType: isolation.Concurrency,
-				Threshold:  uint32(r.Concurrency),
-			})
 		}
 	}
 	sys := func(id string, m system.MetricType, v float64) {

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/alibaba/sentinel-golang/core/flow"
-	"github.com/alibaba/sentinel-golang/core/isolation"
 	"github.com/alibaba/sentinel-golang/core/system"
 
 	"github.com/sluicehq/sluice/rules"
@@ -72,13 +71,12 @@ type hotspotView struct {
 }
 
 type goldenView struct {
-	Flow      []*flow.Rule        `json:"flow"`
-	Hotspot   []hotspotView       `json:"hotspot"`
-	Isolation []*isolation.Rule   `json:"isolation"`
-	System    []*system.Rule      `json:"system"`
-	Own       map[string]ownRules `json:"own"`
-	CPUUsage  float64             `json:"cpu_usage"`
-	GPU       *rules.GPU          `json:"gpu"`
+	Flow     []*flow.Rule        `json:"flow"`
+	Hotspot  []hotspotView       `json:"hotspot"`
+	System   []*system.Rule      `json:"system"`
+	Own      map[string]ownRules `json:"own"`
+	CPUUsage float64             `json:"cpu_usage"`
+	GPU      *rules.GPU          `json:"gpu"`
 }
 
 type ownRules struct {
@@ -96,7 +94,7 @@ func compileForGolden(name string, input []byte) string {
 		return err.Error() + "\n"
 	}
 	s := set.Sentinel(func(r string) string { return r })
-	v := goldenView{Flow: s.Flow, Isolation: s.Isolation, System: s.System, Own: map[string]ownRules{}, CPUUsage: set.System.CPUUsage, GPU: set.GPU}
+	v := goldenView{Flow: s.Flow, System: s.System, Own: map[string]ownRules{}, CPUUsage: set.System.CPUUsage, GPU: set.GPU}
 	for _, h := range s.Hotspot {
 		items := make(map[string]int64, len(h.SpecificItems))
 		for k, n := range h.SpecificItems {

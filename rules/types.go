@@ -61,12 +61,14 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // Resource holds every rule of one guarded resource.
 type Resource struct {
-	Resource    string        `json:"resource" yaml:"resource"`
-	Flow        []FlowRule    `json:"flow,omitempty" yaml:"flow,omitempty"`
-	Hotspot     []HotspotRule `json:"hotspot,omitempty" yaml:"hotspot,omitempty"`
-	Concurrency int           `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
-	Cost        *CostRule     `json:"cost,omitempty" yaml:"cost,omitempty"`
-	Ban         *BanRule      `json:"ban,omitempty" yaml:"ban,omitempty"`
+	Resource string        `json:"resource" yaml:"resource"`
+	Flow     []FlowRule    `json:"flow,omitempty" yaml:"flow,omitempty"`
+	Hotspot  []HotspotRule `json:"hotspot,omitempty" yaml:"hotspot,omitempty"`
+	// Concurrency caps the resource's jobs in flight, whatever their cost
+	// (0 is off).
+	Concurrency int       `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
+	Cost        *CostRule `json:"cost,omitempty" yaml:"cost,omitempty"`
+	Ban         *BanRule  `json:"ban,omitempty" yaml:"ban,omitempty"`
 }
 
 // FlowRule limits a resource's admissions per sliding window.
@@ -80,9 +82,10 @@ type FlowRule struct {
 	// Behavior is reject (default) or throttle.
 	Behavior Behavior `json:"behavior,omitempty" yaml:"behavior,omitempty"`
 	// MaxQueue is how long throttle may hold a request (default 500ms).
+	// The engine paces a request only once every other check admitted it.
 	MaxQueue Duration `json:"max_queue,omitempty" yaml:"max_queue,omitempty"`
 	// WarmUp starts the threshold low after idleness and raises it over a
-	// period.
+	// period; behavior reject only.
 	WarmUp *WarmUp `json:"warm_up,omitempty" yaml:"warm_up,omitempty"`
 }
 
@@ -136,7 +139,7 @@ type System struct {
 	Load float64 `json:"load,omitempty" yaml:"load,omitempty"`
 	// AvgRT is the average response time above which requests are refused.
 	AvgRT Duration `json:"avg_rt,omitempty" yaml:"avg_rt,omitempty"`
-	// Concurrency caps inbound requests in flight over all resources.
+	// Concurrency caps the jobs in flight over all resources.
 	Concurrency int `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
 	// InboundQPS caps inbound admissions per second over all resources.
 	InboundQPS float64 `json:"inbound_qps,omitempty" yaml:"inbound_qps,omitempty"`

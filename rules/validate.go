@@ -132,6 +132,9 @@ func validateFlow(c *errs, at string, f *FlowRule) {
 		}
 	}
 	if w := f.WarmUp; w != nil {
+		if f.Behavior == BehaviorThrottle {
+			c.add(at+".warm_up", "applies only to behavior: reject (throttle paces at the threshold)")
+		}
 		if d := time.Duration(w.Period); d < time.Second || d%time.Second != 0 || d > 24*time.Hour {
 			c.add(at+".warm_up.period", "must be whole seconds between 1s and 24h, got %s", w.Period)
 		}

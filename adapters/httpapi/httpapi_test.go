@@ -29,6 +29,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -47,7 +48,7 @@ type stack struct {
 }
 
 type stackOptions struct {
-	clock          engine.Clock
+	clock          clock.Clock
 	trustedProxies []string
 	comfy          comfyuitest.Options
 	workflows      *comfyui.Workflows

@@ -29,8 +29,9 @@ func Or(c Clock) Clock {
 
 // Fake is a clock that moves only when told. It is safe for concurrent use.
 type Fake struct {
-	mu  sync.Mutex
-	now time.Time
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer // pending, in no order
 }
 
 // NewFake returns a Fake reading t.
@@ -48,6 +49,7 @@ func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.now = f.now.Add(d)
+	f.fireLocked()
 }
 
 // Set moves the fake time to t.
@@ -55,4 +57,5 @@ func (f *Fake) Set(t time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.now = t
+	f.fireLocked()
 }

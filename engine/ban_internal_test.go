@@ -1,0 +1,108 @@
+package engine
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/engine/clock"
+	"github.com/sluicehq/sluice/rules"
+)
+
+var testBan = &rules.BanRule{Blocks: 2, Within: rules.Duration(10 * time.Second), For: rules.Duration(time.Minute)}
+
+func TestBanTableStaysWithinItsBound(t *testing.T) {
+	c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
+	b := newBanTable(c, 8)
+	for i := range 1000 {
+		b.refused("ddcolor_person", fmt.Sprint("2001:db8::", i), testBan)
+		if n := b.len(); n > 8 {
+			t.Fatalf("after %d origins the table holds %d, bound 8", i+1, n)
+		}
+	}
+}
+
+func TestBanTableDropsExpiredEntries(t *testing.T) {
+	c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
+	b := newBanTable(c, 1024)
+	const abuser = "192.0.2.66"
+	b.refused("ddcolor_person", abuser, testBan)
+	if !b.refused("ddcolor_person", abuser, testBan) {
+		t.Fatal("two refusals did not ban")
+	}
+	b.refused("ddcolor_person", "192.0.2.1", testBan) // one refusal, no ban
+	if n := b.len(); n != 2 {
+		t.Fatalf("table holds %d, want 2", n)
+	}
+	c.Advance(time.Minute)
+	if _, banned := b.banned("ddcolor_person", abuser); banned {
+		t.Fatal("still banned after the ban ended")
+	}
+	b.refused("ddcolor_person", "192.0.2.99", testBan) // a new origin drops expired ones
+	if n := b.len(); n != 1 {
+		t.Fatalf("after every ban and window expired the table holds %d, want 1 (the newest)", n)
+	}
+	if _, ok := b.lru.Peek(banKey{"ddcolor_person", abuser}); ok {
+		t.Fatal("the expired ban is still held")
+	}
+}
+
+func TestApplyKeepsEachResourcesLockAndCounters(t *testing.T) {
+	e, err := New(Options{Namespace: t.Name() + "/", CPU: idleCPU{}, Clock: clock.NewFake(time.Unix(0, 0))}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	before := e.state.Load().res[rules.ResourceZImageGenerate]
+	docs, err := rules.Parse("concurrency.yaml", []byte("resource: zimage_generate\nconcurrency: 2\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Apply(set); err != nil {
+		t.Fatal(err)
+	}
+	after := e.state.Load().res[rules.ResourceZImageGenerate]
+	if after.concurrency != 2 || before.concurrency != 0 {
+		t.Fatalf("concurrency before %d, after %d", before.concurrency, after.concurrency)
+	}
+	if before.resource != after.resource {
+		t.Fatal("Apply gave the resource a new lock and in-flight count: guards on the old and new rules would not exclude each other")
+	}
+}
+
+type idleCPU struct{}
+
+func (idleCPU) CPUUsage() (float64, error) { return 0, nil }
+
+// BenchmarkBanTableNewOrigin refuses a new origin each time on a table
+// already full, so every refusal evicts: the cost per new origin must not
+// grow with the table.
+func BenchmarkBanTableNewOrigin(b *testing.B) {
+	for _, size := range []int{1 << 10, 1 << 13, banTableSize} {
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
+			t := newBanTable(c, size)
+			origins := make([]string, size+1<<16)
+			for i := range origins {
+				origins[i] = fmt.Sprintf("2001:db8:%x::1", i)
+			}
+			for i := range size {
+				t.refused("ddcolor_person", origins[i], testBan)
+			}
+			if t.len() != size {
+				b.Fatalf("table holds %d, want %d", t.len(), size)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			i := size
+			for b.Loop() {
+				t.refused("ddcolor_person", origins[i%len(origins)], testBan)
+				i++
+			}
+		})
+	}
+}

@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/alibaba/sentinel-golang/core/base"
+	"github.com/alibaba/sentinel-golang/core/hotspot"
+	"github.com/alibaba/sentinel-golang/core/hotspot/cache"
+	"github.com/alibaba/sentinel-golang/util"
+)
+
+// hotspotBehavior is the control behavior under which the engine loads its
+// hotspot rules: sentinel-golang's reject controller, the same token
+// bucket, which also says when a refused value's bucket refills. Behaviors
+// above sentinel-golang's own (Reject, Throttling) are free for generators.
+const hotspotBehavior hotspot.ControlBehavior = 100
+
+// hotspotController is sentinel-golang v1.0.4's reject controller for QPS
+// rules (core/hotspot/traffic_shaping.go), refusals carrying the exact
+// retry time. Its bucket refills only once more than a window has passed
+// since the last refill: a value refused now passes again at
+// lastRefill + window + 1ms at the earliest, not after a smooth
+// window/threshold.
+type hotspotController struct {
+	rule     *hotspot.Rule
+	metric   *hotspot.ParamsMetric
+	windowMs int64
+}
+
+// newHotspotController is the generator of hotspotBehavior; reuse is the
+// bucket state of an equivalent rule being replaced.
+func newHotspotController(r *hotspot.Rule, reuse *hotspot.ParamsMetric) hotspot.TrafficShapingController {
+	m := reuse
+	if m == nil {
+		size := int(r.ParamsMaxCapacity)
+		if size <= 0 {
+			size = hotspot.ParamsMaxCapacity
+		}
+		m = &hotspot.ParamsMetric{RuleTimeCounter: cache.NewLRUCacheMap(size), RuleTokenCounter: cache.NewLRUCacheMap(size)}
+	}
+	return &hotspotController{rule: r, metric: m, windowMs: r.DurationInSec * 1000}
+}
+
+func (c *hotspotController) BoundRule() *hotspot.Rule           { return c.rule }
+func (c *hotspotController) BoundMetric() *hotspot.ParamsMetric { return c.metric }
+func (c *hotspotController) BoundParamIndex() int               { return c.rule.ParamIndex }
+
+func (c *hotspotController) ExtractArgs(ctx *base.EntryContext) any {
+	if i := c.rule.ParamIndex; i >= 0 && i < len(ctx.Input.Args) {
+		return ctx.Input.Args[i]
+	}
+	return nil
+}
+
+func (c *hotspotController) limit(arg any) int64 {
+	if n, ok := c.rule.SpecificItems[arg]; ok {
+		return n
+	}
+	return c.rule.Threshold
+}
+
+// PerformChecking takes batch tokens of arg's bucket, refilling it first
+// if more than a window has passed since its last refill. Guard runs it
+// under the resource's lock.
+func (c *hotspotController) PerformChecking(arg any, batch int64) *base.TokenResult {
+	limit := c.limit(arg)
+	most := limit + c.rule.BurstCount
+	if limit <= 0 || batch > most {
+		return c.blocked(time.Duration(c.windowMs) * time.Millisecond)
+	}
+	now := int64(util.CurrentTimeMillis())
+	times, tokens := c.metric.RuleTimeCounter, c.metric.RuleTokenCounter
+	lastPtr := times.AddIfAbsent(arg, &now)
+	restPtr, found := tokens.Get(arg)
+	if lastPtr == nil || !found {
+		// First call of the value (or its bucket was evicted): a full
+		// bucket.
+		left := most - batch
+		tokens.Add(arg, &left)
+		if lastPtr != nil {
+			atomic.StoreInt64(lastPtr, now)
+		}
+		return nil
+	}
+	last, rest := atomic.LoadInt64(lastPtr), atomic.LoadInt64(restPtr)
+	if passed := now - last; passed > c.windowMs {
+		if left := min(passed*limit/c.windowMs+rest, most) - batch; left >= 0 {
+			atomic.StoreInt64(restPtr, left)
+			atomic.StoreInt64(lastPtr, now)
+			return nil
+		}
+	} else if rest >= batch {
+		atomic.StoreInt64(restPtr, rest-batch)
+		return nil
+	}
+	return c.blocked(c.retryAfter(now, last, rest, limit, batch))
+}
+
+// retryAfter is how long until a call of batch would pass: the first
+// refill, more than a window after the last one, that brings the bucket to
+// batch tokens.
+func (c *hotspotController) retryAfter(now, last, rest, limit, batch int64) time.Duration {
+	passed := c.windowMs + 1 // a refill needs more than a window
+	if need := batch - rest; need > 0 {
+		// floor(passed × limit / window) >= need
+		passed = max(passed, (need*c.windowMs+limit-1)/limit)
+	}
+	return time.Duration(max(last+passed-now, 1)) * time.Millisecond
+}
+
+// blocked is a refusal carrying its retry time.
+func (c *hotspotController) blocked(retry time.Duration) *base.TokenResult {
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeHotSpotParamFlow, "hotspot", c.rule, retry)
+}

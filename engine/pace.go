@@ -1,0 +1,119 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/alibaba/sentinel-golang/core/base"
+
+	"github.com/sluicehq/sluice/engine/clock"
+	"github.com/sluicehq/sluice/rules"
+)
+
+// throttle is a flow rule with behavior throttle, paced by the engine:
+// sentinel-golang's throttling sleeps inside its check, before the checks
+// after it and deaf to cancellation.
+type throttle struct {
+	index    int // in the resource's flow list: the key of its pacing
+	rule     *ownRule
+	window   time.Duration
+	maxQueue time.Duration
+}
+
+func newThrottle(resource string, i int, f rules.FlowRule) throttle {
+	return throttle{
+		index:    i,
+		window:   time.Duration(f.Window),
+		maxQueue: time.Duration(f.MaxQueue),
+		rule: &ownRule{id: fmt.Sprintf("%s/flow[%d]", resource, i), resource: resource, kind: KindFlow,
+			threshold: f.Threshold, window: time.Duration(f.Window)},
+	}
+}
+
+// interval is the spacing a call of cost takes: window × cost / threshold,
+// as sentinel-golang's throttling spaces it.
+func (t throttle) interval(cost uint32) int64 {
+	return int64(math.Ceil(float64(cost) / t.rule.threshold * float64(t.window)))
+}
+
+// pacedSlot is a pacing slot a call took: prev is the rule's last slot
+// before it, given back if the call leaves while waiting and no later call
+// has queued behind it.
+type pacedSlot struct {
+	index      int
+	prev, slot int64
+}
+
+// paceSlot books the throttle rules' pacing slots of a call that every
+// other check admitted. It runs last in the chain, under the resource's
+// lock; Guard waits outside the lock.
+type paceSlot struct{ e *Engine }
+
+func (s *paceSlot) Order() uint32 { return paceSlotOrder }
+
+func (s *paceSlot) Check(ctx *base.EntryContext) *base.TokenResult {
+	tok := tokenOf(ctx)
+	if tok == nil || len(tok.res.throttles) == 0 {
+		return nil
+	}
+	rs, cost := tok.res, ctx.Input.BatchCount
+	now := s.e.clock.Now().UnixNano()
+	var wait int64
+	for _, t := range rs.throttles {
+		slot := max(rs.pace[t.index]+t.interval(cost), now)
+		if w := slot - now; w > int64(t.maxQueue) {
+			return base.NewTokenResultBlockedWithCause(base.BlockTypeFlow, "throttle queue full", t.rule, time.Duration(w)-t.maxQueue)
+		}
+		wait = max(wait, slot-now)
+	}
+	tok.paced = make([]pacedSlot, 0, len(rs.throttles))
+	for _, t := range rs.throttles {
+		prev := rs.pace[t.index]
+		slot := max(prev+t.interval(cost), now)
+		rs.pace[t.index] = slot
+		tok.paced = append(tok.paced, pacedSlot{index: t.index, prev: prev, slot: slot})
+	}
+	tok.wait = time.Duration(wait)
+	return nil
+}
+
+// paced holds an admitted call until its pacing slot. If ctx ends first the
+// call is not admitted: its slots go back where no later call queued behind
+// them, its place in flight is freed, and ctx's error is returned.
+func (e *Engine) paced(ctx context.Context, tok *Token) error {
+	ch, stop := clock.NewTimer(e.clock, tok.wait)
+	defer stop()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+	}
+	tok.abandon()
+	return ctx.Err()
+}
+
+// abandon undoes the admission of a call whose caller left while it was
+// paced.
+func (t *Token) abandon() {
+	if !t.exited.CompareAndSwap(false, true) {
+		return
+	}
+	r := t.res.resource
+	r.giveBack(t.paced)
+	r.inFlight.Add(-1)
+	t.abandoned = true
+	t.entry.Exit()
+}
+
+// giveBack returns pacing slots that are still the last booked.
+func (r *resource) giveBack(slots []pacedSlot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range slots {
+		if r.pace[p.index] == p.slot {
+			r.pace[p.index] = p.prev
+		}
+	}
+}
