@@ -2,8 +2,10 @@ package httpapi_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 func TestOriginGroupsIPv6ByPrefix(t *testing.T) {
@@ -34,7 +36,7 @@ func TestIPv6ClientsCountedByPrefix(t *testing.T) {
 	s := newStack(t, `resource: ddcolor_person
 hotspot:
   - {param: origin, threshold: 1, window: 60s, items: {"2001:db8:7:7::/64": 3}}
-`, stackOptions{})
+`, stackOptions{clock: clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))})
 	img := pngBytes(t, 32, 32)
 	send := func(peer string) int {
 		return s.do(colorizeRequest(t, "/api/ddcolorize/person", img, nil), peer).Code
