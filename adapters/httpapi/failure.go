@@ -80,9 +80,14 @@ func classify(ctxErr error, resource string, err error, timeout time.Duration) f
 // held it panicked.
 var errPanicked = errors.New("httpapi: the job's handler panicked")
 
-// jobError answers a failed synchronous job and logs it.
-func (s *Server) jobError(c *gin.Context, resource string, err error) {
+// jobError answers a failed synchronous job of origin and logs it. A
+// refusal the caller caused by itself — it already has its share of jobs
+// in flight — counts toward its ban, as its own per-origin limit does.
+func (s *Server) jobError(c *gin.Context, resource, origin string, err error) {
 	f := classify(c.Request.Context().Err(), resource, err, s.jobTimeout)
+	if busy := (*BusyError)(nil); errors.As(err, &busy) && busy.OverShare {
+		s.eng.Strike(resource, origin)
+	}
 	s.log.LogAttrs(c.Request.Context(), f.level, f.msg, slog.String("resource", resource), slog.Any("error", err))
 	if f.problem.Status == statusClientClosed {
 		c.AbortWithStatus(statusClientClosed)

@@ -752,3 +752,42 @@ func TestAsyncRefusedAtOnceByAFullFarm(t *testing.T) {
 		t.Fatalf("token not exited: %+v", st)
 	}
 }
+
+// A client refused because it already has its share of jobs in flight
+// caused that itself: it counts toward its ban. A full queue does not.
+func TestOverShareCountsTowardTheBan(t *testing.T) {
+	for _, tc := range []struct {
+		err        *httpapi.BusyError
+		wantBanned bool
+	}{
+		{&httpapi.BusyError{Reason: "2 jobs in flight", RetryAfter: time.Second, OverShare: true}, true},
+		{&httpapi.BusyError{Reason: "queue full", RetryAfter: time.Second}, false},
+	} {
+		docs, _ := rules.Parse("r.yaml", []byte("resource: zimage_generate\nban: {blocks: 2, within: 10s, for: 1m}\n"))
+		set, err := rules.Build(docs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), CPU: idleCPU{}}, set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: busyRunner{tc.err}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last *httptest.ResponseRecorder
+		for range 3 {
+			last = httptest.NewRecorder()
+			req := generateRequest(`{"prompt": "a lighthouse"}`)
+			req.RemoteAddr = "192.0.2.1:1"
+			api.ServeHTTP(last, req)
+		}
+		banned := problemOf(t, last.Body.Bytes()).Kind == "ban"
+		if banned != tc.wantBanned {
+			t.Errorf("%s: third request %d %s; banned %v, want %v", tc.err.Reason, last.Code, last.Body, banned, tc.wantBanned)
+		}
+		api.Close()
+		eng.Close()
+	}
+}

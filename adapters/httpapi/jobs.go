@@ -100,7 +100,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	if pc, ok := s.runner.(Prechecker); ok {
 		if err := pc.Precheck(origin); err != nil {
 			tok.Exit(nil) // never ran
-			s.jobError(c, cj.Resource, err)
+			s.jobError(c, cj.Resource, origin, err)
 			return false
 		}
 	}

@@ -310,7 +310,7 @@ func (s *Server) run(c *gin.Context, tok *engine.Token, origin string, cj comfyu
 	defer cancel()
 	res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost})
 	if err != nil {
-		s.jobError(c, cj.Resource, err)
+		s.jobError(c, cj.Resource, origin, err)
 		return
 	}
 	c.Header("Server-Timing", serverTiming(res))
