@@ -63,7 +63,8 @@ import (
 // SLUICE_ABUSE_SCALE (default 20), SLUICE_ABUSE_SECONDS (real seconds of
 // load per scenario, default 12) and SLUICE_ABUSE_BACKENDS (default 2) set
 // the scale; SLUICE_ABUSE_PER_IP (default 0.2) the rate set's per-IP rate
-// as a share of the capacity.
+// as a share of the capacity, SLUICE_ABUSE_INFLIGHT (default the slots + 1)
+// the farm's --tenant-inflight.
 func BenchmarkAbuse(b *testing.B) {
 	sc, err := abuseScaleFromEnv()
 	if err != nil {
@@ -107,6 +108,7 @@ type abuseScale struct {
 	window   time.Duration
 	backends int
 	perIP    float64 // the rate set's per-IP rate, as a share of the capacity
+	inFlight int     // the farm's --tenant-inflight
 }
 
 func abuseScaleFromEnv() (abuseScale, error) {
@@ -139,6 +141,13 @@ func abuseScaleFromEnv() (abuseScale, error) {
 	if sc.perIP, err = num("SLUICE_ABUSE_PER_IP", sc.perIP); err != nil {
 		return sc, err
 	}
+	// One job more than the slots by default: a client alone keeps every
+	// slot busy, with a job waiting for the next free one.
+	n, err = num("SLUICE_ABUSE_INFLIGHT", float64(sc.backends+1))
+	if err != nil {
+		return sc, err
+	}
+	sc.inFlight = int(n)
 	return sc, nil
 }
 
@@ -176,9 +185,7 @@ func abuseRuleSets(sc abuseScale) []abuseRules {
 	ms := func(u time.Duration) string { return strconv.FormatInt(sc.d(u).Milliseconds(), 10) + "ms" }
 	perIP := max(1, int(math.Round(sc.perIP*sc.capacity()))) // per 1 s real
 	queueWait := sc.d(abuseDeadline - abuseJobTime)
-	// One job more than the slots: a client alone keeps every slot busy,
-	// with a job waiting for the next free one.
-	inFlight := sc.backends + 1
+	inFlight := sc.inFlight
 	rate := fmt.Sprintf(`# A per-IP rate of %g x capacity (%d per 1s real = %d per %s modelled)
 # with a burst, and a ban (20 refusals in 10s: banned 1m, modelled).
 resource: zimage_generate
@@ -679,4 +686,41 @@ func jainIndex(xs []float64) float64 {
 		return 0
 	}
 	return sum * sum / (float64(len(xs)) * sumSq)
+}
+
+func TestMaxMinFair(t *testing.T) {
+	s := time.Second
+	for _, tc := range []struct {
+		name          string
+		demands, want []time.Duration
+		capacity      time.Duration
+	}{
+		{"all met", []time.Duration{1 * s, 2 * s}, []time.Duration{1 * s, 2 * s}, 10 * s},
+		{"small met, rest shared", []time.Duration{1 * s, 1 * s, 1 * s, 100 * s}, []time.Duration{1 * s, 1 * s, 1 * s, 7 * s}, 10 * s},
+		{"none met", []time.Duration{20 * s, 30 * s}, []time.Duration{5 * s, 5 * s}, 10 * s},
+		{"cascade", []time.Duration{2 * s, 4 * s, 100 * s}, []time.Duration{2 * s, 4 * s, 6 * s}, 12 * s},
+		{"no demand", []time.Duration{0, 5 * s}, []time.Duration{0, 5 * s}, 10 * s},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := maxMinFair(tc.demands, tc.capacity); !slices.Equal(got, tc.want) {
+				t.Errorf("maxMinFair(%v, %v) = %v, want %v", tc.demands, tc.capacity, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestJainIndex(t *testing.T) {
+	for _, tc := range []struct {
+		xs   []float64
+		want float64
+	}{
+		{[]float64{1, 1, 1, 1}, 1},
+		{[]float64{1, 0, 0, 0}, 0.25},
+		{[]float64{1, 1, 0, 0}, 0.5},
+		{[]float64{0, 0}, 0},
+	} {
+		if got := jainIndex(tc.xs); math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("jainIndex(%v) = %v, want %v", tc.xs, got, tc.want)
+		}
+	}
 }
