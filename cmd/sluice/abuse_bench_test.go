@@ -43,7 +43,11 @@ import (
 // allows. Every time quantity — job time, deadline, queue wait, ban times,
 // rate windows, the load's length — is divided by the scale (20 by
 // default: 100 ms jobs, 1.5 s deadlines), so the run is short; rate rules
-// keep their rate, their windows being whole real seconds.
+// keep their rate, their windows being whole real seconds. Two things do
+// not scale: Retry-After is whole seconds (at least 1 s real, 20 s
+// modelled), so a refused well-behaved client retries later than it would
+// on the modelled farm; and the fake's own work on a prompt (the image it
+// writes, a few ms) runs on top of the scaled job time, counted as busy.
 //
 // Per scenario it reports:
 //   - well-%: well-behaved requests answered 200 within their deadline;
@@ -148,6 +152,9 @@ func abuseScaleFromEnv() (abuseScale, error) {
 		return sc, err
 	}
 	sc.inFlight = int(n)
+	if sc.backends < 1 || sc.inFlight < 1 {
+		return sc, fmt.Errorf("$SLUICE_ABUSE_BACKENDS and $SLUICE_ABUSE_INFLIGHT: want at least 1, got %d and %d", sc.backends, sc.inFlight)
+	}
 	return sc, nil
 }
 
