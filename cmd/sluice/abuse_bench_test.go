@@ -229,13 +229,16 @@ type abuseResult struct {
 }
 
 type abuseClientResult struct {
-	name            string
-	asked, ok       int
-	demand, served  time.Duration // GPU time asked for, useful GPU time got
-	fair            time.Duration
-	abuser          bool
-	latencies       []time.Duration // of the 200s, request sent to body read
-	retried, gaveUp int
+	name           string
+	asked, ok      int
+	demand, served time.Duration // GPU time asked for, useful GPU time got
+	fair           time.Duration
+	abuser         bool
+	latencies      []time.Duration // of the 200s, request sent to body read
+	// retried counts the refused attempts sent again; late the requests
+	// whose deadline passed in the gateway; noTime those refused with a
+	// Retry-After past their deadline.
+	retried, late, noTime int
 }
 
 func (r *abuseResult) add(o abuseResult) {
@@ -262,7 +265,7 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 		rulesUsed = "\n" + rs.yaml
 	}
 	fmt.Fprintf(w, "farm: --tenant-inflight %d --queue-max %d --queue-wait %s; rules: %s\n", rs.tenantInFlight, abuseQueueMax, rs.queueWait, rulesUsed)
-	fmt.Fprintf(w, "%-8s %6s %6s %8s %8s %8s %6s %8s  %s\n", "client", "asked", "ok", "demand", "served", "fair", "x", "p99", "refused (status=count)")
+	fmt.Fprintf(w, "%-8s %6s %6s %6s %6s %6s %8s %8s %8s %6s %8s  %s\n", "client", "asked", "ok", "late", "notime", "retry", "demand", "served", "fair", "x", "p99", "refused (status=count)")
 	for _, c := range r.clients {
 		slices.Sort(c.latencies)
 		p99 := time.Duration(0)
@@ -278,12 +281,13 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 			refused = append(refused, fmt.Sprintf("%d=%d", status, n))
 		}
 		slices.Sort(refused)
-		fmt.Fprintf(w, "%-8s %6d %6d %8s %8s %8s %6.2f %8s  %s\n", c.name, c.asked, c.ok,
+		fmt.Fprintf(w, "%-8s %6d %6d %6d %6d %6d %8s %8s %8s %6.2f %8s  %s\n", c.name, c.asked, c.ok, c.late, c.noTime, c.retried,
 			c.demand.Round(time.Millisecond), c.served.Round(time.Millisecond), c.fair.Round(time.Millisecond), x,
 			p99.Round(time.Millisecond), strings.Join(refused, " "))
 	}
 	fmt.Fprintf(w, "well-behaved within deadline %.1f%% (goal ≥ 99%%), GPU busy %.1f%% (≥ 90%%), useful %.1f%% (≥ 95%%), Jain %.3f\n",
 		r.wellPct, r.busyPct, r.usefulPct, r.jain)
+	fmt.Fprintf(w, "late: deadline passed in the gateway; notime: refused, Retry-After past the deadline; retry: attempts sent again\n")
 	fmt.Fprintf(w, "a prompt ran %s on average; a backend stood %s idle between two prompts (median)\n",
 		r.meanRun.Round(100*time.Microsecond), r.handoff.Round(100*time.Microsecond))
 }
@@ -442,7 +446,8 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 		results  []abuseRequest
 		refusals = make(map[string]map[int]int)
 		retried  = make([]int, len(names))
-		gaveUp   = make([]int, len(names))
+		late     = make([]int, len(names))
+		noTime   = make([]int, len(names))
 	)
 	record := func(r abuseRequest) {
 		mu.Lock()
@@ -499,11 +504,13 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 				refused(client, status)
 			}
 			if !retries || retry == 0 || time.Since(start)+retry >= deadline {
-				if retries {
-					mu.Lock()
-					gaveUp[client]++
-					mu.Unlock()
+				mu.Lock()
+				if status == 0 {
+					late[client]++
+				} else if retries {
+					noTime[client]++
 				}
+				mu.Unlock()
 				record(abuseRequest{client: client, seed: s})
 				return
 			}
@@ -575,7 +582,8 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 	}
 	cr := make([]abuseClientResult, len(names))
 	for i := range cr {
-		cr[i].name, cr[i].abuser, cr[i].retried, cr[i].gaveUp = names[i], i == abuser, retried[i], gaveUp[i]
+		cr[i].name, cr[i].abuser = names[i], i == abuser
+		cr[i].retried, cr[i].late, cr[i].noTime = retried[i], late[i], noTime[i]
 	}
 	var busy, useful, ran time.Duration
 	runs := 0
