@@ -90,6 +90,7 @@ func BenchmarkAbuse(b *testing.B) {
 				b.ReportMetric(sum.usefulPct, "useful-%")
 				b.ReportMetric(sum.jain, "jain")
 				b.ReportMetric(float64(sum.handoff.Microseconds())/1000, "handoff-ms")
+				b.ReportMetric(float64(sum.lag.Microseconds())/1000, "lag-p99-ms")
 			})
 		}
 	}
@@ -224,8 +225,10 @@ type abuseResult struct {
 	// handoff is the median time a backend stood idle between two prompts;
 	// meanRun the mean time a prompt ran on it.
 	handoff, meanRun time.Duration
-	clients          []abuseClientResult
-	refusals         map[string]map[int]int // client → status → count
+	// lag is the 99th percentile of how late a 10 ms timer fired.
+	lag      time.Duration
+	clients  []abuseClientResult
+	refusals map[string]map[int]int // client → status → count
 }
 
 type abuseClientResult struct {
@@ -247,6 +250,7 @@ func (r *abuseResult) add(o abuseResult) {
 	r.usefulPct += o.usefulPct
 	r.jain += o.jain
 	r.handoff += o.handoff
+	r.lag += o.lag
 }
 
 func (r *abuseResult) scale(f float64) {
@@ -255,6 +259,7 @@ func (r *abuseResult) scale(f float64) {
 	r.usefulPct *= f
 	r.jain *= f
 	r.handoff = time.Duration(float64(r.handoff) * f)
+	r.lag = time.Duration(float64(r.lag) * f)
 }
 
 func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRules) {
@@ -290,6 +295,11 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 	fmt.Fprintf(w, "late: deadline passed in the gateway; notime: refused, Retry-After past the deadline; retry: attempts sent again\n")
 	fmt.Fprintf(w, "a prompt ran %s on average; a backend stood %s idle between two prompts (median)\n",
 		r.meanRun.Round(100*time.Microsecond), r.handoff.Round(100*time.Microsecond))
+	fmt.Fprintf(w, "timers fired up to %s late (p99)", r.lag.Round(100*time.Microsecond))
+	if r.lag > sc.d(abuseJobTime)/10 {
+		fmt.Fprintf(w, ": the host was busy, these figures say more about it than about sluice (try SLUICE_ABUSE_SCALE=10)")
+	}
+	fmt.Fprintln(w)
 }
 
 // gpuLog records, from a fake backend's own view, when each prompt ran: its
@@ -533,6 +543,23 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 	defer stop()
 	begin := time.Now()
 	var running, loaders sync.WaitGroup
+	// How late a 10 ms timer fires: a busy host delays every goroutine, the
+	// gateway's and the fake GPUs' included, and the figures with them.
+	var lags []time.Duration
+	loaders.Go(func() {
+		const every = 10 * time.Millisecond
+		for {
+			want := time.Now().Add(every)
+			t := time.NewTimer(every)
+			select {
+			case <-load.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			lags = append(lags, max(time.Since(want), 0))
+		}
+	})
 	for i := range abuseWellCount {
 		rate := abuseWellShare * sc.capacity()
 		rng := rand.New(rand.NewPCG(uint64(i+1), 8)) // the same arrivals every run
@@ -654,6 +681,10 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 		res.handoff = gaps[len(gaps)/2]
 	}
 	res.meanRun = meanRun
+	if len(lags) > 0 {
+		slices.Sort(lags)
+		res.lag = lags[len(lags)*99/100]
+	}
 	return res
 }
 
