@@ -41,10 +41,10 @@ import (
 // (ips=20); three well-behaved clients each ask for 10 % of the capacity,
 // with Poisson arrivals, and honour Retry-After while their deadline
 // allows. Every time quantity — job time, deadline, queue wait, ban times,
-// rate windows, the load's length — is divided by the scale (20 by
-// default: 100 ms jobs, 1.5 s deadlines), so the run is short; rate rules
+// rate windows, the load's length — is divided by the scale (10 by
+// default: 200 ms jobs, 3 s deadlines), so the run is short; rate rules
 // keep their rate, their windows being whole real seconds. Two things do
-// not scale: Retry-After is whole seconds (at least 1 s real, 20 s
+// not scale: Retry-After is whole seconds (at least 1 s real, 10 s
 // modelled), so a refused well-behaved client retries later than it would
 // on the modelled farm; and the fake's own work on a prompt (the image it
 // writes, a few ms) runs on top of the scaled job time, counted as busy.
@@ -64,8 +64,8 @@ import (
 //
 //	SLUICE_ABUSE_SECONDS=5 go test ./cmd/sluice -run '^$' -bench 'Abuse/fair' -benchtime 1x
 //
-// SLUICE_ABUSE_SCALE (default 20), SLUICE_ABUSE_SECONDS (real seconds of
-// load per scenario, default 12) and SLUICE_ABUSE_BACKENDS (default 2) set
+// SLUICE_ABUSE_SCALE (default 10), SLUICE_ABUSE_SECONDS (real seconds of
+// load per scenario, default 20) and SLUICE_ABUSE_BACKENDS (default 2) set
 // the scale; SLUICE_ABUSE_PER_IP (default 0.2) the rate set's per-IP rate
 // as a share of the capacity, SLUICE_ABUSE_INFLIGHT (default the slots + 1)
 // the farm's --tenant-inflight.
@@ -117,7 +117,7 @@ type abuseScale struct {
 }
 
 func abuseScaleFromEnv() (abuseScale, error) {
-	sc := abuseScale{factor: 20, window: 12 * time.Second, backends: 2, perIP: 0.2}
+	sc := abuseScale{factor: 10, window: 20 * time.Second, backends: 2, perIP: 0.2}
 	num := func(name string, def float64) (float64, error) {
 		v := os.Getenv(name)
 		if v == "" {
