@@ -297,7 +297,7 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 		r.meanRun.Round(100*time.Microsecond), r.handoff.Round(100*time.Microsecond))
 	fmt.Fprintf(w, "timers fired up to %s late (p99)", r.lag.Round(100*time.Microsecond))
 	if r.lag > sc.d(abuseJobTime)/10 {
-		fmt.Fprintf(w, ": the host was busy, these figures say more about it than about sluice (try SLUICE_ABUSE_SCALE=10)")
+		fmt.Fprintf(w, ": the host was busy, these figures say more about it than about sluice (try a smaller SLUICE_ABUSE_SCALE, or a quieter host)")
 	}
 	fmt.Fprintln(w)
 }
