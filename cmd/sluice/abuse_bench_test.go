@@ -296,7 +296,7 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 	fmt.Fprintf(w, "a prompt ran %s on average; a backend stood %s idle between two prompts (median)\n",
 		r.meanRun.Round(100*time.Microsecond), r.handoff.Round(100*time.Microsecond))
 	fmt.Fprintf(w, "timers fired up to %s late (p99)", r.lag.Round(100*time.Microsecond))
-	if r.lag > sc.d(abuseJobTime)/10 {
+	if r.lag > sc.d(abuseJobTime)/5 {
 		fmt.Fprintf(w, ": the host was busy, these figures say more about it than about sluice (try a smaller SLUICE_ABUSE_SCALE, or a quieter host)")
 	}
 	fmt.Fprintln(w)
