@@ -153,6 +153,11 @@ func abuseScaleFromEnv() (abuseScale, error) {
 		return sc, err
 	}
 	sc.inFlight = int(n)
+	// The fake keeps the latest 4096 prompts, by which runs are matched to
+	// requests.
+	if perBackend := sc.window / sc.d(abuseJobTime); perBackend > 4000 {
+		return sc, fmt.Errorf("$SLUICE_ABUSE_SECONDS / $SLUICE_ABUSE_SCALE: %d jobs per backend, more than the fake ComfyUI records (4000)", perBackend)
+	}
 	if sc.backends < 1 || sc.inFlight < 1 {
 		return sc, fmt.Errorf("$SLUICE_ABUSE_BACKENDS and $SLUICE_ABUSE_INFLIGHT: want at least 1, got %d and %d", sc.backends, sc.inFlight)
 	}
