@@ -363,9 +363,9 @@ func (h gpuLogHandler) WithGroup(string) slog.Handler { return h }
 // interval is one prompt's run on a backend.
 type interval struct{ start, end time.Time }
 
-// runs returns, by seed, when the prompts of srv ran; a prompt still
-// running ends at until.
-func (g *gpuLog) runs(srv *comfyuitest.Server, until time.Time) map[int64]interval {
+// runs returns, by seed, when the prompts of srv ran. Call it once srv is
+// closed: every prompt has ended then; one with no end is an error.
+func (g *gpuLog) runs(srv *comfyuitest.Server) (map[int64]interval, error) {
 	seeds := make(map[string]int64)
 	for _, p := range srv.Prompts() {
 		if s, ok := p.Prompt.Int("KSampler", "seed"); ok {
@@ -375,18 +375,17 @@ func (g *gpuLog) runs(srv *comfyuitest.Server, until time.Time) map[int64]interv
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := make(map[int64]interval, len(g.starts))
-	for seed, start := range g.starts {
-		out[seed] = interval{start, until}
-	}
 	for id, end := range g.ends {
 		if seed, ok := seeds[id]; ok {
-			if iv, ok := out[seed]; ok {
-				iv.end = end
-				out[seed] = iv
+			if start, ok := g.starts[seed]; ok {
+				out[seed] = interval{start, end}
 			}
 		}
 	}
-	return out
+	if len(out) != len(g.starts) {
+		return out, fmt.Errorf("%s: %d prompts started, %d of them seen done: does comfyuitest still log \"comfyuitest: prompt done\" with a prompt_id?", srv.URL, len(g.starts), len(out))
+	}
+	return out, nil
 }
 
 // abuseRequest is one request's outcome.
@@ -621,7 +620,11 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 	runs := 0
 	var gaps []time.Duration // between a run's end and the next start on its backend
 	for k, srv := range servers {
-		ivs := logs[k].runs(srv, time.Now())
+		srv.Close() // its executor has returned: every prompt is done
+		ivs, err := logs[k].runs(srv)
+		if err != nil {
+			b.Error(err)
+		}
 		starts := make([]interval, 0, len(ivs))
 		for _, iv := range ivs {
 			starts = append(starts, iv)
