@@ -5,7 +5,7 @@ PKGS    := ./...
 BIN     := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build bench bench-overload fuzz lint clean
+.PHONY: run test build bench bench-overload bench-abuse fuzz lint clean
 
 ## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
 run:
@@ -28,6 +28,10 @@ bench:
 ## bench-overload: an abusive client at 20x the capacity of a farm of fake GPU backends (about 7 s, loopback only)
 bench-overload:
 	$(GO) test -run '^$$' -bench Overload -benchtime 1x ./cmd/sluice
+
+## bench-abuse: an abuser at 20x a farm's capacity, from 1 IP and from 20, beside three well-behaved clients, through the HTTP server, engine and farm (about 1.5 min; SLUICE_ABUSE_SECONDS=5 for a quick look)
+bench-abuse:
+	$(GO) test -run '^$$' -bench Abuse -benchtime 1x -timeout 15m ./cmd/sluice
 
 ## fuzz: a short run of every fuzz target
 fuzz:
