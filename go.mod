@@ -16,6 +16,8 @@ require (
 	golang.org/x/image v0.47.0
 )
 
+require code.dny.dev/ssrf v0.3.0 // indirect
+
 require (
 	github.com/NVIDIA/go-nvml v0.13.0-1
 	github.com/StackExchange/wmi v0.0.0-20190523213315-cbe66965904d // indirect

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // State is where a job is in its life.
@@ -127,17 +129,10 @@ type Event struct {
 	Job  Job
 }
 
-// Clock tells the time.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Manager; the zero value is usable.
 type Config struct {
 	// Clock stamps the jobs' times; the system clock by default.
-	Clock Clock
+	Clock clock.Clock
 	// MaxFinished is how many finished jobs are kept (default 1000).
 	MaxFinished int
 	// MaxResultBytes bounds the result bytes kept in all (default 512 MiB).
@@ -221,9 +216,7 @@ type record struct {
 
 // New returns a Manager.
 func New(cfg Config) *Manager {
-	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.MaxFinished <= 0 {
 		cfg.MaxFinished = 1000
 	}
