@@ -19,7 +19,10 @@
 // or cancelled when the function returns. Cancel ends the job's context; the
 // function is expected to return soon after, and the job is then cancelled.
 // The run function is called exactly once for every job Submit accepted,
-// even one cancelled at once, so that it can release what it holds.
+// even one cancelled at once, so that it can release what it holds. A
+// panic in it fails the job with ErrPanicked, is logged with its stack, and
+// leaves the process up: the function releases what it holds with defer,
+// so that the release also runs as a panic unwinds.
 //
 // Subscribe follows one job: its current state first, then its progress and
 // state changes in order, until the job ends. A slow subscriber never holds

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -142,7 +143,8 @@ type Config struct {
 	SubscriberBuffer int
 	// OnFinish, if set, is called with every job that reaches its final
 	// state, on the job's own goroutine, outside the Manager's lock (the
-	// webhook is sent from here). Drain and Close wait for it.
+	// webhook is sent from here). Drain and Close wait for it. A panic in
+	// it is logged and goes no further.
 	OnFinish func(Job)
 	// Store, if set, keeps every job's record (never its result bytes) so
 	// that a restarted gateway knows its jobs: see Restore. Nil: memory
@@ -187,6 +189,10 @@ var (
 	// running: with a Store they are taken up again by the next Restore,
 	// so a run function should leave the work itself running if it can.
 	ErrShutdown = errors.New("jobs: the gateway is stopping; the job resumes after the restart")
+	// ErrPanicked is the error of a job whose run function panicked: the
+	// job fails with it, the panic and its stack are logged, and the
+	// process goes on.
+	ErrPanicked = errors.New("internal error: the job stopped on a bug in the gateway (its log has the details)")
 )
 
 // Manager owns job records. Make one with New and Close it.
@@ -263,7 +269,24 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 func (m *Manager) run(ctx context.Context, cancel context.CancelCauseFunc, r *record, run RunFunc) {
 	defer m.wg.Done()
 	defer cancel(nil)
-	res, err := run(ctx, Report{
+	res, err := m.call(ctx, r, run)
+	m.end(r, res, err)
+}
+
+// call calls the job's run function and turns a panic in it into the
+// job's error, ErrPanicked, logging the panic and its stack once: one
+// job's bug fails that job, never the process. What the function holds
+// (an admission token, a GPU slot) is released by its own deferred calls,
+// which run as the panic unwinds.
+func (m *Manager) call(ctx context.Context, r *record, run RunFunc) (res Result, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			m.cfg.Logger.Error("jobs: a job's run function panicked; the job failed",
+				slog.String("job", r.id()), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			res, err = Result{}, ErrPanicked
+		}
+	}()
+	return run(ctx, Report{
 		Progress: func(value, max int) { m.progress(r, value, max) },
 		Started:  func(backend, promptID string) { m.started(r, backend, promptID) },
 		Queued: func(position func() int) {
@@ -272,7 +295,21 @@ func (m *Manager) run(ctx context.Context, cancel context.CancelCauseFunc, r *re
 			m.mu.Unlock()
 		},
 	})
-	m.end(r, res, err)
+}
+
+// notify calls OnFinish with a finished job; a panic in it is logged with
+// its stack, and the process goes on.
+func (m *Manager) notify(j Job) {
+	if m.cfg.OnFinish == nil {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			m.cfg.Logger.Error("jobs: OnFinish panicked",
+				slog.String("job", j.ID), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		}
+	}()
+	m.cfg.OnFinish(j)
 }
 
 // end records the end of a job, stores its result and its record, forgets
@@ -295,9 +332,7 @@ func (m *Manager) end(r *record, res Result, err error) {
 	for _, old := range evicted {
 		m.forget(old)
 	}
-	if m.cfg.OnFinish != nil {
-		m.cfg.OnFinish(final)
-	}
+	m.notify(final)
 }
 
 // id is the job's ID, which never changes.
