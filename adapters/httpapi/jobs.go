@@ -104,6 +104,9 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		}
 	}
 	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
+		// execute exits the token; this deferred Exit, a no-op after that,
+		// frees it when the job panics (the job manager recovers).
+		defer tok.Exit(jobs.ErrPanicked)
 		cj.OnProgress = report.Progress
 		ctx, stop := detachOnShutdown(ctx)
 		defer stop()
@@ -208,6 +211,19 @@ func (s *Server) jobResult(c *gin.Context) {
 		}
 		writeProblem(c, Problem{Type: typeBase + "job-not-succeeded", Title: "Conflict", Status: http.StatusConflict,
 			Detail: detail, Resource: job.Resource, Value: string(job.State)})
+		return
+	}
+	// Status leaves the bytes where they are kept (the results folder under
+	// sluice serve); Get reads them from there.
+	job, err := s.async.Get(job.ID)
+	switch {
+	case errors.Is(err, jobs.ErrNotFound) && job.ID == "": // forgotten in between
+		badRequest(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", c.Param("id")))
+		return
+	case err != nil:
+		s.log.Error("async job result unreadable", slog.String("job", job.ID), slog.Any("error", err))
+		writeProblem(c, Problem{Type: typeBase + "job-result-unavailable", Title: "Internal Server Error", Status: http.StatusInternalServerError,
+			Detail: fmt.Sprintf("the result of job %s could not be read", job.ID), Resource: job.Resource})
 		return
 	}
 	c.Header("X-Sluice-Prompt-Id", job.PromptID)
