@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -152,4 +153,106 @@ func rulesWithoutCPU(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestRecoveredJobHoldsItsSlot restarts the gateway while an async job runs
+// on a one-slot backend: the recovered job holds that slot, so a new job
+// waits in the gateway's queue (place 1) instead of being sent to a backend
+// still busy, and runs once the recovered one has ended.
+func TestRecoveredJobHoldsItsSlot(t *testing.T) {
+	running, release := make(chan struct{}), make(chan struct{})
+	var n atomic.Int64
+	comfy := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration {
+		if n.Add(1) == 1 {
+			close(running)
+			<-release // the first job runs until the test lets it end
+		}
+		return 10 * time.Millisecond
+	}})
+	defer comfy.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	dir, rules := t.TempDir(), rulesWithoutCPU(t)
+	submit := func(base string) string {
+		t.Helper()
+		resp, err := http.Post(base+"/v1/generate?mode=async", "application/json", strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var sub struct{ ID string }
+		json.NewDecoder(resp.Body).Decode(&sub)
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("submit: %d", resp.StatusCode)
+		}
+		return sub.ID
+	}
+
+	// GPU sampling is slowed so that a loaded machine cannot take the
+	// backend out (and re-run a job) in the middle of the test.
+	g1 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--rules", rules, "--slots", "1", "--gpu-interval", "1m")
+	old := submit(g1.base)
+	<-running
+	if err := g1.stop(); err == nil || !strings.Contains(err.Error(), "async jobs still running") {
+		t.Fatalf("stop: %v", err)
+	}
+
+	g2 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--rules", rules, "--slots", "1", "--gpu-interval", "1m")
+	fresh := submit(g2.base)
+	type jobView struct {
+		State         string `json:"state"`
+		Error         string `json:"error"`
+		QueuePosition int    `json:"queue_position"`
+	}
+	var job jobView
+	// Either the new job waits for the slot, or (the bug) it is sent to
+	// the backend at once.
+	eventually(t, func() bool {
+		getJSON(t, g2.base+"/api/jobs/"+fresh, &job)
+		return job.QueuePosition > 0 || len(comfy.Prompts()) > 1
+	})
+	if job.QueuePosition != 1 || len(comfy.Prompts()) != 1 {
+		t.Fatalf("the new job is at place %d, with %d prompts sent to the one-slot backend; want place 1 and 1 prompt",
+			job.QueuePosition, len(comfy.Prompts()))
+	}
+	if in := farmInUse(t, g2.base); in != 1 {
+		t.Fatalf("%d slots in use while the recovered job runs, want 1", in)
+	}
+	close(release) // the recovered job ends ...
+	for _, id := range []string{old, fresh} {
+		eventually(t, func() bool {
+			getJSON(t, g2.base+"/api/jobs/"+id, &job)
+			return job.State == "succeeded" || job.State == "failed"
+		})
+		if job.State != "succeeded" {
+			t.Fatalf("job %s %s: %s", id, job.State, job.Error)
+		}
+	}
+	if n := len(comfy.Prompts()); n != 2 { // ... and the new one ran after it
+		t.Fatalf("ComfyUI got %d prompts, want 2", n)
+	}
+	if in := farmInUse(t, g2.base); in != 0 {
+		t.Fatalf("%d slots still in use after both jobs ended", in)
+	}
+}
+
+// farmInUse is the number of backend slots in use, from /api/backends.
+func farmInUse(t *testing.T, base string) int {
+	t.Helper()
+	var farm struct {
+		Backends []struct {
+			InUse int `json:"in_use"`
+		} `json:"backends"`
+	}
+	getJSON(t, base+"/api/backends", &farm)
+	n := 0
+	for _, b := range farm.Backends {
+		n += b.InUse
+	}
+	return n
 }

@@ -42,7 +42,9 @@
 // With a ResultStore (DirResults keeps results in a folder) result bytes
 // leave memory for it. After a restart, Restore loads the records:
 // finished jobs stay readable; jobs that had reached a backend (Started)
-// are followed there to their end by a RecoverFunc; the others end failed
+// are followed there to their end by a RecoverFunc, after a ClaimFunc has
+// taken, before Restore returns, what each holds there (its GPU slot, its
+// admission token) until it ends; the others end failed
 // (LostQueued), for their input image is never stored. Close leaves
 // the stored records of the jobs it cancels as they were, so that the next
 // gateway takes them up.

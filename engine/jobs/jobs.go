@@ -683,16 +683,24 @@ func (s *subscriber) pump(ctx context.Context, leave func()) {
 // its Backend and PromptID, to its end.
 type RecoverFunc func(ctx context.Context, job Job) (Result, error)
 
+// ClaimFunc takes, for a job Restore takes up on its backend, what the job
+// holds there: its GPU slot, its admission token. Restore calls it for each
+// such job before it returns (so before the gateway serves anything new),
+// and calls the release it returns, if not nil, exactly once when the job
+// has ended, whichever way, with the job's error: nil when it succeeded,
+// ErrPanicked when its RecoverFunc panicked.
+type ClaimFunc func(job Job) (release func(err error))
+
 // Restore loads the Store's records into the Manager; call it once, before
 // serving. Finished jobs are kept as they were (their results read from
 // the ResultStore when asked for), within the bounds. Jobs that had been
 // given to a backend under a prompt ID (queued there or running) are taken
-// up again: recover runs
-// for each on a goroutine of its own, under a context of the Manager's like
-// a run function's, and the job ends as it returns. Jobs with no prompt
-// ID yet end failed with LostQueued: their input
-// (an uploaded image) was never stored. ctx bounds only the loading.
-func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
+// up again: claim, if not nil, is called for each before Restore returns,
+// then follow runs for each on a goroutine of its own, under a context of
+// the Manager's like a run function's, and the job ends as it returns.
+// Jobs with no prompt ID yet end failed with LostQueued: their input (an
+// uploaded image) was never stored. ctx bounds only the loading.
+func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFunc) error {
 	if m.cfg.Store == nil {
 		return nil
 	}
@@ -751,8 +759,24 @@ func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
 	}
 	for _, x := range resume {
 		job := x.r.job
-		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, _ Report) (Result, error) {
-			return recover(ctx, job)
+		var release func(error)
+		if claim != nil {
+			release = claim(job)
+		}
+		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, _ Report) (res Result, err error) {
+			if release != nil {
+				ended := false
+				defer func() {
+					if !ended {
+						err = ErrPanicked // follow panicked; m.call recovers
+					}
+					release(err)
+				}()
+				res, err = follow(ctx, job)
+				ended = true
+				return res, err
+			}
+			return follow(ctx, job)
 		})
 	}
 	return nil

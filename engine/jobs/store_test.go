@@ -224,7 +224,7 @@ func TestRestore(t *testing.T) {
 			return jobs.Result{}, errors.New("node 3 failed")
 		}
 		return jobs.Result{PromptID: j.PromptID, Data: []byte("new"), ContentType: "image/png"}, nil
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
