@@ -3,6 +3,9 @@ package jobs_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,5 +83,32 @@ func TestRestoreClaimsBeforeReturning(t *testing.T) {
 	}
 	if got, _ := m.Status(panicJob.ID); got.State != jobs.Failed || got.Error != jobs.ErrPanicked.Error() {
 		t.Errorf("the job whose follow panicked: %s %q", got.State, got.Error)
+	}
+}
+
+// partialStore is a Store whose Load met a record it could not read.
+type partialStore struct{ *memStore }
+
+func (s partialStore) Load() ([]jobs.Job, error) {
+	out, _ := s.memStore.Load()
+	return out, fmt.Errorf("store: key /jobs/x: %w", jobs.ErrBadRecord)
+}
+
+// TestRestoreSkipsBadRecords: one unreadable record is logged and the
+// others are restored.
+func TestRestoreSkipsBadRecords(t *testing.T) {
+	store := newMemStore()
+	done := jobs.Job{ID: uuid.NewString(), Tenant: "a", State: jobs.Succeeded, Created: time.Now(), Finished: time.Now()}
+	store.Save(done)
+	var logs syncBuffer
+	m := newManager(t, jobs.Config{Store: partialStore{store}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err := m.Restore(context.Background(), nil, nil); err != nil {
+		t.Fatalf("Restore failed on one bad record: %v", err)
+	}
+	if got, err := m.Status(done.ID); err != nil || got.State != jobs.Succeeded {
+		t.Fatalf("the good record: %+v, %v", got, err)
+	}
+	if !strings.Contains(logs.String(), "/jobs/x") {
+		t.Fatalf("the bad record was not logged:\n%s", logs.String())
 	}
 }

@@ -161,7 +161,9 @@ type Config struct {
 // Store keeps job records. Save is called on every state change and when a
 // job is started on its backend (not on progress), Delete when a finished
 // job is forgotten, Load once by Restore. Save is never called for one job
-// from two goroutines at once.
+// from two goroutines at once. A Load that meets records it cannot read
+// returns the others with an error wrapping ErrBadRecord (naming each):
+// one bad record must not lose the rest.
 type Store interface {
 	Save(Job) error
 	Load() ([]Job, error)
@@ -708,7 +710,10 @@ func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFu
 		return err
 	}
 	loaded, err := m.cfg.Store.Load()
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrBadRecord):
+		m.cfg.Logger.Error("jobs: restore: unreadable job records skipped", slog.Any("error", err))
+	case err != nil:
 		return fmt.Errorf("jobs: restore: %w", err)
 	}
 	slices.SortFunc(loaded, func(a, b Job) int { return cmp.Or(a.Finished.Compare(b.Finished), a.Created.Compare(b.Created)) })
