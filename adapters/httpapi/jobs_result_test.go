@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
@@ -117,36 +118,81 @@ func TestAsyncResultServedFromResultStore(t *testing.T) {
 	samePNG(t, rec.Body.Bytes(), comfyOutput(t, s.comfy.URL, rec.Header().Get("X-Sluice-Prompt-Id")), 320, 256)
 }
 
-// panicOnce panics on its first job, while the job holds its admission
-// token, and runs the others.
-type panicOnce struct {
+// scriptedRunner runs its first job as first says (nil: on ComfyUI), and
+// the others on ComfyUI.
+type scriptedRunner struct {
 	httpapi.Runner
-	calls atomic.Int64
+	first   func(ctx context.Context) (*comfyui.Result, error)
+	started chan struct{}
+	calls   atomic.Int64
 }
 
-func (p *panicOnce) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
-	if p.calls.Add(1) == 1 {
-		panic("a bug in the runner")
+func (r *scriptedRunner) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
+	if r.calls.Add(1) == 1 {
+		close(r.started)
+		if r.first != nil {
+			return r.first(ctx)
+		}
 	}
-	return p.Runner.Run(ctx, job)
+	return r.Runner.Run(ctx, job)
 }
 
-// TestAsyncPanicFreesTheToken runs an async job whose runner panics under
-// concurrency 1: the job fails with a clear message, the process goes on,
-// and the token is free, so the next job is admitted and runs.
-func TestAsyncPanicFreesTheToken(t *testing.T) {
+// TestAsyncTokenFreedOnEveryPath ends an async job under concurrency 1 in
+// each way it can end, and checks that its token is free afterwards: the
+// next job is admitted (503 while the token leaks) and runs. A panic fails
+// the job with a clear message and leaves the process up. (An async job has no client to lose: it
+// runs detached from the request.)
+func TestAsyncTokenFreedOnEveryPath(t *testing.T) {
 	const oneAtATime = "resource: zimage_generate\nconcurrency: 1\n"
-	s, finished := resultStack(t, oneAtATime, func(s *stack) httpapi.Runner {
-		return &panicOnce{Runner: httpapi.Direct{Client: s.client}}
-	})
 	body := `{"prompt": "a lighthouse", "width": 256, "height": 256}`
-	id := submitAsync(t, s, asyncGenerate(body))
-	if j := <-finished; j.ID != id || j.State != jobs.Failed || j.Error != jobs.ErrPanicked.Error() {
-		t.Fatalf("the panicking job: %s %q", j.State, j.Error)
+	waitEnd := func(ctx context.Context) (*comfyui.Result, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
-	next := submitAsync(t, s, asyncGenerate(body)) // 503 while the token leaks
-	if j := <-finished; j.ID != next || j.State != jobs.Succeeded {
-		t.Fatalf("the next job: %s %q", j.State, j.Error)
+	for _, tc := range []struct {
+		name    string
+		first   func(ctx context.Context) (*comfyui.Result, error)
+		cancel  bool // DELETE the job once it runs
+		want    jobs.State
+		wantErr string // when not empty
+	}{
+		{name: "success", want: jobs.Succeeded},
+		{name: "error", first: func(context.Context) (*comfyui.Result, error) {
+			return nil, &comfyui.ExecutionError{ExceptionMessage: "CUDA out of memory"}
+		}, want: jobs.Failed},
+		{name: "timeout", first: func(context.Context) (*comfyui.Result, error) {
+			return nil, context.DeadlineExceeded
+		}, want: jobs.Failed},
+		{name: "cancel", first: waitEnd, cancel: true, want: jobs.Cancelled},
+		{name: "backend removed", first: func(context.Context) (*comfyui.Result, error) {
+			return nil, &httpapi.BusyError{Reason: "no backend", RetryAfter: time.Second}
+		}, want: jobs.Failed},
+		{name: "panic", first: func(context.Context) (*comfyui.Result, error) {
+			panic("a bug in the runner")
+		}, want: jobs.Failed, wantErr: jobs.ErrPanicked.Error()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &scriptedRunner{first: tc.first, started: make(chan struct{})}
+			s, finished := resultStack(t, oneAtATime, func(s *stack) httpapi.Runner {
+				r.Runner = httpapi.Direct{Client: s.client}
+				return r
+			})
+			id := submitAsync(t, s, asyncGenerate(body))
+			if tc.cancel {
+				<-r.started
+				if rec := s.do(httptest.NewRequest(http.MethodDelete, "/api/jobs/"+id, nil), peer); rec.Code != http.StatusOK && rec.Code != http.StatusAccepted {
+					t.Fatalf("cancel: %d %s", rec.Code, rec.Body)
+				}
+			}
+			if j := <-finished; j.ID != id || j.State != tc.want || (tc.wantErr != "" && j.Error != tc.wantErr) {
+				t.Fatalf("the first job ended %s (%q), want %s", j.State, j.Error, tc.want)
+			}
+			checkIdle(t, s)
+			next := submitAsync(t, s, asyncGenerate(body))
+			if j := <-finished; j.ID != next || j.State != jobs.Succeeded {
+				t.Fatalf("the next job: %s %q", j.State, j.Error)
+			}
+			checkIdle(t, s)
+		})
 	}
-	checkIdle(t, s)
 }
