@@ -3,6 +3,7 @@ module github.com/sluicehq/sluice
 go 1.26.0
 
 require (
+	code.dny.dev/ssrf v0.3.0
 	github.com/alibaba/sentinel-golang v1.0.4
 	github.com/coder/websocket v1.8.15
 	github.com/gin-gonic/gin v1.12.0

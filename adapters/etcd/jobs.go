@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -51,8 +52,9 @@ func (s *JobStore) Save(j jobs.Job) error {
 	return nil
 }
 
-// Load lists every job record. A record that does not decode is an error
-// naming its key.
+// Load lists every job record. Records that do not decode are left out and
+// named, by key, in the error, which wraps jobs.ErrBadRecord: the others
+// are returned all the same.
 func (s *JobStore) Load() ([]jobs.Job, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
@@ -61,14 +63,16 @@ func (s *JobStore) Load() ([]jobs.Job, error) {
 		return nil, fmt.Errorf("etcd: list %s: %w", s.prefix, err)
 	}
 	out := make([]jobs.Job, 0, len(resp.Kvs))
+	var bad []error
 	for _, kv := range resp.Kvs {
 		j, err := jobs.UnmarshalRecord(kv.Value)
 		if err != nil {
-			return nil, fmt.Errorf("etcd: %s: %w", kv.Key, err)
+			bad = append(bad, fmt.Errorf("etcd: %s: %w", kv.Key, err))
+			continue
 		}
 		out = append(out, j)
 	}
-	return out, nil
+	return out, errors.Join(bad...)
 }
 
 // Delete removes job id's record; a missing one is no error.

@@ -1,6 +1,9 @@
 package etcd
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -34,5 +37,25 @@ func TestJobStore(t *testing.T) {
 	}
 	if got, _ := s.Load(); len(got) != 1 || got[0].ID != a.ID {
 		t.Errorf("after Delete: %+v", got)
+	}
+}
+
+// TestJobStoreSkipsBadRecords: a record that does not decode is left out
+// and named in an error wrapping jobs.ErrBadRecord; the others load.
+func TestJobStoreSkipsBadRecords(t *testing.T) {
+	s := NewJobStore(shared.client, testPrefix(t), 0)
+	good := jobs.Job{ID: uuid.NewString(), Tenant: "t", State: jobs.Running, Backend: "http://b", PromptID: "p"}
+	if err := s.Save(good); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.client.Put(context.Background(), s.Key("broken"), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Load()
+	if !errors.Is(err, jobs.ErrBadRecord) || !strings.Contains(err.Error(), s.Key("broken")) {
+		t.Fatalf("Load error %v; want one naming %s", err, s.Key("broken"))
+	}
+	if len(got) != 1 || got[0].ID != good.ID {
+		t.Fatalf("Load = %+v; want the good record", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -105,7 +106,9 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		}
 	}
 	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
-		defer tok.Exit(errPanicked) // no-op after execute's Exit
+		// execute exits the token; this deferred Exit, a no-op after that,
+		// frees it when the job panics (the job manager recovers).
+		defer tok.Exit(jobs.ErrPanicked)
 		cj.OnProgress = report.Progress
 		ctx, stop := detachOnShutdown(ctx)
 		defer stop()
@@ -182,6 +185,20 @@ func (s *Server) jobResult(c *gin.Context) {
 			Detail: detail, Resource: job.Resource, Value: string(job.State)})
 		return
 	}
+	// Status leaves the bytes where they are kept (the results folder under
+	// sluice serve); Get reads them from there.
+	full, err := s.async.Get(job.ID)
+	switch {
+	case errors.Is(err, jobs.ErrNotFound): // forgotten in between
+		problem.Answer(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", job.ID))
+		return
+	case err != nil:
+		s.log.Error("async job result unreadable", slog.String("job", job.ID), slog.Any("error", err))
+		problem.Write(c, Problem{Type: problem.TypeBase + "job-result-unavailable", Title: "Internal Server Error", Status: http.StatusInternalServerError,
+			Detail: fmt.Sprintf("the result of job %s could not be read", job.ID), Resource: job.Resource})
+		return
+	}
+	job = full
 	c.Header("X-Sluice-Prompt-Id", job.PromptID)
 	c.Data(http.StatusOK, job.ContentType, job.Result)
 }

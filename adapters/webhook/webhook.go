@@ -19,12 +19,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"code.dny.dev/ssrf"
 )
 
 // secretPrefix marks a Standard Webhooks secret: "whsec_" and base64.
@@ -115,9 +116,10 @@ type Config struct {
 	// Now and Sleep are the clock (tests inject them).
 	Now   func() time.Time
 	Sleep func(context.Context, time.Duration) error
-	// AllowPrivate lets webhooks reach loopback, private and link-local
-	// addresses. Off by default: a client-chosen URL must not make the
-	// gateway call into its own network (etcd, cloud metadata).
+	// AllowPrivate lets webhooks reach loopback, private, link-local and
+	// every other non-public address (see publicOnly). Off by default: a
+	// client-chosen URL must not make the gateway call into its own network
+	// (etcd, cloud metadata).
 	AllowPrivate bool
 }
 
@@ -131,7 +133,7 @@ func New(cfg Config) (*Sender, error) {
 	if s.client == nil {
 		dialer := &net.Dialer{Timeout: 5 * time.Second}
 		if !cfg.AllowPrivate {
-			dialer.Control = publicOnly
+			dialer.Control = publicOnly()
 		}
 		s.client = &http.Client{
 			Timeout:       10 * time.Second,
@@ -166,24 +168,24 @@ func New(cfg Config) (*Sender, error) {
 	return s, nil
 }
 
-// publicOnly refuses connections to addresses that are not public: it runs
-// on the address actually dialled, after name resolution, so a name that
-// resolves to a private address is caught too.
-func publicOnly(network, address string, _ syscall.RawConn) error {
-	host, _, err := net.SplitHostPort(address)
-	if err != nil {
-		return err
+// publicOnly returns a dialer Control that refuses connections to
+// addresses that are not public. It runs on the address actually dialled,
+// after name resolution, so a name that resolves to a private address is
+// caught too. The deny-lists are code.dny.dev/ssrf's, kept from the IANA
+// special-purpose registries: in IPv4 loopback, private, shared (CGN),
+// link-local (cloud metadata) and the other reserved ranges; in IPv6
+// everything outside global unicast — which covers NAT64 (64:ff9b::/96,
+// where 64:ff9b::a9fe:a9fe reaches 169.254.169.254), IPv4-compatible
+// (::127.0.0.1) and IPv4-mapped addresses — and the reserved ranges within
+// it. Any port is allowed.
+func publicOnly() func(network, address string, c syscall.RawConn) error {
+	guard := ssrf.New(ssrf.WithAnyPort())
+	return func(network, address string, c syscall.RawConn) error {
+		if err := guard.Safe(network, address, c); err != nil {
+			return fmt.Errorf("webhook: %s is not a public address (see --webhook-allow-private): %w", address, err)
+		}
+		return nil
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return fmt.Errorf("webhook: cannot check address %q", address)
-	}
-	ip = ip.Unmap()
-	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() || ip.IsMulticast() ||
-		ip.IsInterfaceLocalMulticast() || netip.MustParsePrefix("100.64.0.0/10").Contains(ip) {
-		return fmt.Errorf("webhook: %s is not a public address (see --webhook-allow-private)", ip)
-	}
-	return nil
 }
 
 // Event is the body of a message: {"type", "timestamp", "data"}.

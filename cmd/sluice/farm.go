@@ -74,6 +74,12 @@ func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, s
 		}
 		return nil, "", err
 	}
+	// The slot is free as soon as ComfyUI has executed the prompt, while
+	// its output is still being fetched (OnExecuted below); Release is
+	// idempotent, so this deferred call frees it on every other path: an
+	// error, a timeout, a cancellation, the backend taken out, a panic.
+	start := time.Now()
+	defer func() { lease.Release(time.Since(start)) }()
 	backend := lease.Backend()
 	// The job's context ends, with errBackendDown as its cause, if the
 	// backend is taken out while it runs.
@@ -93,17 +99,12 @@ func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, s
 	}()
 	defer close(watch)
 
-	// The slot is free as soon as ComfyUI has executed the prompt, while
-	// its output is still being fetched; Release is idempotent, so the
-	// second call only covers jobs that failed before that.
-	start := time.Now()
 	cj := job.Job
 	cj.OnExecuted = func() { lease.Release(time.Since(start)) }
 	if job.OnStarted != nil {
 		cj.OnQueued = func(promptID string) { job.OnStarted(backend, promptID) }
 	}
 	res, err := f.clients[backend].Run(jobCtx, cj)
-	lease.Release(time.Since(start))
 	if err != nil && errors.Is(context.Cause(jobCtx), errBackendDown) {
 		err = fmt.Errorf("%w: %s: %w", errBackendDown, backend, err)
 	}

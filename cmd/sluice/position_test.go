@@ -13,7 +13,7 @@ import (
 func TestAsyncJobShowsItsQueuePosition(t *testing.T) {
 	comfy := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration { return 700 * time.Millisecond }})
 	defer comfy.Close()
-	g := startServe(t, "--comfyui", comfy.URL, "--tenant-inflight", "4")
+	g := startServe(t, "--comfyui", comfy.URL, "--tenant-inflight", "4", "--rules", rulesWithoutCPU(t))
 	submit := func() string {
 		resp, err := http.Post(g.base+"/v1/generate?mode=async", "application/json", strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))
 		if err != nil {

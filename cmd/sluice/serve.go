@@ -258,7 +258,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
-	async, err := startJobs(ctx, f, rs, clients, log)
+	async, err := startJobs(ctx, f, rs, clients, eng, backends, log)
 	if err != nil {
 		return err
 	}

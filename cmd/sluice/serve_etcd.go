@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -154,9 +155,11 @@ func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, er
 // startJobs makes the async jobs' manager: records in etcd beside the
 // rules, results in --results-dir. It restores the jobs of the gateway
 // before it: those that were running on a backend still configured are
-// followed there to their end, each within --job-timeout. etcd not
-// answering is logged, not fatal: the gateway serves and saves what it can.
-func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, log *slog.Logger) (*jobs.Manager, error) {
+// followed there to their end, each within --job-timeout, holding, from
+// before startJobs returns until they end, a slot on that backend and an
+// admission token as any job does (see claimRecovered). etcd not answering
+// is logged, not fatal: the gateway serves and saves what it can.
+func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm, log *slog.Logger) (*jobs.Manager, error) {
 	results, err := jobs.NewDirResults(f.resultsDir)
 	if err != nil {
 		return nil, fmt.Errorf("--results-dir: %w", err)
@@ -175,7 +178,7 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 	for _, c := range clients {
 		byURL[c.BaseURL()] = c
 	}
-	recover := func(ctx context.Context, j jobs.Job) (jobs.Result, error) {
+	follow := func(ctx context.Context, j jobs.Job) (jobs.Result, error) {
 		jl := log.With(slog.String("job", j.ID), slog.String("backend", j.Backend), slog.String("prompt_id", j.PromptID))
 		c, ok := byURL[j.Backend]
 		if !ok {
@@ -191,8 +194,30 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		jl.Info("async job recovered after restart")
 		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
 	}
-	if err := m.Restore(ctx, recover); err != nil {
+	if err := m.Restore(ctx, follow, claimRecovered(eng, backends, log)); err != nil {
 		log.Error("async jobs of the last run not restored", slog.Any("error", err))
 	}
 	return m, nil
+}
+
+// claimRecovered makes a recovered job hold what a job running on a
+// backend holds: an admission token of the engine (counted against
+// concurrency and in the statistics, never refused) and a slot of the
+// dispatcher on the backend it runs on (taken past the backend's slots if
+// need be), so that new jobs are not sent to a backend still busy with it.
+// Both are released when the job ends, whichever way.
+func claimRecovered(eng *engine.Engine, backends *farm, log *slog.Logger) jobs.ClaimFunc {
+	return func(j jobs.Job) func(error) {
+		tok := eng.Adopt(engine.Call{Resource: j.Resource, Origin: j.Tenant, Size: cmp.Or(j.Params.Size, max(j.Params.Width, j.Params.Height))})
+		lease, err := backends.d.Adopt(j.Backend, j.Tenant)
+		if err != nil { // a backend no longer configured: the job fails at once
+			log.Warn("recovered async job holds no slot", slog.String("job", j.ID), slog.Any("error", err))
+		}
+		return func(err error) {
+			if lease != nil {
+				lease.Release(0) // the job's time here is not a whole job's
+			}
+			tok.Exit(err)
+		}
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // Defaults for the zero fields of Config and BackendConfig.
@@ -20,15 +22,6 @@ const (
 	// Release has measured one: about one DDColor job.
 	DefaultJobTime = 3 * time.Second
 )
-
-// Clock tells the time; Config takes one so tests drive it.
-type Clock interface {
-	Now() time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
 
 // BackendConfig describes one backend.
 type BackendConfig struct {
@@ -48,7 +41,7 @@ type Config struct {
 	// TenantInFlight bounds the jobs one tenant has running or waiting.
 	TenantInFlight int
 	// Clock times the waits; nil means the system clock.
-	Clock Clock
+	Clock clock.Clock
 	// After schedules f to run once after d and returns a function that
 	// cancels it, reporting whether it did, as time.AfterFunc(d, f).Stop
 	// does; nil means time.AfterFunc. It is called with the Dispatcher's
@@ -59,7 +52,7 @@ type Config struct {
 // Dispatcher hands out the backends' slots. Make one with New.
 type Dispatcher struct {
 	mu        sync.Mutex
-	clock     Clock
+	clock     clock.Clock
 	after     func(time.Duration, func()) func() bool
 	maxQueue  int
 	maxWait   time.Duration
@@ -102,16 +95,13 @@ func New(cfg Config) (*Dispatcher, error) {
 		errs = append(errs, fmt.Errorf("dispatch: tenant_in_flight: must be >= 0, got %d", cfg.TenantInFlight))
 	}
 	d := &Dispatcher{
-		clock:     cfg.Clock,
+		clock:     clock.Or(cfg.Clock),
 		after:     cfg.After,
 		maxQueue:  cmp.Or(cfg.MaxQueue, DefaultMaxQueue),
 		maxWait:   cmp.Or(cfg.MaxWait, DefaultMaxWait),
 		tenantCap: cmp.Or(cfg.TenantInFlight, DefaultTenantInFlight),
 		byName:    make(map[string]*backend, len(cfg.Backends)),
 		tenants:   make(map[string]*tenant),
-	}
-	if d.clock == nil {
-		d.clock = systemClock{}
 	}
 	if d.after == nil {
 		d.after = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }

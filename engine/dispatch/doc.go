@@ -2,9 +2,9 @@
 // bounded, fair wait queue in front of an exact per-backend semaphore.
 //
 // Every backend (a ComfyUI server) runs at most Slots jobs at once; that cap
-// is what keeps VRAM from running out, so it is never exceeded. A job first
-// takes a slot with Acquire and gives it back with Release when the GPU work
-// ends:
+// is what keeps VRAM from running out, so Acquire never exceeds it. A job
+// first takes a slot with Acquire and gives it back with Release when the
+// GPU work ends:
 //
 //	lease, err := d.Acquire(ctx, clientIP, cost)
 //	var refusal *dispatch.Refusal
@@ -29,6 +29,10 @@
 // waiter whose context ends, or whose MaxWait passes, leaves the queue under
 // the same mutex; a lease handed to it in the same instant goes on to the
 // next waiter. Waiting costs no goroutine beyond the caller's own.
+//
+// A job already running on a backend when the Dispatcher is made (one a
+// restarted gateway takes up) holds a slot there too: Adopt takes it at
+// once, past Slots if need be, so that new jobs wait until it ends.
 //
 // A Dispatcher made by New is safe for concurrent use. The zero Dispatcher
 // has no backends: it refuses every Acquire with ReasonNoBackend.

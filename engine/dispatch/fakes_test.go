@@ -7,28 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/dispatch"
 )
 
-// clock is a Clock the test moves by hand.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock() *clock { return &clock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+// newClock returns a clock the test moves by hand.
+func newClock() *clock.Fake { return clock.NewFake(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)) }
 
 // timers is a Config.After that fires only when the test says so.
 type timers struct {
@@ -75,7 +59,7 @@ func (ts *timers) duration(i int) time.Duration {
 }
 
 // newDispatcher fills in a manual clock and timers unless cfg has its own.
-func newDispatcher(t testing.TB, cfg dispatch.Config) (*dispatch.Dispatcher, *clock, *timers) {
+func newDispatcher(t testing.TB, cfg dispatch.Config) (*dispatch.Dispatcher, *clock.Fake, *timers) {
 	t.Helper()
 	c, ts := newClock(), &timers{}
 	if cfg.Clock == nil {

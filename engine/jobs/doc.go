@@ -19,7 +19,10 @@
 // or cancelled when the function returns. Cancel ends the job's context; the
 // function is expected to return soon after, and the job is then cancelled.
 // The run function is called exactly once for every job Submit accepted,
-// even one cancelled at once, so that it can release what it holds.
+// even one cancelled at once, so that it can release what it holds. A
+// panic in it fails the job with ErrPanicked, is logged with its stack, and
+// leaves the process up: the function releases what it holds with defer,
+// so that the release also runs as a panic unwinds.
 //
 // Subscribe follows one job: its current state first, then its progress and
 // state changes in order, until the job ends. A slow subscriber never holds
@@ -39,7 +42,9 @@
 // With a ResultStore (DirResults keeps results in a folder) result bytes
 // leave memory for it. After a restart, Restore loads the records:
 // finished jobs stay readable; jobs that had reached a backend (Started)
-// are followed there to their end by a RecoverFunc; the others end failed
+// are followed there to their end by a RecoverFunc, after a ClaimFunc has
+// taken, before Restore returns, what each holds there (its GPU slot, its
+// admission token) until it ends; the others end failed
 // (LostQueued), for their input image is never stored. Close leaves
 // the stored records of the jobs it cancels as they were, so that the next
 // gateway takes them up.

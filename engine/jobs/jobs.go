@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // State is where a job is in its life.
@@ -127,17 +130,10 @@ type Event struct {
 	Job  Job
 }
 
-// Clock tells the time.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config configures a Manager; the zero value is usable.
 type Config struct {
 	// Clock stamps the jobs' times; the system clock by default.
-	Clock Clock
+	Clock clock.Clock
 	// MaxFinished is how many finished jobs are kept (default 1000).
 	MaxFinished int
 	// MaxResultBytes bounds the result bytes kept in all (default 512 MiB).
@@ -147,7 +143,8 @@ type Config struct {
 	SubscriberBuffer int
 	// OnFinish, if set, is called with every job that reaches its final
 	// state, on the job's own goroutine, outside the Manager's lock (the
-	// webhook is sent from here). Drain and Close wait for it.
+	// webhook is sent from here). Drain and Close wait for it. A panic in
+	// it is logged and goes no further.
 	OnFinish func(Job)
 	// Store, if set, keeps every job's record (never its result bytes) so
 	// that a restarted gateway knows its jobs: see Restore. Nil: memory
@@ -164,7 +161,9 @@ type Config struct {
 // Store keeps job records. Save is called on every state change and when a
 // job is started on its backend (not on progress), Delete when a finished
 // job is forgotten, Load once by Restore. Save is never called for one job
-// from two goroutines at once.
+// from two goroutines at once. A Load that meets records it cannot read
+// returns the others with an error wrapping ErrBadRecord (naming each):
+// one bad record must not lose the rest.
 type Store interface {
 	Save(Job) error
 	Load() ([]Job, error)
@@ -192,6 +191,10 @@ var (
 	// running: with a Store they are taken up again by the next Restore,
 	// so a run function should leave the work itself running if it can.
 	ErrShutdown = errors.New("jobs: the gateway is stopping; the job resumes after the restart")
+	// ErrPanicked is the error of a job whose run function panicked: the
+	// job fails with it, the panic and its stack are logged, and the
+	// process goes on.
+	ErrPanicked = errors.New("internal error: the job stopped on a bug in the gateway (its log has the details)")
 )
 
 // Manager owns job records. Make one with New and Close it.
@@ -221,9 +224,7 @@ type record struct {
 
 // New returns a Manager.
 func New(cfg Config) *Manager {
-	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
-	}
+	cfg.Clock = clock.Or(cfg.Clock)
 	if cfg.MaxFinished <= 0 {
 		cfg.MaxFinished = 1000
 	}
@@ -270,7 +271,24 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 func (m *Manager) run(ctx context.Context, cancel context.CancelCauseFunc, r *record, run RunFunc) {
 	defer m.wg.Done()
 	defer cancel(nil)
-	res, err := run(ctx, Report{
+	res, err := m.call(ctx, r, run)
+	m.end(r, res, err)
+}
+
+// call calls the job's run function and turns a panic in it into the
+// job's error, ErrPanicked, logging the panic and its stack once: one
+// job's bug fails that job, never the process. What the function holds
+// (an admission token, a GPU slot) is released by its own deferred calls,
+// which run as the panic unwinds.
+func (m *Manager) call(ctx context.Context, r *record, run RunFunc) (res Result, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			m.cfg.Logger.Error("jobs: a job's run function panicked; the job failed",
+				slog.String("job", r.id()), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			res, err = Result{}, ErrPanicked
+		}
+	}()
+	return run(ctx, Report{
 		Progress: func(value, max int) { m.progress(r, value, max) },
 		Started:  func(backend, promptID string) { m.started(r, backend, promptID) },
 		Queued: func(position func() int) {
@@ -279,7 +297,21 @@ func (m *Manager) run(ctx context.Context, cancel context.CancelCauseFunc, r *re
 			m.mu.Unlock()
 		},
 	})
-	m.end(r, res, err)
+}
+
+// notify calls OnFinish with a finished job; a panic in it is logged with
+// its stack, and the process goes on.
+func (m *Manager) notify(j Job) {
+	if m.cfg.OnFinish == nil {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			m.cfg.Logger.Error("jobs: OnFinish panicked",
+				slog.String("job", j.ID), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		}
+	}()
+	m.cfg.OnFinish(j)
 }
 
 // end records the end of a job, stores its result and its record, forgets
@@ -302,9 +334,7 @@ func (m *Manager) end(r *record, res Result, err error) {
 	for _, old := range evicted {
 		m.forget(old)
 	}
-	if m.cfg.OnFinish != nil {
-		m.cfg.OnFinish(final)
-	}
+	m.notify(final)
 }
 
 // id is the job's ID, which never changes.
@@ -655,16 +685,24 @@ func (s *subscriber) pump(ctx context.Context, leave func()) {
 // its Backend and PromptID, to its end.
 type RecoverFunc func(ctx context.Context, job Job) (Result, error)
 
+// ClaimFunc takes, for a job Restore takes up on its backend, what the job
+// holds there: its GPU slot, its admission token. Restore calls it for each
+// such job before it returns (so before the gateway serves anything new),
+// and calls the release it returns, if not nil, exactly once when the job
+// has ended, whichever way, with the job's error: nil when it succeeded,
+// ErrPanicked when its RecoverFunc panicked.
+type ClaimFunc func(job Job) (release func(err error))
+
 // Restore loads the Store's records into the Manager; call it once, before
 // serving. Finished jobs are kept as they were (their results read from
 // the ResultStore when asked for), within the bounds. Jobs that had been
 // given to a backend under a prompt ID (queued there or running) are taken
-// up again: recover runs
-// for each on a goroutine of its own, under a context of the Manager's like
-// a run function's, and the job ends as it returns. Jobs with no prompt
-// ID yet end failed with LostQueued: their input
-// (an uploaded image) was never stored. ctx bounds only the loading.
-func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
+// up again: claim, if not nil, is called for each before Restore returns,
+// then follow runs for each on a goroutine of its own, under a context of
+// the Manager's like a run function's, and the job ends as it returns.
+// Jobs with no prompt ID yet end failed with LostQueued: their input (an
+// uploaded image) was never stored. ctx bounds only the loading.
+func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFunc) error {
 	if m.cfg.Store == nil {
 		return nil
 	}
@@ -672,7 +710,10 @@ func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
 		return err
 	}
 	loaded, err := m.cfg.Store.Load()
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrBadRecord):
+		m.cfg.Logger.Error("jobs: restore: unreadable job records skipped", slog.Any("error", err))
+	case err != nil:
 		return fmt.Errorf("jobs: restore: %w", err)
 	}
 	slices.SortFunc(loaded, func(a, b Job) int { return cmp.Or(a.Finished.Compare(b.Finished), a.Created.Compare(b.Created)) })
@@ -723,8 +764,24 @@ func (m *Manager) Restore(ctx context.Context, recover RecoverFunc) error {
 	}
 	for _, x := range resume {
 		job := x.r.job
-		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, _ Report) (Result, error) {
-			return recover(ctx, job)
+		var release func(error)
+		if claim != nil {
+			release = claim(job)
+		}
+		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, _ Report) (res Result, err error) {
+			if release != nil {
+				ended := false
+				defer func() {
+					if !ended {
+						err = ErrPanicked // follow panicked; m.call recovers
+					}
+					release(err)
+				}()
+				res, err = follow(ctx, job)
+				ended = true
+				return res, err
+			}
+			return follow(ctx, job)
 		})
 	}
 	return nil

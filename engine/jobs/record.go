@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -37,19 +38,25 @@ func MarshalRecord(j Job) ([]byte, error) {
 	})
 }
 
-// UnmarshalRecord decodes what MarshalRecord encoded.
+// ErrBadRecord is wrapped by the errors of records that cannot be read.
+// A Store's Load that meets some returns the others with an error wrapping
+// it, and Restore logs that error and restores the others.
+var ErrBadRecord = errors.New("unreadable job record")
+
+// UnmarshalRecord decodes what MarshalRecord encoded; its errors wrap
+// ErrBadRecord.
 func UnmarshalRecord(b []byte) (Job, error) {
 	var s storedJob
 	if err := json.Unmarshal(b, &s); err != nil {
-		return Job{}, fmt.Errorf("jobs: record: %w", err)
+		return Job{}, fmt.Errorf("jobs: %w: %w", ErrBadRecord, err)
 	}
 	if s.ID == "" {
-		return Job{}, fmt.Errorf("jobs: record: no id")
+		return Job{}, fmt.Errorf("jobs: %w: no id", ErrBadRecord)
 	}
 	switch s.State {
 	case Queued, Running, Succeeded, Failed, Cancelled:
 	default:
-		return Job{}, fmt.Errorf("jobs: record %s: unknown state %q", s.ID, s.State)
+		return Job{}, fmt.Errorf("jobs: %w %s: unknown state %q", ErrBadRecord, s.ID, s.State)
 	}
 	return Job{
 		ID: s.ID, Tenant: s.Tenant, Resource: s.Resource, Params: s.Params, Webhook: s.Webhook,

@@ -224,7 +224,7 @@ func TestRestore(t *testing.T) {
 			return jobs.Result{}, errors.New("node 3 failed")
 		}
 		return jobs.Result{PromptID: j.PromptID, Data: []byte("new"), ContentType: "image/png"}, nil
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil || got.Tenant != "t" || got.Backend != "http://b" || got.PromptID != "p" || got.Params.Size != 512 || got.Webhook != "https://h" {
 		t.Fatalf("round trip %+v, %v", got, err)
 	}
-	if _, err := jobs.UnmarshalRecord([]byte(`{"id":"x","state":"weird"}`)); err == nil {
+	if _, err := jobs.UnmarshalRecord([]byte(`{"id":"x","state":"weird"}`)); !errors.Is(err, jobs.ErrBadRecord) {
 		t.Error("unknown state accepted")
 	}
 }

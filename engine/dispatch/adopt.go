@@ -1,0 +1,34 @@
+package dispatch
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrUnknownBackend is the error of Adopt for a backend the Dispatcher does
+// not have.
+var ErrUnknownBackend = errors.New("dispatch: unknown backend")
+
+// Adopt takes a slot on the named backend for a job already running there —
+// one a restarted gateway found on its backend — without queueing and
+// without refusing: the job runs whether or not a slot is free, so the slot
+// is taken even if that fills the backend past its Slots (the backend then
+// gets no new job until enough adopted ones end). The job counts for tenant
+// as a running one (its cost weighs nothing once a slot is held, so Adopt
+// takes none). The caller holds the Lease until it calls Release, as for
+// Acquire.
+//
+// Only an unknown backend is an error (ErrUnknownBackend); an unhealthy one
+// is adopted on, for the job runs there all the same.
+func (d *Dispatcher) Adopt(backendName, tenant string) (*Lease, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := d.byName[backendName]
+	if b == nil {
+		return nil, fmt.Errorf("%w %q", ErrUnknownBackend, backendName)
+	}
+	t := d.tenant(tenant)
+	b.inUse++
+	t.running++
+	return &Lease{d: d, b: b, t: t}, nil
+}
