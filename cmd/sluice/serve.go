@@ -77,7 +77,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.IntVar(&f.slots, "slots", 1, "jobs each ComfyUI backend runs at once (ComfyUI runs one prompt at a time)")
 	fs.IntVar(&f.queueMax, "queue-max", 64, "jobs that may wait for a GPU slot, over all clients; beyond, 503")
 	fs.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "longest a job waits for a GPU slot; beyond, 503")
-	fs.IntVar(&f.tenantInFlight, "tenant-inflight", 2, "jobs one client may have running or waiting at once; beyond, 429")
+	fs.IntVar(&f.tenantInFlight, "tenant-inflight", 0, "jobs one client may have running or waiting at once; beyond, 429 (0: the farm's slots + 1)")
 	fs.Var(&f.trustedProxies, "trusted-proxy", "CIDR or address of a proxy whose X-Forwarded-For is believed, repeatable (none by default)")
 	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator (0: times as on a real GPU)")
 	fs.Float64Var(&f.simVRAMUsed, "sim-vram-used", 0.3, "the simulator's GPU memory in use at start, 0–1 (change it live with PUT /api/simulator/vram)")
@@ -140,6 +140,9 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	if f.uploadMinRate == 0 || f.uploadGrace <= 0 || f.uploadsPerClient < 0 {
 		return nil, fs, &usageError{fmt.Sprintf("--upload-min-rate must not be 0 (negative: no minimum), --upload-grace must be > 0, --max-uploads-per-client >= 0; got %d, %s, %d",
 			f.uploadMinRate, f.uploadGrace, f.uploadsPerClient)}
+	}
+	if f.tenantInFlight < 0 {
+		return nil, fs, &usageError{fmt.Sprintf("--tenant-inflight: want 1 or more (0: the farm's slots + 1), got %d", f.tenantInFlight)}
 	}
 	if f.protectReads && f.adminToken == "" {
 		return nil, fs, &usageError{"--protect-reads needs --admin-token or $SLUICE_ADMIN_TOKEN"}
@@ -252,7 +255,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		clients = append(clients, c)
 	}
-	backends, err := newFarm(clients, f.slots, f.queueMax, f.tenantInFlight, f.queueWait, log)
+	backends, err := newFarm(clients, f.slots, f.queueMax, tenantCap(f.tenantInFlight, len(clients), f.slots), f.queueWait, log)
 	if err != nil {
 		return err
 	}
@@ -374,4 +377,17 @@ func startSimulator(jobTime time.Duration, vramUsed float64, log *slog.Logger) (
 	log.Warn("no --comfyui given: serving with the built-in ComfyUI simulator (no GPU, synthetic images)",
 		slog.String("url", sim.URL), slog.String("job_time", desc))
 	return sim, nil
+}
+
+// tenantCap is the jobs one client may have running or waiting: the
+// --tenant-inflight flag, or by default one more than the farm's slots, so
+// that a client alone keeps every GPU busy with a job ready for the next
+// free slot, while the fair queue still gives any other client the next
+// turn (measured by BenchmarkAbuse: a cap of just the slots idles a GPU
+// between one client's jobs).
+func tenantCap(flag, backends, slots int) int {
+	if flag > 0 {
+		return flag
+	}
+	return backends*max(slots, 1) + 1
 }
