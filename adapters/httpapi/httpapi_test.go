@@ -22,6 +22,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/alibaba/sentinel-golang/util"
 	"github.com/gin-gonic/gin"
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
@@ -71,6 +72,13 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Admission runs on a clock the test drives, sentinel-golang's windows
+	// included: no test depends on how fast the host serves its requests.
+	if o.clock == nil {
+		o.clock = clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	}
+	util.SetClock(clock.Sentinel(o.clock))
+	t.Cleanup(func() { util.SetClock(util.NewRealClock()) })
 	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), Clock: o.clock, CPU: idleCPU{}}, set)
 	if err != nil {
 		t.Fatal(err)
@@ -361,20 +369,8 @@ flow: [{threshold: 12}]
 	}
 }
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 func TestBanStartsAfterRefusalsAndEnds(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	clock := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	s := newStack(t, `resource: ddcolor_person
 hotspot: [{param: origin, threshold: 1, window: 60s}]
 ban: {blocks: 3, within: 10s, for: 5m}
@@ -403,8 +399,8 @@ ban: {blocks: 3, within: 10s, for: 5m}
 		t.Fatalf("a banned client's upload was read: %d %+v", junk.Code, p)
 	}
 	clock.Advance(5 * time.Minute)
-	if p := problemOf(t, send().Body.Bytes()); p.Kind != "hotspot" {
-		t.Fatalf("after 5m the ban should be over, refused by %q", p.Kind)
+	if rec := send(); rec.Code != 200 {
+		t.Fatalf("after 5m the ban and the hotspot window are over, yet %d %s", rec.Code, rec.Body)
 	}
 }
 
@@ -432,7 +428,7 @@ func TestConcurrencyAnswers503(t *testing.T) {
 
 func TestExitAtJobEndWithRealTime(t *testing.T) {
 	var fail atomic.Bool
-	s := newStack(t, "resource: ddcolor_person\n", stackOptions{comfy: comfyuitest.Options{
+	s := newStack(t, "resource: ddcolor_person\n", stackOptions{clock: clock.System{}, comfy: comfyuitest.Options{
 		JobTime: func(comfyuitest.Prompt) time.Duration { return 150 * time.Millisecond },
 		Fail: func(comfyuitest.Prompt) *comfyuitest.ExecutionFailure {
 			if fail.Load() {
