@@ -194,6 +194,8 @@ func cost(w, h int, q int64, copied bool, maxSide int) int64 {
 	out := int64(ow) * int64(oh)
 	c += out * 4 // the scaled RGBA
 	c += out     // a grey copy
-	c += out * 4 // the encoded PNG, at most about its raw size
-	return c + 1<<20
+	// The encoded PNG is at most about its raw size, and bytes.Buffer holds
+	// the old and the doubled slice while it grows; zlib's writer about 1 MiB.
+	c += out * 6
+	return c + 2<<20
 }
