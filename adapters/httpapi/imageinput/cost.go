@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"image/color"
+	"math"
 )
 
 // Bytes per pixel are counted in quarters: JPEG 4:2:0 and lossy WebP decode to
@@ -180,6 +181,9 @@ func webpQuarters(data []byte) (int64, bool) {
 // kept at its size is copied to RGBA before encoding.
 func cost(w, h int, q int64, copied bool, maxSide int) int64 {
 	px := int64(w) * int64(h)
+	if px > 1<<40 { // only with a MaxPixels far past any decoder's reach
+		return math.MaxInt64
+	}
 	c := px * q / quarter
 	ow, oh := w, h
 	if max(w, h) > maxSide {
