@@ -36,56 +36,87 @@ func scale(src image.Image, w, h int) image.Image {
 	if k := shrinkFactor(max(b.Dx(), b.Dy()), max(w, h)); k > 1 {
 		mid = shrink(src, k)
 	}
-	mb := mid.Bounds()
-	// *image.RGBA is the destination draw has fast paths for.
-	dst := image.NewRGBA(image.Rect(0, 0, w, h))
-	sx, sy := float64(mb.Dx())/float64(w), float64(mb.Dy())/float64(h)
-	// s2d maps source to destination coordinates.
-	s2d := f64.Aff3{1 / sx, 0, -float64(mb.Min.X) / sx, 0, 1 / sy, -float64(mb.Min.Y) / sy}
-	draw.CatmullRom.Transform(dst, s2d, mid, mb, draw.Src, nil)
+	dst := resample(mid, w, h)
 	if _, ok := src.(*image.Gray); ok {
 		return grayOf(dst)
 	}
 	return dst
 }
 
-// shrink averages src over k x k blocks (fewer at the right and bottom
-// edges when the size is not a multiple of k) into a new RGBA image of
+// resample scales src to w x h with CatmullRom, computing each destination
+// pixel directly (no scratch image).
+func resample(src image.Image, w, h int) *image.RGBA {
+	mb := src.Bounds()
+	// *image.RGBA is the destination draw has fast paths for.
+	dst := image.NewRGBA(image.Rect(0, 0, w, h))
+	sx, sy := float64(mb.Dx())/float64(w), float64(mb.Dy())/float64(h)
+	// s2d maps source to destination coordinates.
+	s2d := f64.Aff3{1 / sx, 0, -float64(mb.Min.X) / sx, 0, 1 / sy, -float64(mb.Min.Y) / sy}
+	draw.CatmullRom.Transform(dst, s2d, src, mb, draw.Src, nil)
+	return dst
+}
+
+// box averages a sw x sh image, fed one premultiplied 16-bit pixel at a
+// time in row order, over k x k blocks (fewer at the right and bottom edges
+// when the size is not a multiple of k) into an RGBA image of
+// ceil(sw/k) x ceil(sh/k). It holds one row of sums.
+type box struct {
+	k, sw, sh int
+	y         int // source rows completed
+	dst       *image.RGBA
+	sums      []uint64
+}
+
+func newBox(sw, sh, k int) *box {
+	w, h := (sw+k-1)/k, (sh+k-1)/k
+	return &box{k: k, sw: sw, sh: sh, dst: image.NewRGBA(image.Rect(0, 0, w, h)), sums: make([]uint64, 4*w)}
+}
+
+// add adds the pixel at column x of the current row.
+func (b *box) add(x int, r, g, bl, a uint32) {
+	s := b.sums[4*(x/b.k) : 4*(x/b.k)+4 : 4*(x/b.k)+4]
+	s[0] += uint64(r)
+	s[1] += uint64(g)
+	s[2] += uint64(bl)
+	s[3] += uint64(a)
+}
+
+// endRow ends the current source row, writing a destination row once its
+// block of rows is complete.
+func (b *box) endRow() {
+	b.y++
+	if b.y%b.k != 0 && b.y != b.sh {
+		return
+	}
+	oy := (b.y - 1) / b.k
+	rows := uint64(b.y - oy*b.k)
+	w := b.dst.Rect.Dx()
+	row := b.dst.Pix[oy*b.dst.Stride : oy*b.dst.Stride+4*w]
+	for ox := range w {
+		n := rows * uint64(min((ox+1)*b.k, b.sw)-ox*b.k)
+		for c := range 4 {
+			// Mean of 16-bit values, rounded, then to 8 bits rounded.
+			row[4*ox+c] = uint8(((b.sums[4*ox+c]+n/2)/n*255 + 0x7fff) / 0xffff)
+		}
+	}
+	clear(b.sums)
+}
+
+// shrink averages src over k x k blocks into a new RGBA image of
 // ceil(width/k) x ceil(height/k). It averages premultiplied 16-bit values,
 // which is correct for transparent pixels, and holds one row of sums.
 func shrink(src image.Image, k int) *image.RGBA {
-	b := src.Bounds()
-	w, h := (b.Dx()+k-1)/k, (b.Dy()+k-1)/k
-	dst := image.NewRGBA(image.Rect(0, 0, w, h))
-	sums := make([]uint64, 4*w)
+	r := src.Bounds()
+	bx := newBox(r.Dx(), r.Dy(), k)
 	px := pixelReader(src)
-	for oy := range h {
-		clear(sums)
-		y0, y1 := b.Min.Y+oy*k, min(b.Min.Y+(oy+1)*k, b.Max.Y)
-		for y := y0; y < y1; y++ {
-			for ox := range w {
-				x0, x1 := b.Min.X+ox*k, min(b.Min.X+(ox+1)*k, b.Max.X)
-				s := sums[4*ox : 4*ox+4 : 4*ox+4]
-				for x := x0; x < x1; x++ {
-					r, g, bl, a := px(x, y)
-					s[0] += uint64(r)
-					s[1] += uint64(g)
-					s[2] += uint64(bl)
-					s[3] += uint64(a)
-				}
-			}
+	for y := r.Min.Y; y < r.Max.Y; y++ {
+		for x := r.Min.X; x < r.Max.X; x++ {
+			cr, cg, cb, ca := px(x, y)
+			bx.add(x-r.Min.X, uint32(cr), uint32(cg), uint32(cb), uint32(ca))
 		}
-		row := dst.Pix[oy*dst.Stride : oy*dst.Stride+4*w]
-		rows := uint64(y1 - y0)
-		for ox := range w {
-			n := rows * uint64(min(b.Min.X+(ox+1)*k, b.Max.X)-(b.Min.X+ox*k))
-			for c := range 4 {
-				// Mean of 16-bit values, rounded, then to 8 bits rounded.
-				row[4*ox+c] = uint8(((sums[4*ox+c]+n/2)/n*255 + 0x7fff) / 0xffff)
-			}
-		}
+		bx.endRow()
 	}
-	return dst
+	return bx.dst
 }
 
 // pixelReader returns a function reading src's premultiplied 16-bit colour
