@@ -203,3 +203,10 @@ func cost(w, h int, q int64, copied bool, maxSide int) int64 {
 	c += out * 6
 	return c + 2<<20
 }
+
+// streamedCost is cost for a PNG that shrinkPNG decodes row by row: two
+// rows of up to 8 bytes per pixel and zlib's state instead of the decoded
+// image.
+func streamedCost(w, h, maxSide int) int64 {
+	return cost(w, h, 0, false, maxSide) + 2*(1+int64(w)*8) + 64<<10
+}

@@ -163,6 +163,9 @@ func Inspect(r io.Reader, lim Limits) (*Upload, error) {
 	q, copied := decodeQuarters(format, data, cfg.ColorModel)
 	u := &Upload{Format: format, Width: cfg.Width, Height: cfg.Height, data: data, lim: lim,
 		cost: cost(cfg.Width, cfg.Height, q, copied, lim.MaxSide)}
+	if streamed(format, data, cfg.Width, cfg.Height, lim.MaxSide) {
+		u.cost = streamedCost(cfg.Width, cfg.Height, lim.MaxSide)
+	}
 	if err := lim.Budget.fits(u.cost, u.what()); err != nil {
 		return nil, err
 	}
@@ -175,6 +178,17 @@ func Inspect(r io.Reader, lim Limits) (*Upload, error) {
 // a 16-bit PNG, 1.5 for a typical JPEG), the scaled copy and the encoded
 // PNG. The upload's own bytes, already read, are not included.
 func (u *Upload) Cost() int64 { return u.cost }
+
+// streamed says whether Prepare decodes u row by row into block averages
+// ([shrinkPNG]) rather than whole: a PNG of 8 or 16 bits per channel, not
+// interlaced, shrunk by a factor of 2 or more.
+func (u *Upload) streamed() bool {
+	return streamed(u.Format, u.data, u.Width, u.Height, u.lim.MaxSide)
+}
+
+func streamed(format string, data []byte, w, h, maxSide int) bool {
+	return format == "png" && shrinkFactor(max(w, h), maxSide) > 1 && pngStreamable(data)
+}
 
 // what names u in messages: "6324x6324 png".
 func (u *Upload) what() string { return fmt.Sprintf("%dx%d %s", u.Width, u.Height, u.Format) }
@@ -195,25 +209,44 @@ func (u *Upload) PrepareContext(ctx context.Context) (*Image, error) {
 		return nil, err
 	}
 	defer release()
-	format, c := u.Format, codecs[u.Format]
-	src, err := c.decode(bytes.NewReader(u.data))
-	if err != nil {
-		return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
+	format := u.Format
+	corrupt := func(err error) error {
+		return &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
 			Msg: fmt.Sprintf("%s data is corrupt or truncated: %v", format, err), err: err}
 	}
-	ow, oh := src.Bounds().Dx(), src.Bounds().Dy()
-	if ow != u.Width || oh != u.Height {
-		return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
-			Msg: fmt.Sprintf("%s header declares %dx%d but the data decodes to %dx%d", format, u.Width, u.Height, ow, oh)}
-	}
-
-	out := &Image{Format: format, Width: ow, Height: oh, OrigWidth: ow, OrigHeight: oh}
-	if max(ow, oh) > u.lim.MaxSide {
-		out.Width, out.Height = fitSide(ow, oh, u.lim.MaxSide)
+	var src image.Image
+	out := &Image{Format: format, Width: u.Width, Height: u.Height, OrigWidth: u.Width, OrigHeight: u.Height}
+	if u.streamed() {
+		// Decoded row by row into block averages: the full-size image is
+		// never held.
+		out.Width, out.Height = fitSide(u.Width, u.Height, u.lim.MaxSide)
 		out.Scaled = true
-		src = scale(src, out.Width, out.Height)
+		mid, gray, err := shrinkPNG(u.data, shrinkFactor(max(u.Width, u.Height), u.lim.MaxSide))
+		if err != nil {
+			return nil, corrupt(err)
+		}
+		dst := resample(mid, out.Width, out.Height)
+		src = dst
+		if gray {
+			src = grayOf(dst)
+		}
 	} else {
-		src = encodable(src)
+		var err error
+		if src, err = codecs[format].decode(bytes.NewReader(u.data)); err != nil {
+			return nil, corrupt(err)
+		}
+		ow, oh := src.Bounds().Dx(), src.Bounds().Dy()
+		if ow != u.Width || oh != u.Height {
+			return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
+				Msg: fmt.Sprintf("%s header declares %dx%d but the data decodes to %dx%d", format, u.Width, u.Height, ow, oh)}
+		}
+		if max(ow, oh) > u.lim.MaxSide {
+			out.Width, out.Height = fitSide(ow, oh, u.lim.MaxSide)
+			out.Scaled = true
+			src = scale(src, out.Width, out.Height)
+		} else {
+			src = encodable(src)
+		}
 	}
 	var buf bytes.Buffer
 	// BestSpeed: the PNG only travels to ComfyUI on the local network, where a
