@@ -96,7 +96,7 @@ func rawPNG(t *testing.T, w, h, depth int, ct byte, row func(y int) []byte, extr
 	return b.Bytes()
 }
 
-func encodeFiltered(t *testing.T, m image.Image) []byte {
+func encodeFiltered(t testing.TB, m image.Image) []byte {
 	t.Helper()
 	var b bytes.Buffer
 	// The default level makes the encoder choose a filter per row.
@@ -226,4 +226,33 @@ func rawPNGWithFilter(t *testing.T, f byte) []byte {
 	out = append(out, c...)
 	out = binary.BigEndian.AppendUint32(out, crc32.ChecksumIEEE(c))
 	return append(out, b[len(b)-12:]...) // IEND
+}
+
+// FuzzShrinkPNG: whatever image/png decodes, shrinkPNG decodes to the same
+// block averages. (shrinkPNG may accept a few chunk orders image/png
+// refuses; it never refuses what image/png accepts.)
+func FuzzShrinkPNG(f *testing.F) {
+	f.Add(encodeFiltered(f, noisy(&image.NRGBA64{}, 9, 7, false)))
+	f.Add(encodeFiltered(f, noisy(&image.Gray{}, 9, 7, false)))
+	f.Add(encodeFiltered(f, noisy(&image.RGBA{}, 9, 7, true)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := png.DecodeConfig(bytes.NewReader(data))
+		if err != nil || !pngStreamable(data) || cfg.Width*cfg.Height > 1<<16 {
+			return
+		}
+		want, err := png.Decode(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		got, gray, err := shrinkPNG(data, 2)
+		if err != nil {
+			t.Fatalf("shrinkPNG refuses what image/png decodes: %v", err)
+		}
+		if _, isGray := want.(*image.Gray); gray != isGray {
+			t.Errorf("gray = %v, image/png decodes to %T", gray, want)
+		}
+		if exp := shrink(want, 2); !bytes.Equal(got.Pix, exp.Pix) || got.Rect != exp.Rect {
+			t.Error("shrinkPNG differs from image/png + shrink")
+		}
+	})
 }
