@@ -44,12 +44,15 @@
 //	...
 //	img, err := up.PrepareContext(ctx)
 //
-// Uploads larger than MaxSide are first averaged over k x k blocks, reading
-// each decoded pixel once into an image at most twice MaxSide on a side, then
-// resampled with CatmullRom without a scratch buffer: no full-size copy is
-// made besides the decoded image itself, which the standard decoders always
-// allocate whole. A 6324x6324 16-bit PNG costs about 333 MiB (it was about
-// 600 MB before: the decoded image plus the scaler's scratch buffer).
+// Uploads larger than MaxSide are first averaged over k x k blocks into an
+// image at most twice MaxSide on a side, then resampled with CatmullRom
+// without a scratch buffer. A non-interlaced PNG of 8 or 16 bits per channel
+// shrunk by 2 or more is decoded row by row straight into those block
+// averages and never held whole: the 6324x6324 16-bit PNG costs
+// about 17 MiB instead of its 320 MB NRGBA64. Other uploads (JPEG, WebP,
+// interlaced or paletted PNG, or less than 2x too large) are decoded whole by
+// the standard decoders, which offer no row or DCT-scaled decoding, and
+// charged for it: no full-size copy is made besides the decoded image.
 //
 // JPEG EXIF orientation is not applied; pixels are passed on as stored.
 package imageinput

@@ -175,8 +175,9 @@ func Inspect(r io.Reader, lim Limits) (*Upload, error) {
 // Cost is the memory in bytes that preparing u is expected to hold at its
 // peak, and what [Upload.PrepareContext] reserves from [Limits.Budget]: the
 // decoded image as the standard decoders allocate it (8 bytes per pixel for
-// a 16-bit PNG, 1.5 for a typical JPEG), the scaled copy and the encoded
-// PNG. The upload's own bytes, already read, are not included.
+// a 16-bit PNG, 1.5 for a typical JPEG) or, for a PNG decoded row by row,
+// two rows; the scaled copies; and the encoded PNG. The upload's own bytes,
+// already read, are not included.
 func (u *Upload) Cost() int64 { return u.cost }
 
 // streamed says whether Prepare decodes u row by row into block averages
