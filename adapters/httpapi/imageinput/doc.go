@@ -49,7 +49,7 @@
 // without a scratch buffer. A non-interlaced PNG of 8 or 16 bits per channel
 // shrunk by 2 or more is decoded row by row straight into those block
 // averages and never held whole: the 6324x6324 16-bit PNG costs
-// about 17 MiB instead of its 320 MB NRGBA64. Other uploads (JPEG, WebP,
+// about 28 MiB instead of its 320 MB NRGBA64. Other uploads (JPEG, WebP,
 // interlaced or paletted PNG, or less than 2x too large) are decoded whole by
 // the standard decoders, which offer no row or DCT-scaled decoding, and
 // charged for it: no full-size copy is made besides the decoded image.
