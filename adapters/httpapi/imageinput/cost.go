@@ -201,12 +201,14 @@ func cost(w, h int, q int64, copied bool, maxSide int) int64 {
 	// The encoded PNG is at most about its raw size, and bytes.Buffer holds
 	// the old and the doubled slice while it grows; zlib's writer about 1 MiB.
 	c += out * 6
+	// PNG decoding holds the current and previous row, up to 8 B/px each:
+	// nothing for usual shapes, most of the cost for a 40-megapixel line.
+	c += 2 * (1 + int64(w)*8)
 	return c + 2<<20
 }
 
-// streamedCost is cost for a PNG that shrinkPNG decodes row by row: two
-// rows of up to 8 bytes per pixel and zlib's state instead of the decoded
-// image.
+// streamedCost is cost for a PNG that shrinkPNG decodes row by row: its
+// two rows and zlib's state instead of the decoded image.
 func streamedCost(w, h, maxSide int) int64 {
-	return cost(w, h, 0, false, maxSide) + 2*(1+int64(w)*8) + 64<<10
+	return cost(w, h, 0, false, maxSide) + 64<<10
 }

@@ -260,3 +260,11 @@ func TestInterlacedPNG16(t *testing.T) {
 		t.Error("a non-interlaced 16-bit PNG shrunk 2x is not streamed")
 	}
 }
+
+// A 40-megapixel line costs its decoder rows, which are most of it.
+func TestCostOfALineCountsItsRows(t *testing.T) {
+	const w = 40_000_000
+	if got := cost(w, 1, 8*quarter, false, 1280); got < w*8+2*w*8 {
+		t.Errorf("cost of a %dx1 16-bit PNG = %d MiB, want at least its image and two rows, %d MiB", w, got>>20, (3*w*8)>>20)
+	}
+}

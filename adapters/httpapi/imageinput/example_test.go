@@ -84,6 +84,6 @@ func ExampleNewBudget() {
 		fmt.Println(ie.Status, ie.Code)
 	}
 	// Output:
-	// 200x150, reserved while preparing: 2610 KiB, in use after: 0
+	// 200x150, reserved while preparing: 2617 KiB, in use after: 0
 	// 413 too_big_to_decode
 }
