@@ -27,12 +27,32 @@
 // sent, so there is no format to reject, and the client's fix is to attach the
 // file rather than to convert it.
 //
-// Check is CPU- and memory-heavy for large uploads and callers should bound
-// how many run at once. At the default limits the worst case holds the decoded
-// image (up to 4 bytes per pixel, 8 for 16-bit PNG: 160-320 MB at 40
-// megapixels) plus the scaler's scratch buffer (32 bytes x output width x
-// source height, about 260 MB for a square 40-megapixel upload); a 12-megapixel
-// phone JPEG takes about half a second of one core, mostly in scaling.
+// Decoding is the costly part and its memory is bounded by a [Budget]
+// shared by all requests: [Inspect] computes from the header alone what
+// preparing the upload will hold at its peak ([Upload.Cost]: the decoded
+// image as the standard decoders allocate it, 8 bytes per pixel for a 16-bit
+// PNG, 1.5 for a typical JPEG, plus the scaled copy and the encoded PNG), and
+// [Upload.PrepareContext] reserves that much before decoding and gives it
+// back when it returns. When the budget is taken a request waits briefly in
+// arrival order, then is refused 503 [CodeBusy] with a RetryAfter; an upload
+// that needs more than the whole budget is refused 413 [CodeTooBigToDecode]
+// by Inspect already:
+//
+//	budget := imageinput.NewBudget(512<<20, 2*time.Second) // one per process
+//	lim := imageinput.Limits{Budget: budget}
+//	up, err := imageinput.Inspect(body, lim)
+//	...
+//	img, err := up.PrepareContext(ctx)
+//
+// Uploads larger than MaxSide are first averaged over k x k blocks into an
+// image at most twice MaxSide on a side, then resampled with CatmullRom
+// without a scratch buffer. A non-interlaced PNG of 8 or 16 bits per channel
+// shrunk by 2 or more is decoded row by row straight into those block
+// averages and never held whole: the 6324x6324 16-bit PNG costs
+// about 28 MiB instead of its 320 MB NRGBA64. Other uploads (JPEG, WebP,
+// interlaced or paletted PNG, or less than 2x too large) are decoded whole by
+// the standard decoders, which offer no row or DCT-scaled decoding, and
+// charged for it: no full-size copy is made besides the decoded image.
 //
 // JPEG EXIF orientation is not applied; pixels are passed on as stored.
 package imageinput

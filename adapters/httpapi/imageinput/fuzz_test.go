@@ -15,6 +15,7 @@ func FuzzCheck(f *testing.F) {
 	small := encPNG(f, pattern(40, 30))
 	f.Add(small)
 	f.Add(small[:len(small)/2])
+	f.Add(encPNG(f, pattern(80, 60))) // shrunk by 2: decoded row by row
 	f.Add(encJPEG(f, pattern(50, 20)))
 	f.Add(encJPEG(f, grayPattern(20, 50)))
 	f.Add(readFile(f, "gopher.lossless.webp"))

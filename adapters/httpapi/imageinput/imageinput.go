@@ -2,6 +2,7 @@ package imageinput
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"image"
@@ -11,6 +12,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"time"
 
 	"golang.org/x/image/draw"
 	"golang.org/x/image/webp"
@@ -22,6 +24,9 @@ type Limits struct {
 	MaxBytes  int64 // cap on the encoded size; default 20 MiB
 	MaxPixels int64 // cap on width*height, checked before decoding; default 40 megapixels
 	MaxSide   int   // a longer side above this is scaled down to it; default 1280
+	// Budget, when not nil, bounds the memory that preparing uploads holds
+	// at once, shared with every Limits that carries the same Budget.
+	Budget *Budget
 }
 
 // DefaultLimits returns the limits used for colourisation uploads.
@@ -64,6 +69,8 @@ const (
 	CodeEmptyImage        = "empty_image"        // 400: zero bytes
 	CodeBadImage          = "bad_image"          // 400: corrupt header or data, or zero size
 	CodeReadFailed        = "read_failed"        // 400: the body could not be read to the end
+	CodeTooBigToDecode    = "too_big_to_decode"  // 413: decoding needs more memory than the whole Budget
+	CodeBusy              = "busy"               // 503: the Budget stayed full for its whole wait; retry after RetryAfter
 )
 
 // Error is why an upload was refused. Check returns it as *Error; use
@@ -72,7 +79,10 @@ type Error struct {
 	Status int    // HTTP status to answer with
 	Code   string // one of the Code constants
 	Msg    string // what was wrong, for the client
-	err    error  // underlying decoder or read error, if any
+	// RetryAfter, when not zero, is how long the client should wait before
+	// trying again (a Retry-After header); set for CodeBusy.
+	RetryAfter time.Duration
+	err        error // underlying decoder, read or context error, if any
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -112,6 +122,7 @@ type Upload struct {
 	Width, Height int    // as the header declares them
 	data          []byte
 	lim           Limits
+	cost          int64 // bytes Prepare reserves from lim.Budget
 }
 
 // Inspect reads one image from r and checks everything that needs no
@@ -149,31 +160,94 @@ func Inspect(r io.Reader, lim Limits) (*Upload, error) {
 		return nil, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooManyPixels,
 			Msg: fmt.Sprintf("image is %dx%d = %d pixels; the limit is %d", cfg.Width, cfg.Height, px, lim.MaxPixels)}
 	}
-	return &Upload{Format: format, Width: cfg.Width, Height: cfg.Height, data: data, lim: lim}, nil
+	q, copied := decodeQuarters(format, data, cfg.ColorModel)
+	u := &Upload{Format: format, Width: cfg.Width, Height: cfg.Height, data: data, lim: lim,
+		cost: cost(cfg.Width, cfg.Height, q, copied, lim.MaxSide)}
+	if streamed(format, data, cfg.Width, cfg.Height, lim.MaxSide) {
+		u.cost = streamedCost(cfg.Width, cfg.Height, lim.MaxSide)
+	}
+	if err := lim.Budget.fits(u.cost, u.what()); err != nil {
+		return nil, err
+	}
+	return u, nil
 }
 
-// Prepare decodes the upload, scales it down to MaxSide on its longer side
-// and re-encodes it as PNG.
+// Cost is the memory in bytes that preparing u is expected to hold at its
+// peak, and what [Upload.PrepareContext] reserves from [Limits.Budget]: the
+// decoded image as the standard decoders allocate it (8 bytes per pixel for
+// a 16-bit PNG, 1.5 for a typical JPEG) or, for a PNG decoded row by row,
+// two rows; the scaled copies; and the encoded PNG. The upload's own bytes,
+// already read, are not included.
+func (u *Upload) Cost() int64 { return u.cost }
+
+// streamed says whether Prepare decodes u row by row into block averages
+// ([shrinkPNG]) rather than whole: a PNG of 8 or 16 bits per channel, not
+// interlaced, shrunk by a factor of 2 or more.
+func (u *Upload) streamed() bool {
+	return streamed(u.Format, u.data, u.Width, u.Height, u.lim.MaxSide)
+}
+
+func streamed(format string, data []byte, w, h, maxSide int) bool {
+	return format == "png" && shrinkFactor(max(w, h), maxSide) > 1 && pngStreamable(data)
+}
+
+// what names u in messages: "6324x6324 png".
+func (u *Upload) what() string { return fmt.Sprintf("%dx%d %s", u.Width, u.Height, u.Format) }
+
+// Prepare is PrepareContext without a context: it waits for the budget
+// at most the budget's own wait.
 func (u *Upload) Prepare() (*Image, error) {
-	format, c := u.Format, codecs[u.Format]
-	src, err := c.decode(bytes.NewReader(u.data))
+	return u.PrepareContext(context.Background())
+}
+
+// PrepareContext reserves u's [Upload.Cost] from [Limits.Budget], waiting
+// while ctx lasts and at most the budget's wait, then decodes the upload,
+// scales it down to MaxSide on its longer side and re-encodes it as PNG. The
+// reservation is given back when it returns, whatever the outcome.
+func (u *Upload) PrepareContext(ctx context.Context) (*Image, error) {
+	release, err := u.lim.Budget.acquire(ctx, u.cost, u.what())
 	if err != nil {
-		return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
+		return nil, err
+	}
+	defer release()
+	format := u.Format
+	corrupt := func(err error) error {
+		return &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
 			Msg: fmt.Sprintf("%s data is corrupt or truncated: %v", format, err), err: err}
 	}
-	ow, oh := src.Bounds().Dx(), src.Bounds().Dy()
-	if ow != u.Width || oh != u.Height {
-		return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
-			Msg: fmt.Sprintf("%s header declares %dx%d but the data decodes to %dx%d", format, u.Width, u.Height, ow, oh)}
-	}
-
-	out := &Image{Format: format, Width: ow, Height: oh, OrigWidth: ow, OrigHeight: oh}
-	if max(ow, oh) > u.lim.MaxSide {
-		out.Width, out.Height = fitSide(ow, oh, u.lim.MaxSide)
+	var src image.Image
+	out := &Image{Format: format, Width: u.Width, Height: u.Height, OrigWidth: u.Width, OrigHeight: u.Height}
+	if u.streamed() {
+		// Decoded row by row into block averages: the full-size image is
+		// never held.
+		out.Width, out.Height = fitSide(u.Width, u.Height, u.lim.MaxSide)
 		out.Scaled = true
-		src = scale(src, out.Width, out.Height)
+		mid, gray, err := shrinkPNG(u.data, shrinkFactor(max(u.Width, u.Height), u.lim.MaxSide))
+		if err != nil {
+			return nil, corrupt(err)
+		}
+		dst := resample(mid, out.Width, out.Height)
+		src = dst
+		if gray {
+			src = grayOf(dst)
+		}
 	} else {
-		src = encodable(src)
+		var err error
+		if src, err = codecs[format].decode(bytes.NewReader(u.data)); err != nil {
+			return nil, corrupt(err)
+		}
+		ow, oh := src.Bounds().Dx(), src.Bounds().Dy()
+		if ow != u.Width || oh != u.Height {
+			return nil, &Error{Status: http.StatusBadRequest, Code: CodeBadImage,
+				Msg: fmt.Sprintf("%s header declares %dx%d but the data decodes to %dx%d", format, u.Width, u.Height, ow, oh)}
+		}
+		if max(ow, oh) > u.lim.MaxSide {
+			out.Width, out.Height = fitSide(ow, oh, u.lim.MaxSide)
+			out.Scaled = true
+			src = scale(src, out.Width, out.Height)
+		} else {
+			src = encodable(src)
+		}
 	}
 	var buf bytes.Buffer
 	// BestSpeed: the PNG only travels to ComfyUI on the local network, where a
@@ -260,23 +334,6 @@ func fitSide(w, h, maxSide int) (int, int) {
 		return maxSide, s
 	}
 	return s, maxSide
-}
-
-// scale resamples src to w x h.
-//
-// CatmullRom rather than ApproxBiLinear: uploads are often shrunk 3-5x, and
-// ApproxBiLinear samples a fixed 2x2 neighbourhood whatever the ratio, so it
-// skips most source pixels and aliases fine detail (text, fabric, foliage),
-// which the colourisation model then paints. CatmullRom widens its support
-// with the ratio and stays sharp; it costs more CPU, bounded by MaxPixels.
-func scale(src image.Image, w, h int) image.Image {
-	// *image.RGBA is the destination draw has fast paths for.
-	dst := image.NewRGBA(image.Rect(0, 0, w, h))
-	draw.CatmullRom.Scale(dst, dst.Bounds(), src, src.Bounds(), draw.Src, nil)
-	if _, ok := src.(*image.Gray); ok {
-		return grayOf(dst)
-	}
-	return dst
 }
 
 // grayOf keeps a greyscale upload greyscale, which makes the PNG about a
