@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/rules"
@@ -327,5 +328,22 @@ func TestOneMappingForFailures(t *testing.T) {
 	cancel()
 	if err := httpapi.JobFailed(ctx, slog.New(slog.DiscardHandler), "zimage_generate", context.Canceled, time.Minute); !errors.Is(err, context.Canceled) {
 		t.Fatalf("a cancelled job's record: %v", err)
+	}
+}
+
+// The decoding budget reaches the upload check: an image that alone needs
+// more memory than the whole budget is refused before admission.
+func TestImageBudgetReachesTheUploadCheck(t *testing.T) {
+	s := newStack(t, "resource: ddcolor_person\n", stackOptions{image: imageinput.Limits{Budget: imageinput.NewBudget(8<<20, 0)}})
+	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 4000, 4000), nil), "192.0.2.1:1")
+	if p := problemOf(t, rec.Body.Bytes()); rec.Code != http.StatusRequestEntityTooLarge || p.Type != "https://sluice.dev/problems/image-too-big-to-decode" {
+		t.Fatalf("a 4000x4000 image against an 8 MiB budget: %d %+v", rec.Code, p)
+	}
+	if st := s.eng.Stats()[0]; st.Passed != 0 {
+		t.Fatalf("the refused upload was admitted: %+v", st)
+	}
+	small := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 16, 16), nil), "192.0.2.1:1")
+	if small.Code != http.StatusOK {
+		t.Fatalf("a 16x16 image within it: %d %s", small.Code, small.Body)
 	}
 }

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -68,7 +69,7 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 		s.admit(c, engine.Call{Resource: resource, Origin: ip, Size: size}, async, func() (comfyui.Job, bool) {
 			defer release()
 			defer lift()
-			img, err := up.Prepare()
+			img, err := up.PrepareContext(c.Request.Context())
 			if err != nil { // the caller's bad data, not a failed job
 				imageProblem(c, err)
 				return comfyui.Job{}, false
@@ -187,8 +188,16 @@ func formError(c *gin.Context, err error) {
 
 func imageProblem(c *gin.Context, err error) {
 	var ie *imageinput.Error
-	if errors.As(err, &ie) {
-		problem.Answer(c, ie.Status, "image-"+strings.ReplaceAll(ie.Code, "_", "-"), ie.Msg)
+	switch {
+	case errors.Is(err, context.Canceled): // the client left while its image waited for memory
+		c.AbortWithStatus(statusClientClosed)
+		return
+	case errors.As(err, &ie):
+		p := problem.New(ie.Status, "image-"+strings.ReplaceAll(ie.Code, "_", "-"), ie.Msg)
+		if ie.RetryAfter > 0 {
+			p.RetryAfter = problem.RetrySeconds(ie.RetryAfter)
+		}
+		problem.Write(c, p)
 		return
 	}
 	problem.Answer(c, http.StatusBadRequest, "bad-image", err.Error())

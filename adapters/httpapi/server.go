@@ -207,6 +207,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Image.MaxSide > 0 {
 		s.image.MaxSide = cfg.Image.MaxSide
 	}
+	s.image.Budget = cfg.Image.Budget
 	r := s.router
 	if err := r.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("httpapi: trusted proxies: %w", err)

@@ -43,6 +43,8 @@ type serveFlags struct {
 	jobTimeout     time.Duration
 	shutdownGrace  time.Duration
 	maxImageBytes  int64
+	imageMemory    int64
+	imageMemWait   time.Duration
 	maxUploads     int
 	logLevel       string
 	logFormat      string
@@ -86,6 +88,8 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "longest a ComfyUI job may run")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
 	fs.Int64Var(&f.maxImageBytes, "max-image-bytes", imageinput.DefaultLimits().MaxBytes, "largest accepted upload, in bytes")
+	fs.Int64Var(&f.imageMemory, "image-memory", 512<<20, "bytes that decoding and scaling uploads may hold at once, shared by all requests (0: no bound)")
+	fs.DurationVar(&f.imageMemWait, "image-memory-wait", 2*time.Second, "how long an upload waits for --image-memory before a 503")
 	fs.IntVar(&f.maxUploads, "max-uploads", 16, "uploads read, checked and prepared at once (not while their jobs run); beyond, DDColor requests get 503")
 	fs.IntVar(&f.uploadsPerClient, "max-uploads-per-client", 0, "uploads one client may have in those slots at once; beyond, 429 (0: a quarter of --max-uploads, at least 1)")
 	fs.Int64Var(&f.uploadMinRate, "upload-min-rate", 16<<10, "slowest an upload may arrive after --upload-grace, in bytes/s; slower ones are cut off with 408 (negative: no minimum)")
@@ -140,6 +144,9 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	if f.uploadMinRate == 0 || f.uploadGrace <= 0 || f.uploadsPerClient < 0 {
 		return nil, fs, &usageError{fmt.Sprintf("--upload-min-rate must not be 0 (negative: no minimum), --upload-grace must be > 0, --max-uploads-per-client >= 0; got %d, %s, %d",
 			f.uploadMinRate, f.uploadGrace, f.uploadsPerClient)}
+	}
+	if f.imageMemory < 0 || f.imageMemWait < 0 {
+		return nil, fs, &usageError{fmt.Sprintf("--image-memory and --image-memory-wait must be >= 0; got %d, %s", f.imageMemory, f.imageMemWait)}
 	}
 	if f.tenantInFlight < 0 {
 		return nil, fs, &usageError{fmt.Sprintf("--tenant-inflight: want 1 or more (0: the farm's slots + 1), got %d", f.tenantInFlight)}
@@ -274,7 +281,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Runner:         backends,
 		Logger:         log,
 		TrustedProxies: f.trustedProxies,
-		Image:          imageinput.Limits{MaxBytes: f.maxImageBytes},
+		Image:          imageinput.Limits{MaxBytes: f.maxImageBytes, Budget: imageinput.NewBudget(f.imageMemory, f.imageMemWait)},
 		JobTimeout:     f.jobTimeout,
 		MaxUploads:     f.maxUploads,
 		AsyncJobs:      async,
