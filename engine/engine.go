@@ -380,6 +380,11 @@ type Token struct {
 	// abandoned marks a call whose caller left while it was paced: it
 	// counts as no job.
 	abandoned bool
+	// debits are the hotspot tokens the call took, given back if a later
+	// check refuses it or its caller leaves while it is paced: a call that
+	// is not admitted spends no one's bucket.
+	debits   []hotspotDebit
+	debitBuf [2]hotspotDebit
 	// Cost is the weight the call was admitted with.
 	Cost int
 }
@@ -458,7 +463,9 @@ func (e *Engine) admit(r *resource, tok *Token, c *Call) (*resState, *base.Token
 	entry := base.NewSentinelEntry(sctx, r.wrapper, e.chain)
 	sctx.SetEntry(entry)
 	res := e.chain.Entry(sctx)
-	if !blocked(res) {
+	if blocked(res) {
+		tok.refund()
+	} else {
 		r.inFlight.Add(1)
 	}
 	return rs, res, entry

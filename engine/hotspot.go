@@ -26,6 +26,47 @@ type hotspotController struct {
 	rule     *hotspot.Rule
 	metric   *hotspot.ParamsMetric
 	windowMs int64
+	// call is the Token of the call being checked: ExtractArgs sets it and
+	// PerformChecking, right after, records its debit there. Both run
+	// under the resource's lock, which guards it.
+	call *Token
+}
+
+// hotspotDebit is batch tokens a call took from arg's bucket.
+type hotspotDebit struct {
+	c     *hotspotController
+	arg   any
+	batch int64
+}
+
+// refund gives back the hotspot tokens the call took. The caller holds the
+// resource's lock.
+func (t *Token) refund() {
+	for _, d := range t.debits {
+		d.c.refund(d.arg, d.batch)
+	}
+	t.debits = t.debits[:0]
+}
+
+// refund puts batch tokens back into arg's bucket, never above its size.
+func (c *hotspotController) refund(arg any, batch int64) {
+	restPtr, found := c.metric.RuleTokenCounter.Get(arg)
+	if !found {
+		return // evicted meanwhile: the value starts afresh anyway
+	}
+	most := c.limit(arg) + c.rule.BurstCount
+	atomic.StoreInt64(restPtr, min(atomic.LoadInt64(restPtr)+batch, most))
+}
+
+// debit records on the call being checked that it took batch of arg's
+// tokens.
+func (c *hotspotController) debit(arg any, batch int64) {
+	if t := c.call; t != nil {
+		if t.debits == nil {
+			t.debits = t.debitBuf[:0]
+		}
+		t.debits = append(t.debits, hotspotDebit{c: c, arg: arg, batch: batch})
+	}
 }
 
 // newHotspotController is the generator of hotspotBehavior; reuse is the
@@ -47,6 +88,7 @@ func (c *hotspotController) BoundMetric() *hotspot.ParamsMetric { return c.metri
 func (c *hotspotController) BoundParamIndex() int               { return c.rule.ParamIndex }
 
 func (c *hotspotController) ExtractArgs(ctx *base.EntryContext) any {
+	c.call = tokenOf(ctx)
 	if i := c.rule.ParamIndex; i >= 0 && i < len(ctx.Input.Args) {
 		return ctx.Input.Args[i]
 	}
@@ -81,6 +123,7 @@ func (c *hotspotController) PerformChecking(arg any, batch int64) *base.TokenRes
 		if lastPtr != nil {
 			atomic.StoreInt64(lastPtr, now)
 		}
+		c.debit(arg, batch)
 		return nil
 	}
 	last, rest := atomic.LoadInt64(lastPtr), atomic.LoadInt64(restPtr)
@@ -88,10 +131,12 @@ func (c *hotspotController) PerformChecking(arg any, batch int64) *base.TokenRes
 		if left := min(passed*limit/c.windowMs+rest, most) - batch; left >= 0 {
 			atomic.StoreInt64(restPtr, left)
 			atomic.StoreInt64(lastPtr, now)
+			c.debit(arg, batch)
 			return nil
 		}
 	} else if rest >= batch {
 		atomic.StoreInt64(restPtr, rest-batch)
+		c.debit(arg, batch)
 		return nil
 	}
 	return c.blocked(c.retryAfter(now, last, rest, limit, batch))

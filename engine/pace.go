@@ -101,17 +101,19 @@ func (t *Token) abandon() {
 		return
 	}
 	r := t.res.resource
-	r.giveBack(t.paced)
+	r.giveBack(t)
 	r.inFlight.Add(-1)
 	t.abandoned = true
 	t.entry.Exit()
 }
 
-// giveBack returns pacing slots that are still the last booked.
-func (r *resource) giveBack(slots []pacedSlot) {
+// giveBack returns the pacing slots of t that are still the last booked,
+// and its hotspot tokens.
+func (r *resource) giveBack(t *Token) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, p := range slots {
+	t.refund()
+	for _, p := range t.paced {
 		if r.pace[p.index] == p.slot {
 			r.pace[p.index] = p.prev
 		}

@@ -1,0 +1,92 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
+)
+
+// A call refused by a later check spends nothing of its hotspot buckets:
+// a client refused for capacity it did not take is neither charged nor
+// moved toward a ban.
+func TestRefusedCallSpendsNoHotspotTokens(t *testing.T) {
+	e := newEngine(t, `resource: ddcolor_person
+hotspot: [{param: origin, threshold: 2, window: 60s}]
+concurrency: 1
+ban: {blocks: 2, within: 60s, for: 1m}
+`, engine.Options{})
+	a := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1", Size: 512}
+	b := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.2", Size: 512}
+	held, _ := burst(t, e, 1, a)
+	if len(held) != 1 {
+		t.Fatal("client A was not admitted")
+	}
+	for i := range 4 {
+		if _, refs := burst(t, e, 1, b); len(refs) != 1 || refs[0].Kind != engine.KindConcurrency {
+			t.Fatalf("B's call %d while A runs: refusals %v, want one by concurrency", i+1, refs)
+		}
+	}
+	exitAll(held)
+	for i := range 2 {
+		toks, refs := burst(t, e, 1, b)
+		if len(toks) != 1 {
+			t.Fatalf("B's call %d after A's job: refused %v; its tokens were spent by calls that were refused", i+1, refs)
+		}
+		exitAll(toks)
+	}
+}
+
+// A call refused by concurrency does not drain a bucket shared by every
+// client (the size hotspot).
+func TestRefusedCallsDoNotDrainASharedBucket(t *testing.T) {
+	e := newEngine(t, `resource: ddcolor_person
+hotspot: [{param: size, threshold: 2, window: 60s}]
+concurrency: 1
+`, engine.Options{})
+	big := func(origin string) engine.Call {
+		return engine.Call{Resource: "ddcolor_person", Origin: origin, Size: 1280}
+	}
+	held, _ := burst(t, e, 1, big("192.0.2.1"))
+	if _, refs := burst(t, e, 5, big("198.51.100.66")); len(refs) != 5 || refs[0].Kind != engine.KindConcurrency {
+		t.Fatalf("the abuser's calls: %v, want five refusals by concurrency", refs)
+	}
+	exitAll(held)
+	toks, refs := burst(t, e, 1, big("192.0.2.7"))
+	if len(toks) != 1 {
+		t.Fatalf("an honest 1280 px call after the GPU freed: refused %v", refs)
+	}
+	exitAll(toks)
+}
+
+// A paced call whose client leaves gives its hotspot tokens back.
+func TestAbandonedPacedCallGivesItsTokensBack(t *testing.T) {
+	c := clock.NewFake(t0)
+	e := newEngine(t, `resource: zimage_generate
+flow: [{threshold: 1, window: 1s, behavior: throttle, max_queue: 5s}]
+hotspot: [{param: origin, threshold: 2, window: 60s}]
+`, engine.Options{Clock: c})
+	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1", Size: 512}
+	first, _ := burst(t, e, 1, call) // takes the pacing slot now
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Guard(ctx, call) // paced 1s behind the first
+		done <- err
+	}()
+	waitTimers(t, c, 1)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the abandoned call: %v, want context.Canceled", err)
+	}
+	exitAll(first)
+	c.Advance(2 * time.Second)
+	toks, refs := burst(t, e, 1, call)
+	if len(toks) != 1 {
+		t.Fatalf("after an abandoned call, the client's second token is gone: %v", refs)
+	}
+	exitAll(toks)
+}
