@@ -11,40 +11,54 @@ import (
 	"github.com/sluicehq/sluice/rules"
 )
 
-// banTableSize bounds the (resource, origin) pairs the ban table tracks.
-// Beyond it the least recently refused pair is forgotten: a flood of
-// rotating addresses costs O(1) per new address, never a sweep.
-const banTableSize = 1 << 16
+// banTableSize bounds the (resource, origin) pairs whose refusals the ban
+// table counts. Beyond it the least recently refused pair is forgotten: a
+// flood of rotating addresses costs O(1) per new address, never a sweep.
+// Active bans are kept apart, up to banTableBans times as many, so that a
+// flood of new addresses cannot push a ban out before it ends.
+const (
+	banTableSize = 1 << 16
+	banTableBans = 4
+)
 
 // banTable counts refusals per resource and origin and holds the bans they
-// earn: a bounded LRU whose entries expire by the engine's clock. Every
+// earn: bounded LRUs whose entries expire by the engine's clock. Every
 // operation is O(1) under one short lock, taken by no admission of a
 // resource without a ban rule.
 type banTable struct {
 	clock clock.Clock
 	mu    sync.Mutex
-	lru   *simplelru.LRU[banKey, *banEntry]
-	size  atomic.Int64 // entries held, so the pass path skips locking when there are none
+	// hits counts the refusals of origins not banned, least recently
+	// refused forgotten first.
+	hits *simplelru.LRU[banKey, *banEntry]
+	// bans holds each active ban's end, in the order the bans began (a ban
+	// is never refreshed): only when more bans than its size are active at
+	// once is the oldest forgotten early.
+	bans *simplelru.LRU[banKey, time.Time]
+	size atomic.Int64 // entries held, so the pass path skips locking when there are none
 }
 
 type banKey struct{ resource, origin string }
 
 type banEntry struct {
 	hits    []time.Time // refusals within the rule's window, oldest first
-	until   time.Time   // banned until then
-	expires time.Time   // nothing left to remember from then: the ban over, the hits out of the window
+	expires time.Time   // the last hit leaves the window then
 }
 
 func newBanTable(c clock.Clock, size int) *banTable {
-	l, err := simplelru.NewLRU[banKey, *banEntry](size, nil)
+	hits, err := simplelru.NewLRU[banKey, *banEntry](size, nil)
 	if err != nil {
 		panic("engine: ban table: " + err.Error()) // size is a positive constant
 	}
-	return &banTable{clock: c, lru: l}
+	bans, err := simplelru.NewLRU[banKey, time.Time](size*banTableBans, nil)
+	if err != nil {
+		panic("engine: ban table: " + err.Error())
+	}
+	return &banTable{clock: c, hits: hits, bans: bans}
 }
 
 // banned reports whether origin is banned from resource, and for how long
-// still. It drops the entry if it has expired.
+// still. It drops the ban if it has ended.
 func (b *banTable) banned(resource, origin string) (time.Duration, bool) {
 	if b.size.Load() == 0 {
 		return 0, false
@@ -52,18 +66,20 @@ func (b *banTable) banned(resource, origin string) (time.Duration, bool) {
 	now := b.clock.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	k := banKey{resource, origin}
-	e, ok := b.lru.Peek(k)
+	return b.bannedLocked(banKey{resource, origin}, now)
+}
+
+func (b *banTable) bannedLocked(k banKey, now time.Time) (time.Duration, bool) {
+	until, ok := b.bans.Peek(k)
 	if !ok {
 		return 0, false
 	}
-	if !now.Before(e.expires) {
-		b.lru.Remove(k)
-		b.size.Store(int64(b.lru.Len()))
+	if !now.Before(until) {
+		b.bans.Remove(k)
+		b.size.Store(int64(b.hits.Len() + b.bans.Len()))
 		return 0, false
 	}
-	left := e.until.Sub(now)
-	return left, left > 0
+	return until.Sub(now), true
 }
 
 // refused records a refusal of origin and reports whether it started a ban.
@@ -72,16 +88,16 @@ func (b *banTable) refused(resource, origin string, rule *rules.BanRule) bool {
 	within := time.Duration(rule.Within)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	defer func() { b.size.Store(int64(b.lru.Len())) }()
+	defer func() { b.size.Store(int64(b.hits.Len() + b.bans.Len())) }()
 	b.dropExpired(now)
 	k := banKey{resource, origin}
-	e, ok := b.lru.Get(k)
+	if _, banned := b.bannedLocked(k, now); banned {
+		return false
+	}
+	e, ok := b.hits.Get(k)
 	if !ok || !now.Before(e.expires) {
 		e = &banEntry{}
-		b.lru.Add(k, e) // evicts the least recently refused when full
-	}
-	if now.Before(e.until) {
-		return false
+		b.hits.Add(k, e) // evicts the least recently refused when full
 	}
 	// Forget refusals that left the window: amortised O(1), as each hit
 	// is dropped once.
@@ -94,22 +110,28 @@ func (b *banTable) refused(resource, origin string, rule *rules.BanRule) bool {
 	if len(e.hits) < rule.Blocks {
 		return false
 	}
-	e.until = now.Add(time.Duration(rule.For))
-	e.expires = e.until
-	e.hits = nil
+	b.hits.Remove(k)
+	b.bans.Add(k, now.Add(time.Duration(rule.For)))
 	return true
 }
 
-// dropExpired forgets up to two expired entries from the least recently
-// refused end, so expired entries leave the table as new ones come in
-// rather than only when it is full.
+// dropExpired forgets up to two expired entries from the old end of each
+// table, so expired entries leave as new ones come in rather than only
+// when a table is full.
 func (b *banTable) dropExpired(now time.Time) {
 	for range 2 {
-		k, e, ok := b.lru.GetOldest()
+		k, e, ok := b.hits.GetOldest()
 		if !ok || now.Before(e.expires) {
-			return
+			break
 		}
-		b.lru.Remove(k)
+		b.hits.Remove(k)
+	}
+	for range 2 {
+		k, until, ok := b.bans.GetOldest()
+		if !ok || now.Before(until) {
+			break
+		}
+		b.bans.Remove(k)
 	}
 }
 
@@ -117,5 +139,5 @@ func (b *banTable) dropExpired(now time.Time) {
 func (b *banTable) len() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.lru.Len()
+	return b.hits.Len() + b.bans.Len()
 }

@@ -42,7 +42,7 @@ func TestBanTableDropsExpiredEntries(t *testing.T) {
 	if n := b.len(); n != 1 {
 		t.Fatalf("after every ban and window expired the table holds %d, want 1 (the newest)", n)
 	}
-	if _, ok := b.lru.Peek(banKey{"ddcolor_person", abuser}); ok {
+	if _, ok := b.bans.Peek(banKey{"ddcolor_person", abuser}); ok {
 		t.Fatal("the expired ban is still held")
 	}
 }
@@ -104,5 +104,25 @@ func BenchmarkBanTableNewOrigin(b *testing.B) {
 				i++
 			}
 		})
+	}
+}
+
+// A flood of new origins pushes counted refusals out, never an active ban.
+func TestBanOutlivesAFloodOfNewOrigins(t *testing.T) {
+	c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
+	b := newBanTable(c, 64)
+	const abuser = "192.0.2.66"
+	b.refused("ddcolor_person", abuser, testBan)
+	if !b.refused("ddcolor_person", abuser, testBan) {
+		t.Fatal("two refusals did not ban")
+	}
+	for i := range 10 * 64 {
+		b.refused("ddcolor_person", fmt.Sprintf("2001:db8:%x::/64", i), testBan)
+	}
+	if _, banned := b.banned("ddcolor_person", abuser); !banned {
+		t.Fatal("the ban was forgotten under a flood of new origins")
+	}
+	if n := b.len(); n > 64+1 {
+		t.Fatalf("the table holds %d entries, bound 64 counted + 1 ban", n)
 	}
 }
