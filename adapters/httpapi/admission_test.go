@@ -268,6 +268,30 @@ func TestSlowUploadCutOff(t *testing.T) {
 	}
 }
 
+// An upload over the minimum rate is still cut off once it has taken
+// UploadTimeout in all: a large body at the minimum rate cannot hold a slot
+// for a quarter of an hour.
+func TestUploadTimeoutCapsTheWholeUpload(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	api, _, _ := runnerStack(t, "resource: ddcolor_person\n", httpapi.Config{
+		MaxUploads: 1, UploadMinRate: 10, UploadGrace: time.Second, UploadTimeout: 3 * time.Second, Clock: fake})
+	img := pngBytes(t, 64, 64) // with the form, over 60 bytes: over 3 s at 20 B/s
+	send := func(chunk int, step time.Duration) *httptest.ResponseRecorder {
+		req := colorizeRequest(t, "/api/ddcolorize/person", img, nil)
+		req.Body = io.NopCloser(&trickle{r: req.Body, clock: fake, chunk: chunk, step: step})
+		return serve(api, req, "192.0.2.1:1")
+	}
+	// 20 B/s, twice the minimum, but the body takes longer than 3 s.
+	rec := send(2, 100*time.Millisecond)
+	if p := problemOf(t, rec.Body.Bytes()); rec.Code != http.StatusRequestTimeout || !strings.Contains(p.Detail, "longer than 3s") {
+		t.Fatalf("an upload over its whole-time cap: %d %+v", rec.Code, p)
+	}
+	// The slot is free again; the same body sent fast passes.
+	if rec := send(1<<20, time.Millisecond); rec.Code != 200 {
+		t.Fatalf("the same upload sent fast: %d %s", rec.Code, rec.Body)
+	}
+}
+
 // A client that stops sending is cut off by the connection's read
 // deadline: its read does not wait for ever.
 func TestStalledUploadCutOff(t *testing.T) {
@@ -345,5 +369,40 @@ func TestImageBudgetReachesTheUploadCheck(t *testing.T) {
 	small := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 16, 16), nil), "192.0.2.1:1")
 	if small.Code != http.StatusOK {
 		t.Fatalf("a 16x16 image within it: %d %s", small.Code, small.Body)
+	}
+}
+
+// A request paced by a throttle rule waits without holding an upload slot:
+// with one slot, a second client's upload is read while the first waits.
+func TestPacedRequestHoldsNoUploadSlot(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	s := newStack(t, "resource: ddcolor_person\nflow: [{threshold: 1, window: 1s, behavior: throttle, max_queue: 10s}]\n",
+		stackOptions{clock: fake, maxUploads: 1, uploadsPerClient: 1})
+	img := pngBytes(t, 32, 32)
+	send := func(peer string) *httptest.ResponseRecorder {
+		return s.do(colorizeRequest(t, "/api/ddcolorize/person", img, nil), peer)
+	}
+	if rec := send("192.0.2.1:1"); rec.Code != 200 {
+		t.Fatalf("first request: %d %s", rec.Code, rec.Body)
+	}
+	codes := make(chan int, 2)
+	go func() { codes <- send("192.0.2.2:1").Code }()
+	for fake.Timers() != 1 { // the second request waits for its pacing slot
+		time.Sleep(time.Millisecond)
+	}
+	go func() { codes <- send("192.0.2.3:1").Code }()
+	for fake.Timers() != 2 {
+		select {
+		case code := <-codes:
+			t.Fatalf("a third client's upload while the second is paced: %d, want it read and paced too", code)
+		default:
+			time.Sleep(time.Millisecond)
+		}
+	}
+	fake.Advance(3 * time.Second)
+	for range 2 {
+		if code := <-codes; code != 200 {
+			t.Fatalf("a paced request: %d", code)
+		}
 	}
 }

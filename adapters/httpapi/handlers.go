@@ -49,10 +49,11 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 			s.refuse(c, engine.Call{Resource: resource, Origin: ip}, ref)
 			return
 		}
-		// Reading, checking and scaling an upload costs memory and CPU:
-		// only so many at once, and a share of them per client. The slot is
-		// held while the upload is read, checked and prepared, not while
-		// the job runs.
+		// Reading an upload holds a connection and memory: only so many at
+		// once, and a share of them per client. The slot is held while the
+		// upload is read and its header checked — not while the request
+		// waits for admission (a throttle may pace it), nor while its job
+		// runs; decoding it is bounded by the image memory budget.
 		release, refusal := s.uploads.take(ip, resource)
 		if refusal != nil {
 			problem.Write(c, *refusal)
@@ -66,9 +67,9 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 		if !ok {
 			return
 		}
+		release()
+		lift()
 		s.admit(c, engine.Call{Resource: resource, Origin: ip, Size: size}, async, func() (comfyui.Job, bool) {
-			defer release()
-			defer lift()
 			img, err := up.PrepareContext(c.Request.Context())
 			if err != nil { // the caller's bad data, not a failed job
 				imageProblem(c, err)

@@ -113,6 +113,10 @@ type Config struct {
 	// UploadGrace is the time an upload has before the minimum rate
 	// applies (default 10s).
 	UploadGrace time.Duration
+	// UploadTimeout caps an upload's whole time, whatever its rate
+	// (default 2m; negative: no cap), so that one at exactly the minimum
+	// rate cannot hold a slot for the quarter hour a large body would take.
+	UploadTimeout time.Duration
 	// IPv6Prefix is the length of the prefix that identifies an IPv6
 	// client (default 64): per-origin rules, bans and fair-queue tenants
 	// count the prefix ("2001:db8:1:2::/64"), so one host cannot rotate
@@ -147,6 +151,7 @@ type Server struct {
 
 	uploadMinRate int64
 	uploadGrace   time.Duration
+	uploadTimeout time.Duration
 	async         *jobs.Manager
 	ownsAsync     bool
 }
@@ -178,6 +183,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UploadGrace <= 0 {
 		cfg.UploadGrace = defaultUploadGrace
 	}
+	if cfg.UploadTimeout == 0 {
+		cfg.UploadTimeout = defaultUploadTimeout
+	}
 	s := &Server{
 		router:     gin.New(),
 		eng:        cfg.Engine,
@@ -193,6 +201,7 @@ func New(cfg Config) (*Server, error) {
 
 		uploadMinRate: cfg.UploadMinRate,
 		uploadGrace:   cfg.UploadGrace,
+		uploadTimeout: cfg.UploadTimeout,
 		async:         cfg.AsyncJobs,
 	}
 	if s.async == nil {

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"sync"
@@ -19,6 +20,9 @@ const (
 	defaultMaxUploads    = 16
 	defaultUploadMinRate = 16 << 10 // bytes per second
 	defaultUploadGrace   = 10 * time.Second
+	// defaultUploadTimeout caps an upload's whole time, whatever its rate:
+	// a 20 MiB photo then needs about 175 KiB/s.
+	defaultUploadTimeout = 2 * time.Minute
 )
 
 // uploadSlots bounds the uploads read, checked and prepared at once: over
@@ -83,8 +87,10 @@ var errTooSlow = errors.New("httpapi: the upload is slower than the minimum rate
 type rateReader struct {
 	r       interface{ Read([]byte) (int, error) }
 	clock   clock.Clock
-	minRate int64
+	minRate int64 // <= 0: no minimum rate
 	grace   time.Duration
+	// limit caps the whole upload's time, whatever its rate; 0: none.
+	limit time.Duration
 	// setDeadline sets the connection's read deadline in wall time; it
 	// fails where the writer has no connection (tests), and is then left.
 	setDeadline func(time.Time) error
@@ -96,7 +102,14 @@ type rateReader struct {
 
 // due is when the body must have delivered n bytes.
 func (r *rateReader) due(n int64) time.Time {
-	return r.start.Add(r.grace + time.Duration(float64(n)/float64(r.minRate)*float64(time.Second)))
+	d := time.Duration(math.MaxInt64)
+	if r.minRate > 0 {
+		d = r.grace + time.Duration(float64(n)/float64(r.minRate)*float64(time.Second))
+	}
+	if r.limit > 0 {
+		d = min(d, r.limit)
+	}
+	return r.start.Add(d)
 }
 
 func (r *rateReader) Read(p []byte) (int, error) {
@@ -127,11 +140,12 @@ func (r *rateReader) Read(p []byte) (int, error) {
 // (nil when there is none), and returns the function that lifts the
 // connection's read deadline once the upload is read.
 func (s *Server) limitUpload(c *gin.Context) (*rateReader, func()) {
-	if s.uploadMinRate <= 0 {
+	if s.uploadMinRate <= 0 && s.uploadTimeout <= 0 {
 		return nil, func() {}
 	}
 	rc := http.NewResponseController(c.Writer)
-	rr := &rateReader{r: c.Request.Body, clock: s.clock, minRate: s.uploadMinRate, grace: s.uploadGrace, setDeadline: rc.SetReadDeadline}
+	rr := &rateReader{r: c.Request.Body, clock: s.clock, minRate: s.uploadMinRate, grace: s.uploadGrace, limit: s.uploadTimeout,
+		setDeadline: rc.SetReadDeadline}
 	c.Request.Body = readCloser{rr, c.Request.Body}
 	return rr, func() { rc.SetReadDeadline(time.Time{}) }
 }
@@ -148,8 +162,8 @@ func (r readCloser) Close() error { return r.body.Close() }
 func (s *Server) tooSlow(c *gin.Context, resource string) {
 	c.Header("Connection", "close")
 	p := problem.New(http.StatusRequestTimeout, "upload-too-slow",
-		fmt.Sprintf("the upload arrived slower than %d bytes/s (after the first %s) and was cut off; send it faster, or a smaller image",
-			s.uploadMinRate, s.uploadGrace))
+		fmt.Sprintf("the upload arrived slower than %d bytes/s (after the first %s), or took longer than %s in all, and was cut off; send it faster, or a smaller image",
+			s.uploadMinRate, s.uploadGrace, s.uploadTimeout))
 	p.Resource = resource
 	problem.Write(c, p)
 }

@@ -54,6 +54,7 @@ type serveFlags struct {
 	uploadsPerClient int
 	uploadMinRate    int64
 	uploadGrace      time.Duration
+	uploadTimeout    time.Duration
 
 	etcd       etcdFlags
 	etcdListen string
@@ -94,6 +95,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.IntVar(&f.uploadsPerClient, "max-uploads-per-client", 0, "uploads one client may have in those slots at once; beyond, 429 (0: a quarter of --max-uploads, at least 1)")
 	fs.Int64Var(&f.uploadMinRate, "upload-min-rate", 16<<10, "slowest an upload may arrive after --upload-grace, in bytes/s; slower ones are cut off with 408 (negative: no minimum)")
 	fs.DurationVar(&f.uploadGrace, "upload-grace", 10*time.Second, "time an upload has before --upload-min-rate applies")
+	fs.DurationVar(&f.uploadTimeout, "upload-timeout", 2*time.Minute, "longest an upload may take in all, whatever its rate (negative: no cap)")
 	fs.IntVar(&f.ipv6Prefix, "ipv6-prefix", 64, "prefix length that identifies an IPv6 client for per-origin rules, bans and fair queueing (1-128)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -140,6 +142,9 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	}
 	if f.ipv6Prefix < 1 || f.ipv6Prefix > 128 {
 		return nil, fs, &usageError{fmt.Sprintf("--ipv6-prefix: want a prefix length from 1 to 128, got %d", f.ipv6Prefix)}
+	}
+	if f.uploadTimeout == 0 {
+		return nil, fs, &usageError{"--upload-timeout must not be 0 (negative: no cap)"}
 	}
 	if f.uploadMinRate == 0 || f.uploadGrace <= 0 || f.uploadsPerClient < 0 {
 		return nil, fs, &usageError{fmt.Sprintf("--upload-min-rate must not be 0 (negative: no minimum), --upload-grace must be > 0, --max-uploads-per-client >= 0; got %d, %s, %d",
@@ -290,6 +295,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		UploadsPerClient: f.uploadsPerClient,
 		UploadMinRate:    f.uploadMinRate,
 		UploadGrace:      f.uploadGrace,
+		UploadTimeout:    f.uploadTimeout,
 		IPv6Prefix:       f.ipv6Prefix,
 	})
 	if err != nil {
