@@ -39,6 +39,7 @@ func (e *Engine) Adopt(c Call) *Token {
 	(&statSlot{e: e}).OnEntryPassed(sctx)
 	flow.DefaultStandaloneStatSlot.OnEntryPassed(sctx)
 	r.inFlight.Add(1)
+	r.stats.passed.Add(1) // admitted before the restart: counted here, as its end will be
 	tok.entry = entry
 	tok.start = e.clock.Now()
 	return tok

@@ -272,6 +272,11 @@ func (e *Engine) Apply(set *rules.Set) error {
 	if err := sentinelRules.load(e.ns, s); err != nil {
 		return fmt.Errorf("apply rules: %w", err)
 	}
+	if prev := e.state.Load(); prev != nil {
+		for name, rs := range st.res {
+			e.res[name].resetPacing(prev.res[name].throttles, rs.throttles)
+		}
+	}
 	e.state.Store(st)
 	e.evaluateGPUs() // the thresholds may have changed
 	return nil

@@ -119,3 +119,24 @@ func (r *resource) giveBack(t *Token) {
 		}
 	}
 }
+
+// resetPacing forgets the pacing of every throttle rule that changed or
+// went away in a rule update, so that a loosened rule does not keep the
+// old rule's schedule; an unchanged rule keeps its pacing.
+func (r *resource) resetPacing(old, updated []throttle) {
+	same := func(t throttle) bool {
+		for _, u := range updated {
+			if u.index == t.index {
+				return u.window == t.window && u.maxQueue == t.maxQueue && u.rule.threshold == t.rule.threshold
+			}
+		}
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range old {
+		if !same(t) {
+			delete(r.pace, t.index)
+		}
+	}
+}

@@ -90,3 +90,32 @@ hotspot: [{param: origin, threshold: 2, window: 60s}]
 	}
 	exitAll(toks)
 }
+
+// A throttle rule loosened by a rule update does not keep the old rule's
+// schedule; an unchanged one keeps its pacing.
+func TestRuleUpdateResetsAChangedThrottle(t *testing.T) {
+	c := clock.NewFake(t0)
+	e := newEngine(t, `resource: zimage_generate
+flow: [{threshold: 1, window: 10s, behavior: throttle, max_queue: 500ms}]
+`, engine.Options{Clock: c})
+	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1"}
+	first, _ := burst(t, e, 1, call) // books the slot: the next is 10 s away
+	exitAll(first)
+	if _, refs := burst(t, e, 1, call); len(refs) != 1 {
+		t.Fatal("the throttle did not pace the second call")
+	}
+	if err := e.Apply(mustSet(t, "resource: zimage_generate\nflow: [{threshold: 1, window: 10s, behavior: throttle, max_queue: 500ms}]\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, refs := burst(t, e, 1, call); len(refs) != 1 {
+		t.Fatal("an unchanged throttle lost its pacing in an update")
+	}
+	if err := e.Apply(mustSet(t, "resource: zimage_generate\nflow: [{threshold: 1, window: 1s, behavior: throttle, max_queue: 500ms}]\n")); err != nil {
+		t.Fatal(err)
+	}
+	toks, refs := burst(t, e, 1, call)
+	if len(toks) != 1 {
+		t.Fatalf("a loosened throttle kept the old schedule: %v", refs)
+	}
+	exitAll(toks)
+}
