@@ -3,19 +3,17 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"image"
 	"image/png"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
@@ -44,40 +42,15 @@ func resultStack(t *testing.T, rules string, runner func(*stack) httpapi.Runner)
 	return s, done
 }
 
-// comfyOutput fetches what the fake ComfyUI produced for a prompt: the
-// first image of its history, through /view.
-func comfyOutput(t *testing.T, comfyURL, promptID string) []byte {
+// comfyOutput is what the fake ComfyUI produced for a prompt: the first
+// image of its history, through /view.
+func comfyOutput(t *testing.T, comfy *comfyuitest.Server, promptID string) []byte {
 	t.Helper()
-	resp, err := http.Get(comfyURL + "/history/" + promptID)
+	b, err := comfy.OutputImage(promptID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var hist map[string]struct {
-		Outputs map[string]struct {
-			Images []struct{ Filename, Subfolder, Type string }
-		}
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&hist); err != nil {
-		t.Fatal(err)
-	}
-	for _, out := range hist[promptID].Outputs {
-		for _, img := range out.Images {
-			q := url.Values{"filename": {img.Filename}, "subfolder": {img.Subfolder}, "type": {img.Type}}
-			resp, err := http.Get(comfyURL + "/view?" + q.Encode())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err != nil || resp.StatusCode != http.StatusOK {
-				t.Fatalf("/view: %d %v", resp.StatusCode, err)
-			}
-			return b
-		}
-	}
-	t.Fatalf("ComfyUI has no output for prompt %s", promptID)
-	return nil
+	return b
 }
 
 // samePNG decodes got and want and compares their sizes and pixels.
@@ -115,7 +88,7 @@ func TestAsyncResultServedFromResultStore(t *testing.T) {
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "image/png" {
 		t.Fatalf("result: %d %v", rec.Code, rec.Header())
 	}
-	samePNG(t, rec.Body.Bytes(), comfyOutput(t, s.comfy.URL, rec.Header().Get("X-Sluice-Prompt-Id")), 320, 256)
+	samePNG(t, rec.Body.Bytes(), comfyOutput(t, s.comfy, rec.Header().Get("X-Sluice-Prompt-Id")), 320, 256)
 }
 
 // scriptedRunner runs its first job as first says (nil: on ComfyUI), and

@@ -7,7 +7,6 @@ import (
 	"image/png"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,39 +75,21 @@ func TestAsyncJobSurvivesRestart(t *testing.T) {
 	}
 	// The payload is the image ComfyUI produced, read from the results
 	// folder: not an empty body.
-	samePNG(t, got, comfyOutput(t, comfy.URL, resp.Header.Get("X-Sluice-Prompt-Id")), 256, 256)
+	samePNG(t, got, comfyOutput(t, comfy, resp.Header.Get("X-Sluice-Prompt-Id")), 256, 256)
 	if n := len(comfy.Prompts()); n != 1 {
 		t.Fatalf("ComfyUI ran the job %d times", n)
 	}
 }
 
-// comfyOutput fetches what the fake ComfyUI produced for a prompt: the
-// first image of its history, through /view.
-func comfyOutput(t *testing.T, comfyURL, promptID string) []byte {
+// comfyOutput is what the fake ComfyUI produced for a prompt: the first
+// image of its history, through /view.
+func comfyOutput(t *testing.T, comfy *comfyuitest.Server, promptID string) []byte {
 	t.Helper()
-	var hist map[string]struct {
-		Outputs map[string]struct {
-			Images []struct{ Filename, Subfolder, Type string }
-		}
+	b, err := comfy.OutputImage(promptID)
+	if err != nil {
+		t.Fatal(err)
 	}
-	getJSON(t, comfyURL+"/history/"+url.PathEscape(promptID), &hist)
-	for _, out := range hist[promptID].Outputs {
-		for _, img := range out.Images {
-			q := url.Values{"filename": {img.Filename}, "subfolder": {img.Subfolder}, "type": {img.Type}}
-			resp, err := http.Get(comfyURL + "/view?" + q.Encode())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err != nil || resp.StatusCode != http.StatusOK {
-				t.Fatalf("/view: %d %v", resp.StatusCode, err)
-			}
-			return b
-		}
-	}
-	t.Fatalf("ComfyUI has no output for prompt %q", promptID)
-	return nil
+	return b
 }
 
 // samePNG decodes got and want and compares their sizes and pixels.

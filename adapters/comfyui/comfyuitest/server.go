@@ -12,6 +12,8 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"path"
 	"slices"
 	"sort"
@@ -917,4 +919,37 @@ func isDigits(s string) bool {
 		}
 	}
 	return true
+}
+
+// OutputImage returns the first image a finished prompt produced, as a
+// client reads it: from its /history entry, then through /view. Tests
+// compare what the gateway returned with it.
+func (s *Server) OutputImage(promptID string) ([]byte, error) {
+	get := func(target string) ([]byte, error) {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, target, nil))
+		if rec.Code != http.StatusOK {
+			return nil, fmt.Errorf("comfyuitest: GET %s: %d %s", target, rec.Code, rec.Body)
+		}
+		return rec.Body.Bytes(), nil
+	}
+	body, err := get("/history/" + url.PathEscape(promptID))
+	if err != nil {
+		return nil, err
+	}
+	var hist map[string]struct {
+		Outputs map[string]struct {
+			Images []struct{ Filename, Subfolder, Type string }
+		}
+	}
+	if err := json.Unmarshal(body, &hist); err != nil {
+		return nil, fmt.Errorf("comfyuitest: history of %s: %w", promptID, err)
+	}
+	for _, out := range hist[promptID].Outputs {
+		for _, img := range out.Images {
+			q := url.Values{"filename": {img.Filename}, "subfolder": {img.Subfolder}, "type": {img.Type}}
+			return get("/view?" + q.Encode())
+		}
+	}
+	return nil, fmt.Errorf("comfyuitest: prompt %s has no output image", promptID)
 }
