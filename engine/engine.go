@@ -356,8 +356,9 @@ func (e *Engine) Rules() *rules.Set { return e.state.Load().set }
 type Call struct {
 	// Resource is one of rules.Resources.
 	Resource string
-	// Origin is the client's IP address in canonical form (the value
-	// hotspot rules on origin and bans count by).
+	// Origin identifies the client (the value hotspot rules on origin and
+	// bans count by): its IPv4 address, or for IPv6 the prefix holding its
+	// address in CIDR form ("2001:db8:1:2::/64"), canonical either way.
 	Origin string
 	// Size is the request's size parameter (DDColor's model input size,
 	// the longer side of a generated image); 0 when it has none.
