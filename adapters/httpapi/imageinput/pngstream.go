@@ -1,7 +1,6 @@
 package imageinput
 
 import (
-	"bytes"
 	"compress/zlib"
 	"encoding/binary"
 	"errors"
@@ -42,11 +41,12 @@ func shrinkPNG(data []byte, k int) (dst *image.RGBA, gray bool, err error) {
 
 	var (
 		trns   []byte
-		idats  []io.Reader
+		idat   = -1 // offset of the first IDAT chunk
 		inIDAT bool
 		seenIE bool
 	)
 	for off := 8; !seenIE; {
+		start := off
 		if off+12 > len(data) {
 			return nil, false, io.ErrUnexpectedEOF
 		}
@@ -61,7 +61,7 @@ func shrinkPNG(data []byte, k int) (dst *image.RGBA, gray bool, err error) {
 		off += 12 + n
 		switch typ {
 		case "tRNS":
-			if len(idats) > 0 {
+			if idat >= 0 {
 				return nil, false, errors.New("png: invalid format: chunk out of order")
 			}
 			if ct == 4 || ct == 6 {
@@ -72,14 +72,16 @@ func shrinkPNG(data []byte, k int) (dst *image.RGBA, gray bool, err error) {
 			}
 			trns = payload
 		case "IDAT":
-			if len(idats) > 0 && !inIDAT {
+			if idat >= 0 && !inIDAT {
 				continue // trailing IDAT chunks are ignored, as image/png does
 			}
+			if idat < 0 {
+				idat = start
+			}
 			inIDAT = true
-			idats = append(idats, bytes.NewReader(payload))
 			continue
 		case "IEND":
-			if len(idats) == 0 {
+			if idat < 0 {
 				return nil, false, errors.New("png: invalid format: chunk out of order")
 			}
 			seenIE = true
@@ -87,7 +89,10 @@ func shrinkPNG(data []byte, k int) (dst *image.RGBA, gray bool, err error) {
 		inIDAT = false
 	}
 
-	zr, err := zlib.NewReader(io.MultiReader(idats...))
+	// The IDAT payloads are read where they lie, whatever their number:
+	// nothing is allocated per chunk (a file of millions of empty chunks
+	// costs no memory).
+	zr, err := zlib.NewReader(&idatReader{data: data, off: idat})
 	if err != nil {
 		return nil, false, err
 	}
@@ -214,4 +219,27 @@ func addRow(bx *box, row []byte, w, depth int, ct byte, trns []byte) {
 		}
 		bx.add(x, r, g, b, a)
 	}
+}
+
+// idatReader reads the payloads of the run of IDAT chunks that starts at
+// off in data, in place. shrinkPNG has checked those chunks' lengths and
+// CRCs.
+type idatReader struct {
+	data []byte
+	off  int
+	rest []byte
+}
+
+func (r *idatReader) Read(p []byte) (int, error) {
+	for len(r.rest) == 0 {
+		if r.off+12 > len(r.data) || string(r.data[r.off+4:r.off+8]) != "IDAT" {
+			return 0, io.EOF
+		}
+		n := int(binary.BigEndian.Uint32(r.data[r.off:]))
+		r.rest = r.data[r.off+8 : r.off+8+n]
+		r.off += 12 + n
+	}
+	n := copy(p, r.rest)
+	r.rest = r.rest[n:]
+	return n, nil
 }

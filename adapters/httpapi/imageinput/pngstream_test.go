@@ -8,6 +8,7 @@ import (
 	"image"
 	"image/png"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 )
 
@@ -255,4 +256,40 @@ func FuzzShrinkPNG(f *testing.F) {
 			t.Error("shrinkPNG differs from image/png + shrink")
 		}
 	})
+}
+
+// Empty IDAT chunks cost nothing: a file padded with hundreds of thousands
+// of them (each a valid 12-byte chunk) decodes as the plain one does,
+// without memory per chunk.
+func TestShrinkPNGEmptyIDATChunksCostNoMemory(t *testing.T) {
+	const w, h, pad = 2600, 8, 200_000
+	plain := rawPNG(t, w, h, 8, 0, func(y int) []byte { return bytes.Repeat([]byte{byte(y * 30)}, w) })
+	// Put the padding before the first IDAT chunk (33 = signature + IHDR).
+	var b bytes.Buffer
+	b.Write(plain[:33])
+	empty := binary.BigEndian.AppendUint32([]byte{0, 0, 0, 0, 'I', 'D', 'A', 'T'}, crc32.ChecksumIEEE([]byte("IDAT")))
+	for range pad {
+		b.Write(empty)
+	}
+	b.Write(plain[33:])
+	padded := b.Bytes()
+
+	want, _, err := shrinkPNG(plain, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	got, _, err := shrinkPNG(padded, 2)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatalf("padded with empty IDAT chunks: %v", err)
+	}
+	if !bytes.Equal(got.Pix, want.Pix) {
+		t.Fatal("the padded file decodes to other pixels")
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Fatalf("decoding %d empty IDAT chunks allocated %d KiB: memory per chunk", pad, alloc>>10)
+	}
 }
