@@ -1,15 +1,18 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -404,5 +407,36 @@ func TestPacedRequestHoldsNoUploadSlot(t *testing.T) {
 		if code := <-codes; code != 200 {
 			t.Fatalf("a paced request: %d", code)
 		}
+	}
+}
+
+// An upload refused half-way (here for an unknown form field) leaves the
+// rest of its body unread; a client trickling that rest does not hold the
+// connection open: it is closed once the grace has passed.
+func TestRefusedUploadDoesNotHoldItsConnection(t *testing.T) {
+	api, _, _ := runnerStack(t, "resource: ddcolor_person\n", httpapi.Config{UploadMinRate: 1 << 20, UploadGrace: 50 * time.Millisecond})
+	srv := httptest.NewServer(api)
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const boundary = "b0undary"
+	head := "--" + boundary + "\r\nContent-Disposition: form-data; name=\"colour\"\r\n\r\nred\r\n"
+	fmt.Fprintf(conn, "POST /api/ddcolorize/person HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=%s\r\nContent-Length: %d\r\n\r\n%s",
+		boundary, len(head)+1<<20, head) // a megabyte more is promised, never sent
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("an unknown form field: %d, want 400", resp.StatusCode)
+	}
+	// The server reads off the rest for a while, then gives up on it.
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the connection is still open after the grace: %v", err)
 	}
 }

@@ -60,8 +60,8 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 			return
 		}
 		defer release()
-		rate, lift := s.limitUpload(c)
-		defer lift()
+		rate, lift, done := s.limitUpload(c)
+		defer done()
 		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, s.image.MaxBytes+formSlack)
 		up, size, ok := s.readColorize(c, resource, defaultSize, rate)
 		if !ok {

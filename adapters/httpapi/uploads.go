@@ -137,17 +137,22 @@ func (r *rateReader) Read(p []byte) (int, error) {
 }
 
 // limitUpload makes the request body read at least at the minimum rate
-// (nil when there is none), and returns the function that lifts the
-// connection's read deadline once the upload is read.
-func (s *Server) limitUpload(c *gin.Context) (*rateReader, func()) {
+// and within the time cap (nil when there is neither). It returns lift,
+// which takes the connection's read deadline off once the upload is read
+// (a deadline would end the request's context while its job runs), and
+// done, for when the handler returns: whatever of the body is left unread
+// then (an upload refused half-way) is read off by net/http, and must not
+// be read without a deadline, or a client trickling it holds the
+// connection for ever.
+func (s *Server) limitUpload(c *gin.Context) (rr *rateReader, lift, done func()) {
 	if s.uploadMinRate <= 0 && s.uploadTimeout <= 0 {
-		return nil, func() {}
+		return nil, func() {}, func() {}
 	}
 	rc := http.NewResponseController(c.Writer)
-	rr := &rateReader{r: c.Request.Body, clock: s.clock, minRate: s.uploadMinRate, grace: s.uploadGrace, limit: s.uploadTimeout,
+	rr = &rateReader{r: c.Request.Body, clock: s.clock, minRate: s.uploadMinRate, grace: s.uploadGrace, limit: s.uploadTimeout,
 		setDeadline: rc.SetReadDeadline}
 	c.Request.Body = readCloser{rr, c.Request.Body}
-	return rr, func() { rc.SetReadDeadline(time.Time{}) }
+	return rr, func() { rc.SetReadDeadline(time.Time{}) }, func() { rc.SetReadDeadline(time.Now().Add(s.uploadGrace)) }
 }
 
 type readCloser struct {
