@@ -32,40 +32,49 @@ type hotspotController struct {
 	call *Token
 }
 
-// hotspotDebit is batch tokens a call took from arg's bucket.
+// hotspotDebit is batch tokens a call took from arg's bucket, whose last
+// refill was at refill (Unix ms).
 type hotspotDebit struct {
-	c     *hotspotController
-	arg   any
-	batch int64
+	c      *hotspotController
+	arg    any
+	batch  int64
+	refill int64
 }
 
 // refund gives back the hotspot tokens the call took. The caller holds the
 // resource's lock.
 func (t *Token) refund() {
 	for _, d := range t.debits {
-		d.c.refund(d.arg, d.batch)
+		d.c.refund(d)
 	}
 	t.debits = t.debits[:0]
 }
 
-// refund puts batch tokens back into arg's bucket, never above its size.
-func (c *hotspotController) refund(arg any, batch int64) {
-	restPtr, found := c.metric.RuleTokenCounter.Get(arg)
-	if !found {
-		return // evicted meanwhile: the value starts afresh anyway
+// refund puts a debit's tokens back into its bucket, never above its size,
+// unless the bucket has been refilled since: the refill already counted
+// from what was left, and a refund on top would let more through than the
+// rule allows.
+func (c *hotspotController) refund(d hotspotDebit) {
+	lastPtr, found := c.metric.RuleTimeCounter.Get(d.arg)
+	if !found || atomic.LoadInt64(lastPtr) != d.refill {
+		return // refilled or evicted meanwhile
 	}
-	most := c.limit(arg) + c.rule.BurstCount
-	atomic.StoreInt64(restPtr, min(atomic.LoadInt64(restPtr)+batch, most))
+	restPtr, found := c.metric.RuleTokenCounter.Get(d.arg)
+	if !found {
+		return
+	}
+	most := c.limit(d.arg) + c.rule.BurstCount
+	atomic.StoreInt64(restPtr, min(atomic.LoadInt64(restPtr)+d.batch, most))
 }
 
 // debit records on the call being checked that it took batch of arg's
-// tokens.
-func (c *hotspotController) debit(arg any, batch int64) {
+// tokens from a bucket last refilled at refill.
+func (c *hotspotController) debit(arg any, batch, refill int64) {
 	if t := c.call; t != nil {
 		if t.debits == nil {
 			t.debits = t.debitBuf[:0]
 		}
-		t.debits = append(t.debits, hotspotDebit{c: c, arg: arg, batch: batch})
+		t.debits = append(t.debits, hotspotDebit{c: c, arg: arg, batch: batch, refill: refill})
 	}
 }
 
@@ -123,7 +132,7 @@ func (c *hotspotController) PerformChecking(arg any, batch int64) *base.TokenRes
 		if lastPtr != nil {
 			atomic.StoreInt64(lastPtr, now)
 		}
-		c.debit(arg, batch)
+		c.debit(arg, batch, now)
 		return nil
 	}
 	last, rest := atomic.LoadInt64(lastPtr), atomic.LoadInt64(restPtr)
@@ -131,12 +140,12 @@ func (c *hotspotController) PerformChecking(arg any, batch int64) *base.TokenRes
 		if left := min(passed*limit/c.windowMs+rest, most) - batch; left >= 0 {
 			atomic.StoreInt64(restPtr, left)
 			atomic.StoreInt64(lastPtr, now)
-			c.debit(arg, batch)
+			c.debit(arg, batch, now)
 			return nil
 		}
 	} else if rest >= batch {
 		atomic.StoreInt64(restPtr, rest-batch)
-		c.debit(arg, batch)
+		c.debit(arg, batch, last)
 		return nil
 	}
 	return c.blocked(c.retryAfter(now, last, rest, limit, batch))

@@ -119,3 +119,77 @@ flow: [{threshold: 1, window: 10s, behavior: throttle, max_queue: 500ms}]
 	}
 	exitAll(toks)
 }
+
+// A paced call abandoned after its bucket was refilled gives nothing back:
+// the refill already counted from what was left, and a refund on top would
+// let more through than the rule allows.
+func TestAbandonedCallRefundsNothingAfterARefill(t *testing.T) {
+	c := clock.NewFake(t0)
+	e := newEngine(t, `resource: zimage_generate
+flow: [{threshold: 1, window: 2s, behavior: throttle, max_queue: 20s}]
+hotspot: [{param: origin, threshold: 2, window: 1s}]
+`, engine.Options{Clock: c})
+	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1"}
+	first, _ := burst(t, e, 1, call) // t0: a token left
+	defer exitAll(first)
+	type result struct {
+		tok *engine.Token
+		err error
+	}
+	var cancels []context.CancelFunc
+	defer func() {
+		for _, cancel := range cancels {
+			cancel()
+		}
+	}()
+	guard := func() <-chan result {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancels = append(cancels, cancel)
+		ch := make(chan result, 1)
+		go func() {
+			tok, err := e.Guard(ctx, call)
+			ch <- result{tok, err}
+		}()
+		return ch
+	}
+	second := guard() // the last token; paced to t0+2s
+	waitTimers(t, c, 1)
+	c.Advance(1500 * time.Millisecond)
+	guard() // the bucket refills (one token left after it); paced to t0+4s
+	waitTimers(t, c, 2)
+	cancels[0]() // the second call's client leaves: its token must not come back
+	if r := <-second; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the abandoned call: %v", r.err)
+	}
+	guard() // takes the one token left; paced
+	waitTimers(t, c, 2)
+	last := guard()
+	stop := make(chan struct{})
+	defer close(stop)
+	select {
+	case r := <-last:
+		var ref *engine.Refusal
+		if !errors.As(r.err, &ref) || ref.Kind != engine.KindHotspot {
+			t.Fatalf("a third call in the window: %v, want a hotspot refusal", r.err)
+		}
+	case <-waitTimersCh(c, 3, stop):
+		t.Fatal("a third call in the refilled window passed the hotspot: the abandoned call's token came back after the refill")
+	}
+}
+
+// waitTimersCh is closed once n timers wait on c; it stops looking when
+// stop is closed.
+func waitTimersCh(c *clock.Fake, n int, stop <-chan struct{}) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		for c.Timers() < n {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+		close(ch)
+	}()
+	return ch
+}
