@@ -94,8 +94,19 @@ func (e *Engine) paced(ctx context.Context, tok *Token) error {
 	return ctx.Err()
 }
 
+// Cancel undoes the admission of a call whose work never started for a
+// reason of the gateway's own (its input could not be prepared for want of
+// memory): it counts as no job, and gives back its place in flight, its
+// hotspot tokens and its pacing slots. After Exit or Cancel, both do
+// nothing.
+func (t *Token) Cancel() {
+	if t != nil {
+		t.abandon()
+	}
+}
+
 // abandon undoes the admission of a call whose caller left while it was
-// paced.
+// paced, or whose work never started.
 func (t *Token) abandon() {
 	if !t.exited.CompareAndSwap(false, true) {
 		return

@@ -193,3 +193,27 @@ func waitTimersCh(c *clock.Fake, n int, stop <-chan struct{}) <-chan struct{} {
 	}()
 	return ch
 }
+
+// A call cancelled before its work started counts as no job and gives its
+// place and its hotspot tokens back.
+func TestCancelledCallIsNoJob(t *testing.T) {
+	e := newEngine(t, `resource: ddcolor_person
+hotspot: [{param: origin, threshold: 1, window: 60s}]
+concurrency: 1
+`, engine.Options{})
+	call := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1", Size: 512}
+	toks, _ := burst(t, e, 1, call)
+	if len(toks) != 1 {
+		t.Fatal("not admitted")
+	}
+	toks[0].Cancel()
+	toks[0].Exit(nil) // does nothing after Cancel
+	if st := e.Stats()[0]; st.InFlight != 0 || st.Completed != 0 {
+		t.Fatalf("after Cancel: %+v, want nothing in flight and no job completed", st)
+	}
+	again, refs := burst(t, e, 1, call)
+	if len(again) != 1 {
+		t.Fatalf("the client's one token did not come back: %v", refs)
+	}
+	exitAll(again)
+}

@@ -69,9 +69,17 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 		}
 		release()
 		lift()
-		s.admit(c, engine.Call{Resource: resource, Origin: ip, Size: size}, async, func() (comfyui.Job, bool) {
+		s.admit(c, engine.Call{Resource: resource, Origin: ip, Size: size}, async, func(tok *engine.Token) (comfyui.Job, bool) {
 			img, err := up.PrepareContext(c.Request.Context())
-			if err != nil { // the caller's bad data, not a failed job
+			if err != nil {
+				var ie *imageinput.Error
+				if errors.Is(err, context.Canceled) || errors.As(err, &ie) && ie.Code == imageinput.CodeBusy {
+					// The gateway's own memory was short (or the client left
+					// while waiting for it): no job, nothing charged.
+					tok.Cancel()
+				}
+				// Otherwise the caller's bad data: its admission is spent,
+				// though no job ran.
 				imageProblem(c, err)
 				return comfyui.Job{}, false
 			}
@@ -81,12 +89,13 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 }
 
 // admit guards call and, once admitted, builds the job (false: build has
-// answered, the caller's fault: the token exits without an error) and runs
+// answered; the token exits without an error unless build cancelled it)
+// and runs
 // it, synchronously or as an async job. The token is exited on every path:
 // by the job where it ends, with its outcome and time; here, with
 // errPanicked, should anything panic before; by the async job once handed
 // off.
-func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func() (comfyui.Job, bool)) {
+func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func(*engine.Token) (comfyui.Job, bool)) {
 	tok := s.guard(c, call)
 	if tok == nil {
 		return
@@ -97,7 +106,7 @@ func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func(
 			tok.Exit(errPanicked) // no-op after the job's own Exit
 		}
 	}()
-	job, ok := build()
+	job, ok := build(tok)
 	if !ok {
 		tok.Exit(nil)
 		return
@@ -245,7 +254,7 @@ func (s *Server) generate(c *gin.Context) {
 		return
 	}
 	ip := s.origin(c)
-	s.admit(c, engine.Call{Resource: "zimage_generate", Origin: ip, Size: max(job.Width, job.Height)}, async, func() (comfyui.Job, bool) {
+	s.admit(c, engine.Call{Resource: "zimage_generate", Origin: ip, Size: max(job.Width, job.Height)}, async, func(*engine.Token) (comfyui.Job, bool) {
 		c.Header("X-Sluice-Seed", strconv.FormatInt(job.Seed, 10))
 		return job, true
 	})
