@@ -131,14 +131,16 @@ func (r *resource) giveBack(t *Token) {
 	}
 }
 
-// resetPacing forgets the pacing of every throttle rule that changed or
-// went away in a rule update, so that a loosened rule does not keep the
-// old rule's schedule; an unchanged rule keeps its pacing.
+// resetPacing forgets the pacing of every throttle rule that a rule update
+// loosened (a shorter spacing) or took away, so that a loosened rule does
+// not keep the old rule's schedule. A rule kept or tightened keeps its
+// schedule: the calls already booked on it stay counted, and the next one
+// comes after them at the new spacing.
 func (r *resource) resetPacing(old, updated []throttle) {
-	same := func(t throttle) bool {
+	keep := func(t throttle) bool {
 		for _, u := range updated {
 			if u.index == t.index {
-				return u.window == t.window && u.maxQueue == t.maxQueue && u.rule.threshold == t.rule.threshold
+				return float64(u.window)/u.rule.threshold >= float64(t.window)/t.rule.threshold
 			}
 		}
 		return false
@@ -146,7 +148,7 @@ func (r *resource) resetPacing(old, updated []throttle) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, t := range old {
-		if !same(t) {
+		if !keep(t) {
 			delete(r.pace, t.index)
 		}
 	}

@@ -217,3 +217,24 @@ concurrency: 1
 	}
 	exitAll(again)
 }
+
+// A throttle tightened by a rule update keeps the calls already booked: a
+// new call comes after them, at the new spacing.
+func TestRuleUpdateKeepsATightenedThrottlesSchedule(t *testing.T) {
+	c := clock.NewFake(t0)
+	e := newEngine(t, `resource: zimage_generate
+flow: [{threshold: 2, window: 1s, behavior: throttle, max_queue: 1s}]
+`, engine.Options{Clock: c})
+	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1"}
+	first, _ := burst(t, e, 1, call) // t0; the next slot is 500ms on
+	exitAll(first)
+	if err := e.Apply(mustSet(t, "resource: zimage_generate\nflow: [{threshold: 1, window: 1s, behavior: throttle, max_queue: 500ms}]\n")); err != nil {
+		t.Fatal(err)
+	}
+	// At 1 per second after the call at t0, the next is due at t0+1s: 1s
+	// away, over max_queue. Had the schedule been forgotten, it would pass
+	// at once.
+	if _, refs := burst(t, e, 1, call); len(refs) != 1 || refs[0].Kind != engine.KindFlow {
+		t.Fatalf("right after tightening: %v, want a throttle refusal", refs)
+	}
+}
