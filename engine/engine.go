@@ -269,12 +269,24 @@ func (e *Engine) Apply(set *rules.Set) error {
 	if g := set.GPU; g != nil {
 		st.gpuRule = &ownRule{id: "system/gpu", kind: KindGPU, threshold: g.MemoryUsedRatio}
 	}
+	// No admission runs while sentinel-golang's rules and the engine's own
+	// change: every call sees the old rules or the new, never a mix (a flow
+	// rule going from reject to throttle would otherwise be in force in
+	// neither for a moment).
+	for _, name := range rules.Resources {
+		e.res[name].mu.Lock()
+	}
+	defer func() {
+		for _, name := range rules.Resources {
+			e.res[name].mu.Unlock()
+		}
+	}()
 	if err := sentinelRules.load(e.ns, s); err != nil {
 		return fmt.Errorf("apply rules: %w", err)
 	}
 	if prev := e.state.Load(); prev != nil {
 		for name, rs := range st.res {
-			e.res[name].resetPacing(prev.res[name].throttles, rs.throttles)
+			e.res[name].resetPacingLocked(prev.res[name].throttles, rs.throttles)
 		}
 	}
 	e.state.Store(st)

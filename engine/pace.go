@@ -136,7 +136,9 @@ func (r *resource) giveBack(t *Token) {
 // not keep the old rule's schedule. A rule kept or tightened keeps its
 // schedule: the calls already booked on it stay counted, and the next one
 // comes after them at the new spacing.
-func (r *resource) resetPacing(old, updated []throttle) {
+//
+// The caller holds r.mu.
+func (r *resource) resetPacingLocked(old, updated []throttle) {
 	keep := func(t throttle) bool {
 		for _, u := range updated {
 			if u.index == t.index {
@@ -145,8 +147,6 @@ func (r *resource) resetPacing(old, updated []throttle) {
 		}
 		return false
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	for _, t := range old {
 		if !keep(t) {
 			delete(r.pace, t.index)
