@@ -1,10 +1,8 @@
 package httpapi_test
 
 import (
-	"bytes"
 	"context"
 	"image"
-	"image/png"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +11,6 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
-	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
@@ -42,40 +39,6 @@ func resultStack(t *testing.T, rules string, runner func(*stack) httpapi.Runner)
 	return s, done
 }
 
-// comfyOutput is what the fake ComfyUI produced for a prompt: the first
-// image of its history, through /view.
-func comfyOutput(t *testing.T, comfy *comfyuitest.Server, promptID string) []byte {
-	t.Helper()
-	b, err := comfy.OutputImage(promptID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// samePNG decodes got and want and compares their sizes and pixels.
-func samePNG(t *testing.T, got, want []byte, w, h int) {
-	t.Helper()
-	gi, err := png.Decode(bytes.NewReader(got))
-	if err != nil {
-		t.Fatalf("the result (%d bytes) is not a PNG: %v", len(got), err)
-	}
-	wi, err := png.Decode(bytes.NewReader(want))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if gi.Bounds() != image.Rect(0, 0, w, h) || gi.Bounds() != wi.Bounds() {
-		t.Fatalf("result %v, ComfyUI produced %v, want %dx%d", gi.Bounds(), wi.Bounds(), w, h)
-	}
-	for y := range h {
-		for x := range w {
-			if gi.At(x, y) != wi.At(x, y) {
-				t.Fatalf("pixel (%d,%d): result %v, ComfyUI produced %v", x, y, gi.At(x, y), wi.At(x, y))
-			}
-		}
-	}
-}
-
 // TestAsyncResultServedFromResultStore: with the results in a folder, GET
 // /result answers the image ComfyUI produced, not an empty body.
 func TestAsyncResultServedFromResultStore(t *testing.T) {
@@ -88,7 +51,9 @@ func TestAsyncResultServedFromResultStore(t *testing.T) {
 	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "image/png" {
 		t.Fatalf("result: %d %v", rec.Code, rec.Header())
 	}
-	samePNG(t, rec.Body.Bytes(), comfyOutput(t, s.comfy, rec.Header().Get("X-Sluice-Prompt-Id")), 320, 256)
+	if size, err := s.comfy.CheckOutput(rec.Body.Bytes(), rec.Header().Get("X-Sluice-Prompt-Id")); err != nil || size != image.Rect(0, 0, 320, 256) {
+		t.Fatalf("the result (320x256 expected, got %v): %v", size, err)
+	}
 }
 
 // scriptedRunner runs its first job as first says (nil: on ComfyUI), and

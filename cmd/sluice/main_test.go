@@ -358,3 +358,19 @@ func getJSON(t *testing.T, url string, v any) {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 }
+
+// submitAsync asks the gateway at base for an async 256 px generation and
+// returns the job's ID.
+func submitAsync(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Post(base+"/v1/generate?mode=async", "application/json", strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sub struct{ ID string }
+	if err := json.NewDecoder(resp.Body).Decode(&sub); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit: %d %v", resp.StatusCode, err)
+	}
+	return sub.ID
+}

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,27 +10,14 @@ import (
 func TestAsyncJobShowsItsQueuePosition(t *testing.T) {
 	comfy := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration { return 700 * time.Millisecond }})
 	defer comfy.Close()
-	g := startServe(t, "--comfyui", comfy.URL, "--tenant-inflight", "4", "--rules", rulesWithoutCPU(t))
-	submit := func() string {
-		resp, err := http.Post(g.base+"/v1/generate?mode=async", "application/json", strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var sub struct{ ID string }
-		json.NewDecoder(resp.Body).Decode(&sub)
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("submit: %d", resp.StatusCode)
-		}
-		return sub.ID
-	}
-	first := submit()
+	g := startServe(t, "--comfyui", comfy.URL, "--tenant-inflight", "4")
+	first := submitAsync(t, g.base)
 	eventually(t, func() bool { // the first holds the one slot
 		var j struct{ State string }
 		getJSON(t, g.base+"/api/jobs/"+first, &j)
 		return j.State == "running" || len(comfy.Prompts()) == 1
 	})
-	second := submit()
+	second := submitAsync(t, g.base)
 	var j struct {
 		State         string `json:"state"`
 		QueuePosition int    `json:"queue_position"`

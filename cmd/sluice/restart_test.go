@@ -1,14 +1,9 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"image"
-	"image/png"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,17 +26,8 @@ func TestAsyncJobSurvivesRestart(t *testing.T) {
 	defer comfy.Close()
 	dir := t.TempDir()
 
-	g1 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--rules", rulesWithoutCPU(t))
-	resp, err := http.Post(g1.base+"/v1/generate?mode=async", "application/json", strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sub struct{ ID string }
-	json.NewDecoder(resp.Body).Decode(&sub)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("submit: %d %+v", resp.StatusCode, sub)
-	}
+	g1 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms")
+	id := submitAsync(t, g1.base)
 	<-running
 	// The grace is too short for the job: the stop says so and leaves it
 	// running on ComfyUI.
@@ -58,13 +44,13 @@ func TestAsyncJobSurvivesRestart(t *testing.T) {
 		Error string `json:"error"`
 	}
 	eventually(t, func() bool {
-		getJSON(t, g2.base+"/api/jobs/"+sub.ID, &job)
+		getJSON(t, g2.base+"/api/jobs/"+id, &job)
 		return job.State == "succeeded" || job.State == "failed"
 	})
 	if job.State != "succeeded" {
 		t.Fatalf("after the restart the job %s: %s", job.State, job.Error)
 	}
-	resp, err = http.Get(g2.base + "/api/jobs/" + sub.ID + "/result")
+	resp, err := http.Get(g2.base + "/api/jobs/" + id + "/result")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,65 +61,12 @@ func TestAsyncJobSurvivesRestart(t *testing.T) {
 	}
 	// The payload is the image ComfyUI produced, read from the results
 	// folder: not an empty body.
-	samePNG(t, got, comfyOutput(t, comfy, resp.Header.Get("X-Sluice-Prompt-Id")), 256, 256)
+	if size, err := comfy.CheckOutput(got, resp.Header.Get("X-Sluice-Prompt-Id")); err != nil || size != image.Rect(0, 0, 256, 256) {
+		t.Fatalf("the result (256x256 expected, got %v): %v", size, err)
+	}
 	if n := len(comfy.Prompts()); n != 1 {
 		t.Fatalf("ComfyUI ran the job %d times", n)
 	}
-}
-
-// comfyOutput is what the fake ComfyUI produced for a prompt: the first
-// image of its history, through /view.
-func comfyOutput(t *testing.T, comfy *comfyuitest.Server, promptID string) []byte {
-	t.Helper()
-	b, err := comfy.OutputImage(promptID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// samePNG decodes got and want and compares their sizes and pixels.
-func samePNG(t *testing.T, got, want []byte, w, h int) {
-	t.Helper()
-	gi, err := png.Decode(bytes.NewReader(got))
-	if err != nil {
-		t.Fatalf("the result (%d bytes) is not a PNG: %v", len(got), err)
-	}
-	wi, err := png.Decode(bytes.NewReader(want))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if gi.Bounds() != image.Rect(0, 0, w, h) || gi.Bounds() != wi.Bounds() {
-		t.Fatalf("result %v, ComfyUI produced %v, want %dx%d", gi.Bounds(), wi.Bounds(), w, h)
-	}
-	for y := range h {
-		for x := range w {
-			if gi.At(x, y) != wi.At(x, y) {
-				t.Fatalf("pixel (%d,%d): result %v, ComfyUI produced %v", x, y, gi.At(x, y), wi.At(x, y))
-			}
-		}
-	}
-}
-
-// rulesWithoutCPU writes the default rules less the system CPU rule, which
-// reads the host's load: the test must not depend on what else runs.
-func rulesWithoutCPU(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("../../testdata/rules/default.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var kept []string
-	for line := range strings.Lines(string(b)) {
-		if !strings.HasPrefix(strings.TrimSpace(line), "cpu_usage:") {
-			kept = append(kept, line)
-		}
-	}
-	path := filepath.Join(t.TempDir(), "rules.yaml")
-	if err := os.WriteFile(path, []byte(strings.Join(kept, "")), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // TestRecoveredJobHoldsItsSlot restarts the gateway while an async job runs
@@ -158,33 +91,19 @@ func TestRecoveredJobHoldsItsSlot(t *testing.T) {
 			close(release)
 		}
 	}()
-	dir, rules := t.TempDir(), rulesWithoutCPU(t)
-	submit := func(base string) string {
-		t.Helper()
-		resp, err := http.Post(base+"/v1/generate?mode=async", "application/json", strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var sub struct{ ID string }
-		json.NewDecoder(resp.Body).Decode(&sub)
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("submit: %d", resp.StatusCode)
-		}
-		return sub.ID
-	}
+	dir := t.TempDir()
 
 	// GPU sampling is slowed so that a loaded machine cannot take the
 	// backend out (and re-run a job) in the middle of the test.
-	g1 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--rules", rules, "--slots", "1", "--gpu-interval", "1m")
-	old := submit(g1.base)
+	g1 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--slots", "1", "--gpu-interval", "1m")
+	old := submitAsync(t, g1.base)
 	<-running
 	if err := g1.stop(); err == nil || !strings.Contains(err.Error(), "async jobs still running") {
 		t.Fatalf("stop: %v", err)
 	}
 
-	g2 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--rules", rules, "--slots", "1", "--gpu-interval", "1m")
-	fresh := submit(g2.base)
+	g2 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--slots", "1", "--gpu-interval", "1m")
+	fresh := submitAsync(t, g2.base)
 	type jobView struct {
 		State         string `json:"state"`
 		Error         string `json:"error"`

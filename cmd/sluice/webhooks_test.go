@@ -27,7 +27,7 @@ func TestAsyncJobWithSignedWebhook(t *testing.T) {
 	}))
 	defer receiver.Close()
 	// The receiver is on loopback: allowed here only.
-	g := startServe(t, "--webhook-secret", secret, "--webhook-allow-private", "--rules", rulesWithoutCPU(t))
+	g := startServe(t, "--webhook-secret", secret, "--webhook-allow-private")
 
 	resp, err := http.Post(g.base+"/v1/generate?mode=async&webhook="+receiver.URL+"/done", "application/json",
 		strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	"image/png"
 	"io"
 	"log/slog"
 	"math"
@@ -952,4 +954,35 @@ func (s *Server) OutputImage(promptID string) ([]byte, error) {
 		}
 	}
 	return nil, fmt.Errorf("comfyuitest: prompt %s has no output image", promptID)
+}
+
+// CheckOutput decodes got, an image a client received for prompt promptID,
+// and reports as an error where it differs from what the prompt produced:
+// not a PNG, another size, or the first pixel that differs. It returns the
+// decoded image's size.
+func (s *Server) CheckOutput(got []byte, promptID string) (image.Rectangle, error) {
+	gi, err := png.Decode(bytes.NewReader(got))
+	if err != nil {
+		return image.Rectangle{}, fmt.Errorf("the result (%d bytes) is not a PNG: %w", len(got), err)
+	}
+	want, err := s.OutputImage(promptID)
+	if err != nil {
+		return gi.Bounds(), err
+	}
+	wi, err := png.Decode(bytes.NewReader(want))
+	if err != nil {
+		return gi.Bounds(), fmt.Errorf("comfyuitest: output of %s: %w", promptID, err)
+	}
+	if gi.Bounds() != wi.Bounds() {
+		return gi.Bounds(), fmt.Errorf("the result is %v; ComfyUI produced %v", gi.Bounds(), wi.Bounds())
+	}
+	b := gi.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if g, w := gi.At(x, y), wi.At(x, y); g != w {
+				return b, fmt.Errorf("pixel (%d,%d): the result has %v, ComfyUI produced %v", x, y, g, w)
+			}
+		}
+	}
+	return b, nil
 }
