@@ -21,7 +21,6 @@ import (
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
-	"github.com/sluicehq/sluice/rules"
 )
 
 // funcRunner runs each job with the function of the moment.
@@ -52,19 +51,7 @@ func succeed(context.Context, httpapi.Job) (*comfyui.Result, error) {
 // backend cannot be made to take (a panic).
 func runnerStack(t *testing.T, src string, cfg httpapi.Config) (*httpapi.Server, *engine.Engine, *funcRunner) {
 	t.Helper()
-	docs, err := rules.Parse(t.Name()+".yaml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), CPU: idleCPU{}}, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(eng.Close)
+	eng := testEngine(t, src, clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)))
 	runner := &funcRunner{run: succeed}
 	cfg.Engine, cfg.Runner = eng, runner
 	if cfg.Logger == nil {

@@ -64,26 +64,10 @@ type stackOptions struct {
 
 func newStack(t testing.TB, src string, o stackOptions) *stack {
 	t.Helper()
-	docs, err := rules.Parse(t.Name()+".yaml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Admission runs on a clock the test drives, sentinel-golang's windows
-	// included: no test depends on how fast the host serves its requests.
 	if o.clock == nil {
 		o.clock = clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
 	}
-	util.SetClock(clock.Sentinel(o.clock))
-	t.Cleanup(func() { util.SetClock(util.NewRealClock()) })
-	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), Clock: o.clock, CPU: idleCPU{}}, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(eng.Close)
+	eng := testEngine(t, src, o.clock)
 	if o.comfy.JobTime == nil {
 		o.comfy.JobTime = func(comfyuitest.Prompt) time.Duration { return 2 * time.Millisecond }
 	}
@@ -106,6 +90,30 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 		t.Fatal(err)
 	}
 	return &stack{api: api, eng: eng, comfy: comfy, client: client}
+}
+
+// testEngine starts an engine enforcing the rules in src, with its own
+// namespace, closed when the test ends. Admission runs on c, and so do
+// sentinel-golang's windows: no test depends on how fast the host serves its
+// requests.
+func testEngine(t testing.TB, src string, c clock.Clock) *engine.Engine {
+	t.Helper()
+	docs, err := rules.Parse(t.Name()+".yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	util.SetClock(clock.Sentinel(c))
+	t.Cleanup(func() { util.SetClock(util.NewRealClock()) })
+	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), Clock: c, CPU: idleCPU{}}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(eng.Close)
+	return eng
 }
 
 type idleCPU struct{}
@@ -684,13 +692,7 @@ type busyRunner struct{ err *httpapi.BusyError }
 func (b busyRunner) Run(context.Context, httpapi.Job) (*comfyui.Result, error) { return nil, b.err }
 
 func TestBusyFarm(t *testing.T) {
-	docs, _ := rules.Parse("r.yaml", []byte("resource: zimage_generate\n"))
-	set, _ := rules.Build(docs)
-	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), CPU: idleCPU{}}, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
+	eng := testEngine(t, "resource: zimage_generate\n", clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)))
 	for _, tc := range []struct {
 		err    *httpapi.BusyError
 		status int
@@ -723,13 +725,7 @@ type fullFarm struct{ busyRunner }
 func (f fullFarm) Precheck(string) error { return f.err }
 
 func TestAsyncRefusedAtOnceByAFullFarm(t *testing.T) {
-	docs, _ := rules.Parse("r.yaml", []byte("resource: zimage_generate\n"))
-	set, _ := rules.Build(docs)
-	eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), CPU: idleCPU{}}, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
+	eng := testEngine(t, "resource: zimage_generate\n", clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)))
 	busy := &httpapi.BusyError{Reason: "2 jobs of this client already running or waiting", RetryAfter: time.Second, OverShare: true}
 	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: fullFarm{busyRunner{busy}}})
 	if err != nil {
@@ -759,15 +755,7 @@ func TestOverShareCountsTowardTheBan(t *testing.T) {
 		{&httpapi.BusyError{Reason: "2 jobs in flight", RetryAfter: time.Second, OverShare: true}, true},
 		{&httpapi.BusyError{Reason: "queue full", RetryAfter: time.Second}, false},
 	} {
-		docs, _ := rules.Parse("r.yaml", []byte("resource: zimage_generate\nban: {blocks: 2, within: 10s, for: 1m}\n"))
-		set, err := rules.Build(docs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		eng, err := engine.New(engine.Options{Namespace: fmt.Sprintf("%s#%d/", t.Name(), engineSeq.Add(1)), CPU: idleCPU{}}, set)
-		if err != nil {
-			t.Fatal(err)
-		}
+		eng := testEngine(t, "resource: zimage_generate\nban: {blocks: 2, within: 10s, for: 1m}\n", clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)))
 		api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: busyRunner{tc.err}})
 		if err != nil {
 			t.Fatal(err)
@@ -784,6 +772,5 @@ func TestOverShareCountsTowardTheBan(t *testing.T) {
 			t.Errorf("%s: third request %d %s; banned %v, want %v", tc.err.Reason, last.Code, last.Body, banned, tc.wantBanned)
 		}
 		api.Close()
-		eng.Close()
 	}
 }
