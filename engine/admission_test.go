@@ -289,18 +289,14 @@ concurrency: 1
 	}
 	first[0].Exit(nil)
 	// The next slot is t0+1s, not t0+2s.
-	done := make(chan *engine.Token, 1)
-	go func() {
-		tok, err := e.Guard(context.Background(), call)
-		if err != nil {
-			t.Error(err)
-		}
-		done <- tok
-	}()
+	done := guardLater(context.Background(), e, call)
 	waitTimers(t, c, 1)
 	c.Advance(time.Second)
-	tok := <-done
-	tok.Exit(nil)
+	g := <-done
+	if g.err != nil {
+		t.Fatal(g.err)
+	}
+	g.tok.Exit(nil)
 }
 
 func TestThrottleWaitEndsWithTheClient(t *testing.T) {
@@ -312,36 +308,25 @@ flow: [{threshold: 1, window: 1s, behavior: throttle, max_queue: 5s}]
 	first, _ := burst(t, e, 1, call)
 	defer exitAll(first)
 	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() {
-		tok, err := e.Guard(ctx, call)
-		if err == nil {
-			tok.Exit(nil)
-		}
-		errc <- err
-	}()
+	left := guardLater(ctx, e, call)
 	waitTimers(t, c, 1)
 	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Fatalf("a call whose client left while paced: %v, want context.Canceled", err)
+	if g := <-left; !errors.Is(g.err, context.Canceled) {
+		g.tok.Exit(nil)
+		t.Fatalf("a call whose client left while paced: %v, want context.Canceled", g.err)
 	}
 	if s := e.Stats()[2]; s.InFlight != 1 || s.Passed != 1 {
 		t.Fatalf("after the client left: in flight %d, passed %d; want 1 and 1", s.InFlight, s.Passed)
 	}
 	// Its slot (t0+1s) was given back: the next call waits 1 s, not 2 s.
-	done := make(chan error, 1)
-	go func() {
-		tok, err := e.Guard(context.Background(), call)
-		if err == nil {
-			tok.Exit(nil)
-		}
-		done <- err
-	}()
+	done := guardLater(context.Background(), e, call)
 	waitTimers(t, c, 1)
 	c.Advance(time.Second)
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	g := <-done
+	if g.err != nil {
+		t.Fatal(g.err)
 	}
+	g.tok.Exit(nil)
 }
 
 func TestThrottleRefusesBeyondMaxQueue(t *testing.T) {

@@ -105,6 +105,23 @@ func burst(t testing.TB, e *engine.Engine, n int, c engine.Call) ([]*engine.Toke
 	return toks, refs
 }
 
+// guarded is what Guard returned for a call run by guardLater.
+type guarded struct {
+	tok *engine.Token
+	err error
+}
+
+// guardLater runs Guard in the background — a paced call waits there on
+// the test's clock — and delivers what it returned.
+func guardLater(ctx context.Context, e *engine.Engine, call engine.Call) <-chan guarded {
+	ch := make(chan guarded, 1)
+	go func() {
+		tok, err := e.Guard(ctx, call)
+		ch <- guarded{tok, err}
+	}()
+	return ch
+}
+
 func exitAll(toks []*engine.Token) {
 	for _, tok := range toks {
 		tok.Exit(nil)

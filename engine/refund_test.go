@@ -72,15 +72,11 @@ hotspot: [{param: origin, threshold: 2, window: 60s}]
 	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1", Size: 512}
 	first, _ := burst(t, e, 1, call) // takes the pacing slot now
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.Guard(ctx, call) // paced 1s behind the first
-		done <- err
-	}()
+	done := guardLater(ctx, e, call) // paced 1s behind the first
 	waitTimers(t, c, 1)
 	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("the abandoned call: %v, want context.Canceled", err)
+	if g := <-done; !errors.Is(g.err, context.Canceled) {
+		t.Fatalf("the abandoned call: %v, want context.Canceled", g.err)
 	}
 	exitAll(first)
 	c.Advance(2 * time.Second)
@@ -132,25 +128,16 @@ hotspot: [{param: origin, threshold: 2, window: 1s}]
 	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1"}
 	first, _ := burst(t, e, 1, call) // t0: a token left
 	defer exitAll(first)
-	type result struct {
-		tok *engine.Token
-		err error
-	}
 	var cancels []context.CancelFunc
 	defer func() {
 		for _, cancel := range cancels {
 			cancel()
 		}
 	}()
-	guard := func() <-chan result {
+	guard := func() <-chan guarded {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancels = append(cancels, cancel)
-		ch := make(chan result, 1)
-		go func() {
-			tok, err := e.Guard(ctx, call)
-			ch <- result{tok, err}
-		}()
-		return ch
+		return guardLater(ctx, e, call)
 	}
 	second := guard() // the last token; paced to t0+2s
 	waitTimers(t, c, 1)
