@@ -156,7 +156,7 @@ func TestHotspotRetryAfterIsEnough(t *testing.T) {
 }
 
 func TestTwoEnginesEnforceTheirOwnRules(t *testing.T) {
-	a := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 1, window: 10s}]\n---\nsystem: {concurrency: 1}\n", engine.Options{})
+	a := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 1, window: 10s}]\n", engine.Options{})
 	b := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 3, window: 10s}]\n", engine.Options{})
 	call := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1"}
 	ta, ra := burst(t, a, 5, call)
@@ -165,7 +165,7 @@ func TestTwoEnginesEnforceTheirOwnRules(t *testing.T) {
 	if len(ta) != 1 || len(tb) != 3 {
 		t.Fatalf("engine a admitted %d (want 1), engine b %d (want 3)", len(ta), len(tb))
 	}
-	if ra[0].Kind != engine.KindSystem && ra[0].Kind != engine.KindFlow {
+	if ra[0].Kind != engine.KindFlow {
 		t.Fatalf("a refused by %s", ra[0].Kind)
 	}
 	ns := t.Name() + "/shared/"

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"github.com/alibaba/sentinel-golang/core/base"
 	"github.com/alibaba/sentinel-golang/core/flow"
 	"github.com/alibaba/sentinel-golang/core/stat"
 )
@@ -20,20 +19,8 @@ func (e *Engine) Adopt(c Call) *Token {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rs := e.state.Load().res[r.name]
-	tok := &Token{res: rs}
-	cost := uint32(c.Cost)
-	if c.Cost <= 0 {
-		cost = rs.costOf(c.Size)
-	}
-	tok.Cost = int(cost)
-	sctx := e.chain.GetPooledContext()
-	sctx.Resource = r.wrapper
-	sctx.Input.BatchCount = cost
-	tok.args[argToken] = tok
-	sctx.Input.Args = tok.args[:]
-	entry := base.NewSentinelEntry(sctx, r.wrapper, e.chain)
-	sctx.SetEntry(entry)
+	tok := &Token{}
+	sctx, entry := e.newEntry(r, e.state.Load().res[r.name], tok, &c)
 	// The chain's statistics only: no rule check runs.
 	stat.DefaultResourceNodePrepareSlot.Prepare(sctx)
 	(&statSlot{e: e}).OnEntryPassed(sctx)

@@ -398,6 +398,9 @@ type Token struct {
 	// abandoned marks a call whose caller left while it was paced: it
 	// counts as no job.
 	abandoned bool
+	// counted says the statistics slot counted the call in: only then is
+	// it counted out at its end.
+	counted bool
 	// debits are the hotspot tokens the call took, given back if a later
 	// check refuses it or its caller leaves while it is paced: a call that
 	// is not admitted spends no one's bucket.
@@ -462,6 +465,20 @@ func (e *Engine) admit(r *resource, tok *Token, c *Call) (*resState, *base.Token
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rs := e.state.Load().res[r.name]
+	sctx, entry := e.newEntry(r, rs, tok, c)
+	res := e.chain.Entry(sctx)
+	if blocked(res) {
+		tok.refund()
+	} else {
+		r.inFlight.Add(1)
+	}
+	return rs, res, entry
+}
+
+// newEntry prepares sentinel-golang's entry of a call to r under the rules
+// rs, with the call's cost (set in c and tok) and its arguments. The caller
+// holds r.mu.
+func (e *Engine) newEntry(r *resource, rs *resState, tok *Token, c *Call) (*base.EntryContext, *base.SentinelEntry) {
 	tok.res = rs
 	cost := uint32(c.Cost)
 	if c.Cost <= 0 {
@@ -480,13 +497,7 @@ func (e *Engine) admit(r *resource, tok *Token, c *Call) (*resState, *base.Token
 	sctx.Input.Args = tok.args[:]
 	entry := base.NewSentinelEntry(sctx, r.wrapper, e.chain)
 	sctx.SetEntry(entry)
-	res := e.chain.Entry(sctx)
-	if blocked(res) {
-		tok.refund()
-	} else {
-		r.inFlight.Add(1)
-	}
-	return rs, res, entry
+	return sctx, entry
 }
 
 // blocked reports whether the chain refused the call. A nil result (the

@@ -182,6 +182,7 @@ func (s *statSlot) OnEntryPassed(ctx *base.EntryContext) {
 	tok.res.jobs.AddCount(base.MetricEventPass, 1)
 	s.e.inbound.AddCount(base.MetricEventPass, 1)
 	s.e.inbound.IncreaseConcurrency()
+	tok.counted = true
 }
 
 func (s *statSlot) OnEntryBlocked(*base.EntryContext, *base.BlockError) {}
@@ -189,6 +190,11 @@ func (s *statSlot) OnEntryBlocked(*base.EntryContext, *base.BlockError) {}
 func (s *statSlot) OnCompleted(ctx *base.EntryContext) {
 	tok := tokenOf(ctx)
 	if tok == nil {
+		return
+	}
+	if !tok.counted {
+		// sentinel-golang recovered a panic in the chain and admitted the
+		// call without this slot's OnEntryPassed: nothing to take back.
 		return
 	}
 	s.e.inbound.DecreaseConcurrency()
