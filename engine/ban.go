@@ -134,10 +134,3 @@ func (b *banTable) dropExpired(now time.Time) {
 		b.bans.Remove(k)
 	}
 }
-
-// len returns how many entries the table holds.
-func (b *banTable) len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.hits.Len() + b.bans.Len()
-}

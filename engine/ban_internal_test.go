@@ -126,3 +126,10 @@ func TestBanOutlivesAFloodOfNewOrigins(t *testing.T) {
 		t.Fatalf("the table holds %d entries, bound 64 counted + 1 ban", n)
 	}
 }
+
+// len returns how many entries the table holds.
+func (b *banTable) len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.hits.Len() + b.bans.Len()
+}
