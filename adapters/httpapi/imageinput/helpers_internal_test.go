@@ -25,21 +25,8 @@ var adam7 = [7][4]int{{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4}, {0
 func png16i(t testing.TB, w, h int, interlaced bool) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	b.WriteString("\x89PNG\r\n\x1a\n")
-	chunk := func(typ string, data []byte) {
-		b.Write(binary.BigEndian.AppendUint32(nil, uint32(len(data))))
-		c := append([]byte(typ), data...)
-		b.Write(c)
-		b.Write(binary.BigEndian.AppendUint32(nil, crc32.ChecksumIEEE(c)))
-	}
-	var ihdr [13]byte
-	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
-	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
-	ihdr[8], ihdr[9] = 16, 6 // 16 bits per channel, RGBA
-	if interlaced {
-		ihdr[12] = 1
-	}
-	chunk("IHDR", ihdr[:])
+	pngStart(&b, w, h, 16, 6, interlaced) // 16 bits per channel, RGBA
+	chunk := func(typ string, data []byte) { pngChunk(&b, typ, data) }
 
 	var z bytes.Buffer
 	zw, err := zlib.NewWriterLevel(&z, zlib.BestCompression)
@@ -83,4 +70,25 @@ func png16i(t testing.TB, w, h int, interlaced bool) []byte {
 	chunk("IDAT", z.Bytes())
 	chunk("IEND", nil)
 	return b.Bytes()
+}
+
+// pngStart writes the PNG signature and an IHDR chunk.
+func pngStart(b *bytes.Buffer, w, h, depth int, ct byte, interlaced bool) {
+	b.WriteString("\x89PNG\r\n\x1a\n")
+	var ihdr [13]byte
+	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
+	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
+	ihdr[8], ihdr[9] = byte(depth), ct
+	if interlaced {
+		ihdr[12] = 1
+	}
+	pngChunk(b, "IHDR", ihdr[:])
+}
+
+// pngChunk writes a chunk: its length, type, data and CRC.
+func pngChunk(b *bytes.Buffer, typ string, data []byte) {
+	b.Write(binary.BigEndian.AppendUint32(nil, uint32(len(data))))
+	c := append([]byte(typ), data...)
+	b.Write(c)
+	b.Write(binary.BigEndian.AppendUint32(nil, crc32.ChecksumIEEE(c)))
 }

@@ -64,18 +64,8 @@ func noisy(like image.Image, w, h int, opaque bool) image.Image {
 func rawPNG(t *testing.T, w, h, depth int, ct byte, row func(y int) []byte, extra ...string) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	b.WriteString("\x89PNG\r\n\x1a\n")
-	chunk := func(typ string, data []byte) {
-		b.Write(binary.BigEndian.AppendUint32(nil, uint32(len(data))))
-		c := append([]byte(typ), data...)
-		b.Write(c)
-		b.Write(binary.BigEndian.AppendUint32(nil, crc32.ChecksumIEEE(c)))
-	}
-	var ihdr [13]byte
-	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
-	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
-	ihdr[8], ihdr[9] = byte(depth), ct
-	chunk("IHDR", ihdr[:])
+	pngStart(&b, w, h, depth, ct, false)
+	chunk := func(typ string, data []byte) { pngChunk(&b, typ, data) }
 	for _, e := range extra {
 		chunk(e[:4], []byte(e[4:]))
 	}
