@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
+	"github.com/sluicehq/sluice/engine/jobs"
 )
 
 // failure is what the callers of a failed job are told: the problem a
@@ -66,7 +67,7 @@ func classify(ctxErr error, resource string, err error, timeout time.Duration) f
 		detail := fmt.Sprintf("the job did not finish within %s", timeout)
 		return failure{problem: bad("comfyui-timeout", http.StatusGatewayTimeout, detail), record: errors.New(detail),
 			level: slog.LevelWarn, msg: "comfyui job timed out"}
-	case errors.Is(err, errPanicked):
+	case errors.Is(err, jobs.ErrPanicked):
 		const detail = "the gateway failed while running the job"
 		return failure{problem: bad("internal", http.StatusInternalServerError, detail), record: errors.New(detail),
 			level: slog.LevelError, msg: "job panicked"}
@@ -75,10 +76,6 @@ func classify(ctxErr error, resource string, err error, timeout time.Duration) f
 	return failure{problem: bad("comfyui-unavailable", http.StatusBadGateway, detail), record: errors.New(detail),
 		level: slog.LevelError, msg: "comfyui unavailable"}
 }
-
-// errPanicked is the error a token exits with when the handler or job that
-// held it panicked.
-var errPanicked = errors.New("httpapi: the job's handler panicked")
 
 // jobError answers a failed synchronous job of origin and logs it. A
 // refusal the caller caused by itself — it already has its share of jobs

@@ -19,6 +19,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/jobs"
 )
 
 // Sizes is the allowed set of DDColor model input sizes.
@@ -93,7 +94,7 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 // and runs
 // it, synchronously or as an async job. The token is exited on every path:
 // by the job where it ends, with its outcome and time; here, with
-// errPanicked, should anything panic before; by the async job once handed
+// jobs.ErrPanicked, should anything panic before; by the async job once handed
 // off.
 func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func(*engine.Token) (comfyui.Job, bool)) {
 	tok := s.guard(c, call)
@@ -103,7 +104,7 @@ func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func(
 	handedOff := false
 	defer func() {
 		if !handedOff {
-			tok.Exit(errPanicked) // no-op after the job's own Exit
+			tok.Exit(jobs.ErrPanicked) // no-op after the job's own Exit
 		}
 	}()
 	job, ok := build(tok)
