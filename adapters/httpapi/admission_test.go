@@ -379,7 +379,11 @@ func TestPacedRequestHoldsNoUploadSlot(t *testing.T) {
 	}
 	codes := make(chan int, 2)
 	go func() { codes <- send("192.0.2.2:1").Code }()
+	deadline := time.Now().Add(10 * time.Second)
 	for fake.Timers() != 1 { // the second request waits for its pacing slot
+		if time.Now().After(deadline) {
+			t.Fatal("the second request never waited for its pacing slot")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	go func() { codes <- send("192.0.2.3:1").Code }()
@@ -388,6 +392,9 @@ func TestPacedRequestHoldsNoUploadSlot(t *testing.T) {
 		case code := <-codes:
 			t.Fatalf("a third client's upload while the second is paced: %d, want it read and paced too", code)
 		default:
+			if time.Now().After(deadline) {
+				t.Fatal("the third request never waited for its pacing slot")
+			}
 			time.Sleep(time.Millisecond)
 		}
 	}
