@@ -63,6 +63,11 @@ func pngQuarters(data []byte, cm color.Model) int64 {
 			bpp = 8
 		}
 	}
+	if (cm == color.GrayModel || cm == color.Gray16Model) && pngHasTRNS(data) {
+		// png.DecodeConfig stops at IHDR; image/png decodes grey with a
+		// tRNS chunk to NRGBA (8-bit and less) or NRGBA64 (16-bit).
+		bpp *= 4
+	}
 	q := bpp * quarter
 	// The interlace method is the last byte of IHDR, which Inspect has
 	// already found where the PNG specification puts it.
@@ -211,4 +216,24 @@ func cost(w, h int, q int64, copied bool, maxSide int) int64 {
 // two rows and zlib's state instead of the decoded image.
 func streamedCost(w, h, maxSide int) int64 {
 	return cost(w, h, 0, false, maxSide) + 64<<10
+}
+
+// pngHasTRNS reports whether a PNG has a tRNS chunk before its image data.
+// Inspect has already checked the signature and IHDR.
+func pngHasTRNS(data []byte) bool {
+	for off := 8; off+8 <= len(data); {
+		n := int64(binary.BigEndian.Uint32(data[off:]))
+		switch string(data[off+4 : off+8]) {
+		case "tRNS":
+			return true
+		case "IDAT", "IEND":
+			return false
+		}
+		next := int64(off) + 12 + n
+		if next > int64(len(data)) {
+			return false
+		}
+		off = int(next)
+	}
+	return false
 }

@@ -283,3 +283,30 @@ func TestShrinkPNGEmptyIDATChunksCostNoMemory(t *testing.T) {
 		t.Fatalf("decoding %d empty IDAT chunks allocated %d KiB: memory per chunk", pad, alloc>>10)
 	}
 }
+
+// A grey PNG with a tRNS chunk decodes to NRGBA, four times the bytes of
+// its grey form: Cost charges for it, though the header alone says grey.
+func TestCostChargesGreyWithTransparencyAsNRGBA(t *testing.T) {
+	const w, h = 1000, 1000
+	row := func(y int) []byte { return bytes.Repeat([]byte{byte(y)}, w) }
+	cost := func(data []byte) int64 {
+		t.Helper()
+		up, err := Inspect(bytes.NewReader(data), DefaultLimits())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return up.Cost()
+	}
+	grey := cost(rawPNG(t, w, h, 8, 0, row))
+	withTRNS := cost(rawPNG(t, w, h, 8, 0, row, "tRNS\x00\x07"))
+	if withTRNS-grey < 3*w*h {
+		t.Fatalf("Cost with tRNS %d, without %d: the NRGBA decode (%d bytes more) is not charged", withTRNS, grey, 3*w*h)
+	}
+	m, err := png.Decode(bytes.NewReader(rawPNG(t, w, h, 8, 0, row, "tRNS\x00\x07")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.(*image.NRGBA); !ok {
+		t.Fatalf("image/png decoded grey with tRNS to %T; the charge assumes *image.NRGBA", m)
+	}
+}
