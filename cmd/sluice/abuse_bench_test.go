@@ -24,6 +24,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/rules"
@@ -417,7 +418,7 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 		}
 		servers, logs, clients = append(servers, srv), append(logs, g), append(clients, c)
 	}
-	f, err := newFarm(clients, 1, abuseQueueMax, rs.tenantInFlight, rs.queueWait, quiet)
+	f, err := farm.New(farm.Config{Clients: clients, Slots: 1, MaxQueue: abuseQueueMax, TenantInFlight: rs.tenantInFlight, MaxWait: rs.queueWait, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -6,27 +6,24 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/nvml"
 	"github.com/sluicehq/sluice/engine"
 )
 
-// watchGPUs samples every backend's GPU memory from /system_stats (and this
-// host's GPUs through NVML, where it has them) into the engine, takes
-// backends that stop answering out of the farm, and returns a function that
-// stops the sampling and waits for it.
-func watchGPUs(backends *farm, eng *engine.Engine, every time.Duration, log *slog.Logger) func() {
+// watchGPUs samples every backend's GPU memory (through the farm, which
+// also takes backends that stop answering out) and this host's GPUs
+// through NVML, where it has them, into the engine, and returns a function
+// that stops the sampling and waits for it.
+func watchGPUs(backends *farm.Farm, eng *engine.Engine, every time.Duration, log *slog.Logger) func() {
+	stopFarm := backends.Watch(eng, every)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for name, c := range backends.clients {
-		health := &healthReporter{eng: eng, farm: backends, backend: name, log: log}
-		w := &comfyui.VRAMWatcher{Client: c, Reporter: health, Interval: every, Logger: log}
-		wg.Go(func() { w.Run(ctx) })
-	}
 	wg.Go(func() { runNVML(ctx, eng, every, log) })
 	return func() {
 		cancel()
 		wg.Wait()
+		stopFarm()
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
@@ -267,7 +268,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		clients = append(clients, c)
 	}
-	backends, err := newFarm(clients, f.slots, f.queueMax, tenantCap(f.tenantInFlight, len(clients), f.slots), f.queueWait, log)
+	backends, err := farm.New(farm.Config{Clients: clients, Slots: f.slots, MaxQueue: f.queueMax,
+		TenantInFlight: tenantCap(f.tenantInFlight, len(clients), f.slots), MaxWait: f.queueWait, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -310,7 +312,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AdminToken:   f.adminToken,
 		ProtectReads: f.protectReads,
 		Logger:       log,
-		Backends:     backends.d.Stats,
+		Backends:     backends.Stats,
 		Simulator:    simulator(sim),
 	}); err != nil {
 		return err

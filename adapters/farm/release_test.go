@@ -1,4 +1,4 @@
-package main
+package farm
 
 import (
 	"context"
@@ -46,7 +46,7 @@ func (c *deadlineCtx) pass() { c.once.Do(func() { close(c.done) }) }
 // runs.
 func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 	type env struct {
-		f       *farm
+		f       *Farm
 		backend string
 		started <-chan struct{} // the first prompt runs on ComfyUI
 	}
@@ -141,7 +141,7 @@ func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f, err := newFarm([]*comfyui.Client{c}, 1, 64, 1, 30*time.Second, discardLog())
+			f, err := New(Config{Clients: []*comfyui.Client{c}, Slots: 1, MaxQueue: 64, TenantInFlight: 1, MaxWait: 30 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package main
+package farm
 
 import (
 	"context"
@@ -10,16 +10,31 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
-	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/dispatch"
 )
 
-// farm shares the ComfyUI backends between tenants: an exact number of
-// slots per backend, and a bounded queue, fair between tenants and weighted
-// by cost, for jobs that find every slot taken.
-type farm struct {
+// Config configures a Farm.
+type Config struct {
+	// Clients are the backends, one ComfyUI client each; their base URLs
+	// name them and must differ.
+	Clients []*comfyui.Client
+	// Slots is the jobs each backend runs at once (0: dispatch.DefaultSlots).
+	Slots int
+	// MaxQueue bounds the jobs waiting for a slot, over all tenants.
+	MaxQueue int
+	// MaxWait bounds how long a job waits for a slot.
+	MaxWait time.Duration
+	// TenantInFlight bounds the jobs one tenant has running or waiting.
+	TenantInFlight int
+	// Logger logs the farm's decisions; nil discards them.
+	Logger *slog.Logger
+}
+
+// Farm shares the ComfyUI backends between tenants and runs jobs on them.
+type Farm struct {
 	d       *dispatch.Dispatcher
 	clients map[string]*comfyui.Client
+	names   []string // the backends, in the order given
 	log     *slog.Logger
 
 	mu   sync.Mutex
@@ -30,32 +45,45 @@ type farm struct {
 // errBackendDown cancels the jobs of a backend taken out of the farm.
 var errBackendDown = errors.New("backend taken out of the farm")
 
-var _ httpapi.Runner = (*farm)(nil)
+var (
+	_ httpapi.Runner     = (*Farm)(nil)
+	_ httpapi.Prechecker = (*Farm)(nil)
+)
 
-func newFarm(clients []*comfyui.Client, slots, maxQueue, tenantInFlight int, maxWait time.Duration, log *slog.Logger) (*farm, error) {
-	f := &farm{clients: make(map[string]*comfyui.Client, len(clients)), log: log,
+// New makes a Farm of cfg's backends, every one healthy.
+func New(cfg Config) (*Farm, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &Farm{clients: make(map[string]*comfyui.Client, len(cfg.Clients)), log: log,
 		down: make(map[string]chan struct{}), out: make(map[string]bool)}
 	var backends []dispatch.BackendConfig
-	for _, c := range clients {
+	for _, c := range cfg.Clients {
 		if _, dup := f.clients[c.BaseURL()]; dup {
-			return nil, fmt.Errorf("--comfyui %s given twice", c.BaseURL())
+			return nil, fmt.Errorf("farm: backend %s given twice", c.BaseURL())
 		}
 		f.clients[c.BaseURL()] = c
+		f.names = append(f.names, c.BaseURL())
 		f.down[c.BaseURL()] = make(chan struct{})
-		backends = append(backends, dispatch.BackendConfig{Name: c.BaseURL(), Slots: slots})
+		backends = append(backends, dispatch.BackendConfig{Name: c.BaseURL(), Slots: cfg.Slots})
 	}
-	d, err := dispatch.New(dispatch.Config{Backends: backends, MaxQueue: maxQueue, MaxWait: maxWait, TenantInFlight: tenantInFlight})
+	d, err := dispatch.New(dispatch.Config{Backends: backends, MaxQueue: cfg.MaxQueue, MaxWait: cfg.MaxWait, TenantInFlight: cfg.TenantInFlight})
 	if err != nil {
-		return nil, fmt.Errorf("backends: %w", err)
+		return nil, fmt.Errorf("farm: %w", err)
 	}
 	f.d = d
 	return f, nil
 }
 
+// Stats is a snapshot of the farm's slots and queue.
+func (f *Farm) Stats() dispatch.Stats { return f.d.Stats() }
+
 // Run waits for a slot, runs the job on that backend and frees the slot. A
 // job whose backend is taken out of the farm while it runs is interrupted
 // there and run once more elsewhere: it never runs on two backends at once.
-func (f *farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
+// A refusal of the dispatcher is an *httpapi.BusyError.
+func (f *Farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
 	for attempt := 1; ; attempt++ {
 		res, backend, err := f.runOnce(ctx, job)
 		if err == nil || attempt == 2 || ctx.Err() != nil || !errors.Is(err, errBackendDown) {
@@ -65,7 +93,7 @@ func (f *farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error
 	}
 }
 
-func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, string, error) {
+func (f *Farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, string, error) {
 	lease, err := f.d.AcquireWith(ctx, job.Tenant, max(job.Cost, 1), job.OnQueued)
 	if err != nil {
 		var r *dispatch.Refusal
@@ -114,7 +142,7 @@ func (f *farm) runOnce(ctx context.Context, job httpapi.Job) (*comfyui.Result, s
 // Precheck says whether the farm would refuse a job of tenant now, so that
 // an async job is answered with it at once rather than failing after its
 // 202.
-func (f *farm) Precheck(tenant string) error {
+func (f *Farm) Precheck(tenant string) error {
 	if r := f.d.Check(tenant); r != nil {
 		return busy(r)
 	}
@@ -128,7 +156,7 @@ func busy(r *dispatch.Refusal) *httpapi.BusyError {
 
 // setOut takes a backend out of the farm (its running jobs are cancelled
 // and re-run elsewhere) or puts it back in.
-func (f *farm) setOut(backend string, out bool) {
+func (f *Farm) setOut(backend string, out bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.out[backend] == out {
@@ -141,40 +169,4 @@ func (f *farm) setOut(backend string, out bool) {
 		f.down[backend] = make(chan struct{})
 	}
 	f.d.SetHealthy(backend, !out)
-}
-
-// healthReporter passes GPU samples on to the engine and, from whether a
-// backend answers /system_stats, takes it out of the farm after failing
-// samples in a row and back in at its first answer: a circuit breaker whose
-// probe is the sampling itself.
-type healthReporter struct {
-	eng     *engine.Engine
-	farm    *farm
-	backend string
-	log     *slog.Logger
-
-	mu       sync.Mutex
-	failures int
-}
-
-// failuresToTrip is how many failed samples in a row take a backend out.
-const failuresToTrip = 3
-
-func (h *healthReporter) ReportGPUs(source string, gpus []engine.GPU, err error) {
-	h.eng.ReportGPUs(source, gpus, err)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if err != nil {
-		h.failures++
-		if h.failures == failuresToTrip {
-			h.log.Warn("backend taken out: it does not answer", slog.String("backend", h.backend), slog.Any("error", err))
-			h.farm.setOut(h.backend, true)
-		}
-		return
-	}
-	if h.failures >= failuresToTrip {
-		h.log.Info("backend back in", slog.String("backend", h.backend))
-	}
-	h.failures = 0
-	h.farm.setOut(h.backend, false)
 }
