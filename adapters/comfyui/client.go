@@ -34,6 +34,9 @@ type Config struct {
 	PollInterval time.Duration
 	// Workflows are the templates jobs are bound to. Default DefaultWorkflows().
 	Workflows *Workflows
+	// OnConnection, if set, is called when the client's long-lived
+	// WebSocket to its backend connects (true) or breaks (false, with why).
+	OnConnection func(up bool, err error)
 }
 
 // Client runs jobs on one ComfyUI server. It is safe for concurrent use; each
@@ -106,6 +109,11 @@ type Job struct {
 	// OnQueued, if set, is called from Run's goroutine once ComfyUI has
 	// accepted the prompt, with its ID: Recover follows it from there.
 	OnQueued func(promptID string)
+	// OnQueuePosition, if set, is called with the prompt's place in
+	// ComfyUI's own queue (1 = next to run) when it changes.
+	OnQueuePosition func(position int)
+	// OnRunning, if set, is called once, when the prompt starts executing.
+	OnRunning func()
 }
 
 // Result is a finished job: the first output image and its timings.

@@ -41,6 +41,12 @@ type Job struct {
 	// with a function telling its place in the queue (0 once it no longer
 	// waits).
 	OnQueued func(position func() int)
+	// OnPosition, if set, is passed to comfyui.Job.OnQueuePosition: the
+	// job's place in ComfyUI's own queue.
+	OnPosition func(int)
+	// OnRunning, if set, is passed to comfyui.Job.OnRunning: the prompt
+	// started executing.
+	OnRunning func()
 }
 
 // Prechecker is a Runner that can tell, before an async job is accepted,
