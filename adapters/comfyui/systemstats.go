@@ -22,13 +22,15 @@ type SystemInfo struct {
 
 // Device is one compute device of the ComfyUI host.
 type Device struct {
-	Name           string `json:"name"`
-	Type           string `json:"type"`
-	Index          int    `json:"index"`
-	VRAMTotal      int64  `json:"vram_total"`
-	VRAMFree       int64  `json:"vram_free"`
-	TorchVRAMTotal int64  `json:"torch_vram_total"`
-	TorchVRAMFree  int64  `json:"torch_vram_free"`
+	Name string `json:"name"`
+	Type string `json:"type"`
+	// Index is the device's index; nil for a device without one (ComfyUI
+	// reports "index": null for its "cpu" device).
+	Index          *int  `json:"index"`
+	VRAMTotal      int64 `json:"vram_total"`
+	VRAMFree       int64 `json:"vram_free"`
+	TorchVRAMTotal int64 `json:"torch_vram_total"`
+	TorchVRAMFree  int64 `json:"torch_vram_free"`
 }
 
 // SystemStats reads GET /system_stats.

@@ -13,21 +13,17 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
-	"github.com/sluicehq/sluice/engine"
 )
 
 // twoBackends starts two fake ComfyUI servers with the given job time.
-func twoBackends(t *testing.T, jobTime time.Duration) ([]*comfyui.Client, []*comfyuitest.Server) {
+func twoBackends(t *testing.T, jobTime time.Duration) ([]comfyui.Config, []*comfyuitest.Server) {
 	t.Helper()
-	var clients []*comfyui.Client
+	var clients []comfyui.Config
 	var servers []*comfyuitest.Server
 	for range 2 {
 		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration { return jobTime }})
 		t.Cleanup(srv.Close)
-		c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond}
 		clients, servers = append(clients, c), append(servers, srv)
 	}
 	return clients, servers
@@ -42,7 +38,7 @@ func generate(tenant string) httpapi.Job {
 // oversubscribed is engine/dispatch's TestSlotCapUnderContention.)
 func TestFarmSpreadsJobs(t *testing.T) {
 	clients, servers := twoBackends(t, 30*time.Millisecond)
-	f, err := New(Config{Clients: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 2, MaxWait: 30 * time.Second})
+	f, err := New(Config{Backends: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 2, MaxWait: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +67,7 @@ func TestFarmSpreadsJobs(t *testing.T) {
 
 func TestFarmTenantCapAnswers429(t *testing.T) {
 	clients, _ := twoBackends(t, 200*time.Millisecond)
-	f, err := New(Config{Clients: clients[:1], Slots: 1, MaxQueue: 64, TenantInFlight: 1, MaxWait: 30 * time.Second})
+	f, err := New(Config{Backends: clients[:1], Slots: 1, MaxQueue: 64, TenantInFlight: 1, MaxWait: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,19 +86,13 @@ func TestFarmTenantCapAnswers429(t *testing.T) {
 
 func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
 	clients, servers := twoBackends(t, 5*time.Millisecond)
-	f, err := New(Config{Clients: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 8, MaxWait: 30 * time.Second})
+	f, err := New(Config{Backends: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 8, MaxWait: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
-	dead := clients[0].BaseURL()
-	h := &healthReporter{eng: eng, farm: f, backend: dead, log: discardLog()}
+	dead := clients[0].BaseURL
 	for range failuresToTrip {
-		h.ReportGPUs("comfyui "+dead, nil, errors.New("connection refused"))
+		f.probed(f.members[dead], errors.New("connection refused"))
 	}
 	for i := range 4 {
 		if _, err := f.Run(context.Background(), generate(fmt.Sprintf("192.0.2.%d", i))); err != nil {
@@ -112,7 +102,7 @@ func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
 	if n := len(servers[0].Prompts()); n != 0 {
 		t.Fatalf("the backend taken out still got %d jobs", n)
 	}
-	h.ReportGPUs("comfyui "+dead, nil, nil) // it answers again
+	f.probed(f.members[dead], nil) // it answers again
 	for _, b := range f.d.Stats().Backends {
 		if !b.Healthy {
 			t.Fatalf("backend %s still out after it answered", b.Name)
@@ -139,7 +129,7 @@ func TestJobOfBackendTakenOutRunsElsewhere(t *testing.T) {
 		calls   atomic.Int64
 		started = make(chan string, 2)
 	)
-	var clients []*comfyui.Client
+	var clients []comfyui.Config
 	var servers []*comfyuitest.Server
 	for range 2 {
 		var url string
@@ -152,13 +142,10 @@ func TestJobOfBackendTakenOutRunsElsewhere(t *testing.T) {
 		}})
 		url = srv.URL
 		t.Cleanup(srv.Close)
-		c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond}
 		clients, servers = append(clients, c), append(servers, srv)
 	}
-	f, err := New(Config{Clients: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 2, MaxWait: 30 * time.Second})
+	f, err := New(Config{Backends: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 2, MaxWait: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +178,7 @@ func TestJobOfBackendTakenOutRunsElsewhere(t *testing.T) {
 
 func TestFarmPrecheck(t *testing.T) {
 	clients, _ := twoBackends(t, 300*time.Millisecond)
-	f, err := New(Config{Clients: clients[:1], Slots: 1, MaxQueue: 1, TenantInFlight: 1, MaxWait: 30 * time.Second})
+	f, err := New(Config{Backends: clients[:1], Slots: 1, MaxQueue: 1, TenantInFlight: 1, MaxWait: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,25 +2,47 @@ package farm
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
-	"github.com/sluicehq/sluice/adapters/comfyui"
-	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
-// Watch samples every backend's GPU memory from /system_stats every
-// interval into eng, takes backends that stop answering out of the farm
-// and puts them back at their first answer. It returns a function that
-// stops the sampling and waits for it.
-func (f *Farm) Watch(eng *engine.Engine, every time.Duration) (stop func()) {
+// Health.
+//
+// A backend is probed every Config.Interval: GET /system_stats, bounded by
+// Config.ProbeTimeout. An answer within the timeout is healthy however slow
+// it is (a ComfyUI loading a model answers late, not never). The rule:
+//
+//   - a backend is taken out after failuresToTrip failed probes in a row
+//     (an error, or no answer within the timeout), or at once when its
+//     client's WebSocket is broken and a probe fails too (the break makes
+//     the farm probe at once);
+//   - it is put back in at its first probe that succeeds while its
+//     WebSocket is not broken (or when the WebSocket reconnects after a
+//     probe that succeeded).
+//
+// Taking a backend out stops new jobs going to it (dispatch.SetHealthy) and
+// pulls back the jobs not yet executing there (see Farm.Run); it never
+// interrupts a job that is executing there and showing progress. While a
+// backend is out, every probe checks its jobs again for stalls.
+
+// failuresToTrip is how many failed probes in a row take a backend out.
+const failuresToTrip = 3
+
+// errProbeTimeout is the cause of a probe cut off at Config.ProbeTimeout.
+var errProbeTimeout = errors.New("no answer within the probe timeout")
+
+// Watch starts probing every backend every Config.Interval, and returns a
+// function that stops the probes and waits for them.
+func (f *Farm) Watch() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, name := range f.names {
-		health := &healthReporter{eng: eng, farm: f, backend: name, log: f.log}
-		w := &comfyui.VRAMWatcher{Client: f.clients[name], Reporter: health, Interval: every, Logger: f.log}
-		wg.Go(func() { w.Run(ctx) })
+		m := f.members[name]
+		wg.Go(func() { f.watch(ctx, m) })
 	}
 	return func() {
 		cancel()
@@ -28,38 +50,149 @@ func (f *Farm) Watch(eng *engine.Engine, every time.Duration) (stop func()) {
 	}
 }
 
-// healthReporter passes GPU samples on to the engine and, from whether a
-// backend answers /system_stats, takes it out of the farm after failing
-// samples in a row and back in at its first answer: a circuit breaker whose
-// probe is the sampling itself.
-type healthReporter struct {
-	eng     *engine.Engine
-	farm    *Farm
-	backend string
-	log     *slog.Logger
-
-	mu       sync.Mutex
-	failures int
+// watch probes m at once, then every interval and whenever kicked, until
+// ctx ends.
+func (f *Farm) watch(ctx context.Context, m *member) {
+	for {
+		f.probe(ctx, m)
+		tick, stop := clock.NewTimer(f.clk, f.interval)
+		select {
+		case <-ctx.Done():
+			stop()
+			return
+		case <-tick:
+		case <-m.kick:
+			stop()
+		}
+	}
 }
 
-// failuresToTrip is how many failed samples in a row take a backend out.
-const failuresToTrip = 3
+// Sample probes backend now and returns once its sample is reported and
+// acted on: its health and its GPU pressure are then current. For a change
+// that must show at once (the simulator's GPU memory set by an operator).
+func (f *Farm) Sample(ctx context.Context, backend string) error {
+	m := f.members[backend]
+	if m == nil {
+		return fmt.Errorf("farm: no backend %s", backend)
+	}
+	return f.probe(ctx, m)
+}
 
-func (h *healthReporter) ReportGPUs(source string, gpus []engine.GPU, err error) {
-	h.eng.ReportGPUs(source, gpus, err)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if err != nil {
-		h.failures++
-		if h.failures == failuresToTrip {
-			h.log.Warn("backend taken out: it does not answer", slog.String("backend", h.backend), slog.Any("error", err))
-			h.farm.setOut(h.backend, true)
+// probe reads m's GPUs once, within the probe timeout, reports them to the
+// monitor and updates m's health and GPU pressure from the outcome.
+func (f *Farm) probe(ctx context.Context, m *member) error {
+	m.probeMu.Lock()
+	defer m.probeMu.Unlock()
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timeout, stop := clock.NewTimer(f.clk, f.probeTimeout)
+	defer stop()
+	go func() {
+		select {
+		case <-timeout:
+			cancel(errProbeTimeout)
+		case <-pctx.Done():
 		}
+	}()
+	gpus, err := m.b.GPUs(pctx, f.clk.Now())
+	if err != nil && errors.Is(context.Cause(pctx), errProbeTimeout) {
+		err = fmt.Errorf("%w (%s): %w", errProbeTimeout, f.probeTimeout, err)
+	}
+	if ctx.Err() != nil { // stopping: not the backend's fault
+		return err
+	}
+	if f.monitor != nil {
+		f.monitor.ReportGPUs("comfyui "+m.name, gpus, err)
+		f.d.SetPressure(m.name, err == nil && f.monitor.BackendPressure(m.name))
+	}
+	f.probed(m, err)
+	return err
+}
+
+// probed applies the health rule to a probe's outcome.
+func (f *Farm) probed(m *member, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		m.failures++
+		if !m.out && (m.failures >= failuresToTrip || m.wsDown) {
+			f.takeOutLocked(m, err)
+		}
+	} else {
+		m.failures = 0
+		if m.out && !m.wsDown {
+			f.putBackLocked(m)
+		}
+	}
+	if m.out {
+		f.sweepLocked(m)
+	}
+}
+
+// connection is a client's WebSocket connecting (up) or breaking.
+func (f *Farm) connection(backend string, up bool, err error) {
+	f.mu.Lock()
+	m := f.members[backend]
+	if m == nil {
+		f.mu.Unlock()
 		return
 	}
-	if h.failures >= failuresToTrip {
-		h.log.Info("backend back in", slog.String("backend", h.backend))
+	m.wsDown = !up
+	if up && m.out && m.failures == 0 {
+		f.putBackLocked(m)
 	}
-	h.failures = 0
-	h.farm.setOut(h.backend, false)
+	f.mu.Unlock()
+	if !up {
+		f.log.Info("backend's WebSocket broken: probing it now", slog.String("backend", backend), slog.Any("error", err))
+		select {
+		case m.kick <- struct{}{}:
+		default: // a probe is asked for already
+		}
+	}
+}
+
+func (f *Farm) takeOutLocked(m *member, err error) {
+	m.out = true
+	f.log.Warn("backend taken out of the farm", slog.String("backend", m.name), slog.Int("failed_probes", m.failures),
+		slog.Bool("websocket_broken", m.wsDown), slog.Any("error", err))
+	f.d.SetHealthy(m.name, false)
+}
+
+func (f *Farm) putBackLocked(m *member) {
+	m.out = false
+	f.log.Info("backend back in the farm", slog.String("backend", m.name))
+	f.d.SetHealthy(m.name, true)
+}
+
+// sweepLocked cuts short, on a backend that is out, the jobs not executing
+// there yet (they go back into the queue at their place) and those
+// executing with no sign of progress for the stall time (they run once
+// more elsewhere). Jobs showing progress, and jobs whose prompt has
+// executed (their output is being fetched), are left alone.
+func (f *Farm) sweepLocked(m *member) {
+	now := f.clk.Now()
+	for a := range m.jobs {
+		switch {
+		case a.executed:
+		case !a.started:
+			a.cancel(errPulledBack)
+		case now.Sub(a.lastSign) >= f.stall:
+			a.cancel(errStalled)
+		}
+	}
+}
+
+// setOut takes a backend out of the farm or puts it back in, whatever the
+// probes say: for tests.
+func (f *Farm) setOut(backend string, out bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m := f.members[backend]
+	switch {
+	case out && !m.out:
+		f.takeOutLocked(m, errors.New("taken out by hand"))
+		f.sweepLocked(m)
+	case !out && m.out:
+		f.putBackLocked(m)
+	}
 }
