@@ -306,7 +306,7 @@ func (a *api) resources(c *gin.Context) {
 func backendsBody(st dispatch.Stats) gin.H {
 	backends := make([]gin.H, 0, len(st.Backends))
 	for _, b := range st.Backends {
-		backends = append(backends, gin.H{"name": b.Name, "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "started_total": b.Started})
+		backends = append(backends, gin.H{"name": b.Name, "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "gpu_pressure": b.Pressure, "started_total": b.Started})
 	}
 	tenants := make([]gin.H, 0, len(st.Tenants))
 	for _, t := range st.Tenants {

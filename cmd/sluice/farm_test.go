@@ -63,6 +63,16 @@ func TestSimulatorVRAMAppliesBeforeThePUTAnswers(t *testing.T) {
 	if code, body := colorize(); code != 503 || !strings.Contains(body, `"rule":"system/gpu"`) {
 		t.Fatalf("right after the PUT of 0.95: %d %s", code, body)
 	}
+	var farm struct {
+		Backends []struct {
+			Pressure bool `json:"gpu_pressure"`
+			Healthy  bool `json:"healthy"`
+		} `json:"backends"`
+	}
+	getJSON(t, g.base+"/api/backends", &farm)
+	if len(farm.Backends) != 1 || !farm.Backends[0].Pressure || !farm.Backends[0].Healthy {
+		t.Fatalf("/api/backends under pressure: %+v", farm)
+	}
 	setVRAM("0.5")
 	if code, body := colorize(); code != 200 {
 		t.Fatalf("right after the PUT of 0.5: %d %s", code, body)
