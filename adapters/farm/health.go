@@ -95,6 +95,7 @@ func (f *Farm) probe(ctx context.Context, m *member) error {
 		}
 	}()
 	gpus, err := m.b.GPUs(pctx, f.clk.Now())
+	stop() // before reporting: a test that sees the report sees no probe timer
 	if err != nil && errors.Is(context.Cause(pctx), errProbeTimeout) {
 		err = fmt.Errorf("%w (%s): %w", errProbeTimeout, f.probeTimeout, err)
 	}

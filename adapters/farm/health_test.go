@@ -199,3 +199,26 @@ func TestPressureOnOneBackendSendsJobsToAnother(t *testing.T) {
 		t.Fatalf("%d samples reported, want 2", mon.reports)
 	}
 }
+
+// TestWatchProbesEveryIntervalAndOnKick: Watch probes each backend at
+// once, then every interval of the farm's clock, and at once when a broken
+// WebSocket asks for it.
+func TestWatchProbesEveryIntervalAndOnKick(t *testing.T) {
+	mon := &fakeMonitor{}
+	f, _, clk := fakeFarm(t, Config{Slots: 1, Monitor: mon, Interval: 2 * time.Second}, 1)
+	reports := func() int {
+		mon.mu.Lock()
+		defer mon.mu.Unlock()
+		return mon.reports
+	}
+	stop := f.Watch()
+	defer stop()
+	waitFor(t, func() bool { return reports() == 1 && clk.Timers() == 1 }) // first probe; waiting for the interval
+	clk.Advance(2 * time.Second)
+	waitFor(t, func() bool { return reports() == 2 && clk.Timers() == 1 })
+	f.connection("a", false, errors.New("websocket: close 1006"))
+	waitFor(t, func() bool { return reports() == 3 && clk.Timers() == 1 })
+	if clk.Advance(time.Second); reports() != 3 {
+		t.Fatal("probed before the interval")
+	}
+}
