@@ -21,6 +21,8 @@ type fakeBackend struct {
 
 	mu   sync.Mutex
 	gpus func(ctx context.Context) ([]engine.GPU, error) // nil: one idle GPU
+	// auto, if set, runs the jobs instead of the test.
+	auto func(ctx context.Context, job comfyui.Job) error
 }
 
 // fakeRun is one Run call on a fakeBackend: the test calls the job's
@@ -34,6 +36,13 @@ type fakeRun struct {
 func (r *fakeRun) finish(err error) { r.done <- err }
 
 func (b *fakeBackend) Run(ctx context.Context, job comfyui.Job) (*comfyui.Result, error) {
+	if b.auto != nil {
+		if err := b.auto(ctx, job); err != nil {
+			return nil, err
+		}
+		job.OnExecuted()
+		return &comfyui.Result{PromptID: "p", Image: []byte("png")}, nil
+	}
 	r := &fakeRun{job: job, ctx: ctx, done: make(chan error, 1)}
 	b.runs <- r
 	select {
