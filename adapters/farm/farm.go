@@ -101,6 +101,7 @@ type member struct {
 	out      bool
 	failures int  // failed probes in a row
 	wsDown   bool // its client's WebSocket is broken
+	pressure bool // its GPU is under pressure
 	jobs     map[*active]struct{}
 }
 

@@ -104,10 +104,26 @@ func (f *Farm) probe(ctx context.Context, m *member) error {
 	}
 	if f.monitor != nil {
 		f.monitor.ReportGPUs("comfyui "+m.name, gpus, err)
-		f.d.SetPressure(m.name, err == nil && f.monitor.BackendPressure(m.name))
+		f.pressure(m, err == nil && f.monitor.BackendPressure(m.name))
 	}
 	f.probed(m, err)
 	return err
+}
+
+// pressure sends m no new job while its GPU is under pressure.
+func (f *Farm) pressure(m *member, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m.pressure == on {
+		return
+	}
+	m.pressure = on
+	if on {
+		f.log.Warn("backend's GPU under pressure: no new jobs for it", slog.String("backend", m.name))
+	} else {
+		f.log.Info("backend's GPU pressure over", slog.String("backend", m.name))
+	}
+	f.d.SetPressure(m.name, on)
 }
 
 // probed applies the health rule to a probe's outcome.
