@@ -5,7 +5,7 @@ PKGS    := ./...
 BIN     := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build bench bench-overload bench-abuse fuzz lint clean
+.PHONY: run test build build-nonvml bench bench-overload bench-abuse fuzz lint clean
 
 ## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
 run:
@@ -15,9 +15,15 @@ run:
 test: lint
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
-## build: a static binary in bin/
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+## build: the release binary in bin/, with cgo so that it reads NVIDIA GPUs through NVML (go-nvml loads libnvidia-ml.so.1 at run time: it starts on hosts without a driver too); needs a C compiler
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/sluice
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
+
+## build-nonvml: a static binary in bin/ without NVML (CGO_ENABLED=0, no C compiler needed); GPU memory then comes from ComfyUI's /system_stats only
+build-nonvml:
+	CGO_ENABLED=0 $(GO) build -trimpath -tags nonvml -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
 
 ## bench: the engine, route and rule-update benchmarks quoted in the README
 bench:

@@ -313,6 +313,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Logger:       log,
 		Backends:     backends.d.Stats,
 		Simulator:    simulator(sim),
+		Build:        buildInfo(),
 	}); err != nil {
 		return err
 	}
