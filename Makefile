@@ -43,6 +43,7 @@ bench-abuse:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./rules
 	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime 30s ./adapters/httpapi/imageinput
+	$(GO) test -run '^$$' -fuzz FuzzParseSidecar -fuzztime 30s ./adapters/comfyui
 	$(GO) test -run '^$$' -fuzz FuzzAppendJSON -fuzztime 30s ./adapters/httpapi/problem
 	$(GO) test -run '^$$' -fuzz FuzzDecodeObject -fuzztime 30s ./adapters/httpapi/problem
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -169,4 +170,44 @@ func TestSidecarErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Whatever a sidecar holds, loading it returns bindings or an error, and
+// bindings that load only name known parameters and whole targets.
+func FuzzParseSidecar(f *testing.F) {
+	f.Add("image: {node: 1, input: image}\nsize: {node: 7, input: size}\n")
+	f.Add("seed:\n  - {node: \"3\", input: seed}\n  - {node: 4, input: noise_seed}\n")
+	f.Add("image: [{node: 1, input: image}, {node: 1}]\n")
+	f.Add("- image\n")
+	f.Add("image: &a {node: 1, input: image}\nsize: *a\n")
+	wf, err := ParseWorkflow([]byte(`{"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+ "7": {"class_type": "Colorize", "inputs": {"image": ["1", 0], "size": 512}}}`))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		b, err := parseSidecar("f.sluice.yaml", []byte(src))
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.sluice.yaml: ") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		for p, ts := range b.targets {
+			if !slices.Contains(params[:], p) {
+				t.Fatalf("unknown parameter %q accepted", p)
+			}
+			for _, tg := range ts {
+				if tg.node == "" || tg.input == "" {
+					t.Fatalf("%s: incomplete target %+v", p, tg)
+				}
+			}
+		}
+		if err := b.check(wf, "f.json"); err == nil {
+			if _, err := (&Workflows{byName: map[string]*template{"f": {wf: wf, bind: b}}}).Bind(Job{Resource: "f", Size: 3}, "in.png"); err != nil &&
+				!strings.Contains(err.Error(), "cannot take") {
+				t.Fatalf("checked bindings fail to bind: %v", err)
+			}
+		}
+	})
 }
