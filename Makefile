@@ -19,6 +19,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 ## build: the release binary in bin/, with cgo so that it reads NVIDIA GPUs through NVML (go-nvml loads libnvidia-ml.so.1 at run time: it starts on hosts without a driver too); needs a C compiler
 build:
+	@cc=$$($(GO) env CC); command -v $${cc%% *} >/dev/null || { echo "make build needs a C compiler ($$cc) for NVML: install gcc, or run make build-nonvml"; exit 1; }
 	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
 
 ## build-nonvml: a static binary in bin/ without NVML (CGO_ENABLED=0, no C compiler needed); GPU memory then comes from ComfyUI's /system_stats only
