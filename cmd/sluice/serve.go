@@ -238,6 +238,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("load rules: %w", err)
 	}
 	log.Info("local rules loaded", slog.String("source", source), slog.Int("documents", len(set.Docs)))
+	// Templates are checked before etcd starts: a mistake in one stops here.
+	workflows := comfyui.DefaultWorkflows()
+	if f.workflows != "" {
+		if workflows, err = comfyui.LoadWorkflows(os.DirFS(f.workflows)); err != nil {
+			return fmt.Errorf("--workflows %s: %w", f.workflows, err)
+		}
+	}
 
 	eng, err := engine.New(engine.Options{Logger: log}, set)
 	if err != nil {
@@ -250,12 +257,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer rs.Close()
 
-	workflows := comfyui.DefaultWorkflows()
-	if f.workflows != "" {
-		if workflows, err = comfyui.LoadWorkflows(os.DirFS(f.workflows)); err != nil {
-			return fmt.Errorf("--workflows %s: %w", f.workflows, err)
-		}
-	}
 	urls := []string(f.comfyui)
 	var sim *comfyuitest.Server
 	if len(urls) == 0 {
@@ -317,6 +318,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Logger:       log,
 		Backends:     backends.Stats,
 		Simulator:    simulator(sim, backends),
+		Build:        buildInfo(),
 	}); err != nil {
 		return err
 	}
