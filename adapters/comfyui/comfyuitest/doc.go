@@ -3,7 +3,7 @@
 //
 // It speaks the API described in comfyui-protocol.md, errors included:
 // POST /prompt validates a workflow the way ComfyUI's validate_prompt does
-// (missing_node_type, prompt_no_outputs, prompt_outputs_failed_validation
+// (invalid_prompt for an unknown node class, as ComfyUI 0.3.64 answers, prompt_no_outputs, prompt_outputs_failed_validation
 // with per-node value_bigger_than_max, value_not_in_list,
 // custom_validation_failed, ...); prompts run one at a time from a FIFO
 // queue with execution_start, execution_cached, executing, progress,

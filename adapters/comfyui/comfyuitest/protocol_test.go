@@ -129,18 +129,18 @@ func TestPostPromptValidation(t *testing.T) {
 		},
 		{
 			name: "unknown class_type", body: `{"prompt": {"1": {"class_type": "Upscale4000", "inputs": {}}}}`, status: 400,
-			want: `{"error": {"type": "missing_node_type", "message": "Node 'Upscale4000' not found. The custom node may not be installed.", "details": "Node ID '#1'",
-				"extra_info": {"node_id": "1", "class_type": "Upscale4000", "node_title": null}}, "node_errors": {}}`,
+			want: `{"error": {"type": "invalid_prompt", "message": "Cannot execute because node Upscale4000 does not exist.", "details": "Node ID '#1'",
+				"extra_info": {}}, "node_errors": {}}`,
 		},
 		{
 			name: "unknown class_type with a title", body: `{"prompt": {"7": {"class_type": "X", "inputs": {}, "_meta": {"title": "Magic"}}}}`, status: 400,
-			want: `{"error": {"type": "missing_node_type", "message": "Node 'Magic' not found. The custom node may not be installed.", "details": "Node ID '#7'",
-				"extra_info": {"node_id": "7", "class_type": "X", "node_title": "Magic"}}, "node_errors": {}}`,
+			want: `{"error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist.", "details": "Node ID '#7'",
+				"extra_info": {}}, "node_errors": {}}`,
 		},
 		{
 			name: "no class_type", body: `{"prompt": {"4": {"inputs": {}}}}`, status: 400,
-			want: `{"error": {"type": "missing_node_type", "message": "Node 'ID #4' has no class_type. The workflow may be corrupted or a custom node is missing.", "details": "Node ID '#4'",
-				"extra_info": {"node_id": "4", "class_type": null, "node_title": null}}, "node_errors": {}}`,
+			want: `{"error": {"type": "invalid_prompt", "message": "Cannot execute because a node is missing the class_type property.", "details": "Node ID '#4'",
+				"extra_info": {}}, "node_errors": {}}`,
 		},
 		{
 			name: "no outputs", body: `{"prompt": {"1": {"class_type": "LoadImage", "inputs": {"image": "upload.png"}}}}`, status: 400,
