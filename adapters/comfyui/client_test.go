@@ -48,6 +48,7 @@ func newClient(t *testing.T, baseURL string, poll time.Duration) *comfyui.Client
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.Close)
 	return c
 }
 
