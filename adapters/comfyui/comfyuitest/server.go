@@ -30,9 +30,10 @@ import (
 // Options configure a fake server. The zero value is a fast, always
 // successful ComfyUI with one 80 GiB GPU.
 type Options struct {
-	// JobTime is how long a prompt runs when at least one of its nodes is not
-	// served from the cache. Default: 50ms. FieldJobTime gives the times seen
-	// on real GPUs. JobTime and Fail are called on the executor goroutine when
+	// JobTime is how long a prompt runs, from its start to its end, when at
+	// least one of its nodes is not served from the cache (longer only if
+	// the fake's own image work takes longer). Default: 50ms. FieldJobTime
+	// gives the times seen on real GPUs. JobTime and Fail are called on the executor goroutine when
 	// the prompt starts running; Close waits for them to return.
 	JobTime func(p Prompt) time.Duration
 	// Fail, if set, decides for each prompt that runs whether it fails, and
@@ -179,6 +180,10 @@ type Server struct {
 	// cache maps node signatures to their outputs, from the last prompt run.
 	// Only the executor touches it.
 	cache map[string]cacheEntry
+	// tail is how long the last prompt took after its heavy nodes: the
+	// fake's own image work, taken out of the next prompt's sleep. Only
+	// the executor touches it.
+	tail time.Duration
 
 	mu          sync.Mutex
 	closed      bool
