@@ -265,6 +265,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("--comfyui %s: %w", u, err)
 		}
+		defer c.Close() // its WebSocket; after the jobs, before the simulator
 		clients = append(clients, c)
 	}
 	backends, err := newFarm(clients, f.slots, f.queueMax, tenantCap(f.tenantInFlight, len(clients), f.slots), f.queueWait, log)
