@@ -24,6 +24,9 @@ const (
 	// the wait doubles from reconnectMin up to reconnectMax.
 	reconnectMin = 250 * time.Millisecond
 	reconnectMax = 30 * time.Second
+	// stableSession is how long a WebSocket must have lived for its break
+	// to be retried at once.
+	stableSession = time.Second
 	// waiterBacklog is how many events a waiting Run may fall behind before
 	// further ones are dropped; its /history and /queue checks catch up.
 	waiterBacklog = 256
@@ -180,6 +183,7 @@ func (c *Client) runWS(ctx context.Context, done chan struct{}) {
 	defer markReady()
 	fails := 0
 	for connects := 0; ; {
+		began := c.clock.Now()
 		greeted, err := c.session(ctx, connects > 0, markReady)
 		if ctx.Err() != nil {
 			return
@@ -187,7 +191,12 @@ func (c *Client) runWS(ctx context.Context, done chan struct{}) {
 		markReady()
 		if greeted {
 			connects++
-			fails = 0
+			// A socket that lived a while starts the backoff afresh; one
+			// closed right after its greeting counts as a failure, so
+			// that such a server is not hammered.
+			if c.clock.Now().Sub(began) >= stableSession {
+				fails = 0
+			}
 		}
 		c.report(false, err)
 		wait := time.Duration(0)

@@ -455,7 +455,9 @@ func TestExitAtJobEndWithRealTime(t *testing.T) {
 		t.Fatalf("after one 150ms job: %+v", st)
 	}
 	fail.Store(true)
-	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", img, nil), "192.0.2.1:1")
+	// Another photo: the same one would be served from ComfyUI's cache (its
+	// upload has the same name, by content) without running.
+	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 32, 24), nil), "192.0.2.1:1")
 	if p := problemOf(t, rec.Body.Bytes()); rec.Code != 502 || !strings.Contains(p.Detail, "CUDA out of memory") {
 		t.Fatalf("failed job: %d %+v", rec.Code, p)
 	}
