@@ -15,6 +15,14 @@
 // PreviewImage and the Z-Image-Turbo chain (a gradient of width×height).
 // Files live in memory.
 //
+// As on ComfyUI 0.3.64, a prompt deleted from the queue (POST /queue
+// {"delete": [...]}) gets no event and its /history stays {} for ever;
+// Restart simulates ComfyUI restarting (queue, running prompt and history
+// dropped without an event, WebSockets closed, files kept); Pause and Resume
+// hold the queue so that a test sees each prompt's place in GET /queue
+// (queue_running, queue_pending: [number, prompt_id, prompt, extra_data,
+// outputs]); Files lists a folder.
+//
 // In a test:
 //
 //	s := comfyuitest.NewServer(comfyuitest.Options{})
