@@ -399,6 +399,7 @@ func TestNewClientChecksConfig(t *testing.T) {
 		{BaseURL: "127.0.0.1:8188"},
 		{BaseURL: "ftp://host"},
 		{BaseURL: "http://host", PollInterval: -time.Second},
+		{BaseURL: "http://host", QueueCheckInterval: -time.Second},
 	} {
 		if _, err := comfyui.NewClient(cfg); err == nil {
 			t.Errorf("NewClient(%+v) accepted", cfg)
