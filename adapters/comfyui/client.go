@@ -414,11 +414,11 @@ func (c *Client) await(ctx context.Context, f *follow) (imageRef, error) {
 					c.started(f, now)
 					continue
 				}
-				setOnce(&f.res.Finished, now) // history is written: check it now
+				setOnce(&f.res.Finished, now)
 				f.running()
 				f.executed()
 			case "execution_success":
-				setOnce(&f.res.Finished, now) // history is written right after
+				setOnce(&f.res.Finished, now)
 				f.running()
 				f.executed()
 			case "execution_error":
@@ -431,8 +431,15 @@ func (c *Client) await(ctx context.Context, f *follow) (imageRef, error) {
 				continue
 			}
 		}
+		// The prompt has ended. After execution_success ComfyUI writes the
+		// history entry, then announces a queue change and sends executing
+		// {node: null}: read the history now, and if it is not there yet,
+		// again at the next of those.
 		if img, done, err := c.pollHistory(ctx, f); done {
 			return img, err
+		}
+		if f.w != nil {
+			c.setEnded(f.w)
 		}
 	}
 }

@@ -86,9 +86,10 @@ type waiter struct {
 	// may have been missed) or, for a waiter that reports its place, when
 	// ComfyUI's queue changed.
 	kick chan struct{}
-	// wantsPlace and started are guarded by Client.mu.
+	// wantsPlace, started and ended are guarded by Client.mu.
 	wantsPlace bool
 	started    bool
+	ended      bool // its end was seen before its history entry
 }
 
 func (w *waiter) poke() {
@@ -132,6 +133,14 @@ func (c *Client) setStarted(w *waiter) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	w.started = true
+}
+
+// setEnded records that w's prompt has ended but its history entry was not
+// there yet: the next queue change pokes it.
+func (c *Client) setEnded(w *waiter) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w.ended = true
 }
 
 // connect starts the client's WebSocket once, unless the client is closed,
@@ -302,12 +311,13 @@ func (c *Client) session(ctx context.Context, reconnect bool, onGreeting func())
 }
 
 // pokeAll asks waiters to check /queue: all of them after a reconnect, else
-// (a queue change) those that report their place and have not started.
+// (a queue change) those that report their place and have not started and
+// those whose prompt ended before its history entry was written.
 func (c *Client) pokeAll(all bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, w := range c.waiters {
-		if all || (w.wantsPlace && !w.started) {
+		if all || w.ended || (w.wantsPlace && !w.started) {
 			w.poke()
 		}
 	}
