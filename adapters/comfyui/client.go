@@ -81,6 +81,7 @@ type Client struct {
 	wsDone    chan struct{}
 	wsState   wsState
 	closed    bool
+	strays    []string // abandoned prompts not removed yet: the server was unreachable
 }
 
 // NewClient checks cfg and returns a Client. It does not contact the server:
@@ -589,14 +590,14 @@ func setOnce(t *time.Time, now time.Time) {
 	}
 }
 
-// abandon removes prompt id from the queue and interrupts it if it runs. It
-// uses its own short deadline: ctx has ended.
 // ErrDetached, as the cause of a cancelled context, tells Run to leave the
 // prompt queued or running on ComfyUI instead of removing it: the caller
 // (a gateway going down with a job store) will take it up again with
 // Recover.
 var ErrDetached = errors.New("comfyui: detached; the prompt is left to run")
 
+// abandonUnlessDetached abandons prompt id unless ctx was cancelled with
+// ErrDetached.
 func (c *Client) abandonUnlessDetached(ctx context.Context, id string, log *slog.Logger) {
 	if errors.Is(context.Cause(ctx), ErrDetached) {
 		log.Info("comfyui: prompt left to run for a later recovery")
@@ -605,14 +606,65 @@ func (c *Client) abandonUnlessDetached(ctx context.Context, id string, log *slog
 	c.abandon(ctx, id, log)
 }
 
+// abandon removes prompt id from the queue and interrupts it if it runs.
+// It uses its own short deadline: ctx has ended. When the server cannot be
+// reached (a backend cut off, whose jobs a farm moves elsewhere), the
+// prompt is kept as a stray and removed at the WebSocket's next greeting,
+// so that the server does not run it once it is reachable again.
 func (c *Client) abandon(ctx context.Context, id string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
+	if err := c.remove(ctx, id); err != nil {
+		log.Warn("comfyui: removing abandoned prompt failed; retried when the server is reachable again", slog.Any("err", err))
+		c.addStray(id)
+	}
+}
+
+// remove deletes prompt id from the queue and interrupts it if it runs.
+func (c *Client) remove(ctx context.Context, id string) error {
+	var errs []error
 	if err := c.postJSON(ctx, "/queue", map[string]any{"delete": []string{id}}, nil); err != nil {
-		log.Warn("comfyui: deleting abandoned prompt failed", slog.Any("err", err))
+		errs = append(errs, fmt.Errorf("deleting it from the queue: %w", err))
 	}
 	if err := c.postJSON(ctx, "/interrupt", map[string]any{"prompt_id": id}, nil); err != nil {
-		log.Warn("comfyui: interrupting abandoned prompt failed", slog.Any("err", err))
+		errs = append(errs, fmt.Errorf("interrupting it: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// maxStrays bounds the abandoned prompts kept for removal.
+const maxStrays = 1024
+
+// addStray keeps prompt id for removal at the next greeting.
+func (c *Client) addStray(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.strays) >= maxStrays {
+		c.log.Warn("comfyui: too many abandoned prompts to remove; forgetting the oldest", slog.String("prompt_id", c.strays[0]))
+		c.strays = c.strays[1:]
+	}
+	c.strays = append(c.strays, id)
+}
+
+// removeStrays removes the abandoned prompts that could not be removed
+// before; those that still cannot be are kept for the next greeting.
+func (c *Client) removeStrays(ctx context.Context) {
+	c.mu.Lock()
+	strays := c.strays
+	c.strays = nil
+	c.mu.Unlock()
+	if len(strays) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+	defer cancel()
+	for _, id := range strays {
+		if err := c.remove(ctx, id); err != nil {
+			c.log.Warn("comfyui: removing abandoned prompt failed again", slog.String("prompt_id", id), slog.Any("err", err))
+			c.addStray(id)
+			continue
+		}
+		c.log.Info("comfyui: abandoned prompt removed once the server was reachable", slog.String("prompt_id", id))
 	}
 }
 

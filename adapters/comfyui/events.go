@@ -293,6 +293,7 @@ func (c *Client) session(ctx context.Context, reconnect bool, onGreeting func())
 				greeted = true
 				c.report(true, nil)
 				onGreeting()
+				c.removeStrays(ctx)
 				c.pokeAll(reconnect)
 				continue
 			}

@@ -344,15 +344,21 @@ func (tr *tracked) ended() bool {
 // hold is a JobTime that blocks each prompt, once it has started running
 // (execution_start sent), until the test lets it go on.
 type hold struct {
-	started chan string // prompt ids, as they start
-	release chan struct{}
+	started chan struct{} // one per prompt started
+	release chan struct{} // one lets one prompt go on
+	quit    chan struct{} // closed: every prompt goes on
 }
 
-func newHold() *hold { return &hold{started: make(chan string, 8), release: make(chan struct{}, 8)} }
+func newHold() *hold {
+	return &hold{started: make(chan struct{}, 8), release: make(chan struct{}, 8), quit: make(chan struct{})}
+}
 
-func (h *hold) jobTime(p comfyuitest.Prompt) time.Duration {
-	h.started <- ""
-	<-h.release
+func (h *hold) jobTime(comfyuitest.Prompt) time.Duration {
+	h.started <- struct{}{}
+	select {
+	case <-h.release:
+	case <-h.quit:
+	}
 	return time.Millisecond
 }
 
@@ -456,5 +462,72 @@ func TestIntegOnlyBackendDiesJobWaitsForIt(t *testing.T) {
 	}
 	if !it.healthy(0) {
 		t.Fatal("the backend is not back in the farm")
+	}
+}
+
+// TestIntegBackendOutLeavesRunningJobMovesQueuedOne (issue 10 item 3): of
+// two backends, one is cut off (probes fail, WebSocket broken) while a job
+// executes there and another waits in its ComfyUI queue. The one executing
+// is not interrupted and completes there once the backend is reachable
+// again; the one waiting runs on the other backend, and its prompt left on
+// the cut-off ComfyUI is deleted there when it is reachable again, before
+// it could run: never on two backends.
+func TestIntegBackendOutLeavesRunningJobMovesQueuedOne(t *testing.T) {
+	h := newHold()
+	it := newInteg(t, Config{Slots: 2}, []comfyuitest.Options{{JobTime: h.jobTime}, {}})
+	t.Cleanup(func() { close(h.quit) }) // before the fakes close
+	a, b := it.backends[0], it.backends[1]
+	// Both jobs go to a: b is out while they are given their slots (and
+	// no probe runs yet to put it back).
+	it.f.setOut(b.url, true)
+	running := track("192.0.2.1", 1).start(it.f)
+	onA, runningID := running.queuedOn(t)
+	<-h.started // executing on a, held
+	select {
+	case <-running.running:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the farm never heard that the job runs")
+	}
+	waiting := track("192.0.2.2", 2).start(it.f)
+	onA2, waitingID := waiting.queuedOn(t)
+	if onA != a.url || onA2 != a.url {
+		t.Fatalf("jobs queued on %s and %s, want both on %s", onA, onA2, a.url)
+	}
+	it.f.setOut(b.url, false)
+	stop := it.f.Watch()
+	defer stop()
+
+	a.cut()
+	waitFor(t, func() bool { return !it.healthy(0) })
+	// The job waiting in a's queue now runs on b.
+	onB, movedID := waiting.queuedOn(t)
+	if onB != b.url {
+		t.Fatalf("the job taken back went to %s, want %s", onB, b.url)
+	}
+	waiting.image(t, b, movedID)
+
+	// a is reachable again: the client deletes the prompt it could not
+	// delete while a was cut off, before a gets to run it.
+	a.mend()
+	it.reconnect(t, 0)
+	waitFor(t, func() bool { return slices.Contains(a.fake.Deletes(), waitingID) })
+	if running.ended() {
+		t.Fatalf("the job executing on the backend taken out ended: %v", running.result(t).err)
+	}
+	h.release <- struct{}{}
+	running.image(t, a, runningID)
+	if it.f.Sample(context.Background(), a.url) != nil || !it.healthy(0) {
+		t.Fatal("a is not back in the farm")
+	}
+	if n := a.fake.QueueRemaining(); n != 0 {
+		t.Fatalf("a still has %d prompts to run: the job taken back would run there too", n)
+	}
+	select {
+	case <-a.fake.Done(waitingID):
+		t.Fatalf("the job taken back ran on a too")
+	default:
+	}
+	if slices.ContainsFunc(a.fake.Interrupts(), func(i comfyuitest.Interrupt) bool { return i.PromptID == runningID || i.PromptID == "" }) {
+		t.Fatalf("the running job was interrupted: %+v", a.fake.Interrupts())
 	}
 }
