@@ -11,6 +11,7 @@ package farm
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,8 +25,10 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/dispatch"
+	"github.com/sluicehq/sluice/rules"
 )
 
 // comfyBackend is a comfyuitest fake served through a listener the test
@@ -149,19 +152,20 @@ func (b *comfyBackend) lastWS() (up, ok bool) {
 	return b.wsUp[len(b.wsUp)-1], true
 }
 
-// gateStats makes /system_stats wait until the returned function is called;
+// gateStats makes /system_stats wait until the returned function is called
+// (once or more);
 // each request waiting announces itself on the returned channel.
 func (b *comfyBackend) gateStats() (<-chan struct{}, func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	gate, gated := make(chan struct{}), make(chan struct{}, 16)
 	b.gate, b.gated = gate, gated
-	return gated, func() {
+	return gated, sync.OnceFunc(func() {
 		b.mu.Lock()
 		b.gate = nil
 		b.mu.Unlock()
 		close(gate)
-	}
+	})
 }
 
 func (b *comfyBackend) failStats(fail bool) {
@@ -530,4 +534,192 @@ func TestIntegBackendOutLeavesRunningJobMovesQueuedOne(t *testing.T) {
 	if slices.ContainsFunc(a.fake.Interrupts(), func(i comfyuitest.Interrupt) bool { return i.PromptID == runningID || i.PromptID == "" }) {
 		t.Fatalf("the running job was interrupted: %+v", a.fake.Interrupts())
 	}
+}
+
+// TestIntegSlowStatsNeverTakesOut (issue 10 item 3): /system_stats
+// answering late, within the probe timeout, is healthy however often it
+// happens; only probes past the timeout count as failed, three of them in
+// a row taking the backend out.
+func TestIntegSlowStatsNeverTakesOut(t *testing.T) {
+	const timeout = 5 * time.Second
+	it := newInteg(t, Config{Slots: 1, Interval: time.Second, ProbeTimeout: timeout}, []comfyuitest.Options{{}})
+	b := it.backends[0]
+	// probe runs one probe whose answer waits until the farm's clock has
+	// moved by late, and returns its error.
+	probe := func(late time.Duration) error {
+		gated, release := b.gateStats()
+		defer release()
+		errc := make(chan error, 1)
+		go func() { errc <- it.f.Sample(context.Background(), b.url) }()
+		<-gated // the probe's timeout timer is set before its request
+		it.farmClk.Advance(late)
+		if late < timeout {
+			release()
+		}
+		return <-errc
+	}
+	for i := range 2 * failuresToTrip {
+		if err := probe(timeout - time.Millisecond); err != nil {
+			t.Fatalf("slow probe %d: %v", i, err)
+		}
+		if !it.healthy(0) {
+			t.Fatalf("slow probe %d took the backend out", i)
+		}
+	}
+	tr := track("192.0.2.1", 1).start(it.f)
+	_, id := tr.queuedOn(t)
+	tr.image(t, b, id)
+	// No answer within the timeout: a failure; the third in a row takes
+	// the backend out.
+	for i := range failuresToTrip {
+		if err := probe(timeout); !errors.Is(err, errProbeTimeout) {
+			t.Fatalf("probe %d past the timeout: %v", i, err)
+		}
+		if out := !it.healthy(0); out != (i == failuresToTrip-1) {
+			t.Fatalf("after %d probes past the timeout: out %v", i+1, out)
+		}
+	}
+}
+
+// TestIntegGPUPressurePerBackend (issue 10 item 4): with the real engine's
+// GPU rule, memory pressure on one backend's GPU (as its /system_stats
+// reports it) sends new jobs to the other; the engine admits them. With
+// both under pressure the engine refuses; a job admitted before waits and
+// runs on the first backend whose pressure ends.
+func TestIntegGPUPressurePerBackend(t *testing.T) {
+	docs, err := rules.Parse("gpu.yaml", []byte("gpu: {memory_used_ratio: 0.8}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	engClk := clock.NewFake(start) // the farm's clock stamps the samples: both stay at start
+	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/", Clock: engClk}, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	it := newInteg(t, Config{Slots: 1, Monitor: eng}, []comfyuitest.Options{{}, {}})
+	a, b := it.backends[0], it.backends[1]
+	ctx := context.Background()
+	sample := func(bk *comfyBackend) {
+		t.Helper()
+		if err := it.f.Sample(ctx, bk.url); err != nil {
+			t.Fatal(err)
+		}
+	}
+	call := engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1"}
+	admits := func() bool {
+		t.Helper()
+		tok, err := eng.Guard(ctx, call)
+		if err == nil {
+			tok.Exit(nil)
+			return true
+		}
+		var ref *engine.Refusal
+		if !errors.As(err, &ref) || ref.Kind != engine.KindGPU {
+			t.Fatalf("refused by %v, want the GPU rule", err)
+		}
+		return false
+	}
+	sample(a)
+	sample(b)
+	a.fake.SetVRAMUsed(0.95)
+	sample(a)
+	if st := it.f.Stats().Backends[it.index(0)]; !st.Pressure || !st.Healthy {
+		t.Fatalf("backend a at 95%% of its memory: %+v, want under pressure and healthy", st)
+	}
+	if !admits() {
+		t.Fatal("pressure on one backend of two refused a job")
+	}
+	for i := range 3 {
+		tr := track("192.0.2.1", int64(i)).start(it.f)
+		on, id := tr.queuedOn(t)
+		if on != b.url {
+			t.Fatalf("job %d went to %s, under pressure", i, on)
+		}
+		tr.image(t, b, id)
+	}
+	if n := len(a.fake.Prompts()); n != 0 {
+		t.Fatalf("the backend under pressure got %d prompts", n)
+	}
+
+	b.fake.SetVRAMUsed(0.9)
+	sample(b)
+	if admits() {
+		t.Fatal("every backend under pressure, and the engine admitted a job")
+	}
+	// A job admitted before the pressure waits for a backend without it.
+	waiting := track("192.0.2.2", 9).start(it.f)
+	waitFor(t, func() bool { return it.f.Stats().Queued == 1 })
+	a.fake.SetVRAMUsed(0.1)
+	sample(a)
+	on, id := waiting.queuedOn(t)
+	if on != a.url {
+		t.Fatalf("the waiting job went to %s, want %s (its pressure is over)", on, a.url)
+	}
+	waiting.image(t, a, id)
+	if !admits() {
+		t.Fatal("one backend free of pressure, and the engine refused")
+	}
+}
+
+// TestIntegWebSocketSignal (issue 10 items 3 and 5): the real client's
+// OnConnection reaches the farm, which probes the backend at once. A
+// broken WebSocket alone does not take the backend out, nor does one
+// failed probe alone; both together do. It is back once a probe succeeds
+// and its WebSocket is up again.
+func TestIntegWebSocketSignal(t *testing.T) {
+	it := newInteg(t, Config{Slots: 1}, []comfyuitest.Options{{}})
+	b := it.backends[0]
+	ctx := context.Background()
+	stop := it.f.Watch()
+	defer stop()
+	waitFor(t, func() bool { return b.stats.Load() >= 1 }) // the first probe
+	tr := track("192.0.2.1", 1).start(it.f)
+	_, id := tr.queuedOn(t)
+	tr.image(t, b, id)
+	if up, ok := b.lastWS(); !ok || !up {
+		t.Fatal("the client's WebSocket never reported up")
+	}
+	// One failed probe with the WebSocket up: still in.
+	b.failStats(true)
+	if it.f.Sample(ctx, b.url) == nil || !it.healthy(0) {
+		t.Fatal("one failed probe with the WebSocket up: want a failure, the backend still in")
+	}
+	b.failStats(false)
+	if it.f.Sample(ctx, b.url) != nil {
+		t.Fatal("probe failed")
+	}
+	// The WebSocket breaks and cannot reconnect: the farm probes at once;
+	// the probe answers, so the backend stays in.
+	probes := b.stats.Load()
+	b.wsRefuse.Store(true)
+	b.breakConns()
+	waitFor(t, func() bool { return b.stats.Load() > probes })
+	if it.f.Sample(ctx, b.url) != nil || !it.healthy(0) { // after the probe the break asked for
+		t.Fatal("a broken WebSocket alone took the backend out")
+	}
+	if up, _ := b.lastWS(); up {
+		t.Fatal("the client did not report its WebSocket down")
+	}
+	// A failed probe now takes it out.
+	b.failStats(true)
+	if it.f.Sample(ctx, b.url) == nil || it.healthy(0) {
+		t.Fatal("a failed probe with the WebSocket broken: want the backend out")
+	}
+	// Probes answer again, the WebSocket is still refused: still out.
+	b.failStats(false)
+	if it.f.Sample(ctx, b.url) != nil || it.healthy(0) {
+		t.Fatal("back in while its WebSocket is still broken")
+	}
+	b.wsRefuse.Store(false)
+	it.reconnect(t, 0)
+	waitFor(t, func() bool { return it.healthy(0) })
+	tr = track("192.0.2.1", 2).start(it.f)
+	_, id = tr.queuedOn(t)
+	tr.image(t, b, id)
 }
