@@ -723,3 +723,28 @@ func TestIntegWebSocketSignal(t *testing.T) {
 	_, id = tr.queuedOn(t)
 	tr.image(t, b, id)
 }
+
+// TestIntegOnlyBackendNeverBackRefusesAfterQueueWait (issue 10 item 2): a
+// job taken back from the only backend waits for it up to the queue wait
+// on the farm's clock, then is answered 503; nothing stays held.
+func TestIntegOnlyBackendNeverBackRefusesAfterQueueWait(t *testing.T) {
+	const wait = 30 * time.Second
+	it := newInteg(t, Config{Slots: 1, MaxWait: wait}, []comfyuitest.Options{{}})
+	stop := it.f.Watch()
+	defer stop()
+	b := it.backends[0]
+	b.fake.Pause()
+	tr := track("192.0.2.1", 1).start(it.f)
+	tr.queuedOn(t)
+	waitFor(t, func() bool { up, ok := b.lastWS(); return ok && up })
+	b.cut()
+	waitFor(t, func() bool { return !it.healthy(0) && it.f.Stats().Queued == 1 })
+	it.farmClk.Advance(wait - time.Second)
+	if tr.ended() {
+		t.Fatalf("refused before the queue wait: %v", tr.result(t).err)
+	}
+	it.farmClk.Advance(time.Second)
+	if o := tr.result(t); !isBusy(o.err) || !strings.Contains(o.err.Error(), "waited too long") {
+		t.Fatalf("after the queue wait: %v, want a 503 for waiting too long", o.err)
+	}
+}

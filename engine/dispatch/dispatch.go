@@ -44,8 +44,9 @@ type Config struct {
 	Clock clock.Clock
 	// After schedules f to run once after d and returns a function that
 	// cancels it, reporting whether it did, as time.AfterFunc(d, f).Stop
-	// does; nil means time.AfterFunc. It is called with the Dispatcher's
-	// lock held, so f must run later, on a goroutine of its own.
+	// does; nil means after d on Clock (time.AfterFunc for the system
+	// clock). It is called with the Dispatcher's lock held, so f must run
+	// later, on a goroutine of its own.
 	After func(d time.Duration, f func()) (stop func() bool)
 }
 
@@ -106,7 +107,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		tenants:   make(map[string]*tenant),
 	}
 	if d.after == nil {
-		d.after = func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+		d.after = afterOn(d.clock)
 	}
 	first := make(map[string]int, len(cfg.Backends))
 	for i, bc := range cfg.Backends {
@@ -476,4 +477,32 @@ func (d *Dispatcher) Stats() Stats {
 	}
 	slices.SortFunc(s.Tenants, func(a, b TenantStats) int { return cmp.Compare(a.Tenant, b.Tenant) })
 	return s
+}
+
+// afterOn is Config.After on c: time.AfterFunc for the system clock, a
+// goroutine waiting on c's timer otherwise (a fake clock in tests, so that
+// MaxWait passes when the test moves the time).
+func afterOn(c clock.Clock) func(time.Duration, func()) func() bool {
+	if _, ok := c.(clock.System); ok {
+		return func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+	}
+	return func(d time.Duration, f func()) func() bool {
+		fire, stop := clock.NewTimer(c, d)
+		cancel := make(chan struct{})
+		go func() {
+			select {
+			case <-fire:
+				f()
+			case <-cancel:
+			}
+		}()
+		var once sync.Once
+		return func() bool {
+			stopped := stop()
+			if stopped {
+				once.Do(func() { close(cancel) }) // the goroutine ends without running f
+			}
+			return stopped
+		}
+	}
 }
