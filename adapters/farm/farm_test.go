@@ -13,6 +13,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // twoBackends starts two fake ComfyUI servers with the given job time.
@@ -145,18 +146,35 @@ func TestJobOfBackendTakenOutRunsElsewhere(t *testing.T) {
 		c := comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond}
 		clients, servers = append(clients, c), append(servers, srv)
 	}
-	f, err := New(Config{Backends: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 2, MaxWait: 30 * time.Second})
+	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	f, err := New(Config{Backends: clients, Slots: 1, MaxQueue: 64, TenantInFlight: 2, MaxWait: 30 * time.Second, Clock: clk, Stall: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	done := make(chan error)
 	go func() {
 		_, err := f.Run(context.Background(), generate("192.0.2.1"))
 		done <- err
 	}()
 	first := <-started // the job runs on one backend ...
+	// ... the farm knows it runs there (else taking the backend out would
+	// merely take it back, as a job not started) ...
+	m := f.members[first]
+	waitFor(t, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for a := range m.jobs {
+			return a.started
+		}
+		return false
+	})
+	// ... and the backend is taken out: the job, showing no progress there
+	// for Config.Stall, is interrupted there and runs on the other.
 	f.setOut(first, true)
-	second := <-started // ... which is taken out: it runs on the other
+	clk.Advance(time.Minute)
+	f.probed(m, errors.New("connection refused"))
+	second := <-started
 	if err := <-done; err != nil {
 		t.Fatalf("the job did not finish elsewhere: %v", err)
 	}
