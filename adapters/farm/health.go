@@ -104,7 +104,12 @@ func (f *Farm) probe(ctx context.Context, m *member) error {
 	}
 	if f.monitor != nil {
 		f.monitor.ReportGPUs("comfyui "+m.name, gpus, err)
-		f.pressure(m, err == nil && f.monitor.BackendPressure(m.name))
+		// A failed probe says nothing about the GPU: a backend under
+		// pressure stays so (a loaded GPU answers late) until a probe
+		// reads its memory again.
+		if err == nil {
+			f.pressure(m, f.monitor.BackendPressure(m.name))
+		}
 	}
 	f.probed(m, err)
 	return err

@@ -222,3 +222,33 @@ func TestWatchProbesEveryIntervalAndOnKick(t *testing.T) {
 		t.Fatal("probed before the interval")
 	}
 }
+
+// TestFailedProbeKeepsPressure: a probe that fails (a GPU under pressure
+// answers late) does not lift the backend's pressure, which would send it
+// new jobs again; the next probe that reads its memory decides.
+func TestFailedProbeKeepsPressure(t *testing.T) {
+	mon := &fakeMonitor{}
+	f, bs, _ := fakeFarm(t, Config{Slots: 1, TenantInFlight: 4, Monitor: mon}, 2)
+	ctx := context.Background()
+	mon.set("a", true)
+	if err := f.Sample(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	bs[0].setGPUs(func(context.Context) ([]engine.GPU, error) { return nil, errors.New("no answer within the probe timeout") })
+	mon.set("a", false) // what an engine says of a backend with no sample
+	if err := f.Sample(ctx, "a"); err == nil {
+		t.Fatal("the probe did not fail")
+	}
+	if st := f.Stats().Backends[0]; !st.Pressure || !st.Healthy {
+		t.Fatalf("a after one failed probe: %+v, want still under pressure and healthy", st)
+	}
+	errc := runAsync(f, ctx, generate("192.0.2.1"))
+	bs[1].next(t).finish(nil) // b, though a is free
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	bs[0].setGPUs(nil)
+	if err := f.Sample(ctx, "a"); err != nil || f.Stats().Backends[0].Pressure {
+		t.Fatalf("a probe reading a's memory again: %v, pressure %v", err, f.Stats().Backends[0].Pressure)
+	}
+}
