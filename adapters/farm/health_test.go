@@ -234,7 +234,9 @@ func TestFailedProbeKeepsPressure(t *testing.T) {
 	if err := f.Sample(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	bs[0].setGPUs(func(context.Context) ([]engine.GPU, error) { return nil, errors.New("no answer within the probe timeout") })
+	bs[0].setGPUs(func(context.Context) ([]engine.GPU, error) {
+		return nil, errors.New("no answer within the probe timeout")
+	})
 	mon.set("a", false) // what an engine says of a backend with no sample
 	if err := f.Sample(ctx, "a"); err == nil {
 		t.Fatal("the probe did not fail")
