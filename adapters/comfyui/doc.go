@@ -18,7 +18,10 @@
 // Refusals and failures come back as typed errors: *PromptError (a 400 from
 // /prompt with its node_errors), *ExecutionError (execution_error),
 // ErrInterrupted, ErrPromptLost and *HTTPError. A caller that gives up (its
-// context ends) has its prompt removed from the queue and interrupted.
+// context ends) has its prompt removed from the queue and interrupted; when
+// the server cannot be reached then, the prompt is removed at the
+// WebSocket's next greeting, so that a job a farm moved to another backend
+// does not also run on this one once it is reachable again.
 //
 // The workflow templates for ddcolor_person, ddcolor_building and
 // zimage_generate are embedded (DefaultWorkflows); LoadWorkflows reads a
