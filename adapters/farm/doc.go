@@ -12,7 +12,9 @@
 // slow answer within the timeout is healthy. Three failed probes in a row,
 // or a broken WebSocket (comfyui.Config.OnConnection) confirmed by one
 // failed probe, take a backend out; its first successful probe with its
-// WebSocket up puts it back.
+// WebSocket up puts it back, as do three successful probes in a row with
+// its WebSocket still broken (a backend reached through a proxy without
+// WebSocket support is followed by polling).
 //
 // Taking a backend out never interrupts a job executing there that shows
 // progress. Jobs not yet executing there are removed from that ComfyUI's

@@ -98,11 +98,12 @@ type member struct {
 	probeMu sync.Mutex // one probe at a time
 
 	// Guarded by Farm.mu.
-	out      bool
-	failures int  // failed probes in a row
-	wsDown   bool // its client's WebSocket is broken
-	pressure bool // its GPU is under pressure
-	jobs     map[*active]struct{}
+	out       bool
+	failures  int  // failed probes in a row
+	successes int  // probes in a row that succeeded
+	wsDown    bool // its client's WebSocket is broken
+	pressure  bool // its GPU is under pressure
+	jobs      map[*active]struct{}
 }
 
 // active is a job holding a slot on a member.

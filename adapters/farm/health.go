@@ -22,7 +22,11 @@ import (
 //     the farm probe at once);
 //   - it is put back in at its first probe that succeeds while its
 //     WebSocket is not broken (or when the WebSocket reconnects after a
-//     probe that succeeded).
+//     probe that succeeded), or after failuresToTrip probes in a row that
+//     succeed while its WebSocket stays broken: a backend whose WebSocket
+//     cannot connect at all (a proxy without WebSocket support) serves jobs
+//     through /history polling, and one failed probe must not keep it out
+//     for good.
 //
 // Taking a backend out stops new jobs going to it (dispatch.SetHealthy) and
 // pulls back the jobs not yet executing there (see Farm.Run); it never
@@ -137,12 +141,14 @@ func (f *Farm) probed(m *member, err error) {
 	defer f.mu.Unlock()
 	if err != nil {
 		m.failures++
+		m.successes = 0
 		if !m.out && (m.failures >= failuresToTrip || m.wsDown) {
 			f.takeOutLocked(m, err)
 		}
 	} else {
 		m.failures = 0
-		if m.out && !m.wsDown {
+		m.successes++
+		if m.out && (!m.wsDown || m.successes >= failuresToTrip) {
 			f.putBackLocked(m)
 		}
 	}

@@ -254,3 +254,35 @@ func TestFailedProbeKeepsPressure(t *testing.T) {
 		t.Fatalf("a probe reading a's memory again: %v, pressure %v", err, f.Stats().Backends[0].Pressure)
 	}
 }
+
+// TestBackendWithoutWebSocketComesBack: a backend whose WebSocket cannot
+// connect at all (jobs there are followed by polling) is taken out by one
+// failed probe, as the rule says, and put back after three probes in a row
+// that succeed, instead of staying out for good.
+func TestBackendWithoutWebSocketComesBack(t *testing.T) {
+	f, _, _ := fakeFarm(t, Config{Slots: 1}, 1)
+	m := f.members["a"]
+	f.connection("a", false, errors.New("websocket: bad handshake"))
+	f.probed(m, errors.New("connection refused"))
+	healthy := func() bool { return f.Stats().Backends[0].Healthy }
+	if healthy() {
+		t.Fatal("a failed probe with the WebSocket broken: still in")
+	}
+	for i := range failuresToTrip - 1 {
+		f.probed(m, nil)
+		if healthy() {
+			t.Fatalf("back after %d probes with its WebSocket broken", i+1)
+		}
+	}
+	f.probed(m, errors.New("connection refused")) // the count starts again
+	for range failuresToTrip - 1 {
+		f.probed(m, nil)
+	}
+	if healthy() {
+		t.Fatal("back after probes that were not in a row")
+	}
+	f.probed(m, nil)
+	if !healthy() {
+		t.Fatalf("still out after %d probes in a row that succeeded", failuresToTrip)
+	}
+}
