@@ -334,7 +334,7 @@ func (tr *tracked) image(t *testing.T, b *comfyBackend, promptID string) {
 	}
 }
 
-// noneRunning waits for nothing: it reports whether tr has ended yet.
+// ended reports, without waiting, whether tr has ended yet.
 func (tr *tracked) ended() bool {
 	select {
 	case o := <-tr.done:
