@@ -13,6 +13,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // deadlineCtx is a context whose deadline passes when the test says so: a
@@ -50,6 +51,7 @@ func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 		f       *Farm
 		backend string
 		started <-chan struct{} // the first prompt runs on ComfyUI
+		clk     *clock.Fake     // the farm's
 	}
 	cases := []struct {
 		name string
@@ -101,6 +103,12 @@ func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 			go func() {
 				<-e.started
 				e.f.setOut(e.backend, true)
+				// Had the farm seen the job start before, it is left there
+				// until it stalls: it shows no progress for Stall.
+				e.clk.Advance(DefaultStall)
+				e.f.mu.Lock()
+				e.f.sweepLocked(e.f.members[e.backend])
+				e.f.mu.Unlock()
 				for e.f.Stats().Queued != 1 {
 					runtime.Gosched()
 				}
@@ -145,11 +153,13 @@ func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 			})
 			t.Cleanup(srv.Close)
 			c := comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond}
-			f, err := New(Config{Backends: []comfyui.Config{c}, Slots: 1, MaxQueue: 64, TenantInFlight: 1, MaxWait: 30 * time.Second})
+			clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+			f, err := New(Config{Backends: []comfyui.Config{c}, Slots: 1, MaxQueue: 64, TenantInFlight: 1, MaxWait: 30 * time.Second, Clock: clk})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := tc.run(env{f: f, backend: c.BaseURL, started: started}, generate("192.0.2.1")); err != nil {
+			defer f.Close()
+			if err := tc.run(env{f: f, backend: c.BaseURL, started: started, clk: clk}, generate("192.0.2.1")); err != nil {
 				t.Fatal(err)
 			}
 			st := f.d.Stats()
