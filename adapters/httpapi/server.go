@@ -41,6 +41,13 @@ type Job struct {
 	// with a function telling its place in the queue (0 once it no longer
 	// waits).
 	OnQueued func(position func() int)
+	// OnPosition, if set, is told the job's place in its backend's own
+	// queue (1: next to run) when it changes: the Runner passes it on to
+	// comfyui.Job.OnQueuePosition.
+	OnPosition func(position int)
+	// OnRunning, if set, is called once, when the job's prompt starts
+	// executing: the Runner passes it on to comfyui.Job.OnRunning.
+	OnRunning func()
 }
 
 // Prechecker is a Runner that can tell, before an async job is accepted,

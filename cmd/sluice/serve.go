@@ -273,7 +273,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
-	async, err := startJobs(ctx, f, rs, clients, eng, backends, log)
+	async, restoreJobs, err := startJobs(ctx, f, rs, clients, eng, backends, log)
 	if err != nil {
 		return err
 	}
@@ -301,6 +301,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	restoreJobs(api.Resume) // before serving: recovered jobs hold their slots first
 	if err := dashboardapi.Register(api.Router(), dashboardapi.Config{
 		Engine:       eng,
 		Source:       rs.desc,

@@ -153,24 +153,30 @@ func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, er
 }
 
 // startJobs makes the async jobs' manager: records in etcd beside the
-// rules, results in --results-dir. It restores the jobs of the gateway
-// before it: those that were running on a backend still configured are
-// followed there to their end, each within --job-timeout, holding, from
-// before startJobs returns until they end, a slot on that backend and an
-// admission token as any job does (see claimRecovered). etcd not answering
-// is logged, not fatal: the gateway serves and saves what it can.
-func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm, log *slog.Logger) (*jobs.Manager, error) {
+// rules, results and the journal of unfinished jobs (their inputs) in
+// --results-dir. The restore function it returns, called once the HTTP API
+// exists and before it serves, takes up the jobs of the gateway before
+// this one: those that were submitted to or running on a backend still
+// configured are followed there to their end, each within --job-timeout,
+// holding, from before restore returns until they end, a slot on that
+// backend and an admission token as any job does (see claimRecovered);
+// those that were still waiting for a slot are queued again from their
+// journaled input by resume. etcd not answering is logged, not fatal: the
+// gateway serves, accepts async jobs into the journal, and writes their
+// records when etcd is back.
+func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm, log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
 	results, err := jobs.NewDirResults(f.resultsDir)
 	if err != nil {
-		return nil, fmt.Errorf("--results-dir: %w", err)
+		return nil, nil, fmt.Errorf("--results-dir: %w", err)
 	}
 	notify, err := webhookNotifier(f.webhookSecret, f.webhookAllowPrivate, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	m := jobs.New(jobs.Config{
 		Store:    etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout),
 		Results:  results,
+		Journal:  results,
 		Logger:   log,
 		OnFinish: notify,
 	})
@@ -194,10 +200,12 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		jl.Info("async job recovered after restart")
 		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
 	}
-	if err := m.Restore(ctx, follow, claimRecovered(eng, backends, log)); err != nil {
-		log.Error("async jobs of the last run not restored", slog.Any("error", err))
+	restore := func(resume jobs.ResumeFunc) {
+		if err := m.Restore(ctx, follow, claimRecovered(eng, backends, log), resume); err != nil {
+			log.Error("async jobs of the last run not restored", slog.Any("error", err))
+		}
 	}
-	return m, nil
+	return m, restore, nil
 }
 
 // claimRecovered makes a recovered job hold what a job running on a
