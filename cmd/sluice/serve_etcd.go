@@ -188,8 +188,9 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		jl := log.With(slog.String("job", j.ID), slog.String("backend", j.Backend), slog.String("prompt_id", j.PromptID))
 		c, ok := byURL[j.Backend]
 		if !ok {
-			jl.Warn("async job not recovered: its backend is no longer configured")
-			return jobs.Result{}, errors.New("lost at restart: its backend is no longer configured")
+			jl.Warn("async job not followed: its backend is no longer configured")
+			// Run again elsewhere from its kept input when there is one.
+			return jobs.Result{}, fmt.Errorf("lost at restart: its backend is no longer configured: %w", jobs.ErrRerun)
 		}
 		ctx, cancel := context.WithTimeout(ctx, f.jobTimeout)
 		defer cancel()

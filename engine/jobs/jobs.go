@@ -949,23 +949,42 @@ func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFu
 		if claim != nil {
 			release = claim(job)
 		}
-		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, _ Report) (res Result, err error) {
-			if release != nil {
-				ended := false
-				defer func() {
-					if !ended {
-						err = ErrPanicked // follow panicked; m.call recovers
-					}
-					release(err)
-				}()
-				res, err = follow(ctx, job)
-				ended = true
-				return res, err
+		input, rerun := inputs[job.ID].input, resume != nil && inputs[job.ID].input != nil
+		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, report Report) (Result, error) {
+			res, err := followClaimed(ctx, job, follow, release)
+			if err != nil && rerun && errors.Is(err, ErrRerun) && ctx.Err() == nil {
+				m.cfg.Logger.Warn("jobs: restored job gone from its backend; run again from its kept input",
+					slog.String("job", job.ID), slog.String("backend", job.Backend), slog.Any("error", err))
+				return resume(ctx, job, input, report)
 			}
-			return follow(ctx, job)
+			return res, err
 		})
 	}
 	return nil
+}
+
+// ErrRerun is wrapped by the error of a RecoverFunc when the job's backend
+// no longer has the job (the backend was restarted, or is no longer
+// configured) and it never ran to its end there: Restore then runs the job
+// again from its journaled input, when it has one and a ResumeFunc.
+var ErrRerun = errors.New("jobs: the job is gone from its backend")
+
+// followClaimed follows job, releasing its claim once follow has returned
+// (with ErrPanicked if it panicked; m.call recovers).
+func followClaimed(ctx context.Context, job Job, follow RecoverFunc, release func(error)) (res Result, err error) {
+	if release == nil {
+		return follow(ctx, job)
+	}
+	ended := false
+	defer func() {
+		if !ended {
+			err = ErrPanicked
+		}
+		release(err)
+	}()
+	res, err = follow(ctx, job)
+	ended = true
+	return res, err
 }
 
 // journaledInput is a journal entry as Restore reads it: the job's input,

@@ -3,6 +3,8 @@ package jobs_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/sluicehq/sluice/engine/jobs"
@@ -148,5 +150,54 @@ func TestRestoreWithoutResumeLosesQueued(t *testing.T) {
 	}
 	if left, _ := journal.Inputs(); len(left) != 0 {
 		t.Errorf("journal entries left: %d", len(left))
+	}
+}
+
+// TestJobGoneFromItsBackendRunsAgain: a job that had reached a backend
+// which no longer knows it after the restart (the built-in simulator
+// restarted, a ComfyUI that lost its queue) is run again from its kept
+// input, after its claim on that backend is released.
+func TestJobGoneFromItsBackendRunsAgain(t *testing.T) {
+	store := newMemStore()
+	journal, err := jobs.NewDirResults(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := jobs.New(jobs.Config{Store: store, Journal: journal})
+	submitted := make(chan struct{})
+	job, err := first.Submit(jobs.Spec{Input: []byte("img")}, func(ctx context.Context, rep jobs.Report) (jobs.Result, error) {
+		rep.Started("http://127.0.0.1:8188", "p1")
+		close(submitted)
+		<-ctx.Done()
+		return jobs.Result{}, context.Cause(ctx)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-submitted
+	first.Close()
+
+	var order []string
+	m := newManager(t, jobs.Config{Store: store, Journal: journal})
+	err = m.Restore(context.Background(), func(ctx context.Context, j jobs.Job) (jobs.Result, error) {
+		order = append(order, "follow "+j.PromptID)
+		return jobs.Result{}, fmt.Errorf("prompt %s: %w", j.PromptID, jobs.ErrRerun)
+	}, func(jobs.Job) func(error) {
+		order = append(order, "claim")
+		return func(error) { order = append(order, "release") }
+	}, func(ctx context.Context, j jobs.Job, input []byte, rep jobs.Report) (jobs.Result, error) {
+		order = append(order, "resume "+string(input))
+		rep.Started("http://127.0.0.1:8188", "p2")
+		return jobs.Result{PromptID: "p2", Data: []byte("out")}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := wait(t, m, job.ID)
+	if end.State != jobs.Succeeded || end.PromptID != "p2" {
+		t.Fatalf("job %s (%s) prompt %s", end.State, end.Error, end.PromptID)
+	}
+	if got := strings.Join(order, ", "); got != "claim, follow p1, release, resume img" {
+		t.Errorf("order: %s", got)
 	}
 }
