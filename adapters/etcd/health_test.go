@@ -179,4 +179,3 @@ func TestNoSpaceAlarm(t *testing.T) {
 		t.Fatalf("past the quota: nospace %v, %v", m.NoSpace(), err)
 	}
 }
-

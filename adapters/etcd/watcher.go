@@ -97,16 +97,16 @@ type Rejection struct {
 // NewWatcher makes a watcher; Run starts it.
 func NewWatcher(cfg WatcherConfig) *Watcher {
 	w := &Watcher{
-		store:   cfg.Store,
-		eng:     cfg.Engine,
-		log:     cfg.Logger,
-		clock:   clock.Or(cfg.Clock),
+		store:    cfg.Store,
+		eng:      cfg.Engine,
+		log:      cfg.Logger,
+		clock:    clock.Or(cfg.Clock),
 		min:      cfg.MinBackoff,
 		max:      cfg.MaxBackoff,
 		interval: cfg.ProgressInterval,
 		window:   cfg.SilenceWindow,
-		changed: make(chan struct{}),
-		ready:   make(chan struct{}),
+		changed:  make(chan struct{}),
+		ready:    make(chan struct{}),
 	}
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
