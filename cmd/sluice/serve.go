@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
@@ -61,6 +62,9 @@ type serveFlags struct {
 	etcdListen string
 	dataDir    string
 	resultsDir string
+
+	watchProgress time.Duration
+	jobRetention  time.Duration
 
 	webhookSecret       string
 	webhookAllowPrivate bool
@@ -112,6 +116,8 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.etcd.commandTimeout, "etcd-timeout", 5*time.Second, "time an etcd request may take")
 	fs.StringVar(&f.etcdListen, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
 	fs.StringVar(&f.dataDir, "data-dir", ".sluice", "folder for the embedded etcd's data")
+	fs.DurationVar(&f.watchProgress, "etcd-watch-progress", 5*time.Second, "how often a quiet rule watch asks etcd for progress; heard nothing for 3 times this, /readyz says not ready (the rules may be stale)")
+	fs.DurationVar(&f.jobRetention, "job-retention", etcd.DefaultJobRetention, "how long etcd keeps a finished async job's record (it expires by lease)")
 	fs.StringVar(&f.resultsDir, "results-dir", "", "folder for the results of async jobs, their records living in etcd (default DATA-DIR/results)")
 	fs.StringVar(&f.webhookSecret, "webhook-secret", "", "whsec_… secret that signs async jobs' webhooks (or $SLUICE_WEBHOOK_SECRET; none: no webhooks)")
 	fs.BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", false, "let webhooks reach loopback and private addresses")

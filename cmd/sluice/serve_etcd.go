@@ -26,6 +26,7 @@ type ruleSource struct {
 	embedded *etcd.Embedded
 	store    *etcd.Store
 	watcher  *etcd.Watcher
+	alarms   *etcd.AlarmMonitor
 	desc     string
 	stop     context.CancelFunc
 	done     chan struct{}
@@ -41,7 +42,7 @@ func startRules(ctx context.Context, f *serveFlags, seed *rules.Set, seedSource 
 	cc := f.etcd.clientConfig()
 	if f.etcd.endpoints == "" {
 		dir := filepath.Join(f.dataDir, "etcd")
-		e, err := etcd.StartEmbedded(etcd.EmbeddedConfig{Dir: dir, ClientURL: f.etcdListen, Logger: log})
+		e, err := etcd.StartEmbedded(etcd.EmbeddedConfig{Dir: dir, ClientURL: f.etcdListen, Logger: log, ProgressNotifyInterval: f.watchProgress})
 		if err != nil {
 			return nil, fmt.Errorf("%w (another sluice or etcd on %s? use --etcd-listen or --etcd-endpoints)", err, f.etcdListen)
 		}
@@ -69,11 +70,18 @@ func startRules(ctx context.Context, f *serveFlags, seed *rules.Set, seedSource 
 		log.Info("rules come from etcd; --rules was not needed", slog.String("prefix", rs.store.Prefix()))
 	}
 
-	rs.watcher = etcd.NewWatcher(etcd.WatcherConfig{Store: rs.store, Engine: eng, Logger: log})
+	rs.watcher = etcd.NewWatcher(etcd.WatcherConfig{Store: rs.store, Engine: eng, Logger: log, ProgressInterval: f.watchProgress})
+	rs.alarms = etcd.NewAlarmMonitor(client, 0, f.etcd.commandTimeout, nil, log)
 	wctx, stop := context.WithCancel(context.Background())
 	rs.stop = stop
+	alarmsDone := make(chan struct{})
+	go func() {
+		defer close(alarmsDone)
+		rs.alarms.Run(wctx)
+	}()
 	go func() {
 		defer close(rs.done)
+		defer func() { <-alarmsDone }()
 		rs.watcher.Run(wctx)
 	}()
 	select {
@@ -99,13 +107,19 @@ func (rs *ruleSource) closeEmbedded() {
 	}
 }
 
+// ready says whether the gateway may take traffic: the rules have come
+// from etcd, the watcher has heard from etcd within its silence window (a
+// half-open connection or an etcd gone leaves the rules in force as they
+// were, maybe stale: they are still enforced, but the gateway is not
+// ready), and etcd is not out of space.
 func (rs *ruleSource) ready() bool {
 	select {
 	case <-rs.watcher.Ready():
-		return true
 	default:
 		return false
 	}
+	live, _ := rs.watcher.Live()
+	return live && !rs.alarms.NoSpace()
 }
 
 func (rs *ruleSource) status() dashboardapi.RulesStatus {
@@ -174,7 +188,7 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		return nil, nil, err
 	}
 	m := jobs.New(jobs.Config{
-		Store:    etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout),
+		Store:    etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout).WithRetention(f.jobRetention),
 		Results:  results,
 		Journal:  results,
 		Logger:   log,
