@@ -5,7 +5,7 @@ PKGS    := ./...
 BIN     := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build bench bench-overload bench-abuse fuzz lint clean
+.PHONY: run test build build-nonvml bench bench-overload bench-abuse fuzz lint clean
 
 ## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
 run:
@@ -15,9 +15,16 @@ run:
 test: lint
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
-## build: a static binary in bin/
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+## build: the release binary in bin/, with cgo so that it reads NVIDIA GPUs through NVML (go-nvml loads libnvidia-ml.so.1 at run time: it starts on hosts without a driver too); needs a C compiler
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/sluice
+	@cc=$$($(GO) env CC); command -v $${cc%% *} >/dev/null || { echo "make build needs a C compiler ($$cc) for NVML: install gcc, or run make build-nonvml"; exit 1; }
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
+
+## build-nonvml: a static binary in bin/ without NVML (CGO_ENABLED=0, no C compiler needed); GPU memory then comes from ComfyUI's /system_stats only
+build-nonvml:
+	CGO_ENABLED=0 $(GO) build -trimpath -tags nonvml -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
 
 ## bench: the engine, route and rule-update benchmarks quoted in the README
 bench:
@@ -37,6 +44,7 @@ bench-abuse:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./rules
 	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime 30s ./adapters/httpapi/imageinput
+	$(GO) test -run '^$$' -fuzz FuzzParseSidecar -fuzztime 30s ./adapters/comfyui
 	$(GO) test -run '^$$' -fuzz FuzzAppendJSON -fuzztime 30s ./adapters/httpapi/problem
 	$(GO) test -run '^$$' -fuzz FuzzDecodeObject -fuzztime 30s ./adapters/httpapi/problem
 

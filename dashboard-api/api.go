@@ -53,6 +53,15 @@ type Config struct {
 	// configured it is refused (403), since pushing the memory up refuses
 	// every client's jobs.
 	Simulator Simulator
+	// Build says which binary runs; GET /api/system shows it as "build".
+	Build Build
+}
+
+// Build names the running binary: its version and whether it reads NVIDIA
+// GPUs through NVML ("cgo") or was built without ("nonvml").
+type Build struct {
+	Version string `json:"version"`
+	NVML    string `json:"nvml"`
 }
 
 // Simulator is the built-in ComfyUI simulator's GPU memory.
@@ -306,7 +315,7 @@ func (a *api) resources(c *gin.Context) {
 func backendsBody(st dispatch.Stats) gin.H {
 	backends := make([]gin.H, 0, len(st.Backends))
 	for _, b := range st.Backends {
-		backends = append(backends, gin.H{"name": b.Name, "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "started_total": b.Started})
+		backends = append(backends, gin.H{"name": b.Name, "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "gpu_pressure": b.Pressure, "started_total": b.Started})
 	}
 	tenants := make([]gin.H, 0, len(st.Tenants))
 	for _, t := range st.Tenants {
@@ -316,9 +325,12 @@ func backendsBody(st dispatch.Stats) gin.H {
 }
 
 // system shows the machine's CPU and load, every GPU with its source,
-// memory and utilisation, and the GPU rule's pressure state.
+// memory and utilisation, the GPU rule's pressure state, and the build.
 func (a *api) system(c *gin.Context) {
-	c.JSON(http.StatusOK, a.cfg.Engine.System())
+	c.JSON(http.StatusOK, struct {
+		engine.SystemStatus
+		Build Build `json:"build"`
+	}{a.cfg.Engine.System(), a.cfg.Build})
 }
 
 func (a *api) blocked(c *gin.Context) {

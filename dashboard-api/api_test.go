@@ -517,6 +517,9 @@ func TestSystemEndpoint(t *testing.T) {
 	defer eng.Close()
 	eng.ReportGPUs("comfyui http://gpu-1:8188", []engine.GPU{{ID: "http://gpu-1:8188#0", Source: "comfyui", Backend: "http://gpu-1:8188",
 		MemoryUsed: 15 << 30, MemoryTotal: 16 << 30, Utilization: -1, SampledAt: time.Now()}}, nil)
+	// A CPU-only ComfyUI: its device is shown apart, never as a GPU.
+	eng.ReportGPUs("comfyui http://cpu-1:8188", []engine.GPU{{ID: "http://cpu-1:8188#cpu", Source: "comfyui", Backend: "http://cpu-1:8188",
+		Type: "cpu", Index: -1, Name: "cpu", MemoryUsed: 31 << 30, MemoryTotal: 32 << 30, Utilization: -1, SampledAt: time.Now()}}, nil)
 	r := gin.New()
 	if err := dashboardapi.Register(r, dashboardapi.Config{Engine: eng}); err != nil {
 		t.Fatal(err)
@@ -530,17 +533,24 @@ func TestSystemEndpoint(t *testing.T) {
 			Ratio    float64 `json:"memory_used_ratio"`
 			Pressure bool    `json:"pressure"`
 		} `json:"gpus"`
+		CPUDevices []struct {
+			ID   string `json:"id"`
+			Type string `json:"type"`
+		} `json:"cpu_devices"`
 		Pressure struct {
-			Active  bool     `json:"active"`
-			Action  string   `json:"action"`
-			Devices []string `json:"devices"`
+			Active   bool     `json:"active"`
+			Action   string   `json:"action"`
+			Devices  []string `json:"devices"`
+			Backends []string `json:"backends"`
 		} `json:"gpu_pressure"`
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &sys); err != nil || rec.Code != 200 {
 		t.Fatalf("%d %v %s", rec.Code, err, rec.Body)
 	}
 	if len(sys.GPUs) != 1 || sys.GPUs[0].Source != "comfyui" || sys.GPUs[0].Ratio != 0.9375 || !sys.GPUs[0].Pressure ||
-		!sys.Pressure.Active || sys.Pressure.Action != "reject" || sys.Pressure.Devices[0] != "http://gpu-1:8188#0" {
+		len(sys.CPUDevices) != 1 || sys.CPUDevices[0].Type != "cpu" ||
+		!sys.Pressure.Active || sys.Pressure.Action != "reject" || sys.Pressure.Devices[0] != "http://gpu-1:8188#0" ||
+		len(sys.Pressure.Backends) != 1 || sys.Pressure.Backends[0] != "http://gpu-1:8188" {
 		t.Fatalf("/api/system: %s", rec.Body)
 	}
 }

@@ -22,7 +22,13 @@ type GPU struct {
 	// /system_stats).
 	Source string `json:"source"`
 	// Backend is the ComfyUI base URL of a remote GPU.
-	Backend     string `json:"backend,omitempty"`
+	Backend string `json:"backend,omitempty"`
+	// Type is the device type a ComfyUI backend reports ("cuda", "cpu",
+	// ...); "" from NVML. A "cpu" device (a CPU-only ComfyUI, its memory
+	// the host's RAM) is shown apart, in SystemStatus.CPUDevices, and never
+	// counts as a GPU.
+	Type string `json:"type,omitempty"`
+	// Index is the device's index on its host; -1 when it has none (a CPU).
 	Index       int    `json:"index"`
 	Name        string `json:"name"`
 	MemoryUsed  uint64 `json:"memory_used_bytes"`
@@ -59,18 +65,27 @@ type GPUPressure struct {
 	// Factor scales flow thresholds while a tighten pressure is active; 1
 	// otherwise.
 	Factor float64 `json:"factor"`
-	// Devices lists the GPUs under pressure.
+	// Devices lists the GPUs under pressure, whether or not the pressure
+	// is active.
 	Devices []string `json:"devices"`
+	// Backends lists the ComfyUI backends with a GPU under pressure: the
+	// farm sends them no new job. The pressure is active, and refuses or
+	// tightens admission, only when a GPU of this host (NVML) is under
+	// pressure or every backend with a fresh sample is.
+	Backends []string `json:"backends"`
 }
 
 // SystemStatus is the machine and the GPUs as the engine sees them.
 type SystemStatus struct {
 	CPUUsage float64 `json:"cpu_usage"`
 	// Load1 is the 1-minute load average; -1 before the first sample.
-	Load1    float64     `json:"load1"`
-	GPUs     []GPUStatus `json:"gpus"`
-	Sources  []GPUSource `json:"gpu_sources"`
-	Pressure GPUPressure `json:"gpu_pressure"`
+	Load1 float64     `json:"load1"`
+	GPUs  []GPUStatus `json:"gpus"`
+	// CPUDevices are the devices backends report that are CPUs: shown,
+	// never counted as GPUs.
+	CPUDevices []GPU       `json:"cpu_devices"`
+	Sources    []GPUSource `json:"gpu_sources"`
+	Pressure   GPUPressure `json:"gpu_pressure"`
 }
 
 // gpuStaleAfter is how old a GPU sample may be and still count: a source
@@ -88,6 +103,7 @@ type gpus struct {
 
 type gpuSourceState struct {
 	gpus    []GPU
+	cpus    []GPU // devices of type "cpu"
 	err     error
 	updated time.Time
 }
@@ -99,6 +115,8 @@ type gpuPressure struct {
 	factor  float64
 	rule    *ownRule
 	devices []string
+	// backends are the ComfyUI backends with a GPU under pressure.
+	backends map[string]bool
 }
 
 // ReportGPUs records a source's latest sample and re-evaluates the GPU
@@ -110,7 +128,13 @@ func (e *Engine) ReportGPUs(source string, sample []GPU, err error) {
 	defer e.gpu.mu.Unlock()
 	st := &gpuSourceState{err: err, updated: e.clock.Now()}
 	if err == nil {
-		st.gpus = slices.Clone(sample)
+		for _, g := range sample {
+			if g.Type == "cpu" {
+				st.cpus = append(st.cpus, g)
+			} else {
+				st.gpus = append(st.gpus, g)
+			}
+		}
 	}
 	e.gpu.sources[source] = st
 	e.evaluateGPUsLocked(e.state.Load())
@@ -182,6 +206,9 @@ func (e *Engine) evaluateGPUsLocked(st *state) {
 	rule := st.set.GPU
 	now := e.clock.Now()
 	var pressed []string
+	hostPressed := false
+	seen := make(map[string]bool)     // backends with a fresh sample
+	backends := make(map[string]bool) // backends with a GPU under pressure
 	if rule != nil {
 		for _, name := range sortedSources(e.gpu.sources) {
 			for _, g := range e.gpu.sources[name].gpus {
@@ -190,8 +217,17 @@ func (e *Engine) evaluateGPUsLocked(st *state) {
 				}
 				in := underPressure(gpuThresholds(rule, g), g, e.gpu.inPress[g.ID])
 				e.gpu.inPress[g.ID] = in
-				if in {
-					pressed = append(pressed, g.ID)
+				if g.Backend != "" {
+					seen[g.Backend] = true
+				}
+				if !in {
+					continue
+				}
+				pressed = append(pressed, g.ID)
+				if g.Backend != "" {
+					backends[g.Backend] = true
+				} else {
+					hostPressed = true
 				}
 			}
 		}
@@ -202,8 +238,11 @@ func (e *Engine) evaluateGPUsLocked(st *state) {
 		}
 	}
 	prev := e.gpu.pressure.Load()
-	active := len(pressed) > 0
-	p := &gpuPressure{active: active, factor: 1, devices: pressed}
+	// A backend under pressure only stops getting jobs (see the farm); the
+	// gateway as a whole protects the GPUs when this host's GPUs are under
+	// pressure or every backend is.
+	active := hostPressed || len(seen) > 0 && len(backends) == len(seen)
+	p := &gpuPressure{active: active, factor: 1, devices: pressed, backends: backends}
 	if active {
 		p.rule = st.gpuRule
 		p.tighten = rule.Action == rules.GPUTighten
@@ -234,7 +273,7 @@ func sortedSources(m map[string]*gpuSourceState) []string {
 // System returns the machine's CPU and load and every GPU with the GPU
 // rule's state.
 func (e *Engine) System() SystemStatus {
-	out := SystemStatus{CPUUsage: e.CPUUsage(), Load1: system_metric.CurrentLoad(), GPUs: []GPUStatus{}, Sources: []GPUSource{}}
+	out := SystemStatus{CPUUsage: e.CPUUsage(), Load1: system_metric.CurrentLoad(), GPUs: []GPUStatus{}, CPUDevices: []GPU{}, Sources: []GPUSource{}}
 	e.gpu.mu.Lock()
 	defer e.gpu.mu.Unlock()
 	for _, name := range sortedSources(e.gpu.sources) {
@@ -247,16 +286,31 @@ func (e *Engine) System() SystemStatus {
 		for _, g := range src.gpus {
 			out.GPUs = append(out.GPUs, GPUStatus{GPU: g, MemoryUsedRatio: memRatio(g), Pressure: e.gpu.inPress[g.ID]})
 		}
+		out.CPUDevices = append(out.CPUDevices, src.cpus...)
 	}
-	out.Pressure = GPUPressure{Factor: 1, Devices: []string{}}
+	out.Pressure = GPUPressure{Factor: 1, Devices: []string{}, Backends: []string{}}
 	if rule := e.state.Load().set.GPU; rule != nil {
 		out.Pressure.Action = rule.Action
 	}
-	if p := e.gpu.pressure.Load(); p != nil && p.active {
-		out.Pressure.Active, out.Pressure.Since, out.Pressure.Factor = true, e.gpu.since, p.factor
-		out.Pressure.Devices = slices.Clone(p.devices)
+	if p := e.gpu.pressure.Load(); p != nil {
+		out.Pressure.Devices = append(out.Pressure.Devices, p.devices...)
+		for b := range p.backends {
+			out.Pressure.Backends = append(out.Pressure.Backends, b)
+		}
+		slices.Sort(out.Pressure.Backends)
+		if p.active {
+			out.Pressure.Active, out.Pressure.Since, out.Pressure.Factor = true, e.gpu.since, p.factor
+		}
 	}
 	return out
+}
+
+// BackendPressure says whether a GPU of the ComfyUI backend (its base URL,
+// as GPU.Backend) is under pressure by the GPU rule, as of the latest
+// samples: the farm then sends that backend no new job.
+func (e *Engine) BackendPressure(backend string) bool {
+	p := e.gpu.pressure.Load()
+	return p != nil && p.backends[backend]
 }
 
 // gpuSlot refuses calls, or holds them to tightened flow thresholds, while

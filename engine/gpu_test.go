@@ -100,8 +100,23 @@ func TestGPUPerDeviceStaleAndUnavailable(t *testing.T) {
 		t.Fatal("0.7 on a 0.9 GPU refused")
 	}
 	e.ReportGPUs("comfyui http://small:8188", []engine.GPU{remote(clock, "http://small:8188", 0.7)}, nil)
+	// The small one is under pressure: the farm skips it, but the big one
+	// takes jobs, so the gateway admits them.
+	if !e.BackendPressure("http://small:8188") || e.BackendPressure("http://big:8188") {
+		t.Fatal("0.7 on a GPU limited to 0.6 is not under pressure, or the big one is")
+	}
+	if toks, refs := burst(t, e, 1, call); len(refs) != 0 {
+		t.Fatal("pressure on one backend of two refuses")
+	} else {
+		exitAll(toks)
+	}
+	if p := e.System().Pressure; p.Active || len(p.Backends) != 1 || p.Backends[0] != "http://small:8188" || len(p.Devices) != 1 {
+		t.Fatalf("pressure %+v, want the small backend, not active", p)
+	}
+	// Both under pressure: the gateway refuses.
+	e.ReportGPUs("comfyui http://big:8188", []engine.GPU{remote(clock, "http://big:8188", 0.95)}, nil)
 	if _, refs := burst(t, e, 1, call); len(refs) != 1 {
-		t.Fatal("0.7 on a GPU limited to 0.6 admitted")
+		t.Fatal("every backend under pressure, and admitted")
 	}
 	// A source that stops reporting stops holding the pressure.
 	clock.Advance(31 * time.Second)
@@ -115,7 +130,7 @@ func TestGPUPerDeviceStaleAndUnavailable(t *testing.T) {
 	if len(sys.Sources) != 3 || sys.Sources[0].Name != "comfyui http://big:8188" || sys.Sources[2].Name != "nvml" || sys.Sources[2].Available || sys.Sources[2].Error == "" {
 		t.Fatalf("sources %+v", sys.Sources)
 	}
-	if len(sys.GPUs) != 2 || math.Abs(sys.GPUs[1].MemoryUsedRatio-0.7) > 1e-6 || sys.GPUs[1].Pressure {
+	if len(sys.GPUs) != 2 || math.Abs(sys.GPUs[1].MemoryUsedRatio-0.7) > 1e-6 || sys.GPUs[1].Pressure || e.BackendPressure("http://small:8188") {
 		t.Fatalf("gpus %+v", sys.GPUs)
 	}
 }
@@ -138,5 +153,32 @@ func TestGPURuleChangeReevaluates(t *testing.T) {
 	}
 	if !e.System().Pressure.Active {
 		t.Fatal("utilisation 0.2 over a 0.15 rule: no pressure")
+	}
+}
+
+// TestGPUHostPressureStaysGlobal: a GPU of this host (NVML) under pressure
+// refuses on its own, whatever the backends say; a CPU device a backend
+// reports is shown apart and never under pressure.
+func TestGPUHostPressureStaysGlobal(t *testing.T) {
+	clock := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
+	e := newEngine(t, "gpu: {memory_used_ratio: 0.8}\n", engine.Options{Clock: clock})
+	call := engine.Call{Resource: "ddcolor_building", Origin: "192.0.2.1"}
+	cpu := engine.GPU{ID: "http://cpu:8188#cpu", Source: "comfyui", Backend: "http://cpu:8188", Type: "cpu", Index: -1, Name: "cpu",
+		MemoryUsed: 99, MemoryTotal: 100, Utilization: -1, SampledAt: clock.Now()}
+	e.ReportGPUs("comfyui http://cpu:8188", []engine.GPU{cpu}, nil)
+	e.ReportGPUs("comfyui http://gpu:8188", []engine.GPU{remote(clock, "http://gpu:8188", 0.5)}, nil)
+	if toks, refs := burst(t, e, 1, call); len(refs) != 0 {
+		t.Fatal("a CPU device at 99% memory counted as a GPU under pressure")
+	} else {
+		exitAll(toks)
+	}
+	sys := e.System()
+	if len(sys.GPUs) != 1 || len(sys.CPUDevices) != 1 || sys.CPUDevices[0].Type != "cpu" || e.BackendPressure("http://cpu:8188") {
+		t.Fatalf("gpus %+v, cpu devices %+v", sys.GPUs, sys.CPUDevices)
+	}
+	host := engine.GPU{ID: "nvml:0", Source: "nvml", Name: "NVIDIA H100", MemoryUsed: 90, MemoryTotal: 100, Utilization: 0.5, SampledAt: clock.Now()}
+	e.ReportGPUs("nvml", []engine.GPU{host}, nil)
+	if _, refs := burst(t, e, 1, call); len(refs) != 1 {
+		t.Fatal("this host's GPU under pressure, and admitted")
 	}
 }

@@ -34,6 +34,9 @@ type Config struct {
 	PollInterval time.Duration
 	// Workflows are the templates jobs are bound to. Default DefaultWorkflows().
 	Workflows *Workflows
+	// OnConnection, if set, is called when the client's long-lived
+	// WebSocket to its backend connects (true) or breaks (false, with why).
+	OnConnection func(up bool, err error)
 }
 
 // Client runs jobs on one ComfyUI server. It is safe for concurrent use; each
@@ -106,6 +109,11 @@ type Job struct {
 	// OnQueued, if set, is called from Run's goroutine once ComfyUI has
 	// accepted the prompt, with its ID: Recover follows it from there.
 	OnQueued func(promptID string)
+	// OnQueuePosition, if set, is called with the prompt's place in
+	// ComfyUI's own queue (1 = next to run) when it changes.
+	OnQueuePosition func(position int)
+	// OnRunning, if set, is called once, when the prompt starts executing.
+	OnRunning func()
 }
 
 // Result is a finished job: the first output image and its timings.
@@ -536,44 +544,6 @@ func (c *Client) view(ctx context.Context, img imageRef) ([]byte, string, error)
 		ct = http.DetectContentType(body)
 	}
 	return body, ct, nil
-}
-
-// SystemStats is GET /system_stats: the host and its devices' memory, in bytes.
-type SystemStats struct {
-	System  SystemInfo `json:"system"`
-	Devices []Device   `json:"devices"`
-}
-
-// SystemInfo describes the ComfyUI host.
-type SystemInfo struct {
-	OS             string   `json:"os"`
-	RAMTotal       int64    `json:"ram_total"`
-	RAMFree        int64    `json:"ram_free"`
-	ComfyUIVersion string   `json:"comfyui_version"`
-	PythonVersion  string   `json:"python_version"`
-	PytorchVersion string   `json:"pytorch_version"`
-	EmbeddedPython bool     `json:"embedded_python"`
-	Argv           []string `json:"argv"`
-}
-
-// Device is one compute device of the ComfyUI host.
-type Device struct {
-	Name           string `json:"name"`
-	Type           string `json:"type"`
-	Index          int    `json:"index"`
-	VRAMTotal      int64  `json:"vram_total"`
-	VRAMFree       int64  `json:"vram_free"`
-	TorchVRAMTotal int64  `json:"torch_vram_total"`
-	TorchVRAMFree  int64  `json:"torch_vram_free"`
-}
-
-// SystemStats reads GET /system_stats.
-func (c *Client) SystemStats(ctx context.Context) (*SystemStats, error) {
-	var s SystemStats
-	if err := c.getJSON(ctx, "/system_stats", &s); err != nil {
-		return nil, err
-	}
-	return &s, nil
 }
 
 // QueueRemaining reads GET /prompt: the prompts queued or running.

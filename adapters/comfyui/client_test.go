@@ -353,7 +353,7 @@ func TestSystemStatsAndQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(st.Devices) != 2 || st.Devices[0].VRAMTotal != 12<<30 || st.Devices[0].VRAMFree != 11<<30 ||
-		st.Devices[1].VRAMFree != 1<<30 || st.Devices[1].Index != 1 || st.Devices[1].Type != "cuda" {
+		st.Devices[1].VRAMFree != 1<<30 || st.Devices[1].Index == nil || *st.Devices[1].Index != 1 || st.Devices[1].Type != "cuda" {
 		t.Errorf("devices %+v", st.Devices)
 	}
 	if st.System.ComfyUIVersion == "" || st.System.RAMTotal == 0 {

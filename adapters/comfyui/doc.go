@@ -12,7 +12,10 @@
 //
 // The workflow templates for ddcolor_person, ddcolor_building and
 // zimage_generate are embedded (DefaultWorkflows); LoadWorkflows reads a
-// replacement set from a folder.
+// replacement set from a folder. Beside each template NAME.json, a sidecar
+// NAME.sluice.yaml says which node input takes each job parameter (image,
+// size, prompt, negative_prompt, seed, width, height, steps), so a template
+// may use any node pack.
 //
 //	c, err := comfyui.NewClient(comfyui.Config{BaseURL: "http://127.0.0.1:8188", Logger: log})
 //	res, err := c.Run(ctx, comfyui.Job{Resource: "ddcolor_person", Image: png, Size: 512})

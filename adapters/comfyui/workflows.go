@@ -15,7 +15,7 @@ import (
 	"sync"
 )
 
-//go:embed workflows/*.json
+//go:embed workflows/*.json workflows/*.sluice.yaml
 var embeddedWorkflows embed.FS
 
 // Workflow is a ComfyUI workflow in API format: its nodes by node id.
@@ -115,50 +115,93 @@ func (wf Workflow) ids() []string {
 	return ids
 }
 
-// Workflows is an immutable set of workflow templates, by resource name.
-// It is safe for concurrent use.
+// Workflows is an immutable set of workflow templates, by resource name,
+// each with the node inputs its job parameters go to. It is safe for
+// concurrent use.
 type Workflows struct {
-	byName map[string]Workflow
+	byName map[string]*template
 }
 
-// Nodes each built-in resource needs in its template; checked at load time.
-var requiredNodes = map[string][]string{
-	"ddcolor_person":   {"LoadImage", "DDColor_Colorize"},
-	"ddcolor_building": {"LoadImage", "DDColor_Colorize"},
-	"zimage_generate":  {"CLIPTextEncode", "EmptySD3LatentImage", "KSampler"},
+// template is one workflow template and where its parameters go.
+type template struct {
+	wf   Workflow
+	bind *bindings
 }
 
 // LoadWorkflows reads every *.json file at the root of fsys as a template in
-// API format; the file name without ".json" is the resource name. Templates of
-// the built-in resources must hold the nodes their parameters bind to. Use it
-// with os.DirFS for a --workflows folder.
+// API format; the file name without ".json" is the resource name. Next to a
+// template, NAME.sluice.yaml says which node input takes each job parameter
+// (image, size, prompt, negative_prompt, seed, width, height, steps):
+//
+//	image: {node: "1", input: image}
+//	size: {node: "2", input: model_input_size}
+//
+// A parameter may go to a list of inputs. A template without one has its
+// parameters found by class_type (see inferBindings: LoadImage,
+// DDColor_Colorize, CLIPTextEncode, EmptySD3LatentImage, KSampler).
+//
+// Every declared node and input must exist in the template and hold a value
+// (not a link), and the templates of the built-in resources must take the
+// parameters their jobs always send. Errors name the file, the node and the
+// input. Use it with os.DirFS for a --workflows folder.
 func LoadWorkflows(fsys fs.FS) (*Workflows, error) {
 	names, err := fs.Glob(fsys, "*.json")
 	if err != nil {
 		return nil, err
 	}
 	if len(names) == 0 {
-		return nil, errors.New("comfyui: no *.json workflow templates found")
+		return nil, errors.New("no *.json workflow templates found")
 	}
-	w := &Workflows{byName: make(map[string]Workflow, len(names))}
+	sidecars, err := fs.Glob(fsys, "*"+sidecarSuffix)
+	if err != nil {
+		return nil, err
+	}
+	for _, sc := range sidecars {
+		tpl := strings.TrimSuffix(sc, sidecarSuffix) + ".json"
+		if !slices.Contains(names, tpl) {
+			return nil, fmt.Errorf("%s: no template %s next to it", sc, tpl)
+		}
+	}
+	w := &Workflows{byName: make(map[string]*template, len(names))}
 	for _, file := range names {
-		data, err := fs.ReadFile(fsys, file)
-		if err != nil {
-			return nil, fmt.Errorf("comfyui: %w", err)
-		}
-		wf, err := ParseWorkflow(data)
-		if err != nil {
-			return nil, fmt.Errorf("comfyui: workflow %s: %w", file, err)
-		}
 		name := strings.TrimSuffix(path.Base(file), ".json")
-		for _, class := range requiredNodes[name] {
-			if _, _, err := wf.only(class); err != nil {
-				return nil, fmt.Errorf("comfyui: workflow %s: %w", file, err)
-			}
+		t, err := loadTemplate(fsys, file, name+sidecarSuffix, slices.Contains(sidecars, name+sidecarSuffix))
+		if err != nil {
+			return nil, err
 		}
-		w.byName[name] = wf
+		if err := t.bind.requires(name); err != nil {
+			return nil, err
+		}
+		w.byName[name] = t
 	}
 	return w, nil
+}
+
+func loadTemplate(fsys fs.FS, file, sidecar string, hasSidecar bool) (*template, error) {
+	data, err := fs.ReadFile(fsys, file)
+	if err != nil {
+		return nil, err
+	}
+	wf, err := ParseWorkflow(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	var b *bindings
+	if hasSidecar {
+		data, err := fs.ReadFile(fsys, sidecar)
+		if err != nil {
+			return nil, err
+		}
+		if b, err = parseSidecar(sidecar, data); err != nil {
+			return nil, err
+		}
+	} else if b, err = inferBindings(wf, file, sidecar); err != nil {
+		return nil, err
+	}
+	if err := b.check(wf, file); err != nil {
+		return nil, err
+	}
+	return &template{wf: wf, bind: b}, nil
 }
 
 var defaultWorkflows = sync.OnceValues(func() (*Workflows, error) {
@@ -170,8 +213,9 @@ var defaultWorkflows = sync.OnceValues(func() (*Workflows, error) {
 })
 
 // DefaultWorkflows returns the templates embedded in the binary:
-// ddcolor_person, ddcolor_building and zimage_generate. It panics only if the
-// embedded files are broken, which the package's tests rule out.
+// ddcolor_person, ddcolor_building and zimage_generate, each with its
+// sidecar. It panics only if the embedded files are broken, which the
+// package's tests rule out.
 func DefaultWorkflows() *Workflows {
 	w, err := defaultWorkflows()
 	if err != nil {
@@ -192,11 +236,11 @@ func (w *Workflows) Names() []string {
 
 // Template returns a copy of the template for resource.
 func (w *Workflows) Template(resource string) (Workflow, bool) {
-	wf, ok := w.byName[resource]
+	t, ok := w.byName[resource]
 	if !ok {
 		return nil, false
 	}
-	return wf.Clone(), true
+	return t.wf.Clone(), true
 }
 
 // ErrUnknownResource is returned (wrapped) when no template exists for a
@@ -204,133 +248,60 @@ func (w *Workflows) Template(resource string) (Workflow, bool) {
 var ErrUnknownResource = errors.New("comfyui: no workflow template for resource")
 
 // Bind returns a copy of the template for job.Resource with the job's
-// parameters applied, finding nodes by class_type:
+// parameters written to the node inputs its sidecar declares (or that were
+// found by class_type): image ← image (the uploaded file as LoadImage names
+// it, "subfolder/name"), size ← job.Size, prompt ← job.Prompt,
+// negative_prompt ← job.NegativePrompt, seed, width, height, steps ← the
+// job's. A zero value keeps the template's value.
 //
-//   - LoadImage.image ← image (the uploaded file as LoadImage names it,
-//     "subfolder/name"); required when the template loads an image;
-//   - DDColor_Colorize.model_input_size ← job.Size;
-//   - CLIPTextEncode.text ← job.Prompt: the encoder linked to KSampler's
-//     positive input, else the only one;
-//   - job.NegativePrompt goes to the CLIPTextEncode linked to KSampler's
-//     negative input. Z-Image-Turbo's negative is a ConditioningZeroOut, so
-//     there it is not bound (Run records it in extra_data);
-//   - EmptySD3LatentImage (or EmptyLatentImage) width/height ← job.Width/Height;
-//   - KSampler seed/steps ← job.Seed/Steps.
-//
-// A zero value keeps the template's value. A parameter whose node is missing,
-// or appears more than once, is an error.
+// A parameter the job sends and the template does not take is an error,
+// except the negative prompt: Z-Image-Turbo's negative is a
+// ConditioningZeroOut, so there it is not bound (Run records it in
+// extra_data). A template that takes an image needs one.
 func (w *Workflows) Bind(job Job, image string) (Workflow, error) {
-	tpl, ok := w.byName[job.Resource]
+	t, ok := w.byName[job.Resource]
 	if !ok {
 		return nil, fmt.Errorf("%w %q (have %s)", ErrUnknownResource, job.Resource, strings.Join(w.Names(), ", "))
 	}
-	wf := tpl.Clone()
-	if err := wf.bind(job, image); err != nil {
+	wf := t.wf.Clone()
+	if err := t.bind.apply(wf, job, image); err != nil {
 		return nil, fmt.Errorf("comfyui: workflow %s: %w", job.Resource, err)
 	}
 	return wf, nil
 }
 
-func (wf Workflow) bind(job Job, image string) error {
-	loaders := wf.NodesOf("LoadImage")
-	switch {
-	case image != "":
-		_, n, err := wf.only("LoadImage")
-		if err != nil {
-			return fmt.Errorf("cannot take the input image: %w", err)
-		}
-		n.Inputs["image"] = image
-	case len(loaders) > 0:
-		return fmt.Errorf("node %s (LoadImage) needs an input image, the job has none", loaders[0])
+// apply writes job's parameters into wf, a copy of the template b checked.
+func (b *bindings) apply(wf Workflow, job Job, image string) error {
+	if ts := b.targets[paramImage]; image == "" && len(ts) > 0 {
+		return fmt.Errorf("node %s (%s) input %s needs an input image, the job has none", ts[0].node, wf[ts[0].node].ClassType, ts[0].input)
 	}
-	if job.Size != 0 {
-		_, n, err := wf.only("DDColor_Colorize")
-		if err != nil {
-			return fmt.Errorf("cannot take size: %w", err)
-		}
-		n.Inputs["model_input_size"] = job.Size
+	values := []struct {
+		p     param
+		value any
+		set   bool
+	}{
+		{paramImage, image, image != ""},
+		{paramSize, job.Size, job.Size != 0},
+		{paramPrompt, job.Prompt, job.Prompt != ""},
+		{paramNegativePrompt, job.NegativePrompt, job.NegativePrompt != ""},
+		{paramWidth, job.Width, job.Width != 0},
+		{paramHeight, job.Height, job.Height != 0},
+		{paramSteps, job.Steps, job.Steps != 0},
+		{paramSeed, job.Seed, job.Seed != 0},
 	}
-	if job.Prompt != "" {
-		n, err := wf.textEncoder("positive")
-		if err != nil {
-			return fmt.Errorf("cannot take the prompt: %w", err)
+	for _, v := range values {
+		if !v.set {
+			continue
 		}
-		n.Inputs["text"] = job.Prompt
-	}
-	if job.NegativePrompt != "" {
-		if n, err := wf.textEncoder("negative"); err == nil {
-			n.Inputs["text"] = job.NegativePrompt
+		ts := b.targets[v.p]
+		if len(ts) == 0 && v.p != paramNegativePrompt {
+			return fmt.Errorf("cannot take %s: %s", v.p, b.why[v.p])
 		}
-	}
-	if job.Width != 0 || job.Height != 0 {
-		n, err := wf.latent()
-		if err != nil {
-			return fmt.Errorf("cannot take width/height: %w", err)
-		}
-		if job.Width != 0 {
-			n.Inputs["width"] = job.Width
-		}
-		if job.Height != 0 {
-			n.Inputs["height"] = job.Height
-		}
-	}
-	if job.Steps != 0 || job.Seed != 0 {
-		_, n, err := wf.only("KSampler")
-		if err != nil {
-			return fmt.Errorf("cannot take steps/seed: %w", err)
-		}
-		if job.Steps != 0 {
-			n.Inputs["steps"] = job.Steps
-		}
-		if job.Seed != 0 {
-			n.Inputs["seed"] = job.Seed
+		for _, t := range ts {
+			wf[t.node].Inputs[t.input] = v.value
 		}
 	}
 	return nil
-}
-
-// only returns the single node of class.
-func (wf Workflow) only(class string) (string, *Node, error) {
-	ids := wf.NodesOf(class)
-	switch len(ids) {
-	case 0:
-		return "", nil, fmt.Errorf("no %s node", class)
-	case 1:
-		return ids[0], wf[ids[0]], nil
-	default:
-		return "", nil, fmt.Errorf("%d %s nodes (%s), expected one", len(ids), class, strings.Join(ids, ", "))
-	}
-}
-
-// textEncoder finds the CLIPTextEncode feeding KSampler's positive or
-// negative input. For "positive" without such a link it falls back to the
-// only CLIPTextEncode of the workflow.
-func (wf Workflow) textEncoder(side string) (*Node, error) {
-	if _, ks, err := wf.only("KSampler"); err == nil {
-		if target, ok := linkTarget(ks.Inputs[side]); ok {
-			if n := wf[target]; n.ClassType == "CLIPTextEncode" {
-				return n, nil
-			}
-			if side == "negative" {
-				return nil, fmt.Errorf("KSampler negative comes from %s, not a CLIPTextEncode", wf[target].ClassType)
-			}
-		}
-	}
-	if side == "negative" {
-		return nil, errors.New("no CLIPTextEncode on KSampler's negative input")
-	}
-	_, n, err := wf.only("CLIPTextEncode")
-	return n, err
-}
-
-func (wf Workflow) latent() (*Node, error) {
-	for _, class := range []string{"EmptySD3LatentImage", "EmptyLatentImage"} {
-		if len(wf.NodesOf(class)) > 0 {
-			_, n, err := wf.only(class)
-			return n, err
-		}
-	}
-	return nil, errors.New("no EmptySD3LatentImage node")
 }
 
 // linkTarget reports whether v is a link [node id, output index] and to which node.

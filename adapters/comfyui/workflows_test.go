@@ -15,13 +15,16 @@ import (
 // The templates in testdata/workflows are what tests and `make run` read; the
 // embedded ones are what the binary ships. They must not drift apart.
 func TestEmbeddedWorkflowsMatchTestdata(t *testing.T) {
-	embedded, err := fs.Glob(embeddedWorkflows, "workflows/*.json")
+	embedded, err := fs.Glob(embeddedWorkflows, "workflows/*")
 	if err != nil {
 		t.Fatal(err)
 	}
-	copies, err := filepath.Glob("../../testdata/workflows/*.json")
+	copies, err := filepath.Glob("../../testdata/workflows/*")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(embedded) != 6 {
+		t.Errorf("embedded %q, want three templates and their sidecars", embedded)
 	}
 	if len(embedded) != len(copies) {
 		t.Fatalf("embedded %d templates, testdata/workflows has %d", len(embedded), len(copies))
@@ -67,15 +70,22 @@ func TestLoadWorkflowsErrors(t *testing.T) {
 		want  string
 	}{
 		{"empty folder", map[string]string{"README": "x"}, "no *.json workflow templates"},
+		{"sidecar alone", map[string]string{"a.json": `{"1": {"class_type": "X", "inputs": {}}}`, "b.sluice.yaml": "image: {node: 1, input: image}"}, "b.sluice.yaml: no template b.json next to it"},
 		{"not JSON", map[string]string{"a.json": "{"}, "a.json: not a JSON object"},
 		{"UI format", map[string]string{"a.json": `{"nodes": [], "links": []}`}, `a.json: UI-format workflow`},
 		{"no class_type", map[string]string{"a.json": `{"1": {"inputs": {}}}`}, `a.json: node "1": class_type missing`},
 		{"unknown field", map[string]string{"a.json": `{"1": {"class_type": "X", "input": {}}}`}, `a.json: node "1": json: unknown field "input"`},
 		{"dangling link", map[string]string{"a.json": `{"1": {"class_type": "SaveImage", "inputs": {"images": ["7", 0]}}}`}, `a.json: node "1" (SaveImage): input images: link to missing node "7"`},
-		{"built-in lacks node", map[string]string{"ddcolor_person.json": `{"1": {"class_type": "LoadImage", "inputs": {}}}`}, "ddcolor_person.json: no DDColor_Colorize node"},
+		{"built-in lacks node", map[string]string{"ddcolor_person.json": `{"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}`},
+			"ddcolor_person.json: every ddcolor_person job sends size, and no DDColor_Colorize node"},
+		{"found node lacks input", map[string]string{"ddcolor_person.json": `{"1": {"class_type": "LoadImage", "inputs": {}}}`},
+			`ddcolor_person.json: node "1" (LoadImage) has no input "image" (for image, found by class_type)`},
 		{"built-in has two", map[string]string{"zimage_generate.json": `{
 			"1": {"class_type": "CLIPTextEncode", "inputs": {}}, "2": {"class_type": "EmptySD3LatentImage", "inputs": {}},
-			"3": {"class_type": "KSampler", "inputs": {}}, "4": {"class_type": "KSampler", "inputs": {}}}`}, "zimage_generate.json: 2 KSampler nodes (3, 4), expected one"},
+			"3": {"class_type": "KSampler", "inputs": {}}, "4": {"class_type": "KSampler", "inputs": {}}}`}, "zimage_generate.json: 2 KSampler nodes (3, 4): say which takes seed in zimage_generate.sluice.yaml"},
+		{"two loaders", map[string]string{"two_loaders.json": `{
+			"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+			"2": {"class_type": "LoadImage", "inputs": {"image": "b.png"}}}`}, "two_loaders.json: 2 LoadImage nodes (1, 2): say which takes image in two_loaders.sluice.yaml"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,13 +114,11 @@ const sdxl = `{
 func TestBind(t *testing.T) {
 	fsys := fstest.MapFS{"sdxl.json": {Data: []byte(sdxl)}}
 	sub, _ := fs.Sub(embeddedWorkflows, "workflows")
-	for _, name := range []string{"ddcolor_person.json", "ddcolor_building.json", "zimage_generate.json"} {
+	for _, name := range []string{"ddcolor_person.json", "ddcolor_building.json", "zimage_generate.json",
+		"ddcolor_person.sluice.yaml", "ddcolor_building.sluice.yaml", "zimage_generate.sluice.yaml"} {
 		b, _ := fs.ReadFile(sub, name)
 		fsys[name] = &fstest.MapFile{Data: b}
 	}
-	fsys["two_loaders.json"] = &fstest.MapFile{Data: []byte(`{
-		"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
-		"2": {"class_type": "LoadImage", "inputs": {"image": "b.png"}}}`)}
 	w, err := LoadWorkflows(fsys)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +150,7 @@ func TestBind(t *testing.T) {
 		{
 			name:    "ddcolor without image",
 			job:     Job{Resource: "ddcolor_person", Size: 512},
-			wantErr: "workflow ddcolor_person: node 1 (LoadImage) needs an input image",
+			wantErr: "workflow ddcolor_person: node 1 (LoadImage) input image needs an input image",
 		},
 		{
 			name: "zimage all parameters",
@@ -158,19 +166,19 @@ func TestBind(t *testing.T) {
 			name:    "zimage takes no image",
 			job:     Job{Resource: "zimage_generate", Prompt: "x"},
 			image:   "in.png",
-			wantErr: "workflow zimage_generate: cannot take the input image: no LoadImage node",
+			wantErr: "workflow zimage_generate: cannot take image: zimage_generate.sluice.yaml declares no image",
 		},
 		{
 			name:    "ddcolor takes no prompt",
 			job:     Job{Resource: "ddcolor_person", Prompt: "x"},
 			image:   "in.png",
-			wantErr: "cannot take the prompt: no CLIPTextEncode node",
+			wantErr: "cannot take prompt: ddcolor_person.sluice.yaml declares no prompt",
 		},
 		{
 			name:    "ddcolor takes no width",
 			job:     Job{Resource: "ddcolor_person", Width: 64},
 			image:   "in.png",
-			wantErr: "cannot take width/height: no EmptySD3LatentImage node",
+			wantErr: "cannot take width: ddcolor_person.sluice.yaml declares no width",
 		},
 		{
 			name: "two encoders follow the sampler's links",
@@ -178,15 +186,14 @@ func TestBind(t *testing.T) {
 			want: []want{{"6", "text", "a cat"}, {"7", "text", "a dog"}, {"5", "width", 1024}, {"5", "height", json.Number("512")}},
 		},
 		{
-			name:    "ambiguous LoadImage",
-			job:     Job{Resource: "two_loaders"},
-			image:   "x.png",
-			wantErr: "2 LoadImage nodes (1, 2), expected one",
+			name:    "found by class: no DDColor node",
+			job:     Job{Resource: "sdxl", Prompt: "p", Size: 512},
+			wantErr: "workflow sdxl: cannot take size: no DDColor_Colorize node",
 		},
 		{
 			name:    "unknown resource",
 			job:     Job{Resource: "nope"},
-			wantErr: `no workflow template for resource "nope" (have ddcolor_building, ddcolor_person, sdxl, two_loaders, zimage_generate)`,
+			wantErr: `no workflow template for resource "nope" (have ddcolor_building, ddcolor_person, sdxl, zimage_generate)`,
 		},
 	}
 	for _, tt := range tests {

@@ -66,6 +66,7 @@ func (d Direct) Run(ctx context.Context, job Job) (*comfyui.Result, error) {
 	if job.OnStarted != nil {
 		cj.OnQueued = func(promptID string) { job.OnStarted(d.Client.BaseURL(), promptID) }
 	}
+	cj.OnQueuePosition, cj.OnRunning = job.OnPosition, job.OnRunning
 	return d.Client.Run(ctx, cj)
 }
 

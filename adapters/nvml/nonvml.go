@@ -10,6 +10,11 @@ import (
 	"github.com/sluicehq/sluice/engine"
 )
 
+// Variant names this build: "nonvml", NVML is left out (CGO_ENABLED=0 or
+// the nonvml tag); "cgo" in a build that reads NVML. `sluice version` and
+// /api/system show it.
+const Variant = "nonvml"
+
 // noLibrary stands in for NVML in a build without it (no cgo, or the nonvml
 // tag): it is never available.
 type noLibrary struct{}

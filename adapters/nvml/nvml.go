@@ -13,6 +13,12 @@ import (
 	"github.com/sluicehq/sluice/engine"
 )
 
+// Variant names this build: "cgo" when NVML is compiled in (go-nvml, which
+// loads libnvidia-ml.so.1 with dlopen when a Sampler starts, so the binary
+// runs without an NVIDIA driver), "nonvml" when it is left out
+// (CGO_ENABLED=0 or the nonvml tag). `sluice version` and /api/system show it.
+const Variant = "cgo"
+
 // nvmlLibrary reads the GPUs through go-nvml.
 type nvmlLibrary struct{ lib gonvml.Interface }
 

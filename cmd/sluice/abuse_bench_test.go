@@ -24,6 +24,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/rules"
@@ -405,19 +406,16 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 	var (
 		servers []*comfyuitest.Server
 		logs    []*gpuLog
-		clients []*comfyui.Client
+		clients []comfyui.Config
 	)
 	for range sc.backends {
 		g := newGPULog()
 		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: g.jobTime(jobTime), Logger: slog.New(gpuLogHandler{g: g})})
 		defer srv.Close()
-		c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: sc.d(time.Second)})
-		if err != nil {
-			b.Fatal(err)
-		}
+		c := comfyui.Config{BaseURL: srv.URL, PollInterval: sc.d(time.Second)}
 		servers, logs, clients = append(servers, srv), append(logs, g), append(clients, c)
 	}
-	f, err := newFarm(clients, 1, abuseQueueMax, rs.tenantInFlight, rs.queueWait, quiet)
+	f, err := farm.New(farm.Config{Backends: clients, Slots: 1, MaxQueue: abuseQueueMax, TenantInFlight: rs.tenantInFlight, MaxWait: rs.queueWait, Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,209 +1,14 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"log/slog"
-	"sync"
-	"sync/atomic"
+	"bytes"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"strings"
 	"testing"
-	"time"
-
-	"github.com/sluicehq/sluice/adapters/comfyui"
-	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
-	"github.com/sluicehq/sluice/adapters/httpapi"
-	"github.com/sluicehq/sluice/engine"
 )
-
-// twoBackends starts two fake ComfyUI servers with the given job time.
-func twoBackends(t *testing.T, jobTime time.Duration) ([]*comfyui.Client, []*comfyuitest.Server) {
-	t.Helper()
-	var clients []*comfyui.Client
-	var servers []*comfyuitest.Server
-	for range 2 {
-		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration { return jobTime }})
-		t.Cleanup(srv.Close)
-		c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients, servers = append(clients, c), append(servers, srv)
-	}
-	return clients, servers
-}
-
-func generate(tenant string) httpapi.Job {
-	return httpapi.Job{Job: comfyui.Job{Resource: "zimage_generate", Prompt: "a lighthouse", Width: 256, Height: 256}, Tenant: tenant, Cost: 1}
-}
-
-// TestFarmSpreadsJobs runs more jobs than slots through the farm: every one
-// completes, over both backends. (That a backend's slots are never
-// oversubscribed is engine/dispatch's TestSlotCapUnderContention.)
-func TestFarmSpreadsJobs(t *testing.T) {
-	clients, servers := twoBackends(t, 30*time.Millisecond)
-	f, err := newFarm(clients, 1, 64, 2, 30*time.Second, discardLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for i := range 8 {
-		wg.Go(func() {
-			if _, err := f.Run(context.Background(), generate(fmt.Sprintf("192.0.2.%d", i))); err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	st := f.d.Stats()
-	if st.Backends[0].Started+st.Backends[1].Started != 8 || st.Backends[0].Started == 0 || st.Backends[1].Started == 0 {
-		t.Fatalf("jobs not spread over both backends: %+v", st.Backends)
-	}
-	if len(servers[0].Prompts())+len(servers[1].Prompts()) != 8 {
-		t.Fatal("not every job reached a backend")
-	}
-}
-
-func TestFarmTenantCapAnswers429(t *testing.T) {
-	clients, _ := twoBackends(t, 200*time.Millisecond)
-	f, err := newFarm(clients[:1], 1, 64, 1, 30*time.Second, discardLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := make(chan error)
-	go func() { _, err := f.Run(context.Background(), generate("192.0.2.1")); first <- err }()
-	eventually(t, func() bool { return f.d.Stats().Backends[0].InUse == 1 }) // the first job holds the tenant's one place
-	_, err = f.Run(context.Background(), generate("192.0.2.1"))
-	var busy *httpapi.BusyError
-	if !errors.As(err, &busy) || !busy.OverShare {
-		t.Fatalf("second job of a tenant at its cap: %v", err)
-	}
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
-	clients, servers := twoBackends(t, 5*time.Millisecond)
-	f, err := newFarm(clients, 1, 64, 8, 30*time.Second, discardLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
-	dead := clients[0].BaseURL()
-	h := &healthReporter{eng: eng, farm: f, backend: dead, log: discardLog()}
-	for range failuresToTrip {
-		h.ReportGPUs("comfyui "+dead, nil, errors.New("connection refused"))
-	}
-	for i := range 4 {
-		if _, err := f.Run(context.Background(), generate(fmt.Sprintf("192.0.2.%d", i))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := len(servers[0].Prompts()); n != 0 {
-		t.Fatalf("the backend taken out still got %d jobs", n)
-	}
-	h.ReportGPUs("comfyui "+dead, nil, nil) // it answers again
-	for _, b := range f.d.Stats().Backends {
-		if !b.Healthy {
-			t.Fatalf("backend %s still out after it answered", b.Name)
-		}
-	}
-}
-
-func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-func TestJobOfBackendTakenOutRunsElsewhere(t *testing.T) {
-	var (
-		calls   atomic.Int64
-		started = make(chan string, 2)
-	)
-	var clients []*comfyui.Client
-	var servers []*comfyuitest.Server
-	for range 2 {
-		var url string
-		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration {
-			started <- url
-			if calls.Add(1) == 1 {
-				return time.Minute // the first job hangs on its backend
-			}
-			return 10 * time.Millisecond
-		}})
-		url = srv.URL
-		t.Cleanup(srv.Close)
-		c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients, servers = append(clients, c), append(servers, srv)
-	}
-	f, err := newFarm(clients, 1, 64, 2, 30*time.Second, discardLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error)
-	go func() {
-		_, err := f.Run(context.Background(), generate("192.0.2.1"))
-		done <- err
-	}()
-	first := <-started // the job runs on one backend ...
-	f.setOut(first, true)
-	second := <-started // ... which is taken out: it runs on the other
-	if err := <-done; err != nil {
-		t.Fatalf("the job did not finish elsewhere: %v", err)
-	}
-	if first == second {
-		t.Fatalf("re-run on the backend taken out (%s)", first)
-	}
-	// It was interrupted where it hung: it never ran on two backends at once.
-	for _, srv := range servers {
-		if srv.URL == first && len(srv.Interrupts())+len(srv.Deletes()) == 0 {
-			t.Fatal("the job was not interrupted on the backend taken out")
-		}
-	}
-	for _, b := range f.d.Stats().Backends {
-		if b.Name == first && b.Healthy {
-			t.Fatal("the backend taken out is still healthy")
-		}
-	}
-}
-
-func TestFarmPrecheck(t *testing.T) {
-	clients, _ := twoBackends(t, 300*time.Millisecond)
-	f, err := newFarm(clients[:1], 1, 1, 1, 30*time.Second, discardLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Precheck("192.0.2.1"); err != nil {
-		t.Fatalf("an idle farm refuses: %v", err)
-	}
-	done := make(chan error, 2)
-	go func() { _, err := f.Run(context.Background(), generate("192.0.2.1")); done <- err }()
-	eventually(t, func() bool { return f.d.Stats().Backends[0].InUse == 1 })
-	var busy *httpapi.BusyError
-	if err := f.Precheck("192.0.2.1"); !errors.As(err, &busy) || !busy.OverShare {
-		t.Fatalf("a tenant at its cap: %v", err)
-	}
-	go func() { _, err := f.Run(context.Background(), generate("192.0.2.2")); done <- err }()
-	eventually(t, func() bool { return f.d.Stats().Queued == 1 })
-	if err := f.Precheck("192.0.2.3"); !errors.As(err, &busy) || busy.OverShare {
-		t.Fatalf("slots taken and the queue full: %v", err)
-	}
-	for range 2 {
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 func TestTenantCapDefaultsToTheSlotsPlusOne(t *testing.T) {
 	for _, tc := range []struct{ flag, backends, slots, want int }{
@@ -214,5 +19,62 @@ func TestTenantCapDefaultsToTheSlotsPlusOne(t *testing.T) {
 		if got := tenantCap(tc.flag, tc.backends, tc.slots); got != tc.want {
 			t.Errorf("tenantCap(%d, %d backends, %d slots) = %d, want %d", tc.flag, tc.backends, tc.slots, got, tc.want)
 		}
+	}
+}
+
+// TestSimulatorVRAMAppliesBeforeThePUTAnswers runs the README's
+// GPU-pressure example as written: the request right after the PUT is
+// refused, and the one right after the PUT that lowers the memory is
+// served. The periodic sampling is an hour apart, so only the PUT's own
+// sample can make it so.
+func TestSimulatorVRAMAppliesBeforeThePUTAnswers(t *testing.T) {
+	g := startServe(t, "--admin-token", "s3cret", "--gpu-interval", "1h")
+	img, err := os.ReadFile("../../testdata/images/person.png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setVRAM := func(ratio string) {
+		req, _ := http.NewRequest(http.MethodPut, g.base+"/api/simulator/vram", strings.NewReader(`{"used_ratio": `+ratio+`}`))
+		req.Header.Set("Authorization", "Bearer s3cret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("PUT /api/simulator/vram: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	colorize := func() (int, string) {
+		var body bytes.Buffer
+		mw := multipart.NewWriter(&body)
+		fw, _ := mw.CreateFormFile("image", "person.png")
+		fw.Write(img)
+		mw.Close()
+		resp, err := http.Post(g.base+"/api/ddcolorize/person", mw.FormDataContentType(), &body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode == 200 {
+			return 200, "an image" // not a body to print
+		}
+		return resp.StatusCode, string(out)
+	}
+	setVRAM("0.95")
+	if code, body := colorize(); code != 503 || !strings.Contains(body, `"rule":"system/gpu"`) {
+		t.Fatalf("right after the PUT of 0.95: %d %s", code, body)
+	}
+	var farm struct {
+		Backends []struct {
+			Pressure bool `json:"gpu_pressure"`
+			Healthy  bool `json:"healthy"`
+		} `json:"backends"`
+	}
+	getJSON(t, g.base+"/api/backends", &farm)
+	if len(farm.Backends) != 1 || !farm.Backends[0].Pressure || !farm.Backends[0].Healthy {
+		t.Fatalf("/api/backends under pressure: %+v", farm)
+	}
+	setVRAM("0.5")
+	if code, body := colorize(); code != 200 {
+		t.Fatalf("right after the PUT of 0.5: %d %s", code, body)
 	}
 }

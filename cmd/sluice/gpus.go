@@ -6,27 +6,24 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluicehq/sluice/adapters/comfyui"
+	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/nvml"
 	"github.com/sluicehq/sluice/engine"
 )
 
-// watchGPUs samples every backend's GPU memory from /system_stats (and this
-// host's GPUs through NVML, where it has them) into the engine, takes
-// backends that stop answering out of the farm, and returns a function that
-// stops the sampling and waits for it.
-func watchGPUs(backends *farm, eng *engine.Engine, every time.Duration, log *slog.Logger) func() {
+// watchGPUs starts the farm's health probes (which sample every backend's
+// GPU memory into the engine) and samples this host's GPUs through NVML,
+// where it has them; it returns a function that stops both and waits.
+func watchGPUs(backends *farm.Farm, eng *engine.Engine, every time.Duration, log *slog.Logger) func() {
+	stopFarm := backends.Watch()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for name, c := range backends.clients {
-		health := &healthReporter{eng: eng, farm: backends, backend: name, log: log}
-		w := &comfyui.VRAMWatcher{Client: c, Reporter: health, Interval: every, Logger: log}
-		wg.Go(func() { w.Run(ctx) })
-	}
 	wg.Go(func() { runNVML(ctx, eng, every, log) })
 	return func() {
 		cancel()
 		wg.Wait()
+		stopFarm()
 	}
 }
 
@@ -34,4 +31,17 @@ func watchGPUs(backends *farm, eng *engine.Engine, every time.Duration, log *slo
 // NVIDIA library is absent it says so once and stops.
 func runNVML(ctx context.Context, eng *engine.Engine, every time.Duration, log *slog.Logger) {
 	nvml.New(nvml.Config{Reporter: eng, Interval: every, Logger: log}).Run(ctx)
+}
+
+// sampledSimulator is the built-in simulator whose GPU memory, when set,
+// is sampled into the farm and the engine before the setter returns.
+type sampledSimulator struct {
+	*comfyuitest.Server
+	farm *farm.Farm
+}
+
+// SetVRAMUsed sets the simulator's memory in use and samples it at once.
+func (s sampledSimulator) SetVRAMUsed(ratio float64) {
+	s.Server.SetVRAMUsed(ratio)
+	s.farm.Sample(context.Background(), s.URL) // bounded by the probe timeout
 }

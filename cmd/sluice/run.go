@@ -33,7 +33,7 @@ const usage = `sluice — a GPU-aware flow-control gateway for ComfyUI image ser
 Usage:
   sluice serve [flags]    run the gateway (sluice serve -h for its flags)
   sluice rules COMMAND    read, validate, apply and watch the rules in etcd
-  sluice version          print the version
+  sluice version          print the version and whether it reads NVML (cgo) or not (nonvml)
 `
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "rules":
 		return rulesCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "sluice", version)
+		fmt.Fprintln(stdout, versionLine())
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

@@ -20,6 +20,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/etcd"
+	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
@@ -37,6 +38,7 @@ type serveFlags struct {
 	simListen      string
 	simVRAMUsed    float64
 	gpuInterval    time.Duration
+	probeTimeout   time.Duration
 	slots          int
 	queueMax       int
 	queueWait      time.Duration
@@ -90,7 +92,8 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.StringVar(&f.simListen, "sim-listen", "127.0.0.1:0", "address of the built-in ComfyUI simulator (a fixed one lets a restarted gateway find the simulator's jobs by their backend URL)")
 	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator (0: times as on a real GPU)")
 	fs.Float64Var(&f.simVRAMUsed, "sim-vram-used", 0.3, "the simulator's GPU memory in use at start, 0–1 (change it live with PUT /api/simulator/vram)")
-	fs.DurationVar(&f.gpuInterval, "gpu-interval", 2*time.Second, "how often GPU memory and utilisation are sampled")
+	fs.DurationVar(&f.gpuInterval, "gpu-interval", 2*time.Second, "how often GPU memory and utilisation are sampled, and each backend's health probed")
+	fs.DurationVar(&f.probeTimeout, "probe-timeout", farm.DefaultProbeTimeout, "longest a backend's health probe (GET /system_stats) may take; a slower answer is a failed probe")
 	fs.StringVar(&f.workflows, "workflows", "", "folder of workflow templates in ComfyUI API format (default: the built-in ones)")
 	fs.DurationVar(&f.jobTimeout, "job-timeout", 10*time.Minute, "longest a ComfyUI job may run")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 30*time.Second, "how long shutdown waits for requests in flight")
@@ -160,6 +163,9 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	}
 	if f.imageMemory < 0 || f.imageMemWait < 0 {
 		return nil, fs, &usageError{fmt.Sprintf("--image-memory and --image-memory-wait must be >= 0; got %d, %s", f.imageMemory, f.imageMemWait)}
+	}
+	if f.gpuInterval <= 0 || f.probeTimeout <= 0 {
+		return nil, fs, &usageError{fmt.Sprintf("--gpu-interval and --probe-timeout must be > 0; got %s, %s", f.gpuInterval, f.probeTimeout)}
 	}
 	if f.tenantInFlight < 0 {
 		return nil, fs, &usageError{fmt.Sprintf("--tenant-inflight: want 1 or more (0: the farm's slots + 1), got %d", f.tenantInFlight)}
@@ -240,6 +246,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("load rules: %w", err)
 	}
 	log.Info("local rules loaded", slog.String("source", source), slog.Int("documents", len(set.Docs)))
+	// Templates are checked before etcd starts: a mistake in one stops here.
+	workflows := comfyui.DefaultWorkflows()
+	if f.workflows != "" {
+		if workflows, err = comfyui.LoadWorkflows(os.DirFS(f.workflows)); err != nil {
+			return fmt.Errorf("--workflows %s: %w", f.workflows, err)
+		}
+	}
 
 	eng, err := engine.New(engine.Options{Logger: log}, set)
 	if err != nil {
@@ -252,12 +265,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer rs.Close()
 
-	workflows := comfyui.DefaultWorkflows()
-	if f.workflows != "" {
-		if workflows, err = comfyui.LoadWorkflows(os.DirFS(f.workflows)); err != nil {
-			return fmt.Errorf("--workflows %s: %w", f.workflows, err)
-		}
-	}
 	urls := []string(f.comfyui)
 	var sim *comfyuitest.Server
 	if len(urls) == 0 {
@@ -267,18 +274,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		defer sim.Close()
 		urls = []string{sim.URL}
 	}
-	var clients []*comfyui.Client
+	var configs []comfyui.Config
 	for _, u := range urls {
-		c, err := comfyui.NewClient(comfyui.Config{BaseURL: u, Logger: log, Workflows: workflows})
-		if err != nil {
-			return fmt.Errorf("--comfyui %s: %w", u, err)
-		}
-		clients = append(clients, c)
+		configs = append(configs, comfyui.Config{BaseURL: u, Logger: log, Workflows: workflows})
 	}
-	backends, err := newFarm(clients, f.slots, f.queueMax, tenantCap(f.tenantInFlight, len(clients), f.slots), f.queueWait, log)
+	backends, err := farm.New(farm.Config{Backends: configs, Slots: f.slots, MaxQueue: f.queueMax,
+		TenantInFlight: tenantCap(f.tenantInFlight, len(urls), f.slots), MaxWait: f.queueWait,
+		Monitor: eng, Interval: f.gpuInterval, ProbeTimeout: f.probeTimeout, Logger: log})
 	if err != nil {
-		return err
+		return fmt.Errorf("--comfyui: %w", err)
 	}
+	clients := backends.Clients()
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
 	async, restoreJobs, err := startJobs(ctx, f, rs, clients, eng, backends, log)
@@ -319,8 +325,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AdminToken:   f.adminToken,
 		ProtectReads: f.protectReads,
 		Logger:       log,
-		Backends:     backends.d.Stats,
-		Simulator:    simulator(sim),
+		Backends:     backends.Stats,
+		Simulator:    simulator(sim, backends),
+		Build:        buildInfo(),
 	}); err != nil {
 		return err
 	}
@@ -378,12 +385,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // simulator is sim for the operator API: nil (no simulator control) when
-// real ComfyUI servers are used.
-func simulator(sim *comfyuitest.Server) dashboardapi.Simulator {
+// real ComfyUI servers are used. A change of its GPU memory is sampled
+// before the PUT answers, so the next request already meets the GPU rule.
+func simulator(sim *comfyuitest.Server, backends *farm.Farm) dashboardapi.Simulator {
 	if sim == nil {
 		return nil
 	}
-	return sim
+	return sampledSimulator{sim, backends}
 }
 
 // startSimulator serves the built-in ComfyUI simulator on addr (by default

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/etcd"
+	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
@@ -173,12 +173,12 @@ func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, er
 // this one: those that were submitted to or running on a backend still
 // configured are followed there to their end, each within --job-timeout,
 // holding, from before restore returns until they end, a slot on that
-// backend and an admission token as any job does (see claimRecovered);
+// backend and an admission token as any job does (see farm.Farm.Claim);
 // those that were still waiting for a slot are queued again from their
 // journaled input by resume. etcd not answering is logged, not fatal: the
 // gateway serves, accepts async jobs into the journal, and writes their
 // records when etcd is back.
-func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm, log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
+func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm.Farm, log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
 	results, err := jobs.NewDirResults(f.resultsDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--results-dir: %w", err)
@@ -216,31 +216,9 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
 	}
 	restore := func(resume jobs.ResumeFunc) {
-		if err := m.Restore(ctx, follow, claimRecovered(eng, backends, log), resume); err != nil {
+		if err := m.Restore(ctx, follow, backends.Claim(eng), resume); err != nil {
 			log.Error("async jobs of the last run not restored", slog.Any("error", err))
 		}
 	}
 	return m, restore, nil
-}
-
-// claimRecovered makes a recovered job hold what a job running on a
-// backend holds: an admission token of the engine (counted against
-// concurrency and in the statistics, never refused) and a slot of the
-// dispatcher on the backend it runs on (taken past the backend's slots if
-// need be), so that new jobs are not sent to a backend still busy with it.
-// Both are released when the job ends, whichever way.
-func claimRecovered(eng *engine.Engine, backends *farm, log *slog.Logger) jobs.ClaimFunc {
-	return func(j jobs.Job) func(error) {
-		tok := eng.Adopt(engine.Call{Resource: j.Resource, Origin: j.Tenant, Size: cmp.Or(j.Params.Size, max(j.Params.Width, j.Params.Height))})
-		lease, err := backends.d.Adopt(j.Backend, j.Tenant)
-		if err != nil { // a backend no longer configured: the job fails at once
-			log.Warn("recovered async job holds no slot", slog.String("job", j.ID), slog.Any("error", err))
-		}
-		return func(err error) {
-			if lease != nil {
-				lease.Release(0) // the job's time here is not a whole job's
-			}
-			tok.Exit(err)
-		}
-	}
 }

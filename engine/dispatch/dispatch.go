@@ -75,7 +75,9 @@ type backend struct {
 	slots   int
 	inUse   int
 	healthy bool
-	started uint64
+	// pressure: its GPU is under memory pressure; it gets no new job.
+	pressure bool
+	started  uint64
 }
 
 // New validates cfg and returns a Dispatcher with every backend healthy
@@ -166,7 +168,8 @@ func (d *Dispatcher) AcquireWith(ctx context.Context, tenant string, cost int, o
 	}
 	if d.waiting == 0 {
 		if b := d.freeBackend(); b != nil {
-			l := d.grant(b, t, 0)
+			d.seq++
+			l := d.grant(b, t, 0, d.seq)
 			d.mu.Unlock()
 			return l, nil
 		}
@@ -288,16 +291,17 @@ func (d *Dispatcher) dispatch() {
 		t := w.tenant
 		t.deficit -= w.cost
 		d.unqueue(w)
-		w.ch <- d.grant(b, t, d.clock.Now().Sub(w.queuedAt))
+		w.ch <- d.grant(b, t, d.clock.Now().Sub(w.queuedAt), w.seq)
 	}
 }
 
-// freeBackend returns the healthy backend with the most free slots (ties:
-// the fewest jobs started, then the first name), or nil when none has one.
+// freeBackend returns the healthy backend, not under GPU pressure, with the
+// most free slots (ties: the fewest jobs started, then the first name), or
+// nil when none has one.
 func (d *Dispatcher) freeBackend() *backend {
 	var best *backend
 	for _, b := range d.backends {
-		if !b.healthy || b.inUse >= b.slots {
+		if !b.healthy || b.pressure || b.inUse >= b.slots {
 			continue
 		}
 		if best == nil {
@@ -312,11 +316,12 @@ func (d *Dispatcher) freeBackend() *backend {
 	return best
 }
 
-func (d *Dispatcher) grant(b *backend, t *tenant, waited time.Duration) *Lease {
+// grant gives t a slot on b for its job numbered seq in arrival order.
+func (d *Dispatcher) grant(b *backend, t *tenant, waited time.Duration, seq uint64) *Lease {
 	b.inUse++
 	b.started++
 	t.running++
-	return &Lease{d: d, b: b, t: t, waited: waited}
+	return &Lease{d: d, b: b, t: t, waited: waited, seq: seq}
 }
 
 // tenant returns name's tenant, adding it when it has nothing in flight.
@@ -361,9 +366,11 @@ func (d *Dispatcher) refusal(reason Reason) *Refusal {
 }
 
 // SetHealthy marks a backend healthy or not. An unhealthy backend gets no
-// new jobs; its leases run on until released. Jobs already waiting keep
-// waiting (up to MaxWait) when the last healthy backend goes; a backend
-// coming back takes waiters at once. Unknown names are ignored.
+// new jobs; its leases run on until released. When the last healthy
+// backend goes, the jobs waiting for a slot are refused at once
+// (ReasonNoBackend), except those put back by Requeue, which keep waiting,
+// up to MaxWait, for a backend to come back. A backend coming back takes
+// waiters at once. Unknown names are ignored.
 func (d *Dispatcher) SetHealthy(name string, healthy bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -374,10 +381,51 @@ func (d *Dispatcher) SetHealthy(name string, healthy bool) {
 	b.healthy = healthy
 	if !healthy {
 		d.healthySlots -= b.slots
+		if d.healthySlots == 0 {
+			d.refuseWaiters(ReasonNoBackend)
+		}
 		return
 	}
 	d.healthySlots += b.slots
 	d.dispatch()
+}
+
+// refuseWaiters refuses every waiter not put back by Requeue.
+func (d *Dispatcher) refuseWaiters(reason Reason) {
+	var refused []*waiter
+	for _, t := range d.tenants {
+		for w := t.head; w != nil; w = w.next {
+			if !w.requeued {
+				refused = append(refused, w)
+			}
+		}
+	}
+	for _, w := range refused {
+		d.unqueue(w)
+		d.forgetIdle(w.tenant)
+	}
+	for _, w := range refused {
+		w.err = d.refusal(reason)
+		w.ch <- nil
+	}
+}
+
+// SetPressure marks a backend's GPU under memory pressure or not. A backend
+// under pressure gets no new jobs (they wait for another backend, or for
+// the pressure to end); its leases run on. It still counts as healthy: the
+// farm as a whole refuses work only through the engine's GPU rule. Unknown
+// names are ignored.
+func (d *Dispatcher) SetPressure(name string, pressure bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b := d.byName[name]
+	if b == nil || b.pressure == pressure {
+		return
+	}
+	b.pressure = pressure
+	if !pressure {
+		d.dispatch()
+	}
 }
 
 // Stats is a snapshot of a Dispatcher.
@@ -397,6 +445,8 @@ type BackendStats struct {
 	Slots   int
 	InUse   int
 	Healthy bool
+	// Pressure says its GPU is under memory pressure: it gets no new job.
+	Pressure bool
 	// Started counts the jobs the backend was given.
 	Started uint64
 }
@@ -419,7 +469,7 @@ func (d *Dispatcher) Stats() Stats {
 		AvgJobTime: d.avgJob,
 	}
 	for _, b := range d.backends {
-		s.Backends = append(s.Backends, BackendStats{Name: b.name, Slots: b.slots, InUse: b.inUse, Healthy: b.healthy, Started: b.started})
+		s.Backends = append(s.Backends, BackendStats{Name: b.name, Slots: b.slots, InUse: b.inUse, Healthy: b.healthy, Pressure: b.pressure, Started: b.started})
 	}
 	for _, t := range d.tenants {
 		s.Tenants = append(s.Tenants, TenantStats{Tenant: t.name, Waiting: t.waiting, Running: t.running})

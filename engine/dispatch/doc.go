@@ -30,6 +30,13 @@
 // the same mutex; a lease handed to it in the same instant goes on to the
 // next waiter. Waiting costs no goroutine beyond the caller's own.
 //
+// A backend can be taken out (SetHealthy false: no new jobs; the jobs
+// waiting are refused with ReasonNoBackend when it was the last one) or be
+// under GPU pressure (SetPressure: no new jobs, which wait for another
+// backend). A job taken back from a backend before it started there goes
+// back into the queue at its place with Requeue, and waits there for any
+// backend, even while none is healthy.
+//
 // A job already running on a backend when the Dispatcher is made (one a
 // restarted gateway takes up) holds a slot there too: Adopt takes it at
 // once, past Slots if need be, so that new jobs wait until it ends.

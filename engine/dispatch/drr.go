@@ -44,6 +44,8 @@ type waiter struct {
 	ch   chan *Lease
 	err  error
 	stop func() bool // cancels the MaxWait timer
+	// requeued: put back by Requeue; it outlives the last backend going.
+	requeued bool
 }
 
 func (d *Dispatcher) enqueue(w *waiter) {
@@ -56,6 +58,38 @@ func (d *Dispatcher) enqueue(w *waiter) {
 		w.prev = t.tail
 		t.tail.next = w
 		t.tail = w
+	}
+	t.waiting++
+	d.waiting++
+}
+
+// enqueueFront puts w first in its tenant's FIFO. A tenant that had no
+// waiter joins the ring in front of the current tenant and takes the turn,
+// with a deficit of exactly w's cost; the current tenant's turn resumes
+// after it as it was.
+func (d *Dispatcher) enqueueFront(w *waiter) {
+	t := w.tenant
+	w.queued = true
+	if t.head == nil {
+		t.head, t.tail = w, w
+		if d.cur == nil {
+			d.join(t)
+		} else {
+			last := d.cur.prev
+			t.prev, t.next = last, d.cur
+			last.next = t
+			d.cur.prev = t
+			// The turn comes back to the current tenant with a quantum
+			// (leave or pick add one): take it now, so that its deficit
+			// is as it was.
+			d.cur.deficit -= quantum
+			d.cur = t
+		}
+		t.deficit = max(w.cost, quantum)
+	} else {
+		w.next = t.head
+		t.head.prev = w
+		t.head = w
 	}
 	t.waiting++
 	d.waiting++

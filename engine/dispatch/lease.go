@@ -10,6 +10,7 @@ type Lease struct {
 	b      *backend
 	t      *tenant
 	waited time.Duration
+	seq    uint64 // the job's arrival order, kept by Requeue
 	// released is guarded by d.mu.
 	released bool
 }

@@ -75,7 +75,10 @@ func TestCheckAnswersAsAcquireWould(t *testing.T) {
 	if r := d.Check("c"); r == nil || r.Reason != dispatch.ReasonNoBackend {
 		t.Fatalf("no healthy backend: %v", r)
 	}
+	// The job that waited was refused when the last backend went.
+	if l := <-got; l != nil {
+		t.Fatalf("a waiting job got a slot on %s with no backend healthy", l.Backend())
+	}
 	d.SetHealthy("gpu-1", true)
 	held.Release(time.Second)
-	(<-got).Release(time.Second)
 }

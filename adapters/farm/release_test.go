@@ -1,9 +1,10 @@
-package main
+package farm
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -46,7 +47,7 @@ func (c *deadlineCtx) pass() { c.once.Do(func() { close(c.done) }) }
 // runs.
 func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 	type env struct {
-		f       *farm
+		f       *Farm
 		backend string
 		started <-chan struct{} // the first prompt runs on ComfyUI
 	}
@@ -95,12 +96,18 @@ func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 			return nil
 		}},
 		{name: "backend removed", hang: true, run: func(e env, job httpapi.Job) error {
-			go func() { <-e.started; e.f.setOut(e.backend, true) }()
-			_, err := e.f.Run(context.Background(), job)
-			e.f.setOut(e.backend, false)
-			var busy *httpapi.BusyError
-			if !errors.As(err, &busy) { // its re-run finds no backend
-				return fmt.Errorf("want no backend, got %v", err)
+			// Taken out before it showed progress, the job goes back into
+			// the queue and runs when the backend is back.
+			go func() {
+				<-e.started
+				e.f.setOut(e.backend, true)
+				for e.f.Stats().Queued != 1 {
+					runtime.Gosched()
+				}
+				e.f.setOut(e.backend, false)
+			}()
+			if _, err := e.f.Run(context.Background(), job); err != nil {
+				return fmt.Errorf("want the job run once the backend is back, got %v", err)
 			}
 			return nil
 		}},
@@ -137,15 +144,12 @@ func TestFarmReleasesTheSlotOnEveryPath(t *testing.T) {
 				},
 			})
 			t.Cleanup(srv.Close)
-			c, err := comfyui.NewClient(comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond})
+			c := comfyui.Config{BaseURL: srv.URL, PollInterval: 20 * time.Millisecond}
+			f, err := New(Config{Backends: []comfyui.Config{c}, Slots: 1, MaxQueue: 64, TenantInFlight: 1, MaxWait: 30 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
-			f, err := newFarm([]*comfyui.Client{c}, 1, 64, 1, 30*time.Second, discardLog())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := tc.run(env{f: f, backend: c.BaseURL(), started: started}, generate("192.0.2.1")); err != nil {
+			if err := tc.run(env{f: f, backend: c.BaseURL, started: started}, generate("192.0.2.1")); err != nil {
 				t.Fatal(err)
 			}
 			st := f.d.Stats()

@@ -1,0 +1,31 @@
+package farm
+
+import (
+	"testing"
+
+	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/jobs"
+)
+
+// TestClaimHoldsASlotUntilTheJobEnds: a recovered job holds a slot on its
+// backend (so new jobs go elsewhere) and an admission token, both released
+// when it ends; one on a backend no longer configured holds no slot.
+func TestClaimHoldsASlotUntilTheJobEnds(t *testing.T) {
+	f, _, _ := fakeFarm(t, Config{Slots: 1, TenantInFlight: 4}, 2)
+	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	claim := f.Claim(eng)
+	release := claim(jobs.Job{ID: "j1", Tenant: "192.0.2.1", Resource: "zimage_generate", Backend: "b"})
+	if st := f.Stats(); st.Backends[1].InUse != 1 || st.Backends[0].InUse != 0 {
+		t.Fatalf("after the claim: %+v", st.Backends)
+	}
+	lost := claim(jobs.Job{ID: "j2", Tenant: "192.0.2.2", Resource: "zimage_generate", Backend: "http://gone:8188"})
+	release(nil)
+	lost(nil)
+	if st := f.Stats(); st.Backends[1].InUse != 0 || len(st.Tenants) != 0 {
+		t.Fatalf("after the release: %+v", st)
+	}
+}
