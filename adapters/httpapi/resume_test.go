@@ -73,7 +73,9 @@ func TestAsyncColorizeResumesFromItsJournal(t *testing.T) {
 
 type runnerFunc func(ctx context.Context, job httpapi.Job) (*comfyui.Result, error)
 
-func (f runnerFunc) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) { return f(ctx, job) }
+func (f runnerFunc) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
+	return f(ctx, job)
+}
 
 func submitAsyncID(t *testing.T, s *stack, req *http.Request) string {
 	t.Helper()
