@@ -1,12 +1,15 @@
 package etcd
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // freezer is a TCP proxy that can stop passing bytes while keeping every
@@ -20,6 +23,8 @@ type freezer struct {
 	cond   *sync.Cond
 	frozen bool
 	conns  []net.Conn
+	// hungUp counts the connections the client side closed.
+	hungUp int
 }
 
 func newFreezer(t *testing.T, target string) *freezer {
@@ -51,28 +56,41 @@ func (f *freezer) accept() {
 		f.mu.Lock()
 		f.conns = append(f.conns, c, up)
 		f.mu.Unlock()
-		go f.pipe(up, c)
-		go f.pipe(c, up)
+		go f.pipe(up, c, true)
+		go f.pipe(c, up, false)
 	}
 }
 
-// pipe copies src to dst, holding what it read while frozen.
-func (f *freezer) pipe(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
+// pipe copies src to dst, holding what it read while frozen (and still
+// reading, so that it sees a side hang up).
+func (f *freezer) pipe(dst, src net.Conn, fromClient bool) {
+	chunks := make(chan []byte, 4096)
+	go func() {
+		defer close(chunks)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				chunks <- bytes.Clone(buf[:n])
+			}
+			if err != nil {
+				if fromClient {
+					f.mu.Lock()
+					f.hungUp++
+					f.mu.Unlock()
+				}
+				return
+			}
+		}
+	}()
+	defer dst.Close()
+	for chunk := range chunks {
 		f.mu.Lock()
 		for f.frozen {
 			f.cond.Wait()
 		}
 		f.mu.Unlock()
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			dst.Close()
+		if _, err := dst.Write(chunk); err != nil {
 			return
 		}
 	}
@@ -177,5 +195,76 @@ func TestNoSpaceAlarm(t *testing.T) {
 	}
 	if err := m.Check(context.Background()); err != nil || !m.NoSpace() {
 		t.Fatalf("past the quota: nospace %v, %v", m.NoSpace(), err)
+	}
+}
+
+// TestEmbeddedRunsForMonths: the embedded etcd compacts itself, has a
+// quota and sends watch progress notifications, by default.
+func TestEmbeddedRunsForMonths(t *testing.T) {
+	cfg := shared.etcd.etcd.Config()
+	if cfg.AutoCompactionMode != "periodic" || cfg.AutoCompactionRetention != DefaultCompactionRetention.String() {
+		t.Errorf("auto-compaction %q %q; want periodic %s", cfg.AutoCompactionMode, cfg.AutoCompactionRetention, DefaultCompactionRetention)
+	}
+	if cfg.QuotaBackendBytes != DefaultQuotaBackendBytes {
+		t.Errorf("quota %d", cfg.QuotaBackendBytes)
+	}
+	if cfg.WatchProgressNotifyInterval != DefaultProgressNotifyInterval {
+		t.Errorf("progress notifications every %s", cfg.WatchProgressNotifyInterval)
+	}
+}
+
+// TestEmbeddedCompactsItself: with a short retention, old revisions are
+// compacted away by the server itself.
+func TestEmbeddedCompactsItself(t *testing.T) {
+	e, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir(), ClientURL: "http://127.0.0.1:0", CompactionRetention: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	c, err := NewClient(ClientConfig{Endpoints: e.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	first, err := c.Put(context.Background(), "/k", "v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first revision compacted", func() bool {
+		if _, err := c.Put(context.Background(), "/k", "v"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := c.Get(context.Background(), "/k", clientv3.WithRev(first.Header.Revision))
+		return err != nil && strings.Contains(err.Error(), "compacted")
+	})
+}
+
+// TestKeepAliveDropsAHalfOpenConnection: the client pings a quiet
+// connection and, when no answer comes, drops it (to dial again) instead
+// of waiting on it for ever.
+func TestKeepAliveDropsAHalfOpenConnection(t *testing.T) {
+	proxy := newFreezer(t, strings.TrimPrefix(shared.etcd.Endpoints()[0], "http://"))
+	// 5s is the most often etcd lets a client ping.
+	client, err := NewClient(ClientConfig{Endpoints: []string{proxy.addr()}, KeepAliveTime: 5 * time.Second, KeepAliveTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.Put(context.Background(), testPrefix(t)+"/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	proxy.freeze(true)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		proxy.mu.Lock()
+		n := proxy.hungUp
+		proxy.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the client still holds the half-open connection 20s after it froze")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
