@@ -3,6 +3,8 @@ package comfyui
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,10 +14,14 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/sluicehq/sluice/engine/clock"
 )
 
 // Config configures a Client. Only BaseURL is required.
@@ -27,29 +33,58 @@ type Config struct {
 	// and every call is bounded by its context.
 	HTTPClient *http.Client
 	// Logger receives warnings about degraded operation (no WebSocket,
-	// failed polls, failed clean-up). Default: discard.
+	// failed polls, failed clean-up, lost prompts). Default: discard.
 	Logger *slog.Logger
 	// PollInterval is how often /history is polled as the fallback to the
 	// WebSocket. Default 1s.
 	PollInterval time.Duration
+	// QueueCheckInterval is how long the WebSocket may say nothing about a
+	// prompt before GET /queue is asked whether the prompt is still there:
+	// ComfyUI sends no event for a prompt deleted from its queue or lost in
+	// a restart. Default 3s.
+	QueueCheckInterval time.Duration
+	// OnConnection, if set, is called when the client's WebSocket connects
+	// (up, nil err) or breaks or cannot connect (not up, with why): a health
+	// signal. It is called on state changes only, from the client's
+	// WebSocket goroutine, and must return quickly.
+	OnConnection func(up bool, err error)
+	// Clock times polls, queue checks and reconnects. Default the system
+	// clock; tests pass a *clock.Fake.
+	Clock clock.Clock
 	// Workflows are the templates jobs are bound to. Default DefaultWorkflows().
 	Workflows *Workflows
-	// OnConnection, if set, is called when the client's long-lived
-	// WebSocket to its backend connects (true) or breaks (false, with why).
-	OnConnection func(up bool, err error)
 }
 
-// Client runs jobs on one ComfyUI server. It is safe for concurrent use; each
-// Run uses its own WebSocket session.
+// Client runs jobs on one ComfyUI server. It is safe for concurrent use.
+// All its jobs share one WebSocket to the server, opened by the first Run
+// under one client_id and reconnected with backoff until Close; each
+// event goes to the Run waiting for its prompt.
 type Client struct {
 	base      string
 	http      *http.Client
 	log       *slog.Logger
 	poll      time.Duration
+	quiet     time.Duration
+	clock     clock.Clock
+	onConn    func(up bool, err error)
 	workflows *Workflows
+	clientID  string
+
+	wsCtx  context.Context // ends at Close
+	wsStop context.CancelFunc
+	ready  chan struct{} // closed once the first connection attempt greeted or failed
+
+	mu        sync.Mutex
+	waiters   map[string]*waiter // by prompt id
+	executing string             // the prompt of this client ComfyUI runs, from its events
+	wsStarted bool
+	wsDone    chan struct{}
+	wsState   wsState
+	closed    bool
 }
 
-// NewClient checks cfg and returns a Client. It does not contact the server.
+// NewClient checks cfg and returns a Client. It does not contact the server:
+// the WebSocket opens with the first Run. Close the client when done.
 func NewClient(cfg Config) (*Client, error) {
 	u, err := url.Parse(cfg.BaseURL)
 	if err != nil {
@@ -61,13 +96,23 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.PollInterval < 0 {
 		return nil, fmt.Errorf("comfyui: poll interval must be > 0, got %s", cfg.PollInterval)
 	}
+	if cfg.QueueCheckInterval < 0 {
+		return nil, fmt.Errorf("comfyui: queue check interval must be > 0, got %s", cfg.QueueCheckInterval)
+	}
 	c := &Client{
 		base:      strings.TrimSuffix(u.String(), "/"),
 		http:      cfg.HTTPClient,
 		log:       cfg.Logger,
 		poll:      cfg.PollInterval,
+		quiet:     cfg.QueueCheckInterval,
+		clock:     clock.Or(cfg.Clock),
+		onConn:    cfg.OnConnection,
 		workflows: cfg.Workflows,
+		clientID:  uuid.NewString(),
+		ready:     make(chan struct{}),
+		waiters:   map[string]*waiter{},
 	}
+	c.wsCtx, c.wsStop = context.WithCancel(context.Background())
 	if c.http == nil {
 		c.http = http.DefaultClient
 	}
@@ -76,6 +121,9 @@ func NewClient(cfg Config) (*Client, error) {
 	}
 	if c.poll == 0 {
 		c.poll = time.Second
+	}
+	if c.quiet == 0 {
+		c.quiet = 3 * time.Second
 	}
 	if c.workflows == nil {
 		c.workflows = DefaultWorkflows()
@@ -91,7 +139,7 @@ func (c *Client) Workflows() *Workflows { return c.workflows }
 type Job struct {
 	Resource       string // "ddcolor_person", "ddcolor_building", "zimage_generate"
 	Image          []byte // input image for DDColor; nil for Z-Image
-	ImageName      string // upload file name; default "sluice-<uuid>.png"
+	ImageName      string // upload file name; default UploadName(Image)
 	Size           int    // DDColor model_input_size
 	Prompt         string
 	NegativePrompt string // ignored by the Z-Image-Turbo template; recorded in extra_data
@@ -99,21 +147,52 @@ type Job struct {
 	Steps          int
 	Seed           int64
 
-	// OnProgress, if set, is called from Run's goroutine with each progress
-	// event of the prompt. It must return quickly.
+	// The callbacks below, if set, are called from Run's goroutine and
+	// must return quickly.
+
+	// OnProgress is called with each progress event of the prompt.
 	OnProgress func(value, max int)
-	// OnExecuted, if set, is called once the prompt has finished executing,
-	// before its output is fetched: from then on ComfyUI is free for its
-	// next prompt.
+	// OnExecuted is called once the prompt has finished executing, before
+	// its output is fetched: from then on ComfyUI is free for its next
+	// prompt.
 	OnExecuted func()
-	// OnQueued, if set, is called from Run's goroutine once ComfyUI has
-	// accepted the prompt, with its ID: Recover follows it from there.
+	// OnQueued is called once ComfyUI has accepted the prompt, with its
+	// ID: Recover follows it from there. It is called again with the new
+	// ID when a lost prompt is queued again.
 	OnQueued func(promptID string)
-	// OnQueuePosition, if set, is called with the prompt's place in
-	// ComfyUI's own queue (1 = next to run) when it changes.
+	// OnQueuePosition is called with the prompt's place in ComfyUI's own
+	// queue whenever it changes while the prompt waits there: 1 when
+	// nothing is ahead of it, the prompts running or queued before it
+	// (in ComfyUI's number order) counting as ahead. It is read from
+	// GET /queue right after queueing and whenever ComfyUI's queue
+	// changes.
 	OnQueuePosition func(position int)
-	// OnRunning, if set, is called once, when the prompt starts executing.
+	// OnRunning is called once, when the prompt starts executing (or,
+	// if that was not seen, when it is found finished).
 	OnRunning func()
+}
+
+// UploadName is the name Run uploads an image under when Job.ImageName is
+// empty: "sluice-" and the first 128 bits of the SHA-256 of its bytes in
+// hex, with the extension of its type. The same image has the same name, so
+// it is stored once on each ComfyUI however often it is sent (uploads
+// overwrite).
+func UploadName(image []byte) string {
+	sum := sha256.Sum256(image)
+	ext := ".bin"
+	switch http.DetectContentType(image) {
+	case "image/png":
+		ext = ".png"
+	case "image/jpeg":
+		ext = ".jpg"
+	case "image/webp":
+		ext = ".webp"
+	case "image/gif":
+		ext = ".gif"
+	case "image/bmp":
+		ext = ".bmp"
+	}
+	return "sluice-" + hex.EncodeToString(sum[:16]) + ext
 }
 
 // Result is a finished job: the first output image and its timings.
@@ -129,15 +208,19 @@ type Result struct {
 }
 
 // Run uploads the job's image, queues its workflow and waits for it to finish,
-// following the WebSocket and polling /history, then fetches the first output
-// image. Errors are *PromptError (refused), *ExecutionError (failed while
-// running), ErrInterrupted, *HTTPError, or transport errors, all wrapped
-// with context. When ctx ends after the prompt may have been queued, Run
-// removes it from the queue and interrupts it, then returns ctx.Err() wrapped.
+// following the client's WebSocket, checking GET /queue when it is quiet
+// and polling /history, then fetches the first output image. A prompt that
+// leaves ComfyUI's queue without a history entry (deleted, or lost in a
+// restart) is queued once more if it had not started, else Run returns
+// ErrPromptLost. Errors are *PromptError (refused), *ExecutionError (failed
+// while running), ErrInterrupted, ErrPromptLost, *HTTPError, or transport
+// errors, all wrapped with context. When ctx ends after the prompt may have
+// been queued, Run removes it from the queue and interrupts it, then
+// returns ctx.Err() wrapped.
 func (c *Client) Run(ctx context.Context, job Job) (*Result, error) {
 	name := job.ImageName
 	if job.Image != nil && name == "" {
-		name = "sluice-" + uuid.NewString() + ".png"
+		name = UploadName(job.Image)
 	}
 	// Bind before uploading, so that a bad job costs nothing.
 	wf, err := c.workflows.Bind(job, name)
@@ -155,148 +238,349 @@ func (c *Client) Run(ctx context.Context, job Job) (*Result, error) {
 			}
 		}
 	}
-
-	clientID := uuid.NewString()
-	promptID := uuid.NewString()
-	log := c.log.With(slog.String("resource", job.Resource), slog.String("prompt_id", promptID))
-	ev := c.subscribe(ctx, clientID, log)
-	if ev != nil {
-		defer ev.close()
-	}
-
 	extra := map[string]any{"sluice": map[string]any{"resource": job.Resource}}
 	if job.NegativePrompt != "" {
 		extra["sluice"].(map[string]any)["negative_prompt"] = job.NegativePrompt
 	}
-	id, err := c.queue(ctx, promptID, clientID, wf, extra, log)
+	c.connect(ctx)
+	for attempt := 1; ; attempt++ {
+		res, started, err := c.runOnce(ctx, &job, wf, extra)
+		if attempt == 1 && !started && errors.Is(err, ErrPromptLost) && ctx.Err() == nil {
+			c.log.Warn("comfyui: prompt lost before it started, queueing it again", slog.String("resource", job.Resource), slog.Any("err", err))
+			continue
+		}
+		return res, err
+	}
+}
+
+// runOnce queues wf and follows it; started reports whether the prompt was
+// seen running.
+func (c *Client) runOnce(ctx context.Context, job *Job, wf Workflow, extra map[string]any) (_ *Result, started bool, _ error) {
+	promptID := uuid.NewString()
+	log := c.log.With(slog.String("resource", job.Resource), slog.String("prompt_id", promptID))
+	w := c.register(promptID, job.OnQueuePosition != nil)
+	defer func() { c.unregister(promptID, w) }()
+
+	id, err := c.queue(ctx, promptID, c.clientID, wf, extra, log)
 	if err != nil {
 		if ctx.Err() != nil {
 			c.abandonUnlessDetached(ctx, promptID, log)
-			return nil, fmt.Errorf("comfyui: prompt %s: %w", promptID, ctx.Err())
+			return nil, false, fmt.Errorf("comfyui: prompt %s: %w", promptID, ctx.Err())
 		}
-		return nil, err
+		return nil, false, err
 	}
-	res := &Result{PromptID: id, Queued: time.Now()}
+	if id != promptID {
+		c.rekey(promptID, id, w)
+		promptID = id
+		log = c.log.With(slog.String("resource", job.Resource), slog.String("prompt_id", id))
+	}
+	f := &follow{id: id, w: w, job: job, res: &Result{PromptID: id, Queued: c.clock.Now()}, log: log, checkFirst: job.OnQueuePosition != nil}
 	if job.OnQueued != nil {
 		job.OnQueued(id)
 	}
-	img, err := c.await(ctx, id, ev, job.OnProgress, res, log)
+	img, err := c.await(ctx, f)
 	if err != nil {
 		if ctx.Err() != nil {
 			c.abandonUnlessDetached(ctx, id, log)
-			return nil, fmt.Errorf("comfyui: prompt %s: %w", id, ctx.Err())
+			return nil, f.started, fmt.Errorf("comfyui: prompt %s: %w", id, ctx.Err())
 		}
-		return nil, err
+		return nil, f.started, err
 	}
-	if res.Finished.IsZero() {
-		res.Finished = time.Now()
-	}
-	if job.OnExecuted != nil {
-		job.OnExecuted()
-	}
+	res, err := c.fetch(ctx, f, img)
+	return res, true, err
+}
+
+// fetch ends a prompt that finished: the callbacks not made yet, then its
+// output image.
+func (c *Client) fetch(ctx context.Context, f *follow, img imageRef) (*Result, error) {
+	f.running()
+	f.executed()
+	res := f.res
+	var err error
 	if res.Image, res.ContentType, err = c.view(ctx, img); err != nil {
-		return nil, fmt.Errorf("comfyui: prompt %s: %w", id, err)
+		return nil, fmt.Errorf("comfyui: prompt %s: %w", f.id, err)
 	}
 	res.Filename, res.Subfolder = img.Filename, img.Subfolder
 	return res, nil
 }
 
 // Recover follows a prompt queued earlier, perhaps by another process (a
-// gateway before its restart), polling /history until it has finished or
-// ctx ends, then fetches its first output image. Unlike Run it never
-// removes or interrupts the prompt when ctx ends. Errors are those of Run.
+// gateway before its restart), polling /history and checking /queue until
+// it has finished or ctx ends, then fetches its first output image. A
+// prompt in neither the queue nor the history is ErrPromptLost at once.
+// Unlike Run it never removes or interrupts the prompt when ctx ends, nor
+// queues a lost one again. Errors are those of Run.
 func (c *Client) Recover(ctx context.Context, promptID string) (*Result, error) {
 	log := c.log.With(slog.String("prompt_id", promptID))
-	res := &Result{PromptID: promptID}
-	img, err := c.await(ctx, promptID, nil, nil, res, log)
+	f := &follow{id: promptID, job: &Job{}, res: &Result{PromptID: promptID}, log: log, checkFirst: true}
+	img, err := c.await(ctx, f)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("comfyui: prompt %s: %w", promptID, ctx.Err())
 		}
 		return nil, err
 	}
-	if res.Finished.IsZero() {
-		res.Finished = time.Now()
-	}
-	if res.Image, res.ContentType, err = c.view(ctx, img); err != nil {
-		return nil, fmt.Errorf("comfyui: prompt %s: %w", promptID, err)
-	}
-	res.Filename, res.Subfolder = img.Filename, img.Subfolder
-	return res, nil
+	return c.fetch(ctx, f, img)
 }
 
-// await follows prompt id to its end and returns its first output image.
-func (c *Client) await(ctx context.Context, id string, ev *events, onProgress func(int, int), res *Result, log *slog.Logger) (imageRef, error) {
-	tick := time.NewTicker(c.poll)
-	defer tick.Stop()
-	var msgs <-chan wsEvent
-	if ev != nil {
-		msgs = ev.msgs
+// follow is the state of one wait for a prompt.
+type follow struct {
+	id         string
+	w          *waiter // nil: no events (Recover)
+	job        *Job    // its callbacks
+	res        *Result
+	log        *slog.Logger
+	checkFirst bool // check /queue before the first wait
+	started    bool // seen running
+	place      int  // last place reported
+	done       bool // OnExecuted called
+}
+
+// running records that the prompt runs, once.
+func (f *follow) running() {
+	if f.started {
+		return
 	}
-	// poll reads /history; done reports that the prompt has ended.
-	poll := func() (img imageRef, done bool, err error) {
-		h, err := c.history(ctx, id)
-		if err != nil {
-			if ctx.Err() != nil {
-				return img, true, ctx.Err()
-			}
-			log.Warn("comfyui: polling history failed", slog.Any("err", err))
-			return img, false, nil
+	f.started = true
+	if f.job.OnRunning != nil {
+		f.job.OnRunning()
+	}
+}
+
+// executed calls OnExecuted, once.
+func (f *follow) executed() {
+	if f.done {
+		return
+	}
+	f.done = true
+	if f.job.OnExecuted != nil {
+		f.job.OnExecuted()
+	}
+}
+
+// await follows prompt f.id to its end and returns its first output image.
+func (c *Client) await(ctx context.Context, f *follow) (imageRef, error) {
+	pollC, stopPoll := clock.NewTimer(c.clock, c.poll)
+	quietC, stopQuiet := clock.NewTimer(c.clock, c.quiet)
+	defer func() { stopPoll(); stopQuiet() }()
+	var msgs <-chan wsEvent
+	var kick <-chan struct{}
+	if f.w != nil {
+		msgs, kick = f.w.events, f.w.kick
+	}
+	last := c.clock.Now() // of the last event of the prompt
+	if f.checkFirst {
+		if img, done, err := c.checkQueue(ctx, f); done {
+			return img, err
 		}
-		if h == nil {
-			return img, false, nil
-		}
-		img, err = h.outcome(id, res)
-		return img, true, err
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return imageRef{}, ctx.Err()
-		case <-tick.C:
-		case m, ok := <-msgs:
-			if !ok {
-				log.Warn("comfyui: websocket closed, following /history only")
-				msgs = nil
+		case <-pollC:
+			pollC, stopPoll = clock.NewTimer(c.clock, c.poll)
+			if img, done, err := c.pollHistory(ctx, f); done {
+				return img, err
+			}
+			continue
+		case <-quietC:
+			if idle := c.clock.Now().Sub(last); idle < c.quiet {
+				quietC, stopQuiet = clock.NewTimer(c.clock, c.quiet-idle)
 				continue
 			}
-			running := !res.Started.IsZero() && res.Finished.IsZero()
-			if m.Data.PromptID != id && !(m.Data.PromptID == "" && m.Type == "progress" && running) {
-				continue
+			quietC, stopQuiet = clock.NewTimer(c.clock, c.quiet)
+			if img, done, err := c.checkQueue(ctx, f); done {
+				return img, err
 			}
-			now := time.Now()
+			continue
+		case <-kick:
+			if img, done, err := c.checkQueue(ctx, f); done {
+				return img, err
+			}
+			continue
+		case m := <-msgs:
+			now := c.clock.Now()
+			last = now
 			switch m.Type {
-			case "execution_start":
-				setOnce(&res.Started, now)
-				continue
-			case "progress":
-				setOnce(&res.Started, now)
-				if onProgress != nil {
-					onProgress(m.Data.Value, m.Data.Max)
+			case "execution_start", "progress":
+				c.started(f, now)
+				if m.Type == "progress" && f.job.OnProgress != nil {
+					f.job.OnProgress(m.Data.Value, m.Data.Max)
 				}
 				continue
 			case "executing":
 				if m.Data.Node != nil {
-					setOnce(&res.Started, now)
+					c.started(f, now)
 					continue
 				}
-				setOnce(&res.Finished, now) // history is written: check it now
+				setOnce(&f.res.Finished, now)
+				f.running()
+				f.executed()
 			case "execution_success":
-				setOnce(&res.Finished, now) // history is written right after
+				setOnce(&f.res.Finished, now)
+				f.running()
+				f.executed()
 			case "execution_error":
-				setOnce(&res.Finished, now)
-				return imageRef{}, m.Data.executionError(id)
+				setOnce(&f.res.Finished, now)
+				return imageRef{}, m.Data.executionError(f.id)
 			case "execution_interrupted":
-				setOnce(&res.Finished, now)
-				return imageRef{}, fmt.Errorf("%w (prompt %s)", ErrInterrupted, id)
+				setOnce(&f.res.Finished, now)
+				return imageRef{}, fmt.Errorf("%w (prompt %s)", ErrInterrupted, f.id)
 			default:
 				continue
 			}
 		}
-		if img, done, err := poll(); done {
+		// The prompt has ended. After execution_success ComfyUI writes the
+		// history entry, then announces a queue change and sends executing
+		// {node: null}: read the history now, and if it is not there yet,
+		// again at the next of those.
+		if img, done, err := c.pollHistory(ctx, f); done {
 			return img, err
 		}
+		if f.w != nil {
+			c.setEnded(f.w)
+		}
 	}
+}
+
+// started records that f's prompt runs, seen at now.
+func (c *Client) started(f *follow, now time.Time) {
+	if f.started {
+		return
+	}
+	setOnce(&f.res.Started, now)
+	if f.w != nil {
+		c.setStarted(f.w)
+	}
+	f.running()
+}
+
+// pollHistory reads /history; done reports that the prompt has ended.
+func (c *Client) pollHistory(ctx context.Context, f *follow) (img imageRef, done bool, err error) {
+	h, err := c.history(ctx, f.id)
+	if err != nil {
+		if ctx.Err() != nil {
+			return img, true, ctx.Err()
+		}
+		f.log.Warn("comfyui: polling history failed", slog.Any("err", err))
+		return img, false, nil
+	}
+	if h == nil {
+		return img, false, nil
+	}
+	img, err = h.outcome(f.id, f.res)
+	return img, true, err
+}
+
+// checkQueue asks GET /queue where f's prompt is: it reports its place or
+// that it runs; a prompt in neither the queue nor the history is lost. done
+// reports that the prompt has ended.
+func (c *Client) checkQueue(ctx context.Context, f *follow) (img imageRef, done bool, err error) {
+	q, err := c.queueState(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return img, true, ctx.Err()
+		}
+		f.log.Warn("comfyui: checking the queue failed", slog.Any("err", err))
+		return img, false, nil
+	}
+	running, place, ok := q.place(f.id)
+	switch {
+	case ok && running:
+		c.started(f, c.clock.Now())
+		return img, false, nil
+	case ok:
+		if place != f.place && !f.started {
+			f.place = place
+			if f.job.OnQueuePosition != nil {
+				f.job.OnQueuePosition(place)
+			}
+		}
+		return img, false, nil
+	}
+	// Gone from the queue: ComfyUI writes the history entry in the same
+	// step, so a prompt that ran has one now.
+	h, err := c.history(ctx, f.id)
+	if err != nil {
+		if ctx.Err() != nil {
+			return img, true, ctx.Err()
+		}
+		f.log.Warn("comfyui: reading history failed", slog.Any("err", err))
+		return img, false, nil
+	}
+	if h != nil {
+		img, err = h.outcome(f.id, f.res)
+		return img, true, err
+	}
+	f.log.Warn("comfyui: prompt lost: in neither the queue nor the history")
+	return img, true, fmt.Errorf("%w (prompt %s is in neither the queue nor the history of %s)", ErrPromptLost, f.id, c.base)
+}
+
+// queueEntry is the start of an entry of GET /queue: [number, prompt_id, ...].
+type queueEntry struct {
+	number float64
+	id     string
+}
+
+// queueSnapshot is GET /queue: the prompts running and those pending.
+type queueSnapshot struct {
+	running []queueEntry
+	pending []queueEntry
+}
+
+// place finds prompt id: whether it runs, else its place (1 + the prompts
+// running or pending before it, by number then id as ComfyUI's heap orders
+// them); ok is false when it is in neither list.
+func (q *queueSnapshot) place(id string) (running bool, place int, ok bool) {
+	for _, e := range q.running {
+		if e.id == id {
+			return true, 0, true
+		}
+	}
+	i := slices.IndexFunc(q.pending, func(e queueEntry) bool { return e.id == id })
+	if i < 0 {
+		return false, 0, false
+	}
+	me := q.pending[i]
+	place = 1 + len(q.running)
+	for _, e := range q.pending {
+		if e.number < me.number || e.number == me.number && e.id < me.id {
+			place++
+		}
+	}
+	return false, place, true
+}
+
+// queueState reads GET /queue.
+func (c *Client) queueState(ctx context.Context) (*queueSnapshot, error) {
+	var raw struct {
+		Running [][]json.RawMessage `json:"queue_running"`
+		Pending [][]json.RawMessage `json:"queue_pending"`
+	}
+	if err := c.getJSON(ctx, "/queue", &raw); err != nil {
+		return nil, err
+	}
+	entries := func(list [][]json.RawMessage) ([]queueEntry, error) {
+		out := make([]queueEntry, 0, len(list))
+		for _, item := range list {
+			var e queueEntry
+			if len(item) < 2 || json.Unmarshal(item[0], &e.number) != nil || json.Unmarshal(item[1], &e.id) != nil {
+				return nil, fmt.Errorf("comfyui: GET /queue: an entry is not [number, prompt_id, ...]")
+			}
+			out = append(out, e)
+		}
+		return out, nil
+	}
+	var q queueSnapshot
+	var err error
+	if q.running, err = entries(raw.Running); err != nil {
+		return nil, err
+	}
+	if q.pending, err = entries(raw.Pending); err != nil {
+		return nil, err
+	}
+	return &q, nil
 }
 
 func setOnce(t *time.Time, now time.Time) {

@@ -48,6 +48,7 @@ func newClient(t *testing.T, baseURL string, poll time.Duration) *comfyui.Client
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.Close)
 	return c
 }
 
@@ -398,6 +399,7 @@ func TestNewClientChecksConfig(t *testing.T) {
 		{BaseURL: "127.0.0.1:8188"},
 		{BaseURL: "ftp://host"},
 		{BaseURL: "http://host", PollInterval: -time.Second},
+		{BaseURL: "http://host", QueueCheckInterval: -time.Second},
 	} {
 		if _, err := comfyui.NewClient(cfg); err == nil {
 			t.Errorf("NewClient(%+v) accepted", cfg)

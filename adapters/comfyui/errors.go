@@ -13,12 +13,19 @@ import (
 // interrupted by someone other than this client's caller.
 var ErrInterrupted = errors.New("comfyui: prompt interrupted")
 
+// ErrPromptLost is returned (wrapped) when a prompt ComfyUI had accepted is in
+// neither its queue nor its history: deleted from the queue by someone else,
+// or dropped when ComfyUI restarted. ComfyUI sends no event for either.
+var ErrPromptLost = errors.New("comfyui: prompt lost")
+
 // PromptError is ComfyUI refusing a prompt: POST /prompt answered 400.
 // NodeErrors holds the per-node validation errors by node id; it is empty for
-// whole-prompt errors such as missing_node_type or prompt_no_outputs.
+// whole-prompt errors such as invalid_prompt (an unknown node class on
+// ComfyUI 0.3.64), missing_node_type or prompt_no_outputs, and non-nil (empty)
+// when ComfyUI sent an object, nil when it sent none or an old-style list.
 type PromptError struct {
 	StatusCode int
-	Type       string // prompt_outputs_failed_validation, missing_node_type, ...; empty from old servers
+	Type       string // prompt_outputs_failed_validation, invalid_prompt, missing_node_type, ...; empty from old servers
 	Message    string
 	Details    string
 	ExtraInfo  map[string]any
@@ -51,8 +58,10 @@ func (e *PromptError) Error() string {
 	b.WriteString(e.Message)
 	if len(e.NodeErrors) == 0 {
 		if e.Details != "" && e.Details != e.Message {
-			b.WriteString(": ")
+			// "Cannot execute because node X does not exist. (Node ID '#3')"
+			b.WriteString(" (")
 			b.WriteString(e.Details)
+			b.WriteString(")")
 		}
 		return b.String()
 	}
@@ -167,8 +176,9 @@ func decodePromptError(status int, body []byte) (*PromptError, bool) {
 		DependentOutputs []looseString   `json:"dependent_outputs"`
 		Errors           []rawInputError `json:"errors"`
 	}
-	// A list (old servers send []) or anything else undecodable leaves no node errors.
-	if json.Unmarshal(raw.NodeErrors, &nodes) == nil && len(nodes) > 0 {
+	// A list (old servers send []) or anything else undecodable leaves no
+	// node errors; an object, even empty, leaves a non-nil map.
+	if json.Unmarshal(raw.NodeErrors, &nodes) == nil && nodes != nil {
 		pe.NodeErrors = make(map[string]NodeError, len(nodes))
 		for id, n := range nodes {
 			ne := NodeError{ClassType: string(n.ClassType)}

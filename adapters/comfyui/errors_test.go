@@ -58,8 +58,16 @@ func TestDecodePromptError(t *testing.T) {
 			name: "whole-prompt error",
 			body: `{"error": {"type": "missing_node_type", "message": "Node 'Foo' not found. The custom node may not be installed.", "details": "Node ID '#4'", "extra_info": {"node_id": "4", "class_type": "Foo", "node_title": null}}, "node_errors": {}}`,
 			want: &PromptError{StatusCode: 400, Type: "missing_node_type", Message: "Node 'Foo' not found. The custom node may not be installed.", Details: "Node ID '#4'",
-				ExtraInfo: map[string]any{"node_id": "4", "class_type": "Foo", "node_title": nil}},
-			wantInMsg: []string{"missing_node_type: Node 'Foo' not found. The custom node may not be installed.: Node ID '#4'"},
+				ExtraInfo: map[string]any{"node_id": "4", "class_type": "Foo", "node_title": nil}, NodeErrors: map[string]NodeError{}},
+			wantInMsg: []string{"missing_node_type: Node 'Foo' not found. The custom node may not be installed. (Node ID '#4')"},
+		},
+		{
+			// ComfyUI 0.3.64 on an unknown node class.
+			name: "invalid_prompt",
+			body: `{"error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist.", "details": "Node ID '#3'", "extra_info": {}}, "node_errors": {}}`,
+			want: &PromptError{StatusCode: 400, Type: "invalid_prompt", Message: "Cannot execute because node X does not exist.", Details: "Node ID '#3'",
+				ExtraInfo: map[string]any{}, NodeErrors: map[string]NodeError{}},
+			wantInMsg: []string{"comfyui: prompt refused: invalid_prompt: Cannot execute because node X does not exist. (Node ID '#3')"},
 		},
 	}
 	for _, tt := range tests {

@@ -18,6 +18,7 @@ func ExampleClient_Run() {
 	if err != nil {
 		panic(err)
 	}
+	defer c.Close() // its WebSocket
 
 	var photo bytes.Buffer
 	png.Encode(&photo, image.NewGray(image.Rect(0, 0, 320, 200)))

@@ -89,6 +89,7 @@ func TestOnExecutedBeforeOutputFetched(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer client.Close()
 	calls := 0
 	res, err := client.Run(context.Background(), comfyui.Job{Resource: "zimage_generate", Prompt: "a kite", Width: 256, Height: 256,
 		OnExecuted: func() { calls++ }})

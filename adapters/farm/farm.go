@@ -194,6 +194,14 @@ func (f *Farm) init(cfg Config, backends []backend) error {
 // Clients are the backends' ComfyUI clients, in the order given.
 func (f *Farm) Clients() []*comfyui.Client { return f.clients }
 
+// Close closes the backends' clients (their WebSockets). Call it once no
+// job runs any more: after the HTTP server and the async jobs have stopped.
+func (f *Farm) Close() {
+	for _, c := range f.clients {
+		c.Close()
+	}
+}
+
 // Stats is a snapshot of the farm's slots, health, GPU pressure and queue.
 func (f *Farm) Stats() dispatch.Stats { return f.d.Stats() }
 

@@ -77,6 +77,7 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(client.Close)
 	if o.maxUploads == 0 {
 		o.maxUploads = 64
 	}
@@ -454,12 +455,46 @@ func TestExitAtJobEndWithRealTime(t *testing.T) {
 		t.Fatalf("after one 150ms job: %+v", st)
 	}
 	fail.Store(true)
-	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", img, nil), "192.0.2.1:1")
+	// Another photo: the same one would be served from ComfyUI's cache (its
+	// upload has the same name, by content) without running.
+	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 32, 24), nil), "192.0.2.1:1")
 	if p := problemOf(t, rec.Body.Bytes()); rec.Code != 502 || !strings.Contains(p.Detail, "CUDA out of memory") {
 		t.Fatalf("failed job: %d %+v", rec.Code, p)
 	}
 	if st := s.eng.Stats()[0]; st.Failed != 1 || st.Completed != 2 {
 		t.Fatalf("a failed job must exit with its error: %+v", st)
+	}
+}
+
+// ComfyUI 0.3.64 refuses an unknown node class as invalid_prompt with an
+// empty node_errors object: the caller reads a clean message and the same
+// empty object, not null.
+func TestComfyUIUnknownNodeReachesCaller(t *testing.T) {
+	bad := `{"1": {"class_type": "LoadImage", "inputs": {"image": "upload.png"}},
+ "2": {"class_type": "DDColor_Colorize", "inputs": {"image": ["1", 0], "model_input_size": 512, "checkpoint": "ddcolor_modelscope.pth"}},
+ "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "ddcolor/person"}},
+ "4": {"class_type": "Upscale4000", "inputs": {}}}`
+	wfs, err := comfyui.LoadWorkflows(fstest.MapFS{"ddcolor_person.json": {Data: []byte(bad)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newStack(t, "resource: ddcolor_person\n", stackOptions{workflows: wfs})
+	rec := s.do(colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 32, 32), nil), "192.0.2.1:1")
+	if rec.Code != 502 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	var body struct {
+		Detail     string          `json:"detail"`
+		NodeErrors json.RawMessage `json:"node_errors"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(body.Detail, "invalid_prompt: Cannot execute because node Upscale4000 does not exist. (Node ID '#4')") {
+		t.Errorf("detail %q", body.Detail)
+	}
+	if string(body.NodeErrors) != "{}" {
+		t.Errorf("node_errors %s, want {} as ComfyUI sent", body.NodeErrors)
 	}
 }
 

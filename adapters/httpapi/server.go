@@ -368,9 +368,11 @@ func serverTiming(res *comfyui.Result) string {
 	return fmt.Sprintf(`queue;dur=%.1f;desc="ComfyUI queue", run;dur=%.1f;desc="ComfyUI job"`, ms(wait), ms(run))
 }
 
-// nodeErrors renders ComfyUI's node errors in ComfyUI's own JSON shape.
-func nodeErrors(pe *comfyui.PromptError) map[string]any {
-	if len(pe.NodeErrors) == 0 {
+// nodeErrors renders ComfyUI's node errors in ComfyUI's own JSON shape: an
+// object, empty when ComfyUI sent an empty one; nil (the field left out)
+// when it sent none.
+func nodeErrors(pe *comfyui.PromptError) any {
+	if pe.NodeErrors == nil {
 		return nil
 	}
 	out := make(map[string]any, len(pe.NodeErrors))

@@ -28,9 +28,9 @@ import (
 //	go test ./cmd/sluice -run '^$' -bench Overload -benchtime 1x
 func BenchmarkOverload(b *testing.B) {
 	const (
-		backends  = 8
-		small     = 300 * time.Millisecond // a 512 px job
-		large     = 600 * time.Millisecond
+		backends  = 4
+		small     = 60 * time.Millisecond // a 512 px job
+		large     = 120 * time.Millisecond
 		duration  = 6 * time.Second
 		wellRate  = 11.0 // jobs per second per well-behaved client: together, about the capacity
 		wellCount = 4
@@ -52,6 +52,7 @@ func BenchmarkOverload(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		b.Cleanup(c.Close)
 		clients[c.BaseURL()] = c
 		cfgs = append(cfgs, dispatch.BackendConfig{Name: c.BaseURL(), Slots: 1})
 	}

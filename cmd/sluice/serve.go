@@ -284,6 +284,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--comfyui: %w", err)
 	}
+	defer backends.Close() // the clients' WebSockets: after the jobs, before the simulator
 	clients := backends.Clients()
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()

@@ -48,7 +48,11 @@ func (s *Server) take() (*queueItem, <-chan struct{}) {
 			s.mu.Unlock()
 			return nil, nil
 		}
-		if len(s.pending) > 0 {
+		if len(s.pending) > 0 && !s.paused {
+			if s.freshCache {
+				s.cache = map[string]cacheEntry{}
+				s.freshCache = false
+			}
 			item := s.pending[0]
 			s.pending = slices.Delete(s.pending, 0, 1)
 			s.running = item
@@ -75,7 +79,17 @@ func (x *execution) add(event string, data map[string]any, broadcast bool) {
 	data["timestamp"] = time.Now().UnixMilli()
 	x.messages = append(x.messages, []any{event, data})
 	if x.item.clientID != "" || broadcast {
-		x.s.send(x.item.clientID, event, data)
+		x.send(event, data)
+	}
+}
+
+// send sends an event of the prompt to its client (to everyone when it has
+// none), unless a Restart lost the prompt.
+func (x *execution) send(event string, data map[string]any) {
+	x.s.mu.Lock()
+	defer x.s.mu.Unlock()
+	if !x.item.lost {
+		x.s.sendLocked(x.item.clientID, event, data)
 	}
 }
 
@@ -83,7 +97,7 @@ func (x *execution) add(event string, data map[string]any, broadcast bool) {
 // ComfyUI does for executing and executed.
 func (x *execution) sendToClient(event string, data map[string]any) {
 	if x.item.clientID != "" {
-		x.s.send(x.item.clientID, event, data)
+		x.send(event, data)
 	}
 }
 
@@ -158,6 +172,14 @@ func (s *Server) execute(item *queueItem, stop <-chan struct{}) {
 		}
 	}
 
+	// The prompt takes jobTime in all: the heavy nodes' sleeps leave room
+	// for the fake's own image work after them (PNG encoding, a few ms on
+	// a busy host), as measured on the previous prompt.
+	begin := time.Now()
+	budget := max(jobTime-s.tail, 0)
+	var heavyDone int
+	var heavyEnd time.Time
+
 	newCache := map[string]cacheEntry{}
 	ui := map[string]map[string]any{}
 	ok := true
@@ -177,13 +199,20 @@ func (s *Server) execute(item *queueItem, stop <-chan struct{}) {
 			break
 		}
 		s.mu.Lock()
-		s.lastNode = nid
+		if !item.lost {
+			s.lastNode = nid
+		}
 		s.mu.Unlock()
 		x.sendToClient("executing", map[string]any{"node": nid, "display_node": nid, "prompt_id": id})
-		if slices.Contains(heavy, nid) && !x.work(nid, jobTime/time.Duration(len(heavy))) {
-			x.interrupted(nid, class)
-			ok = false
-			break
+		if slices.Contains(heavy, nid) {
+			heavyDone++
+			end := begin.Add(budget * time.Duration(heavyDone) / time.Duration(len(heavy)))
+			if !x.work(nid, time.Until(end)) {
+				x.interrupted(nid, class)
+				ok = false
+				break
+			}
+			heavyEnd = time.Now()
 		}
 		if nid == failNode {
 			x.failed(nid, class, &pyException{Type: or(failure.ExceptionType, "RuntimeError"), Message: or(failure.ExceptionMessage, "simulated failure")})
@@ -207,7 +236,10 @@ func (s *Server) execute(item *queueItem, stop <-chan struct{}) {
 	if ok {
 		x.add("execution_success", map[string]any{"prompt_id": id}, false)
 	}
-	s.cache = newCache
+	s.cache = newCache // a Restart meanwhile has the next take drop it
+	if ok && !heavyEnd.IsZero() {
+		s.tail = min(time.Since(heavyEnd), jobTime/2)
+	}
 	s.finish(x, ok, ui)
 	log.Debug("comfyuitest: prompt done", slog.Bool("success", ok), slog.Int("cached", len(cached)), slog.Int("executed", len(x.executed)))
 }
@@ -233,7 +265,7 @@ func (x *execution) work(nid string, d time.Duration) bool {
 			return false
 		}
 		data := map[string]any{"value": i, "max": steps, "prompt_id": x.item.id, "node": nid}
-		x.s.send(x.item.clientID, "progress", data) // ComfyUI sends progress even without a client
+		x.send("progress", data) // ComfyUI sends progress even without a client
 	}
 	return true
 }
@@ -308,6 +340,9 @@ func (s *Server) finish(x *execution, ok bool, ui map[string]map[string]any) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if item.lost {
+		return // dropped by a Restart: no history, no event
+	}
 	if len(s.histOrder) >= maxHistory {
 		delete(s.history, s.histOrder[0])
 		s.histOrder = slices.Delete(s.histOrder, 0, 1)

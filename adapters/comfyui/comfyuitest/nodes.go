@@ -7,7 +7,8 @@ import (
 
 // The node classes the fake knows, with the input specs ComfyUI and the
 // DDColor custom node declare for them. Only these class_types are accepted;
-// any other is a missing_node_type, as on a ComfyUI without that custom node.
+// any other is refused as invalid_prompt ("Cannot execute because node X does
+// not exist."), as on a ComfyUI 0.3.64 without that custom node.
 
 type inputKind int
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,18 +130,18 @@ func TestPostPromptValidation(t *testing.T) {
 		},
 		{
 			name: "unknown class_type", body: `{"prompt": {"1": {"class_type": "Upscale4000", "inputs": {}}}}`, status: 400,
-			want: `{"error": {"type": "missing_node_type", "message": "Node 'Upscale4000' not found. The custom node may not be installed.", "details": "Node ID '#1'",
-				"extra_info": {"node_id": "1", "class_type": "Upscale4000", "node_title": null}}, "node_errors": {}}`,
+			want: `{"error": {"type": "invalid_prompt", "message": "Cannot execute because node Upscale4000 does not exist.", "details": "Node ID '#1'",
+				"extra_info": {}}, "node_errors": {}}`,
 		},
 		{
 			name: "unknown class_type with a title", body: `{"prompt": {"7": {"class_type": "X", "inputs": {}, "_meta": {"title": "Magic"}}}}`, status: 400,
-			want: `{"error": {"type": "missing_node_type", "message": "Node 'Magic' not found. The custom node may not be installed.", "details": "Node ID '#7'",
-				"extra_info": {"node_id": "7", "class_type": "X", "node_title": "Magic"}}, "node_errors": {}}`,
+			want: `{"error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist.", "details": "Node ID '#7'",
+				"extra_info": {}}, "node_errors": {}}`,
 		},
 		{
 			name: "no class_type", body: `{"prompt": {"4": {"inputs": {}}}}`, status: 400,
-			want: `{"error": {"type": "missing_node_type", "message": "Node 'ID #4' has no class_type. The workflow may be corrupted or a custom node is missing.", "details": "Node ID '#4'",
-				"extra_info": {"node_id": "4", "class_type": null, "node_title": null}}, "node_errors": {}}`,
+			want: `{"error": {"type": "invalid_prompt", "message": "Cannot execute because a node is missing the class_type property.", "details": "Node ID '#4'",
+				"extra_info": {}}, "node_errors": {}}`,
 		},
 		{
 			name: "no outputs", body: `{"prompt": {"1": {"class_type": "LoadImage", "inputs": {"image": "upload.png"}}}}`, status: 400,
@@ -883,4 +884,85 @@ func FuzzPostPrompt(f *testing.F) {
 			t.Fatalf("answer is not JSON: %s", rec.Body)
 		}
 	})
+}
+
+// As in ComfyUI 0.3.64: a prompt deleted from the queue gets no event and
+// never a history entry; a restart drops the queue, the running prompt and
+// the history without an event, closes the WebSockets and keeps the files.
+func TestDeleteAndRestartLoseWithoutEvent(t *testing.T) {
+	s := start(t, comfyuitest.Options{JobTime: func(p comfyuitest.Prompt) time.Duration {
+		if text, _ := p.String("CLIPTextEncode", "text"); text == "c" {
+			return time.Hour // ended by the restart
+		}
+		return time.Millisecond
+	}})
+	s.Pause()
+	c := wsConn(t, s.URL, "w")
+	ids := map[string]string{}
+	for _, text := range []string{"a", "b"} {
+		p := strings.Replace(zimagePrompt("32", "32", "1", "euler"), "PROMPT", text, 1)
+		ids[text] = uuid.NewString()
+		postJSON(t, s.URL+"/prompt", `{"prompt": `+p+`, "client_id": "w", "prompt_id": "`+ids[text]+`"}`)
+	}
+	postJSON(t, s.URL+"/queue", `{"delete": ["`+ids["a"]+`"]}`)
+	_, q := call(t, "GET", s.URL+"/queue", "", nil)
+	var queue struct {
+		Running [][]json.RawMessage `json:"queue_running"`
+		Pending [][]json.RawMessage `json:"queue_pending"`
+	}
+	if err := json.Unmarshal(q, &queue); err != nil || len(queue.Running) != 0 || len(queue.Pending) != 1 ||
+		len(queue.Pending[0]) != 5 || string(queue.Pending[0][1]) != `"`+ids["b"]+`"` {
+		t.Fatalf("queue after the delete %s", q)
+	}
+	s.Resume()
+	follow(t, c, ids["b"], func() {}) // fails on any event of a
+	_, h := call(t, "GET", s.URL+"/history/"+ids["a"], "", nil)
+	sameJSON(t, h, `{}`)
+
+	p := strings.Replace(zimagePrompt("32", "32", "1", "euler"), "PROMPT", "c", 1)
+	ids["c"] = uuid.NewString()
+	postJSON(t, s.URL+"/prompt", `{"prompt": `+p+`, "client_id": "w", "prompt_id": "`+ids["c"]+`"}`)
+	for {
+		typ, data := readEvent(t, c)
+		if typ == "execution_start" && strings.Contains(string(data), ids["c"]) {
+			break
+		}
+	}
+	outputs := s.Files("output")
+	s.Restart()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for {
+		// Frames sent before the restart may still arrive; none after.
+		typ, data, err := c.Read(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				t.Fatal("the WebSocket stayed open across the restart")
+			}
+			break
+		}
+		if typ == websocket.MessageText && (strings.Contains(string(data), "execution_interrupted") || strings.Contains(string(data), "execution_error")) {
+			t.Fatalf("the restart sent %s", data)
+		}
+	}
+	_, q = call(t, "GET", s.URL+"/queue", "", nil)
+	sameJSON(t, q, `{"queue_running": [], "queue_pending": []}`)
+	for _, id := range []string{ids["b"], ids["c"]} {
+		_, h := call(t, "GET", s.URL+"/history/"+id, "", nil)
+		sameJSON(t, h, `{}`)
+	}
+	select {
+	case <-s.Done(ids["c"]):
+		t.Error("the prompt lost in the restart got a history entry")
+	default:
+	}
+	if got := s.Files("output"); !slices.Equal(got, outputs) || len(got) != 1 {
+		t.Errorf("output files %v after the restart, want %v", got, outputs)
+	}
+	// The server takes new connections and prompts at once.
+	c2 := wsConn(t, s.URL, "w")
+	p = strings.Replace(zimagePrompt("32", "32", "1", "euler"), "PROMPT", "d", 1)
+	ids["d"] = uuid.NewString()
+	postJSON(t, s.URL+"/prompt", `{"prompt": `+p+`, "client_id": "w", "prompt_id": "`+ids["d"]+`"}`)
+	follow(t, c2, ids["d"], func() {})
 }

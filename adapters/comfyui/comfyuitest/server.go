@@ -30,9 +30,10 @@ import (
 // Options configure a fake server. The zero value is a fast, always
 // successful ComfyUI with one 80 GiB GPU.
 type Options struct {
-	// JobTime is how long a prompt runs when at least one of its nodes is not
-	// served from the cache. Default: 50ms. FieldJobTime gives the times seen
-	// on real GPUs. JobTime and Fail are called on the executor goroutine when
+	// JobTime is how long a prompt runs, from its start to its end, when at
+	// least one of its nodes is not served from the cache (longer only if
+	// the fake's own image work takes longer). Default: 50ms. FieldJobTime
+	// gives the times seen on real GPUs. JobTime and Fail are called on the executor goroutine when
 	// the prompt starts running; Close waits for them to return.
 	JobTime func(p Prompt) time.Duration
 	// Fail, if set, decides for each prompt that runs whether it fails, and
@@ -179,6 +180,10 @@ type Server struct {
 	// cache maps node signatures to their outputs, from the last prompt run.
 	// Only the executor touches it.
 	cache map[string]cacheEntry
+	// tail is how long the last prompt took after its heavy nodes: the
+	// fake's own image work, taken out of the next prompt's sleep. Only
+	// the executor touches it.
+	tail time.Duration
 
 	mu          sync.Mutex
 	closed      bool
@@ -188,6 +193,8 @@ type Server struct {
 	running     *queueItem
 	interrupt   chan struct{} // closed to interrupt the running prompt
 	interrupted bool
+	paused      bool
+	freshCache  bool // a Restart emptied the node cache; the executor drops it
 	lastNode    string
 	history     map[string]*historyEntry
 	histOrder   []string
@@ -326,6 +333,9 @@ type queueItem struct {
 	outputs  []string
 	clientID string
 	typed    Prompt
+	// lost is set, under Server.mu, when a Restart drops the prompt while it
+	// runs: from then on its execution sends nothing and leaves no history.
+	lost bool
 }
 
 func (q *queueItem) tuple() []any {
@@ -515,6 +525,8 @@ func (s *Server) handlePostQueue(w http.ResponseWriter, r *http.Request) {
 		s.pending = nil
 		s.broadcastStatusLocked()
 	}
+	// As in ComfyUI, a deleted prompt gets no event of its own (only the
+	// status broadcast every queue change makes) and never a history entry.
 	if del, ok := body["delete"].([]any); ok {
 		for _, d := range del {
 			id, _ := d.(string)
@@ -619,6 +631,8 @@ func (s *Server) handlePostHistory(w http.ResponseWriter, r *http.Request) {
 		s.history = map[string]*historyEntry{}
 		s.histOrder = nil
 	}
+	// As in ComfyUI, a deleted prompt gets no event of its own (only the
+	// status broadcast every queue change makes) and never a history entry.
 	if del, ok := body["delete"].([]any); ok {
 		for _, d := range del {
 			id, _ := d.(string)
@@ -863,6 +877,55 @@ func (s *Server) QueueRemaining() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.queueInfoLocked()["exec_info"].(map[string]any)["queue_remaining"].(int)
+}
+
+// Restart simulates ComfyUI restarting: the pending prompts and the one
+// running are dropped without an event or a history entry, the history and
+// the node cache (both in memory in ComfyUI) are emptied, and every
+// WebSocket is closed, as the process ending closes them. Files stay: they
+// are on disk. Clients may reconnect at once.
+func (s *Server) Restart() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = nil
+	if s.running != nil {
+		s.running.lost = true
+		s.running = nil
+		s.interruptLocked()
+	}
+	s.lastNode = ""
+	s.history = map[string]*historyEntry{}
+	s.histOrder = nil
+	s.freshCache = true
+	for sid, c := range s.clients {
+		c.cancel()
+		delete(s.clients, sid)
+	}
+}
+
+// Pause stops the executor from taking the next prompt (the one running
+// goes on), so that a test can queue several and watch their places.
+func (s *Server) Pause() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.paused = true
+}
+
+// Resume undoes Pause.
+func (s *Server) Resume() {
+	s.mu.Lock()
+	s.paused = false
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Files returns the names (with their subfolders) of the files in the
+// input, output or temp folder, in the order they were last written.
+func (s *Server) Files(typ string) []string {
+	return s.files.list(typ)
 }
 
 // Done returns a channel closed once prompt id has its history entry (it

@@ -99,6 +99,19 @@ func (f *files) put(typ, rel string, data []byte) {
 	}
 }
 
+// list returns the paths in folder typ, oldest write first.
+func (f *files) list(typ string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, k := range f.order {
+		if rel, ok := strings.CutPrefix(k, typ+"/"); ok {
+			out = append(out, rel)
+		}
+	}
+	return out
+}
+
 // same reports whether the file holds exactly data.
 func (f *files) same(typ, rel string, data []byte) bool {
 	old, ok := f.get(typ, rel)

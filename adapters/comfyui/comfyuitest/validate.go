@@ -51,32 +51,23 @@ func validatePrompt(s *Server, p map[string]any, partial []string) (outputs []st
 		if !ok {
 			return nil, nil, nil, errBadPrompt
 		}
-		title := nodeTitle(node)
 		ct, has := node["class_type"]
 		if !has {
-			name := title
-			if name == "" {
-				name = "ID #" + id
-			}
 			return nil, &reason{
-				Type:      "missing_node_type",
-				Message:   fmt.Sprintf("Node '%s' has no class_type. The workflow may be corrupted or a custom node is missing.", name),
+				Type:      "invalid_prompt",
+				Message:   "Cannot execute because a node is missing the class_type property.",
 				Details:   fmt.Sprintf("Node ID '#%s'", id),
-				ExtraInfo: map[string]any{"node_id": id, "class_type": nil, "node_title": nullable(title)},
+				ExtraInfo: map[string]any{},
 			}, map[string]*nodeError{}, nil
 		}
 		class, _ := ct.(string)
 		spec := nodeSpecs[class]
 		if spec == nil {
-			name := title
-			if name == "" {
-				name = pyStr(ct)
-			}
 			return nil, &reason{
-				Type:      "missing_node_type",
-				Message:   fmt.Sprintf("Node '%s' not found. The custom node may not be installed.", name),
+				Type:      "invalid_prompt",
+				Message:   fmt.Sprintf("Cannot execute because node %s does not exist.", pyStr(ct)),
 				Details:   fmt.Sprintf("Node ID '#%s'", id),
-				ExtraInfo: map[string]any{"node_id": id, "class_type": ct, "node_title": nullable(title)},
+				ExtraInfo: map[string]any{},
 			}, map[string]*nodeError{}, nil
 		}
 		if spec.output && (partial == nil || slices.Contains(partial, id)) {
@@ -446,19 +437,6 @@ func pyFloatRepr(f float64) string {
 		return strconv.FormatFloat(f, 'f', 1, 64)
 	}
 	return strconv.FormatFloat(f, 'g', -1, 64)
-}
-
-func nodeTitle(node map[string]any) string {
-	meta, _ := node["_meta"].(map[string]any)
-	t, _ := meta["title"].(string)
-	return t
-}
-
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
 }
 
 func classOf(p map[string]any, id string) string {
