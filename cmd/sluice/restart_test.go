@@ -3,6 +3,7 @@ package main
 import (
 	"image"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -222,4 +223,37 @@ func TestQueuedAsyncJobResumesAfterRestart(t *testing.T) {
 		left, _ := filepath.Glob(filepath.Join(dir, "results", "*.input"))
 		return len(left) == 0
 	})
+}
+
+// TestSimulatorJobsSurviveRestart: with --sim-listen the built-in
+// simulator keeps its URL across a restart; a job that was on it when the
+// gateway stopped is found gone from the new simulator's queue and is run
+// again from its kept input, instead of failing.
+func TestSimulatorJobsSurviveRestart(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	flags := []string{"--sim-listen", addr, "--sim-job-time", "1500ms", "--data-dir", dir, "--shutdown-grace", "100ms", "--gpu-interval", "1m"}
+	g1 := startServe(t, flags...)
+	id := submitAsync(t, g1.base)
+	var job struct{ State, Error string }
+	eventually(t, func() bool {
+		getJSON(t, g1.base+"/api/jobs/"+id, &job)
+		return job.State == "submitted" || job.State == "running"
+	})
+	if err := g1.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	g2 := startServe(t, flags...)
+	eventually(t, func() bool {
+		getJSON(t, g2.base+"/api/jobs/"+id, &job)
+		return job.State == "succeeded" || job.State == "failed"
+	})
+	if job.State != "succeeded" {
+		t.Fatalf("the simulator's job after the restart: %s: %s", job.State, job.Error)
+	}
 }

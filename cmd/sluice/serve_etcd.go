@@ -209,6 +209,12 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		ctx, cancel := context.WithTimeout(ctx, f.jobTimeout)
 		defer cancel()
 		res, err := c.Recover(ctx, j.PromptID)
+		if errors.Is(err, comfyui.ErrPromptLost) {
+			// The backend lost its queue (it restarted; the built-in
+			// simulator always does): run the job again from its kept input.
+			jl.Warn("async job gone from its backend after the restart")
+			return jobs.Result{}, fmt.Errorf("lost at restart: %w: %w", jobs.ErrRerun, err)
+		}
 		if err != nil {
 			return jobs.Result{}, httpapi.JobFailed(ctx, jl, j.Resource, err, f.jobTimeout)
 		}
