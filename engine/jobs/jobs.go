@@ -118,8 +118,10 @@ type Job struct {
 	Finished time.Time `json:"finished,omitzero"`
 	Progress Progress  `json:"progress"`
 	// QueuePosition is the job's place in the queue its state names: the
-	// gateway's while Queued, its backend's (ComfyUI's own) while
-	// Submitted; 1 is next, 0 unknown or no longer waiting.
+	// gateway's while Queued (1: next to get a slot), its backend's
+	// (ComfyUI's own) while Submitted (1: nothing ahead of it there, the
+	// prompts running or queued before it counting as ahead); 0 unknown or
+	// no longer waiting.
 	QueuePosition int    `json:"queue_position,omitempty"`
 	Error         string `json:"error,omitempty"`
 	PromptID      string `json:"prompt_id,omitempty"`
