@@ -33,7 +33,28 @@ type EmbeddedConfig struct {
 	Logger *slog.Logger
 	// StartTimeout bounds waiting for the server to be ready (default 30s).
 	StartTimeout time.Duration
+	// CompactionRetention is how much history the server keeps: it
+	// compacts itself every CompactionRetention (etcd's periodic
+	// auto-compaction), so that months of job records and rule changes do
+	// not grow its database without bound (default 1h).
+	CompactionRetention time.Duration
+	// QuotaBackendBytes is the size the database may reach (default 2 GiB,
+	// etcd's own default made explicit). Past it etcd raises a NOSPACE
+	// alarm and refuses writes; Alarms reports it, and sluice's /readyz
+	// says not ready.
+	QuotaBackendBytes int64
+	// ProgressNotifyInterval is how often the server tells quiet watches
+	// how far it has got (default 5s; etcd's own default is 10 min), so
+	// that a watch silent for longer is known to be broken.
+	ProgressNotifyInterval time.Duration
 }
+
+// Defaults of an embedded etcd that runs for months.
+const (
+	DefaultCompactionRetention    = time.Hour
+	DefaultQuotaBackendBytes      = 2 << 30
+	DefaultProgressNotifyInterval = 5 * time.Second
+)
 
 // StartEmbedded starts the server and waits until it serves.
 func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
@@ -48,6 +69,15 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	}
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = 30 * time.Second
+	}
+	if cfg.CompactionRetention <= 0 {
+		cfg.CompactionRetention = DefaultCompactionRetention
+	}
+	if cfg.QuotaBackendBytes <= 0 {
+		cfg.QuotaBackendBytes = DefaultQuotaBackendBytes
+	}
+	if cfg.ProgressNotifyInterval <= 0 {
+		cfg.ProgressNotifyInterval = DefaultProgressNotifyInterval
 	}
 	client, err := url.Parse(cfg.ClientURL)
 	if err != nil {
@@ -65,6 +95,10 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	ec.ListenPeerUrls = []url.URL{*peer}
 	ec.AdvertisePeerUrls = []url.URL{*peer}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.AutoCompactionMode = "periodic"
+	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
+	ec.QuotaBackendBytes = cfg.QuotaBackendBytes
+	ec.WatchProgressNotifyInterval = cfg.ProgressNotifyInterval
 	ec.Logger = "zap"
 	ec.LogLevel = "warn"
 	if cfg.Logger == nil {

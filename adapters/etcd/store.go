@@ -29,7 +29,21 @@ type ClientConfig struct {
 	CACert, Cert, Key  string        // TLS files; any set turns TLS on
 	InsecureSkipVerify bool
 	Username, Password string
+	// KeepAliveTime and KeepAliveTimeout make the client ping etcd over a
+	// connection quiet for KeepAliveTime and drop it when no answer comes
+	// within KeepAliveTimeout (defaults 10s and 5s), even with no call in
+	// flight: a half-open connection (a peer gone without a word, a
+	// frozen network path) is found and dialled again instead of holding
+	// watches that will never hear of a change. etcd refuses pings more
+	// often than every 5s (its --grpc-keepalive-min-time).
+	KeepAliveTime, KeepAliveTimeout time.Duration
 }
+
+// Default keepalives of NewClient.
+const (
+	DefaultKeepAliveTime    = 10 * time.Second
+	DefaultKeepAliveTimeout = 5 * time.Second
+)
 
 // NewClient connects to etcd. The connection is made lazily; calls fail
 // with a timeout while etcd cannot be reached.
@@ -40,12 +54,21 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	if cfg.KeepAliveTime <= 0 {
+		cfg.KeepAliveTime = DefaultKeepAliveTime
+	}
+	if cfg.KeepAliveTimeout <= 0 {
+		cfg.KeepAliveTimeout = DefaultKeepAliveTimeout
+	}
 	cc := clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: cfg.DialTimeout,
-		Username:    cfg.Username,
-		Password:    cfg.Password,
-		Logger:      zapNop(),
+		Endpoints:            cfg.Endpoints,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    cfg.KeepAliveTime,
+		DialKeepAliveTimeout: cfg.KeepAliveTimeout,
+		PermitWithoutStream:  true,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		Logger:               zapNop(),
 	}
 	if cfg.CACert != "" || cfg.Cert != "" || cfg.Key != "" || cfg.InsecureSkipVerify {
 		t, err := tlsConfig(cfg)

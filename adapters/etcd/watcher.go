@@ -32,6 +32,17 @@ type WatcherConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between attempts to list
 	// again after a failure (defaults 100ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
+	// ProgressInterval is how long a watch may be quiet before the watcher
+	// asks etcd how far it has got (a progress request, answered on the
+	// watch itself; default 5s). The watch also asks etcd for its own
+	// periodic progress notifications.
+	ProgressInterval time.Duration
+	// SilenceWindow is how long the watcher may hear nothing from etcd —
+	// no event, no progress notification, no listing — before it counts
+	// as silent: Live says false (so /readyz says not ready: the rules in
+	// force may be stale) and the watch is dropped and made again (default
+	// 3 × ProgressInterval).
+	SilenceWindow time.Duration
 }
 
 // Watcher keeps an engine's rules in step with etcd.
@@ -41,6 +52,8 @@ type Watcher struct {
 	log      *slog.Logger
 	clock    clock.Clock
 	min, max time.Duration
+	interval time.Duration
+	window   time.Duration
 
 	// values is etcd's view as last seen; owned by Run.
 	values      map[string][]byte
@@ -68,6 +81,9 @@ type Status struct {
 	LastRejection *Rejection `json:"last_rejection,omitempty"`
 	// Rejections counts the updates refused since start.
 	Rejections uint64 `json:"rejections"`
+	// HeardAt is when etcd last answered the watcher: a listing, a change
+	// or a progress notification.
+	HeardAt time.Time `json:"heard_at"`
 }
 
 // Rejection is an update that did not validate: the rules in force stayed.
@@ -81,14 +97,16 @@ type Rejection struct {
 // NewWatcher makes a watcher; Run starts it.
 func NewWatcher(cfg WatcherConfig) *Watcher {
 	w := &Watcher{
-		store:   cfg.Store,
-		eng:     cfg.Engine,
-		log:     cfg.Logger,
-		clock:   clock.Or(cfg.Clock),
-		min:     cfg.MinBackoff,
-		max:     cfg.MaxBackoff,
-		changed: make(chan struct{}),
-		ready:   make(chan struct{}),
+		store:    cfg.Store,
+		eng:      cfg.Engine,
+		log:      cfg.Logger,
+		clock:    clock.Or(cfg.Clock),
+		min:      cfg.MinBackoff,
+		max:      cfg.MaxBackoff,
+		interval: cfg.ProgressInterval,
+		window:   cfg.SilenceWindow,
+		changed:  make(chan struct{}),
+		ready:    make(chan struct{}),
 	}
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
@@ -98,6 +116,12 @@ func NewWatcher(cfg WatcherConfig) *Watcher {
 	}
 	if w.max < w.min {
 		w.max = max(5*time.Second, w.min)
+	}
+	if w.interval <= 0 {
+		w.interval = 5 * time.Second
+	}
+	if w.window <= 0 {
+		w.window = 3 * w.interval
 	}
 	return w
 }
@@ -190,41 +214,96 @@ func (w *Watcher) sync(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	w.values = snap.Values
+	w.heard()
 	w.update(snap.Revision, "")
 	return snap.Revision, nil
 }
 
-// watch follows changes from revision from on, until the watch fails.
+// errSilent ends a watch that has heard nothing for the silence window.
+var errSilent = errors.New("the watch heard nothing from etcd (no change, no progress notification) within its window")
+
+// watch follows changes from revision from on, until the watch fails or
+// falls silent. A quiet watch asks etcd for progress every interval; one
+// that has heard nothing for the silence window is dropped.
 func (w *Watcher) watch(ctx context.Context, from int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	ch := w.store.Client().Watch(wctx, w.store.rulesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(from))
-	for resp := range ch {
-		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-			return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
-		}
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		if len(resp.Events) == 0 {
-			continue // progress notification
-		}
-		keys := make([]string, 0, len(resp.Events))
-		for _, ev := range resp.Events {
-			k := string(ev.Kv.Key)
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(w.values, k)
-			} else {
-				w.values[k] = ev.Kv.Value
+	ch := w.store.Client().Watch(wctx, w.store.rulesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	for {
+		tick, stop := clock.NewTimer(w.clock, w.interval)
+		select {
+		case resp, ok := <-ch:
+			stop()
+			if !ok {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				return errors.New("watch channel closed")
 			}
-			keys = append(keys, k)
+			if err := w.handle(resp, from); err != nil {
+				return err
+			}
+		case <-tick:
+			quiet := w.clock.Now().Sub(w.Status().HeardAt)
+			if quiet >= w.window {
+				return fmt.Errorf("%w (quiet for %s)", errSilent, quiet.Round(time.Millisecond))
+			}
+			// Answered on the watch channel; a broken connection leaves it
+			// unanswered and the window runs out.
+			rctx, rcancel := context.WithTimeout(wctx, w.interval)
+			if err := w.store.Client().RequestProgress(rctx); err != nil && wctx.Err() == nil {
+				w.log.Debug("rule watch: progress request failed", slog.Any("error", err))
+			}
+			rcancel()
+		case <-wctx.Done():
+			stop()
+			return ctx.Err()
 		}
-		w.update(resp.Events[len(resp.Events)-1].Kv.ModRevision, strings.Join(slices.Compact(keys), ", "))
 	}
-	if err := ctx.Err(); err != nil {
+}
+
+// handle takes one watch response: a failure, a progress notification or
+// changes.
+func (w *Watcher) handle(resp clientv3.WatchResponse, from int64) error {
+	if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+		return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
+	}
+	if err := resp.Err(); err != nil {
 		return err
 	}
-	return errors.New("watch channel closed")
+	w.heard()
+	if len(resp.Events) == 0 {
+		return nil // progress notification
+	}
+	keys := make([]string, 0, len(resp.Events))
+	for _, ev := range resp.Events {
+		k := string(ev.Kv.Key)
+		if ev.Type == clientv3.EventTypeDelete {
+			delete(w.values, k)
+		} else {
+			w.values[k] = ev.Kv.Value
+		}
+		keys = append(keys, k)
+	}
+	w.update(resp.Events[len(resp.Events)-1].Kv.ModRevision, strings.Join(slices.Compact(keys), ", "))
+	return nil
+}
+
+// heard records that etcd answered.
+func (w *Watcher) heard() {
+	now := w.clock.Now()
+	w.mu.Lock()
+	w.status.HeardAt = now
+	w.mu.Unlock()
+}
+
+// Live reports whether the watcher has heard from etcd within its silence
+// window, and for how long it has not: when it has not, the rules in force
+// may be stale (a half-open connection, etcd gone), and the gateway is not
+// ready.
+func (w *Watcher) Live() (bool, time.Duration) {
+	quiet := w.clock.Now().Sub(w.Status().HeardAt)
+	return quiet < w.window, quiet
 }
 
 // update builds the candidate rule set from w.values and applies it, or

@@ -90,12 +90,31 @@ type submitted struct {
 	State     jobs.State `json:"state"`
 }
 
+// asyncInput is what an async job needs to run again after a restart,
+// beside its record's parameters: kept in the job journal (jobs.Spec.Input)
+// until the job ends.
+type asyncInput struct {
+	Image          []byte `json:"image,omitempty"`
+	ImageName      string `json:"image_name,omitempty"`
+	NegativePrompt string `json:"negative_prompt,omitempty"`
+	Cost           int    `json:"cost,omitempty"`
+}
+
 // submit starts an admitted job in the background and answers 202. The job
 // runs under a context of its own, bounded by the job timeout; its token is
 // exited when it ends, however it ends. It reports whether the job took the
 // token over; if not, submit has answered and the caller exits the token.
+// Submit never waits for the job store (etcd): the job is kept, input and
+// all, in the local journal before the 202, and its record reaches etcd in
+// the background.
 func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) (handedOff bool) {
-	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Webhook: c.Query("webhook"), Params: jobs.Params{
+	input, err := json.Marshal(asyncInput{Image: cj.Image, ImageName: cj.ImageName, NegativePrompt: cj.NegativePrompt, Cost: tok.Cost})
+	if err != nil {
+		tok.Exit(nil)
+		s.jobError(c, cj.Resource, origin, fmt.Errorf("httpapi: async input: %w", err))
+		return false
+	}
+	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Webhook: c.Query("webhook"), Input: input, Params: jobs.Params{
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
 	if pc, ok := s.runner.(Prechecker); ok {
@@ -106,24 +125,17 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		}
 	}
 	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
-		// execute exits the token; this deferred Exit, a no-op after that,
-		// frees it when the job panics (the job manager recovers).
-		defer tok.Exit(jobs.ErrPanicked)
-		cj.OnProgress = report.Progress
-		ctx, stop := detachOnShutdown(ctx)
-		defer stop()
-		ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
-		defer cancel()
-		res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost, OnStarted: report.Started, OnQueued: report.Queued})
-		if err != nil {
-			return jobs.Result{}, JobFailed(ctx, s.log, cj.Resource, err, s.jobTimeout)
-		}
-		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
+		return s.runAsync(ctx, tok, origin, cj, report)
 	})
 	if err != nil {
 		tok.Exit(nil) // never ran
+		detail := "the gateway is shutting down"
+		if !errors.Is(err, jobs.ErrClosed) {
+			s.log.Error("async job not accepted: its journal entry could not be written", slog.String("resource", cj.Resource), slog.Any("error", err))
+			detail = "the gateway cannot keep async jobs now (its job journal failed); retry, or ask synchronously"
+		}
 		problem.Write(c, Problem{Type: problem.TypeCapacity, Title: "Service Unavailable", Status: http.StatusServiceUnavailable,
-			Detail: "the gateway is shutting down", Resource: cj.Resource, RetryAfter: 1})
+			Detail: detail, Resource: cj.Resource, RetryAfter: 1})
 		return false
 	}
 	url := "/api/jobs/" + job.ID
@@ -133,6 +145,47 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 	c.Header("Location", url)
 	c.JSON(http.StatusAccepted, submitted{ID: job.ID, StatusURL: url, State: job.State})
 	return true
+}
+
+// runAsync runs an async job holding tok, reporting its states.
+func (s *Server) runAsync(ctx context.Context, tok *engine.Token, origin string, cj comfyui.Job, report jobs.Report) (jobs.Result, error) {
+	// execute exits the token; this deferred Exit, a no-op after that,
+	// frees it when the job panics (the job manager recovers).
+	defer tok.Exit(jobs.ErrPanicked)
+	cj.OnProgress = report.Progress
+	ctx, stop := detachOnShutdown(ctx)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
+	defer cancel()
+	res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: max(tok.Cost, 1),
+		OnStarted: report.Started, OnQueued: report.Queued, OnPosition: report.Position, OnRunning: report.Running})
+	if err != nil {
+		return jobs.Result{}, JobFailed(ctx, s.log, cj.Resource, err, s.jobTimeout)
+	}
+	return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
+}
+
+// Resume runs again an async job that had not reached a backend when the
+// gateway before this one stopped, from the input its journal kept: it
+// takes an admission token adopted from the engine (admitted before the
+// restart, so never refused now, but counted as any job in flight), waits
+// for a GPU slot in the fair queue again, and runs as it would have. It is
+// the jobs.ResumeFunc for Manager.Restore.
+func (s *Server) Resume(ctx context.Context, job jobs.Job, input []byte, report jobs.Report) (jobs.Result, error) {
+	var in asyncInput
+	if err := json.Unmarshal(input, &in); err != nil {
+		return jobs.Result{}, fmt.Errorf("lost at restart: its kept input is unreadable: %w", err)
+	}
+	p := job.Params
+	cj := comfyui.Job{Resource: job.Resource, Image: in.Image, ImageName: in.ImageName, Size: p.Size, Prompt: p.Prompt,
+		NegativePrompt: in.NegativePrompt, Width: p.Width, Height: p.Height, Steps: p.Steps, Seed: p.Seed}
+	tok := s.eng.Adopt(engine.Call{Resource: job.Resource, Origin: job.Tenant, Size: max(p.Size, p.Width, p.Height), Cost: in.Cost})
+	if tok == nil {
+		return jobs.Result{}, fmt.Errorf("lost at restart: resource %q is no longer served", job.Resource)
+	}
+	tok.Cost = max(tok.Cost, in.Cost)
+	s.log.Info("async job resumed after restart: queued again", slog.String("job", job.ID), slog.String("resource", job.Resource))
+	return s.runAsync(ctx, tok, job.Tenant, cj, report)
 }
 
 // detachOnShutdown passes the job's end on to ComfyUI, except when the

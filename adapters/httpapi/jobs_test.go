@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -236,37 +237,126 @@ func TestAsyncEventsInOrder(t *testing.T) {
 	s := asyncStack(t, stackOptions{comfy: comfyuitest.Options{JobTime: gatedJobTime(started, release, 50*time.Millisecond)}}, nil)
 	srv := httptest.NewServer(s.api)
 	defer srv.Close()
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // before srv.Close, on any failure
 
 	id := submitAsync(t, s, asyncGenerate(`{"prompt": "a kite", "width": 512, "height": 512, "steps": 5}`))
 	<-started
 	ev := openEvents(t, srv, id)
-	first, _ := ev.next(t) // the replay: subscribed before any progress
-	if first.Type != "state" || first.Data["state"] != "queued" {
+	// The replay: subscribed before any progress, once the prompt began on
+	// ComfyUI (the job may already have been told it runs).
+	first, _ := ev.next(t)
+	if st := first.Data["state"]; first.Type != "state" || (st != "queued" && st != "submitted" && st != "running") {
 		t.Fatalf("first event %v", first)
 	}
-	close(release)
-	evs := ev.until(t)
+	free()
+	evs := append([]sseEvent{first}, ev.until(t)...)
 	if got := finalState(t, evs); got != "succeeded" {
 		t.Fatalf("final state %q", got)
 	}
-	last, progress := 0.0, 0
-	for i, e := range evs[:len(evs)-1] {
+	order := map[any]int{"queued": 0, "submitted": 1, "running": 2, "succeeded": 3}
+	last, progress, state, running := 0.0, 0, -1, false
+	for i, e := range evs {
 		switch e.Type {
 		case "progress":
 			v := e.Data["value"].(float64)
-			if v <= last || e.Data["max"].(float64) != 5 {
-				t.Errorf("event %d: progress %v after %v", i, e.Data, last)
+			if v <= last || e.Data["max"].(float64) != 5 || !running {
+				t.Errorf("event %d: progress %v after %v (running %v)", i, e.Data, last, running)
 			}
 			last, progress = v, progress+1
 		case "state":
-			if e.Data["state"] != "running" || progress > 0 {
-				t.Errorf("event %d: state %v", i, e.Data["state"])
+			o, known := order[e.Data["state"]]
+			if !known || o <= state {
+				t.Errorf("event %d: state %v after %d", i, e.Data["state"], state)
 			}
+			state, running = o, e.Data["state"] == "running"
 		}
 	}
-	if progress == 0 || evs[0].Data["state"] != "running" {
+	if progress == 0 {
 		t.Errorf("events %v", evs)
 	}
+	checkIdle(t, s)
+}
+
+// stateRunner plays what the farm and ComfyUI tell of a job: a wait for a
+// slot (third in the gateway's queue), the prompt accepted by a backend,
+// its place in that backend's queue, its start, its progress, its end,
+// each step when the test says (next returns once the step is done).
+type stateRunner struct{ step, done chan struct{} }
+
+func newStateRunner() stateRunner {
+	return stateRunner{step: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (r stateRunner) next() {
+	r.step <- struct{}{}
+	<-r.done
+}
+
+func (r stateRunner) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
+	for _, f := range []func(){
+		func() { job.OnQueued(func() int { return 3 }) },
+		func() { job.OnStarted("http://gpu1:8188", "p1") },
+		func() { job.OnPosition(2) },
+		func() { job.OnPosition(1) },
+		func() { job.OnRunning() },
+		func() { job.OnProgress(1, 2) },
+	} {
+		<-r.step
+		f()
+		r.done <- struct{}{}
+	}
+	<-r.step
+	defer func() { r.done <- struct{}{} }()
+	return &comfyui.Result{PromptID: "p1", Image: []byte("png"), ContentType: "image/png"}, nil
+}
+
+// TestAsyncStatesSayWhereTheJobIs: an async job is queued (with its place
+// in the gateway's queue), submitted (with its place in ComfyUI's own
+// queue), running, succeeded; GET shows each, and the event stream has
+// each change in order.
+func TestAsyncStatesSayWhereTheJobIs(t *testing.T) {
+	r := newStateRunner()
+	s := asyncStack(t, stackOptions{}, r)
+	srv := httptest.NewServer(s.api)
+	defer srv.Close()
+
+	id := submitAsync(t, s, asyncGenerate(`{"prompt": "x"}`))
+	ev := openEvents(t, srv, id)
+	expect := func(typ, state string, pos float64) {
+		t.Helper()
+		e, ok := ev.next(t)
+		got, _ := e.Data["queue_position"].(float64)
+		if !ok || e.Type != typ || e.Data["state"] != state || got != pos {
+			t.Fatalf("event %s %v, want %s %s at %v", e.Type, e.Data, typ, state, pos)
+		}
+	}
+	expect("state", "queued", 0)
+	r.next() // waits for a slot
+	if j := getJob(t, s, id); j.State != jobs.Queued || j.QueuePosition != 3 {
+		t.Fatalf("waiting for a slot: %s at %d", j.State, j.QueuePosition)
+	}
+	r.next()
+	if j := getJob(t, s, id); j.State != jobs.Submitted || j.QueuePosition != 0 {
+		t.Fatalf("given to ComfyUI: %s at %d", j.State, j.QueuePosition)
+	}
+	expect("state", "submitted", 0)
+	r.next()
+	expect("position", "submitted", 2)
+	r.next()
+	expect("position", "submitted", 1)
+	if j := getJob(t, s, id); j.State != jobs.Submitted || j.QueuePosition != 1 {
+		t.Fatalf("in ComfyUI's queue: %s at %d", j.State, j.QueuePosition)
+	}
+	r.next()
+	expect("state", "running", 0)
+	r.next()
+	if e, _ := ev.next(t); e.Type != "progress" || e.Data["value"] != 1.0 {
+		t.Fatalf("event %s %v, want progress", e.Type, e.Data)
+	}
+	r.next()
+	expect("state", "succeeded", 0)
 	checkIdle(t, s)
 }
 

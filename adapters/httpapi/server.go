@@ -41,11 +41,12 @@ type Job struct {
 	// with a function telling its place in the queue (0 once it no longer
 	// waits).
 	OnQueued func(position func() int)
-	// OnPosition, if set, is passed to comfyui.Job.OnQueuePosition: the
-	// job's place in ComfyUI's own queue.
-	OnPosition func(int)
-	// OnRunning, if set, is passed to comfyui.Job.OnRunning: the prompt
-	// started executing.
+	// OnPosition, if set, is told the job's place in its backend's own
+	// queue (1: next to run) when it changes: the Runner passes it on to
+	// comfyui.Job.OnQueuePosition.
+	OnPosition func(position int)
+	// OnRunning, if set, is called once, when the job's prompt starts
+	// executing: the Runner passes it on to comfyui.Job.OnRunning.
 	OnRunning func()
 }
 
@@ -65,6 +66,7 @@ func (d Direct) Run(ctx context.Context, job Job) (*comfyui.Result, error) {
 	if job.OnStarted != nil {
 		cj.OnQueued = func(promptID string) { job.OnStarted(d.Client.BaseURL(), promptID) }
 	}
+	cj.OnQueuePosition, cj.OnRunning = job.OnPosition, job.OnRunning
 	return d.Client.Run(ctx, cj)
 }
 

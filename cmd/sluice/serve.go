@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
@@ -34,6 +35,7 @@ type serveFlags struct {
 	comfyui        stringList
 	trustedProxies stringList
 	simJobTime     time.Duration
+	simListen      string
 	simVRAMUsed    float64
 	gpuInterval    time.Duration
 	probeTimeout   time.Duration
@@ -63,6 +65,9 @@ type serveFlags struct {
 	dataDir    string
 	resultsDir string
 
+	watchProgress time.Duration
+	jobRetention  time.Duration
+
 	webhookSecret       string
 	webhookAllowPrivate bool
 	readyWait           time.Duration
@@ -84,6 +89,7 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "longest a job waits for a GPU slot; beyond, 503")
 	fs.IntVar(&f.tenantInFlight, "tenant-inflight", 0, "jobs one client may have running or waiting at once; beyond, 429 (0: the farm's slots + 1)")
 	fs.Var(&f.trustedProxies, "trusted-proxy", "CIDR or address of a proxy whose X-Forwarded-For is believed, repeatable (none by default)")
+	fs.StringVar(&f.simListen, "sim-listen", "127.0.0.1:0", "address of the built-in ComfyUI simulator (a fixed one lets a restarted gateway find the simulator's jobs by their backend URL)")
 	fs.DurationVar(&f.simJobTime, "sim-job-time", time.Second, "job time of the built-in ComfyUI simulator (0: times as on a real GPU)")
 	fs.Float64Var(&f.simVRAMUsed, "sim-vram-used", 0.3, "the simulator's GPU memory in use at start, 0–1 (change it live with PUT /api/simulator/vram)")
 	fs.DurationVar(&f.gpuInterval, "gpu-interval", 2*time.Second, "how often GPU memory and utilisation are sampled, and each backend's health probed")
@@ -113,6 +119,8 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.etcd.commandTimeout, "etcd-timeout", 5*time.Second, "time an etcd request may take")
 	fs.StringVar(&f.etcdListen, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
 	fs.StringVar(&f.dataDir, "data-dir", ".sluice", "folder for the embedded etcd's data")
+	fs.DurationVar(&f.watchProgress, "etcd-watch-progress", 5*time.Second, "how often a quiet rule watch asks etcd for progress; heard nothing for 3 times this, /readyz says not ready (the rules may be stale)")
+	fs.DurationVar(&f.jobRetention, "job-retention", etcd.DefaultJobRetention, "how long etcd keeps a finished async job's record (it expires by lease)")
 	fs.StringVar(&f.resultsDir, "results-dir", "", "folder for the results of async jobs, their records living in etcd (default DATA-DIR/results)")
 	fs.StringVar(&f.webhookSecret, "webhook-secret", "", "whsec_… secret that signs async jobs' webhooks (or $SLUICE_WEBHOOK_SECRET; none: no webhooks)")
 	fs.BoolVar(&f.webhookAllowPrivate, "webhook-allow-private", false, "let webhooks reach loopback and private addresses")
@@ -260,7 +268,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	urls := []string(f.comfyui)
 	var sim *comfyuitest.Server
 	if len(urls) == 0 {
-		if sim, err = startSimulator(f.simJobTime, f.simVRAMUsed, log); err != nil {
+		if sim, err = startSimulator(f.simListen, f.simJobTime, f.simVRAMUsed, log); err != nil {
 			return err
 		}
 		defer sim.Close()
@@ -280,7 +288,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	clients := backends.Clients()
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
-	async, err := startJobs(ctx, f, rs, clients, eng, backends, log)
+	async, restoreJobs, err := startJobs(ctx, f, rs, clients, eng, backends, log)
 	if err != nil {
 		return err
 	}
@@ -308,6 +316,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	restoreJobs(api.Resume) // before serving: recovered jobs hold their slots first
 	if err := dashboardapi.Register(api.Router(), dashboardapi.Config{
 		Engine:       eng,
 		Source:       rs.desc,
@@ -357,7 +366,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("shutting down: finishing requests in flight", slog.Duration("grace", f.shutdownGrace))
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownGrace)
 	defer cancel()
-	defer api.Close() // cancels async jobs still running past the grace
+	defer api.Close() // a Server's own job manager; async (deferred above) detaches ours
 	if err := srv.Shutdown(sctx); err != nil {
 		// Past the grace: end the requests still running (their jobs are
 		// interrupted on ComfyUI) before the components they use close.
@@ -366,7 +375,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("shutdown: requests still running after %s were cut off: %w", f.shutdownGrace, err)
 	}
 	if err := api.Drain(sctx); err != nil {
-		return fmt.Errorf("shutdown: async jobs still running after %s were cancelled: %w", f.shutdownGrace, err)
+		// Not an error: async jobs outlive the gateway. async.Close
+		// (deferred) leaves those on ComfyUI running there, followed again
+		// by the next start; those still waiting for a slot resume then
+		// from the journal.
+		log.Warn("async jobs still running after the grace are left to run on ComfyUI; the next start takes them up",
+			slog.Duration("grace", f.shutdownGrace))
 	}
 	return nil
 }
@@ -381,13 +395,14 @@ func simulator(sim *comfyuitest.Server, backends *farm.Farm) dashboardapi.Simula
 	return sampledSimulator{sim, backends}
 }
 
-// startSimulator serves the built-in ComfyUI simulator on a loopback port.
+// startSimulator serves the built-in ComfyUI simulator on addr (by default
+// a free loopback port).
 // jobTime 0 means the times seen on real GPUs (DDColor about 3 s, more for
 // bigger sizes).
-func startSimulator(jobTime time.Duration, vramUsed float64, log *slog.Logger) (*comfyuitest.Server, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func startSimulator(addr string, jobTime time.Duration, vramUsed float64, log *slog.Logger) (*comfyuitest.Server, error) {
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("built-in ComfyUI simulator: %w", err)
+		return nil, fmt.Errorf("--sim-listen %s: built-in ComfyUI simulator: %w", addr, err)
 	}
 	times, desc := comfyuitest.FieldJobTime, "as on a data-centre GPU"
 	if jobTime > 0 {

@@ -26,6 +26,7 @@ type ruleSource struct {
 	embedded *etcd.Embedded
 	store    *etcd.Store
 	watcher  *etcd.Watcher
+	alarms   *etcd.AlarmMonitor
 	desc     string
 	stop     context.CancelFunc
 	done     chan struct{}
@@ -41,7 +42,7 @@ func startRules(ctx context.Context, f *serveFlags, seed *rules.Set, seedSource 
 	cc := f.etcd.clientConfig()
 	if f.etcd.endpoints == "" {
 		dir := filepath.Join(f.dataDir, "etcd")
-		e, err := etcd.StartEmbedded(etcd.EmbeddedConfig{Dir: dir, ClientURL: f.etcdListen, Logger: log})
+		e, err := etcd.StartEmbedded(etcd.EmbeddedConfig{Dir: dir, ClientURL: f.etcdListen, Logger: log, ProgressNotifyInterval: f.watchProgress})
 		if err != nil {
 			return nil, fmt.Errorf("%w (another sluice or etcd on %s? use --etcd-listen or --etcd-endpoints)", err, f.etcdListen)
 		}
@@ -69,11 +70,18 @@ func startRules(ctx context.Context, f *serveFlags, seed *rules.Set, seedSource 
 		log.Info("rules come from etcd; --rules was not needed", slog.String("prefix", rs.store.Prefix()))
 	}
 
-	rs.watcher = etcd.NewWatcher(etcd.WatcherConfig{Store: rs.store, Engine: eng, Logger: log})
+	rs.watcher = etcd.NewWatcher(etcd.WatcherConfig{Store: rs.store, Engine: eng, Logger: log, ProgressInterval: f.watchProgress})
+	rs.alarms = etcd.NewAlarmMonitor(client, 0, f.etcd.commandTimeout, nil, log)
 	wctx, stop := context.WithCancel(context.Background())
 	rs.stop = stop
+	alarmsDone := make(chan struct{})
+	go func() {
+		defer close(alarmsDone)
+		rs.alarms.Run(wctx)
+	}()
 	go func() {
 		defer close(rs.done)
+		defer func() { <-alarmsDone }()
 		rs.watcher.Run(wctx)
 	}()
 	select {
@@ -99,13 +107,19 @@ func (rs *ruleSource) closeEmbedded() {
 	}
 }
 
+// ready says whether the gateway may take traffic: the rules have come
+// from etcd, the watcher has heard from etcd within its silence window (a
+// half-open connection or an etcd gone leaves the rules in force as they
+// were, maybe stale: they are still enforced, but the gateway is not
+// ready), and etcd is not out of space.
 func (rs *ruleSource) ready() bool {
 	select {
 	case <-rs.watcher.Ready():
-		return true
 	default:
 		return false
 	}
+	live, _ := rs.watcher.Live()
+	return live && !rs.alarms.NoSpace()
 }
 
 func (rs *ruleSource) status() dashboardapi.RulesStatus {
@@ -153,24 +167,30 @@ func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, er
 }
 
 // startJobs makes the async jobs' manager: records in etcd beside the
-// rules, results in --results-dir. It restores the jobs of the gateway
-// before it: those that were running on a backend still configured are
-// followed there to their end, each within --job-timeout, holding, from
-// before startJobs returns until they end, a slot on that backend and an
-// admission token as any job does (see farm.Farm.Claim). etcd not answering
-// is logged, not fatal: the gateway serves and saves what it can.
-func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm.Farm, log *slog.Logger) (*jobs.Manager, error) {
+// rules, results and the journal of unfinished jobs (their inputs) in
+// --results-dir. The restore function it returns, called once the HTTP API
+// exists and before it serves, takes up the jobs of the gateway before
+// this one: those that were submitted to or running on a backend still
+// configured are followed there to their end, each within --job-timeout,
+// holding, from before restore returns until they end, a slot on that
+// backend and an admission token as any job does (see farm.Farm.Claim);
+// those that were still waiting for a slot are queued again from their
+// journaled input by resume. etcd not answering is logged, not fatal: the
+// gateway serves, accepts async jobs into the journal, and writes their
+// records when etcd is back.
+func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm.Farm, log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
 	results, err := jobs.NewDirResults(f.resultsDir)
 	if err != nil {
-		return nil, fmt.Errorf("--results-dir: %w", err)
+		return nil, nil, fmt.Errorf("--results-dir: %w", err)
 	}
 	notify, err := webhookNotifier(f.webhookSecret, f.webhookAllowPrivate, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	m := jobs.New(jobs.Config{
-		Store:    etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout),
+		Store:    etcd.NewJobStore(rs.store.Client(), rs.store.Prefix(), f.etcd.commandTimeout).WithRetention(f.jobRetention),
 		Results:  results,
+		Journal:  results,
 		Logger:   log,
 		OnFinish: notify,
 	})
@@ -182,20 +202,29 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		jl := log.With(slog.String("job", j.ID), slog.String("backend", j.Backend), slog.String("prompt_id", j.PromptID))
 		c, ok := byURL[j.Backend]
 		if !ok {
-			jl.Warn("async job not recovered: its backend is no longer configured")
-			return jobs.Result{}, errors.New("lost at restart: its backend is no longer configured")
+			jl.Warn("async job not followed: its backend is no longer configured")
+			// Run again elsewhere from its kept input when there is one.
+			return jobs.Result{}, fmt.Errorf("lost at restart: its backend is no longer configured: %w", jobs.ErrRerun)
 		}
 		ctx, cancel := context.WithTimeout(ctx, f.jobTimeout)
 		defer cancel()
 		res, err := c.Recover(ctx, j.PromptID)
+		if errors.Is(err, comfyui.ErrPromptLost) {
+			// The backend lost its queue (it restarted; the built-in
+			// simulator always does): run the job again from its kept input.
+			jl.Warn("async job gone from its backend after the restart")
+			return jobs.Result{}, fmt.Errorf("lost at restart: %w: %w", jobs.ErrRerun, err)
+		}
 		if err != nil {
 			return jobs.Result{}, httpapi.JobFailed(ctx, jl, j.Resource, err, f.jobTimeout)
 		}
 		jl.Info("async job recovered after restart")
 		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
 	}
-	if err := m.Restore(ctx, follow, backends.Claim(eng)); err != nil {
-		log.Error("async jobs of the last run not restored", slog.Any("error", err))
+	restore := func(resume jobs.ResumeFunc) {
+		if err := m.Restore(ctx, follow, backends.Claim(eng), resume); err != nil {
+			log.Error("async jobs of the last run not restored", slog.Any("error", err))
+		}
 	}
-	return m, nil
+	return m, restore, nil
 }

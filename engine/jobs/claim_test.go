@@ -56,7 +56,7 @@ func TestRestoreClaimsBeforeReturning(t *testing.T) {
 			released[j.ID] = append(released[j.ID], err)
 			mu.Unlock()
 		}
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestRestoreSkipsBadRecords(t *testing.T) {
 	store.Save(done)
 	var logs syncBuffer
 	m := newManager(t, jobs.Config{Store: partialStore{store}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err := m.Restore(context.Background(), nil, nil); err != nil {
+	if err := m.Restore(context.Background(), nil, nil, nil); err != nil {
 		t.Fatalf("Restore failed on one bad record: %v", err)
 	}
 	if got, err := m.Status(done.ID); err != nil || got.State != jobs.Succeeded {

@@ -6,17 +6,26 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/google/uuid"
 )
 
-// DirResults is a ResultStore on a folder: one file per job, named by its
-// ID (a UUID; anything else is refused), with the content type in a
-// second file beside it. Each file is written to a temporary file and
+// DirResults is a ResultStore and a Journal on a folder: one file per
+// job, named by its ID (a UUID; anything else is refused), with the
+// content type in a second file beside it, and the journal entry of each
+// unfinished job in a third (ID.input). Each file is written to a temporary file and
 // renamed into place, so a reader never sees half a result.
 type DirResults struct{ dir string }
 
-var _ ResultStore = (*DirResults)(nil)
+var (
+	_ ResultStore = (*DirResults)(nil)
+	_ Journal     = (*DirResults)(nil)
+)
+
+// inputSuffix ends the names of journal entries (see Journal): a job's
+// input and first record, kept beside the results until the job ends.
+const inputSuffix = ".input"
 
 // NewDirResults makes dir if need be and returns a store on it.
 func NewDirResults(dir string) (*DirResults, error) {
@@ -77,6 +86,49 @@ func (d *DirResults) Delete(id string) error {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("jobs: result: %w", err)
 		}
+	}
+	return nil
+}
+
+// PutInput writes job id's journal entry, synced to disk before it
+// returns.
+func (d *DirResults) PutInput(id string, entry []byte) error {
+	dp, _, err := d.paths(id)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(dp+inputSuffix, entry)
+}
+
+// Inputs reads every journal entry, by job ID.
+func (d *DirResults) Inputs() (map[string][]byte, error) {
+	names, err := filepath.Glob(filepath.Join(d.dir, "*"+inputSuffix))
+	if err != nil {
+		return nil, fmt.Errorf("jobs: journal: %w", err)
+	}
+	out := make(map[string][]byte, len(names))
+	for _, p := range names {
+		id := strings.TrimSuffix(filepath.Base(p), inputSuffix)
+		if _, _, err := d.paths(id); err != nil {
+			continue // not ours
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("jobs: journal: %w", err)
+		}
+		out[id] = b
+	}
+	return out, nil
+}
+
+// DeleteInput removes job id's journal entry; a missing one is no error.
+func (d *DirResults) DeleteInput(id string) error {
+	dp, _, err := d.paths(id)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(dp + inputSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("jobs: journal: %w", err)
 	}
 	return nil
 }

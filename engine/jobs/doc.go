@@ -14,9 +14,13 @@
 //			return render(ctx, report.Progress)
 //		})
 //
-// A job is queued until its run function first reports progress
-// (Progress(0, 0) says only "it has started"), running after that, and succeeded, failed
-// or cancelled when the function returns. Cancel ends the job's context; the
+// A job is queued (waiting for a GPU slot in the gateway: Report.Queued
+// gives its place) until its run function says where it went
+// (Report.Started: submitted, in its backend's own queue, with its place
+// there from Report.Position), running once it executes (Report.Running,
+// or its first progress report; Progress(0, 0) says only "it has
+// started"), and succeeded, failed or cancelled when the function returns.
+// Cancel ends the job's context; the
 // function is expected to return soon after, and the job is then cancelled.
 // The run function is called exactly once for every job Submit accepted,
 // even one cancelled at once, so that it can release what it holds. A
@@ -37,17 +41,25 @@
 // upstream.
 //
 // Nothing is persisted unless Config.Store is set. With a Store, every
-// job's record (not its progress ticks, nor its result bytes) is saved on
-// each state change and when Started; a forgotten job's record is deleted.
-// With a ResultStore (DirResults keeps results in a folder) result bytes
-// leave memory for it. After a restart, Restore loads the records:
-// finished jobs stay readable; jobs that had reached a backend (Started)
-// are followed there to their end by a RecoverFunc, after a ClaimFunc has
-// taken, before Restore returns, what each holds there (its GPU slot, its
-// admission token) until it ends; the others end failed
-// (LostQueued), for their input image is never stored. Close leaves
-// the stored records of the jobs it cancels as they were, so that the next
-// gateway takes them up.
+// job's record (not its progress ticks, nor its result bytes) is written
+// on each state change and when Started, and a forgotten job's record is
+// deleted: always off the job's goroutine, by one writer per record that
+// coalesces changes, keeps them in order and retries failures with
+// backoff, so a Store that does not answer (etcd down) never holds a job,
+// or the GPU slot it holds, up. With a Journal (DirResults is one),
+// Submit first writes the job's entry — its record and Spec.Input, the
+// prepared image — to the gateway's own disk, so an accepted job survives
+// any stop, SIGKILL included, even while the Store is unreachable; the
+// entry goes once the job's final record is in the Store. With a
+// ResultStore result bytes leave memory for it. After a restart, Restore
+// loads the records and the journal: finished jobs stay readable; jobs
+// that had reached a backend (Started) are followed there to their end by
+// a RecoverFunc, after a ClaimFunc has taken, before Restore returns, what
+// each holds there (its GPU slot, its admission token) until it ends; jobs
+// that had not, and those whose backend no longer has them (ErrRerun), run
+// again from their journaled input through a ResumeFunc; without input
+// they end failed (LostQueued). Close leaves the stored records of the
+// jobs it cancels as they were, so that the next gateway takes them up.
 //
 // A Manager is safe for concurrent use.
 package jobs

@@ -19,9 +19,15 @@ import (
 // State is where a job is in its life.
 type State string
 
-// The states of a job. Succeeded, Failed and Cancelled are final.
+// The states of a job, in the order a job goes through them: Queued
+// (waiting for a GPU slot in the gateway), Submitted (given to a backend,
+// in ComfyUI's own queue there), Running (executing), then one of
+// Succeeded, Failed and Cancelled, which are final. A job may skip states
+// (a backend that reports no queue goes from Submitted to Running at its
+// first progress), never go back.
 const (
 	Queued    State = "queued"
+	Submitted State = "submitted"
 	Running   State = "running"
 	Succeeded State = "succeeded"
 	Failed    State = "failed"
@@ -55,6 +61,12 @@ type Spec struct {
 	// Webhook, if set, is the URL told when the job ends (Config.OnFinish
 	// delivers it).
 	Webhook string
+	// Input is what the run function needs to run the job again (the
+	// prepared image and whatever else its caller encodes): with a
+	// Config.Journal it is kept there, beside the job's record, until the
+	// job ends, so that Restore can run a job that had not reached a
+	// backend again through a ResumeFunc.
+	Input []byte
 }
 
 // Result is what a run function returns on success.
@@ -68,18 +80,27 @@ type Result struct {
 // functions are always set.
 type Report struct {
 	// Progress reports value of max steps; (0, 0) says only "it has
-	// started". Call it from one goroutine at a time; it does not block.
+	// started". The first makes a job not yet Running Running. Call it
+	// from one goroutine at a time; it does not block.
 	Progress func(value, max int)
 	// Started says where the job runs: the backend and the prompt ID it
-	// was given there (it may still wait in that backend's queue; its
-	// state is left as it is). It saves the job's record at once, so it
-	// may block on the Store: a restarted gateway finds the job again by
-	// these two.
+	// was given there. The job becomes Submitted (in that backend's own
+	// queue) unless it runs already. Its record is saved in the
+	// background: Started never blocks on the Store, so a job holding a
+	// GPU slot is never held up by it. A restarted gateway finds the job
+	// again by these two.
 	Started func(backend, promptID string)
 	// Queued says the job waits for a GPU slot, with a function telling its
 	// place in the queue (0 once it no longer waits): the job's
 	// QueuePosition while it is queued.
 	Queued func(position func() int)
+	// Position tells a Submitted job's place in its backend's queue (1:
+	// next to run): the job's QueuePosition while it is submitted. It does
+	// not block.
+	Position func(position int)
+	// Running says the job's prompt started executing: the job becomes
+	// Running. It does not block.
+	Running func()
 }
 
 // RunFunc runs a job under ctx, reporting through report as it goes.
@@ -96,8 +117,11 @@ type Job struct {
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
 	Progress Progress  `json:"progress"`
-	// QueuePosition is the job's place in the queue while queued; 0 when
-	// unknown.
+	// QueuePosition is the job's place in the queue its state names: the
+	// gateway's while Queued (1: next to get a slot), its backend's
+	// (ComfyUI's own) while Submitted (1: nothing ahead of it there, the
+	// prompts running or queued before it counting as ahead); 0 unknown or
+	// no longer waiting.
 	QueuePosition int    `json:"queue_position,omitempty"`
 	Error         string `json:"error,omitempty"`
 	PromptID      string `json:"prompt_id,omitempty"`
@@ -117,10 +141,13 @@ type Job struct {
 // EventType says what an Event reports.
 type EventType string
 
-// Event types.
+// Event types. A state event is sent on every change of State, in order;
+// a position event when a Submitted job's place in its backend's queue
+// changes; a progress event with each progress report.
 const (
 	EventProgress EventType = "progress"
 	EventState    EventType = "state"
+	EventPosition EventType = "position"
 )
 
 // Event is a change of a job: its progress or its state, with the job as it
@@ -153,15 +180,41 @@ type Config struct {
 	// Results, if set, keeps succeeded jobs' result bytes instead of
 	// memory; MaxResultBytes then bounds nothing. Nil: memory only.
 	Results ResultStore
+	// Journal, if set, keeps each job's Spec.Input and first record on
+	// the gateway's own disk from Submit until the job has ended and its
+	// final record is in the Store: Submit writes it before it returns, so
+	// an accepted job survives any restart (SIGKILL included) and a Store
+	// that does not answer (etcd down) never holds Submit up; Restore
+	// replays into the Store the records it lacks. DirResults is one.
+	Journal Journal
+	// SaveRetry is the first wait before a failed record write is tried
+	// again; each failure doubles it up to SaveRetryMax (defaults 200ms
+	// and 10s).
+	SaveRetry, SaveRetryMax time.Duration
+	// FlushTimeout bounds how long Close waits for record writes still
+	// pending, on Clock (default 5s); past it they are given up, logged.
+	FlushTimeout time.Duration
 	// Logger receives the Store's and ResultStore's failures, which never
 	// fail a job. Default: discard.
 	Logger *slog.Logger
 }
 
+// Journal keeps, on the gateway's own disk, each unfinished job's entry
+// (its first record and its input), by job ID. Inputs lists them all, for
+// Restore.
+type Journal interface {
+	PutInput(id string, entry []byte) error
+	Inputs() (map[string][]byte, error)
+	DeleteInput(id string) error
+}
+
 // Store keeps job records. Save is called on every state change and when a
 // job is started on its backend (not on progress), Delete when a finished
-// job is forgotten, Load once by Restore. Save is never called for one job
-// from two goroutines at once. A Load that meets records it cannot read
+// job is forgotten, Load once by Restore; all of them off the jobs' own
+// goroutines, by one writer per job that writes the job's latest record
+// (changes made while a write is in flight are coalesced into the next),
+// in order, retrying failures with backoff. Save is never called for one
+// job from two goroutines at once. A Load that meets records it cannot read
 // returns the others with an error wrapping ErrBadRecord (naming each):
 // one bad record must not lose the rest.
 type Store interface {
@@ -178,8 +231,9 @@ type ResultStore interface {
 	Delete(id string) error
 }
 
-// LostQueued is the error of a job found queued at Restore: it had not
-// reached a backend, and its input is not kept, so it cannot be run.
+// LostQueued is the error of a job found queued at Restore that cannot be
+// run again: it had not reached a backend, and its input was not kept (no
+// Journal, or no ResumeFunc).
 const LostQueued = "lost at restart before it started; submit it again"
 
 // Errors of Get, Cancel, Subscribe and Submit.
@@ -207,6 +261,12 @@ type Manager struct {
 	jobs        map[string]*record
 	finished    []string // IDs of finished jobs, oldest first
 	resultBytes int64
+
+	// The record writers: how many run, a channel closed while none does,
+	// and one closed when Close gives up on the writes still failing.
+	writers    int
+	idle       chan struct{}
+	stopWrites chan struct{}
 }
 
 type record struct {
@@ -218,8 +278,14 @@ type record struct {
 	subs      map[*subscriber]struct{}
 	// position tells the job's place in the GPU queue while it waits.
 	position func() int
+	// journaled says the Journal holds the job's entry.
+	journaled bool
 
-	saveMu sync.Mutex // orders the record's saves and its deletion
+	// The record's writer (see write): what it is to write next, whether
+	// it deletes the stored record, and whether it runs.
+	pending  *Job
+	deleting bool
+	writing  bool
 }
 
 // New returns a Manager.
@@ -234,14 +300,27 @@ func New(cfg Config) *Manager {
 	if cfg.SubscriberBuffer <= 0 {
 		cfg.SubscriberBuffer = 16
 	}
+	if cfg.SaveRetry <= 0 {
+		cfg.SaveRetry = 200 * time.Millisecond
+	}
+	if cfg.SaveRetryMax < cfg.SaveRetry {
+		cfg.SaveRetryMax = max(10*time.Second, cfg.SaveRetry)
+	}
+	if cfg.FlushTimeout <= 0 {
+		cfg.FlushTimeout = 5 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{cfg: cfg, jobs: map[string]*record{}}
+	idle := make(chan struct{})
+	close(idle)
+	return &Manager{cfg: cfg, jobs: map[string]*record{}, idle: idle, stopWrites: make(chan struct{})}
 }
 
 // Submit records a queued job and starts run on a goroutine of its own. It
-// returns ErrClosed, without calling run, once Close has begun.
+// returns ErrClosed, without calling run, once Close has begun. With a
+// Journal it writes the job's entry there first (an error doing so is
+// returned, and run is not called); it never waits for the Store.
 func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &record{
@@ -251,18 +330,28 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 		},
 		cancel: cancel,
 	}
+	if m.cfg.Journal != nil {
+		if err := m.journal(r.job, spec.Input); err != nil {
+			cancel(err)
+			return Job{}, err
+		}
+		r.journaled = true
+	}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		cancel(ErrClosed)
+		if r.journaled {
+			m.dropJournal(r.id())
+		}
 		return Job{}, ErrClosed
 	}
 	m.jobs[r.job.ID] = r
 	m.wg.Add(1)
 	snap := r.job
+	m.queueSave(r)
 	m.mu.Unlock()
 
-	m.save(r)
 	go m.run(ctx, cancel, r, run)
 	return snap, nil
 }
@@ -288,15 +377,18 @@ func (m *Manager) call(ctx context.Context, r *record, run RunFunc) (res Result,
 			res, err = Result{}, ErrPanicked
 		}
 	}()
-	return run(ctx, Report{
+	return run(ctx, m.report(r))
+}
+
+// report is the Report of record r's run function.
+func (m *Manager) report(r *record) Report {
+	return Report{
 		Progress: func(value, max int) { m.progress(r, value, max) },
 		Started:  func(backend, promptID string) { m.started(r, backend, promptID) },
-		Queued: func(position func() int) {
-			m.mu.Lock()
-			r.position = position
-			m.mu.Unlock()
-		},
-	})
+		Queued:   func(position func() int) { m.queued(r, position) },
+		Position: func(position int) { m.positioned(r, position) },
+		Running:  func() { m.running(r) },
+	}
 }
 
 // notify calls OnFinish with a finished job; a panic in it is logged with
@@ -314,8 +406,8 @@ func (m *Manager) notify(j Job) {
 	m.cfg.OnFinish(j)
 }
 
-// end records the end of a job, stores its result and its record, forgets
-// what the bounds evict, and tells OnFinish.
+// end records the end of a job, stores its result, queues the write of its
+// record and the deletion of what the bounds evict, and tells OnFinish.
 func (m *Manager) end(r *record, res Result, err error) {
 	data, stored := res.Data, false
 	if err == nil && m.cfg.Results != nil {
@@ -326,79 +418,80 @@ func (m *Manager) end(r *record, res Result, err error) {
 			res.Data, stored = nil, true
 		}
 	}
-	final, evicted, keep := m.finish(r, res, err, stored)
+	final := m.finish(r, res, err, stored)
 	final.Result = data
-	if !keep {
-		m.save(r)
-	}
-	for _, old := range evicted {
-		m.forget(old)
-	}
 	m.notify(final)
 }
 
 // id is the job's ID, which never changes.
 func (r *record) id() string { return r.job.ID }
 
-// started records where the job runs and saves it.
+// started records where the job runs: it is Submitted there.
 func (m *Manager) started(r *record, backend, promptID string) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if r.job.State.Final() {
-		m.mu.Unlock()
 		return
 	}
 	r.job.Backend, r.job.PromptID = backend, promptID
-	m.mu.Unlock()
-	m.save(r)
+	r.position = nil
+	r.job.QueuePosition = 0
+	if r.job.State != Submitted {
+		r.job.State = Submitted
+		r.publish(EventState, m.cfg.SubscriberBuffer)
+	}
+	m.queueSave(r)
 }
 
-// markRunning makes a queued job running. m.mu is held.
-func (m *Manager) markRunning(r *record) bool {
+// queued records that the job waits for a GPU slot in the gateway: Queued
+// again if it had gone further (its backend was taken out).
+func (m *Manager) queued(r *record, position func() int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.job.State.Final() {
+		return
+	}
+	r.position = position
 	if r.job.State != Queued {
+		r.job.State, r.job.QueuePosition = Queued, 0
+		r.publish(EventState, m.cfg.SubscriberBuffer)
+		m.queueSave(r)
+	}
+}
+
+// positioned records a Submitted job's place in its backend's queue.
+func (m *Manager) positioned(r *record, position int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.job.State != Submitted || r.job.QueuePosition == position {
+		return
+	}
+	r.job.QueuePosition = position
+	r.publish(EventPosition, m.cfg.SubscriberBuffer)
+}
+
+// running records that the job's prompt started executing.
+func (m *Manager) running(r *record) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.markRunning(r) {
+		m.queueSave(r)
+	}
+}
+
+// markRunning makes a job not yet running Running. m.mu is held.
+func (m *Manager) markRunning(r *record) bool {
+	if r.job.State != Queued && r.job.State != Submitted {
 		return false
 	}
 	r.job.State = Running
-	r.job.Started = m.cfg.Clock.Now()
+	if r.job.Started.IsZero() {
+		r.job.Started = m.cfg.Clock.Now()
+	}
 	r.job.QueuePosition = 0
+	r.position = nil
 	r.publish(EventState, m.cfg.SubscriberBuffer)
 	return true
-}
-
-// save writes the record as it is now to the Store. Saves of one record
-// are serialised and each writes the latest state, so an older state never
-// overwrites a newer one; a forgotten record is never saved again.
-func (m *Manager) save(r *record) {
-	if m.cfg.Store == nil {
-		return
-	}
-	r.saveMu.Lock()
-	defer r.saveMu.Unlock()
-	m.mu.Lock()
-	j, gone := r.job, r.evicted
-	m.mu.Unlock()
-	if gone {
-		return
-	}
-	j.Result = nil
-	if err := m.cfg.Store.Save(j); err != nil {
-		m.cfg.Logger.Error("jobs: saving a job record failed", slog.String("job", j.ID), slog.Any("error", err))
-	}
-}
-
-// forget deletes an evicted job's record and result.
-func (m *Manager) forget(r *record) {
-	r.saveMu.Lock()
-	defer r.saveMu.Unlock()
-	if m.cfg.Store != nil {
-		if err := m.cfg.Store.Delete(r.id()); err != nil {
-			m.cfg.Logger.Error("jobs: deleting a job record failed", slog.String("job", r.id()), slog.Any("error", err))
-		}
-	}
-	if m.cfg.Results != nil && r.job.resultKey != "" {
-		if err := m.cfg.Results.Delete(r.job.resultKey); err != nil {
-			m.cfg.Logger.Error("jobs: deleting a result failed", slog.String("job", r.id()), slog.Any("error", err))
-		}
-	}
 }
 
 // progress records a progress report; the first makes the job running.
@@ -408,13 +501,8 @@ func (m *Manager) progress(r *record, value, max int) {
 	if r.job.State.Final() {
 		return
 	}
-	if m.markRunning(r) && m.cfg.Store != nil {
-		// Saved off the caller's goroutine: progress does not block.
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.save(r)
-		}()
+	if m.markRunning(r) {
+		m.queueSave(r)
 	}
 	if max <= 0 && value <= 0 {
 		return // only "started"
@@ -423,15 +511,17 @@ func (m *Manager) progress(r *record, value, max int) {
 	r.publish(EventProgress, m.cfg.SubscriberBuffer)
 }
 
-// finish records the end of a job, forgets the oldest finished jobs beyond
-// the bounds, and returns the job as it ended, the records evicted, and
-// whether its stored record is to be kept as it was (Close ended it).
-func (m *Manager) finish(r *record, res Result, err error, stored bool) (Job, []*record, bool) {
+// finish records the end of a job, queues the write of its record (unless
+// Close ended it: its stored record is then left as it was, for the next
+// gateway), forgets the oldest finished jobs beyond the bounds, and
+// returns the job as it ended.
+func (m *Manager) finish(r *record, res Result, err error, stored bool) Job {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	j := &r.job
 	j.Finished = m.cfg.Clock.Now()
 	j.QueuePosition = 0
+	r.position = nil
 	switch {
 	case err == nil:
 		j.State = Succeeded
@@ -458,7 +548,13 @@ func (m *Manager) finish(r *record, res Result, err error, stored bool) (Job, []
 	}
 	r.subs = nil
 	r.cancel = nil
-	return *j, m.keepFinished(r), r.closing && !r.cancelled && m.cfg.Store != nil
+	if !r.closing || r.cancelled {
+		m.queueSave(r)
+	}
+	for _, old := range m.keepFinished(r) {
+		m.queueForget(old)
+	}
+	return *j
 }
 
 // keepFinished adds a finished record to the bounded list and returns the
@@ -578,8 +674,10 @@ func (m *Manager) Drain(ctx context.Context) error {
 
 // Close cancels every job not finished, waits for their run functions to
 // return, and refuses new jobs. With a Store, the records of the jobs it
-// cancels are left as they were saved (queued or running), so that the
-// next gateway's Restore takes them up; in memory they end cancelled.
+// cancels are left as they were saved (queued, submitted or running), so
+// that the next gateway's Restore takes them up; in memory they end
+// cancelled. It then waits, up to Config.FlushTimeout, for the record
+// writes still pending, and gives up those that still fail (logged).
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
@@ -591,6 +689,41 @@ func (m *Manager) Close() {
 	}
 	m.mu.Unlock()
 	m.wg.Wait()
+	timer, stop := clock.NewTimer(m.cfg.Clock, m.cfg.FlushTimeout)
+	defer stop()
+	m.mu.Lock()
+	idle := m.idle
+	m.mu.Unlock()
+	select {
+	case <-idle:
+	case <-timer:
+		m.cfg.Logger.Error("jobs: job records not written to the store before the stop; the journal keeps the unfinished ones",
+			slog.Duration("waited", m.cfg.FlushTimeout))
+	}
+	m.mu.Lock()
+	select {
+	case <-m.stopWrites:
+	default:
+		close(m.stopWrites)
+	}
+	idle = m.idle
+	m.mu.Unlock()
+	<-idle // each writer stops after the write it is in, bounded by the Store
+}
+
+// Flush waits until no record write is pending or ctx ends: what has
+// changed so far is then in the Store (unless writing it failed and is
+// being retried, which Flush waits for too).
+func (m *Manager) Flush(ctx context.Context) error {
+	m.mu.Lock()
+	idle := m.idle
+	m.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("jobs: flush: %w", ctx.Err())
+	}
 }
 
 // publish queues an event of the job as it is now for every subscriber.
@@ -607,9 +740,9 @@ func strip(j Job) Job {
 }
 
 // subscriber is one follower's queue, drained by its pump goroutine into
-// out. The queue holds every state event and as many progress events as the
-// buffer allows; past that a new progress event replaces a progress event
-// at the tail, so the queue stays bounded and never blocks the job.
+// out. The queue holds every state event and as many progress and position
+// events as the buffer allows; past that a new one replaces one of its
+// type at the tail, so the queue stays bounded and never blocks the job.
 type subscriber struct {
 	out  chan Event
 	wake chan struct{}
@@ -622,7 +755,7 @@ type subscriber struct {
 func (s *subscriber) push(e Event, buf int) {
 	s.mu.Lock()
 	n := len(s.pending)
-	if e.Type == EventProgress && n >= buf && s.pending[n-1].Type == EventProgress {
+	if e.Type != EventState && n >= buf && s.pending[n-1].Type == e.Type {
 		s.pending[n-1] = e
 	} else {
 		s.pending = append(s.pending, e)
@@ -693,38 +826,65 @@ type RecoverFunc func(ctx context.Context, job Job) (Result, error)
 // ErrPanicked when its RecoverFunc panicked.
 type ClaimFunc func(job Job) (release func(err error))
 
-// Restore loads the Store's records into the Manager; call it once, before
-// serving. Finished jobs are kept as they were (their results read from
-// the ResultStore when asked for), within the bounds. Jobs that had been
-// given to a backend under a prompt ID (queued there or running) are taken
-// up again: claim, if not nil, is called for each before Restore returns,
-// then follow runs for each on a goroutine of its own, under a context of
-// the Manager's like a run function's, and the job ends as it returns.
-// Jobs with no prompt ID yet end failed with LostQueued: their input (an
-// uploaded image) was never stored. ctx bounds only the loading.
-func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFunc) error {
-	if m.cfg.Store == nil {
+// ResumeFunc runs again, from its input (Spec.Input, kept by the Journal),
+// a job found at Restore that had not reached a backend: like a RunFunc,
+// under a context of the Manager's, reporting through report. It takes
+// what the job needs (an admission token, a place in the GPU queue) as a
+// new job would, and releases it when it returns.
+type ResumeFunc func(ctx context.Context, job Job, input []byte, report Report) (Result, error)
+
+// Restore loads the Store's records and the Journal's entries into the
+// Manager; call it once, before serving. Finished jobs are kept as they
+// were (their results read from the ResultStore when asked for), within
+// the bounds. Jobs that had been given to a backend under a prompt ID
+// (submitted there or running) are taken up again: claim, if not nil, is
+// called for each before Restore returns, then follow runs for each on a
+// goroutine of its own, under a context of the Manager's like a run
+// function's, and the job ends as it returns. Jobs with no prompt ID yet
+// whose input the Journal kept are queued again and run by resume, if not
+// nil; the others end failed with LostQueued. A journal entry with no
+// record in the Store (the Store did not answer when the job came) is
+// taken as the job's record and written to the Store. ctx bounds only the
+// loading.
+func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFunc, resume ResumeFunc) error {
+	if m.cfg.Store == nil && m.cfg.Journal == nil {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	loaded, err := m.cfg.Store.Load()
-	switch {
-	case errors.Is(err, ErrBadRecord):
-		m.cfg.Logger.Error("jobs: restore: unreadable job records skipped", slog.Any("error", err))
-	case err != nil:
-		return fmt.Errorf("jobs: restore: %w", err)
+	var loaded []Job
+	if m.cfg.Store != nil {
+		var err error
+		loaded, err = m.cfg.Store.Load()
+		switch {
+		case errors.Is(err, ErrBadRecord):
+			m.cfg.Logger.Error("jobs: restore: unreadable job records skipped", slog.Any("error", err))
+		case err != nil:
+			return fmt.Errorf("jobs: restore: %w", err)
+		}
+	}
+	inputs, err := m.loadJournal(loaded)
+	if err != nil {
+		return err
+	}
+	for _, in := range inputs {
+		if in.replay {
+			loaded = append(loaded, in.job)
+		}
 	}
 	slices.SortFunc(loaded, func(a, b Job) int { return cmp.Or(a.Finished.Compare(b.Finished), a.Created.Compare(b.Created)) })
 
-	var evicted, lost []*record
+	var lost []*record
 	type resumed struct {
 		r      *record
 		ctx    context.Context
 		cancel context.CancelCauseFunc
+		input  []byte
+		follow bool
 	}
-	var resume []resumed
+	var restart []resumed
+	var done []string // finished jobs whose journal entry is left over
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -735,16 +895,33 @@ func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFu
 			continue
 		}
 		j.Result, j.QueuePosition = nil, 0
-		r := &record{job: j}
+		in, journaled := inputs[j.ID]
+		r := &record{job: j, journaled: journaled}
 		m.jobs[j.ID] = r
 		switch {
 		case j.State.Final():
-			evicted = append(evicted, m.keepFinished(r)...)
-		case j.Backend != "" && j.PromptID != "": // queued or running there
+			for _, old := range m.keepFinished(r) {
+				m.queueForget(old)
+			}
+			if journaled && !r.evicted {
+				r.journaled = false
+				done = append(done, j.ID)
+			}
+		case j.Backend != "" && j.PromptID != "": // submitted or running there
 			ctx, cancel := context.WithCancelCause(context.Background())
 			r.cancel = cancel
 			m.wg.Add(1)
-			resume = append(resume, resumed{r, ctx, cancel})
+			restart = append(restart, resumed{r: r, ctx: ctx, cancel: cancel, follow: true})
+			if in.replay {
+				m.queueSave(r)
+			}
+		case journaled && resume != nil:
+			ctx, cancel := context.WithCancelCause(context.Background())
+			r.cancel = cancel
+			r.job.State, r.job.Started = Queued, time.Time{}
+			m.wg.Add(1)
+			restart = append(restart, resumed{r: r, ctx: ctx, cancel: cancel, input: in.input})
+			m.queueSave(r)
 		default:
 			r.cancel = func(error) {} // nothing runs: Cancel and Close have nothing to end
 			m.wg.Add(1)
@@ -753,8 +930,8 @@ func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFu
 	}
 	m.mu.Unlock()
 
-	for _, r := range evicted {
-		m.forget(r)
+	for _, id := range done {
+		m.dropJournal(id)
 	}
 	for _, r := range lost {
 		go func() {
@@ -762,27 +939,86 @@ func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFu
 			m.end(r, Result{}, errors.New(LostQueued))
 		}()
 	}
-	for _, x := range resume {
+	for _, x := range restart {
 		job := x.r.job
+		if !x.follow {
+			go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, report Report) (Result, error) {
+				return resume(ctx, job, x.input, report)
+			})
+			continue
+		}
 		var release func(error)
 		if claim != nil {
 			release = claim(job)
 		}
-		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, _ Report) (res Result, err error) {
-			if release != nil {
-				ended := false
-				defer func() {
-					if !ended {
-						err = ErrPanicked // follow panicked; m.call recovers
-					}
-					release(err)
-				}()
-				res, err = follow(ctx, job)
-				ended = true
-				return res, err
+		input, rerun := inputs[job.ID].input, resume != nil && inputs[job.ID].input != nil
+		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, report Report) (Result, error) {
+			res, err := followClaimed(ctx, job, follow, release)
+			if err != nil && rerun && errors.Is(err, ErrRerun) && ctx.Err() == nil {
+				m.cfg.Logger.Warn("jobs: restored job gone from its backend; run again from its kept input",
+					slog.String("job", job.ID), slog.String("backend", job.Backend), slog.Any("error", err))
+				return resume(ctx, job, input, report)
 			}
-			return follow(ctx, job)
+			return res, err
 		})
 	}
 	return nil
+}
+
+// ErrRerun is wrapped by the error of a RecoverFunc when the job's backend
+// no longer has the job (the backend was restarted, or is no longer
+// configured) and it never ran to its end there: Restore then runs the job
+// again from its journaled input, when it has one and a ResumeFunc.
+var ErrRerun = errors.New("jobs: the job is gone from its backend")
+
+// followClaimed follows job, releasing its claim once follow has returned
+// (with ErrPanicked if it panicked; m.call recovers).
+func followClaimed(ctx context.Context, job Job, follow RecoverFunc, release func(error)) (res Result, err error) {
+	if release == nil {
+		return follow(ctx, job)
+	}
+	ended := false
+	defer func() {
+		if !ended {
+			err = ErrPanicked
+		}
+		release(err)
+	}()
+	res, err = follow(ctx, job)
+	ended = true
+	return res, err
+}
+
+// journaledInput is a journal entry as Restore reads it: the job's input,
+// and, for a job the Store lacks, its record from the journal (replay).
+type journaledInput struct {
+	input  []byte
+	job    Job
+	replay bool
+}
+
+// loadJournal reads the Journal's entries, by job ID; an unreadable entry
+// is logged and skipped.
+func (m *Manager) loadJournal(stored []Job) (map[string]journaledInput, error) {
+	if m.cfg.Journal == nil {
+		return nil, nil
+	}
+	raw, err := m.cfg.Journal.Inputs()
+	if err != nil {
+		return nil, fmt.Errorf("jobs: restore: journal: %w", err)
+	}
+	inStore := make(map[string]bool, len(stored))
+	for _, j := range stored {
+		inStore[j.ID] = true
+	}
+	out := make(map[string]journaledInput, len(raw))
+	for id, b := range raw {
+		j, input, err := readEntry(b)
+		if err != nil || j.ID != id {
+			m.cfg.Logger.Error("jobs: restore: unreadable journal entry skipped", slog.String("job", id), slog.Any("error", err))
+			continue
+		}
+		out[id] = journaledInput{input: input, job: j, replay: !inStore[id]}
+	}
+	return out, nil
 }

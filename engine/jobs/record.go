@@ -54,7 +54,7 @@ func UnmarshalRecord(b []byte) (Job, error) {
 		return Job{}, fmt.Errorf("jobs: %w: no id", ErrBadRecord)
 	}
 	switch s.State {
-	case Queued, Running, Succeeded, Failed, Cancelled:
+	case Queued, Submitted, Running, Succeeded, Failed, Cancelled:
 	default:
 		return Job{}, fmt.Errorf("jobs: %w %s: unknown state %q", ErrBadRecord, s.ID, s.State)
 	}

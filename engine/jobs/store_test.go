@@ -127,11 +127,18 @@ func TestStoreSavesStateChanges(t *testing.T) {
 		t.Fatalf("final %+v", final)
 	}
 	m.Close()
-	// Submit, Started, the first progress (saved off the job's goroutine,
-	// so it may save the later state), the end; never the ticks.
+	// Writes are coalesced (a change made while one is in flight goes
+	// into the next), so some states may be skipped; never the last, never
+	// out of order, never the ticks.
+	order := map[jobs.State]int{jobs.Queued: 0, jobs.Submitted: 1, jobs.Running: 2, jobs.Succeeded: 3}
 	saves := store.saves
-	if len(saves) != 4 || saves[0] != jobs.Queued || saves[1] != jobs.Queued || saves[3] != jobs.Succeeded {
-		t.Errorf("saved states %v, want queued, queued (started), running, succeeded", saves)
+	if len(saves) == 0 || len(saves) > 4 || saves[len(saves)-1] != jobs.Succeeded {
+		t.Errorf("saved states %v, want at most queued, submitted, running, succeeded, ending succeeded", saves)
+	}
+	for i := 1; i < len(saves); i++ {
+		if order[saves[i]] < order[saves[i-1]] {
+			t.Errorf("saved states out of order: %v", saves)
+		}
 	}
 	rec, _ := store.get(job.ID)
 	if rec.Tenant != "a" || rec.Backend != "http://gpu1:8188" || rec.PromptID != "p1" || rec.Result != nil {
@@ -156,6 +163,9 @@ func TestEvictionDeletes(t *testing.T) {
 		st.end <- nil
 		wait(t, m, job.ID)
 		ids = append(ids, job.ID)
+	}
+	if err := m.Flush(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	if _, ok := store.get(ids[0]); ok || results.has(ids[0]) {
 		t.Errorf("evicted job %s still stored (record %v, result %v)", ids[0], ok, results.has(ids[0]))
@@ -224,7 +234,7 @@ func TestRestore(t *testing.T) {
 			return jobs.Result{}, errors.New("node 3 failed")
 		}
 		return jobs.Result{PromptID: j.PromptID, Data: []byte("new"), ContentType: "image/png"}, nil
-	}, nil)
+	}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,6 +252,9 @@ func TestRestore(t *testing.T) {
 	}
 	if got := wait(t, m, jQueued.ID); got.State != jobs.Failed || got.Error != jobs.LostQueued {
 		t.Errorf("queued job: %+v", got)
+	}
+	if err := m.Flush(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	for _, id := range []string{jOK.ID, jBad.ID, jQueued.ID} {
 		if rec, _ := store.get(id); !rec.State.Final() {
