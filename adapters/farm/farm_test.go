@@ -43,6 +43,7 @@ func TestFarmSpreadsJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(f.Close)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for i := range 8 {
@@ -72,6 +73,7 @@ func TestFarmTenantCapAnswers429(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(f.Close)
 	first := make(chan error)
 	go func() { _, err := f.Run(context.Background(), generate("192.0.2.1")); first <- err }()
 	eventually(t, func() bool { return f.d.Stats().Backends[0].InUse == 1 }) // the first job holds the tenant's one place
@@ -91,6 +93,7 @@ func TestDeadBackendTakenOutAndBackIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(f.Close)
 	dead := clients[0].BaseURL
 	for range failuresToTrip {
 		f.probed(f.members[dead], errors.New("connection refused"))
@@ -151,6 +154,7 @@ func TestJobOfBackendTakenOutRunsElsewhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(f.Close)
 	defer f.Close()
 	done := make(chan error)
 	go func() {
@@ -200,6 +204,7 @@ func TestFarmPrecheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(f.Close)
 	if err := f.Precheck("192.0.2.1"); err != nil {
 		t.Fatalf("an idle farm refuses: %v", err)
 	}

@@ -218,9 +218,11 @@ func TestWatchProbesEveryIntervalAndOnKick(t *testing.T) {
 	waitFor(t, func() bool { return reports() == 2 && clk.Timers() == 1 })
 	f.connection("a", false, errors.New("websocket: close 1006"))
 	waitFor(t, func() bool { return reports() == 3 && clk.Timers() == 1 })
-	if clk.Advance(time.Second); reports() != 3 {
+	if clk.Advance(2*time.Second - time.Nanosecond); reports() != 3 {
 		t.Fatal("probed before the interval")
 	}
+	clk.Advance(time.Nanosecond)
+	waitFor(t, func() bool { return reports() == 4 }) // and at the interval after the kick
 }
 
 // TestFailedProbeKeepsPressure: a probe that fails (a GPU under pressure
