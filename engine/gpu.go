@@ -127,7 +127,14 @@ func (e *Engine) ReportGPUs(source string, sample []GPU, err error) {
 	e.gpu.mu.Lock()
 	defer e.gpu.mu.Unlock()
 	st := &gpuSourceState{err: err, updated: e.clock.Now()}
-	if err == nil {
+	if err != nil {
+		// A failed sample (a loaded GPU answers late) keeps the last one
+		// until it is stale: the backend is still counted, with the
+		// pressure it had, in "every backend under pressure".
+		if prev := e.gpu.sources[source]; prev != nil {
+			st.gpus, st.cpus = prev.gpus, prev.cpus
+		}
+	} else {
 		for _, g := range sample {
 			if g.Type == "cpu" {
 				st.cpus = append(st.cpus, g)

@@ -113,6 +113,14 @@ func TestGPUPerDeviceStaleAndUnavailable(t *testing.T) {
 	if p := e.System().Pressure; p.Active || len(p.Backends) != 1 || p.Backends[0] != "http://small:8188" || len(p.Devices) != 1 {
 		t.Fatalf("pressure %+v, want the small backend, not active", p)
 	}
+	// A failed probe of the big one (a loaded GPU answers late) keeps its
+	// last sample: it still takes jobs, so the gateway does not refuse.
+	e.ReportGPUs("comfyui http://big:8188", nil, errors.New("context deadline exceeded"))
+	if toks, refs := burst(t, e, 1, call); len(refs) != 0 {
+		t.Fatal("a failed probe of the only backend not under pressure made the gateway refuse")
+	} else {
+		exitAll(toks)
+	}
 	// Both under pressure: the gateway refuses.
 	e.ReportGPUs("comfyui http://big:8188", []engine.GPU{remote(clock, "http://big:8188", 0.95)}, nil)
 	if _, refs := burst(t, e, 1, call); len(refs) != 1 {
