@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/pkg/v3/featuregate"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -99,6 +100,15 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
 	ec.QuotaBackendBytes = cfg.QuotaBackendBytes
 	ec.WatchProgressNotifyInterval = cfg.ProgressNotifyInterval
+	// Leases keep their remaining time across restarts (without
+	// checkpoints etcd gives every lease its whole TTL again at each start,
+	// and the records of finished jobs would outlive --job-retention on a
+	// gateway restarted more often than that).
+	if fg, ok := ec.ServerFeatureGate.(featuregate.MutableFeatureGate); ok {
+		if err := fg.Set("LeaseCheckpoint=true,LeaseCheckpointPersist=true"); err != nil {
+			return nil, fmt.Errorf("embedded etcd: lease checkpoints: %w", err)
+		}
+	}
 	ec.Logger = "zap"
 	ec.LogLevel = "warn"
 	if cfg.Logger == nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/pkg/v3/featuregate"
+	"go.etcd.io/etcd/server/v3/features"
 )
 
 // freezer is a TCP proxy that can stop passing bytes while keeping every
@@ -210,6 +212,11 @@ func TestEmbeddedRunsForMonths(t *testing.T) {
 	}
 	if cfg.WatchProgressNotifyInterval != DefaultProgressNotifyInterval {
 		t.Errorf("progress notifications every %s", cfg.WatchProgressNotifyInterval)
+	}
+	for _, f := range []featuregate.Feature{features.LeaseCheckpoint, features.LeaseCheckpointPersist} {
+		if !cfg.ServerFeatureGate.Enabled(f) {
+			t.Errorf("feature %s off: leases get their whole TTL again at each start", f)
+		}
 	}
 }
 
