@@ -939,7 +939,16 @@ func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFu
 			m.end(r, Result{}, errors.New(LostQueued))
 		}()
 	}
-	for _, x := range restart {
+	// Every job followed on a backend claims its slot there before any
+	// queued job resumes: a resumed job must not take a slot that a job
+	// still running there holds.
+	releases := make([]func(error), len(restart))
+	for i, x := range restart {
+		if x.follow && claim != nil {
+			releases[i] = claim(x.r.job)
+		}
+	}
+	for i, x := range restart {
 		job := x.r.job
 		if !x.follow {
 			go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, report Report) (Result, error) {
@@ -947,10 +956,7 @@ func (m *Manager) Restore(ctx context.Context, follow RecoverFunc, claim ClaimFu
 			})
 			continue
 		}
-		var release func(error)
-		if claim != nil {
-			release = claim(job)
-		}
+		release := releases[i]
 		input, rerun := inputs[job.ID].input, resume != nil && inputs[job.ID].input != nil
 		go m.run(x.ctx, x.cancel, x.r, func(ctx context.Context, report Report) (Result, error) {
 			res, err := followClaimed(ctx, job, follow, release)
