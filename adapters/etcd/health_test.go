@@ -3,13 +3,17 @@ package etcd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sluicehq/sluice/engine/clock"
 	"go.etcd.io/etcd/pkg/v3/featuregate"
 	"go.etcd.io/etcd/server/v3/features"
 )
@@ -273,5 +277,45 @@ func TestKeepAliveDropsAHalfOpenConnection(t *testing.T) {
 			t.Fatal("the client still holds the half-open connection 20s after it froze")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestQuietEtcdKeepsTheWatchLive: on an etcd where nothing is written
+// after the listing (a fresh `make run`), every progress request is
+// answered, so the watch stays live and is never dropped and listed again.
+// etcd answers no progress request of a watch whose start revision is still
+// in the future: a watch from the listing's revision + 1 heard nothing and
+// was dropped every silence window.
+func TestQuietEtcdKeepsTheWatchLive(t *testing.T) {
+	e, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir(), ClientURL: "http://127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	client, err := NewClient(ClientConfig{Endpoints: e.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.Put(t.Context(), testPrefix(t)+"/rules/resources/zimage_generate", "resource: zimage_generate\nflow: [{threshold: 7, window: 10s}]\n"); err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	var watches atomic.Int32
+	f := newFixture(t, client, func(w *Watcher) {
+		w.clock, w.interval, w.window = clk, time.Second, 3*time.Second
+		w.beforeWatch = func(int64) { watches.Add(1) }
+	})
+	defer f.stop()
+	for i := range 5 { // past the silence window
+		eventually(t, "the watch waiting on its progress timer", func() bool { return clk.Timers() == 1 })
+		clk.Advance(time.Second)
+		eventually(t, fmt.Sprintf("progress answer %d", i+1), func() bool { return f.w.Status().HeardAt.Equal(clk.Now()) })
+	}
+	if n := watches.Load(); n != 1 {
+		t.Errorf("the watch started %d times, want once (dropped for silence on a healthy etcd)", n)
+	}
+	if live, quiet := f.w.Live(); !live {
+		t.Errorf("not live (quiet for %s)", quiet)
 	}
 }

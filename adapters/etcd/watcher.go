@@ -184,7 +184,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.beforeWatch(rev)
 		}
 		started := time.Now()
-		err = w.watch(ctx, rev+1)
+		err = w.watch(ctx, rev)
 		if ctx.Err() != nil {
 			break
 		}
@@ -222,13 +222,19 @@ func (w *Watcher) sync(ctx context.Context) (int64, error) {
 // errSilent ends a watch that has heard nothing for the silence window.
 var errSilent = errors.New("the watch heard nothing from etcd (no change, no progress notification) within its window")
 
-// watch follows changes from revision from on, until the watch fails or
-// falls silent. A quiet watch asks etcd for progress every interval; one
-// that has heard nothing for the silence window is dropped.
-func (w *Watcher) watch(ctx context.Context, from int64) error {
+// watch follows the changes after revision listed, until the watch fails
+// or falls silent. A quiet watch asks etcd for progress every interval;
+// one that has heard nothing for the silence window is dropped.
+//
+// The watch starts at listed itself, not listed+1, and skips the events
+// the listing already holds: etcd sends no progress notification to a
+// watch whose start revision is still in the future, so a watch from
+// listed+1 on a quiet etcd would hear nothing and be dropped again and
+// again.
+func (w *Watcher) watch(ctx context.Context, listed int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	ch := w.store.Client().Watch(wctx, w.store.rulesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+	ch := w.store.Client().Watch(wctx, w.store.rulesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(listed), clientv3.WithProgressNotify())
 	for {
 		tick, stop := clock.NewTimer(w.clock, w.interval)
 		select {
@@ -240,7 +246,7 @@ func (w *Watcher) watch(ctx context.Context, from int64) error {
 				}
 				return errors.New("watch channel closed")
 			}
-			if err := w.handle(resp, from); err != nil {
+			if err := w.handle(resp, listed); err != nil {
 				return err
 			}
 		case <-tick:
@@ -263,20 +269,24 @@ func (w *Watcher) watch(ctx context.Context, from int64) error {
 }
 
 // handle takes one watch response: a failure, a progress notification or
-// changes.
-func (w *Watcher) handle(resp clientv3.WatchResponse, from int64) error {
+// changes. Events at or before revision listed are in the listing already.
+func (w *Watcher) handle(resp clientv3.WatchResponse, listed int64) error {
 	if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-		return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
+		return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, listed, resp.CompactRevision)
 	}
 	if err := resp.Err(); err != nil {
 		return err
 	}
 	w.heard()
-	if len(resp.Events) == 0 {
-		return nil // progress notification
+	events := resp.Events
+	for len(events) > 0 && events[0].Kv.ModRevision <= listed {
+		events = events[1:]
 	}
-	keys := make([]string, 0, len(resp.Events))
-	for _, ev := range resp.Events {
+	if len(events) == 0 {
+		return nil // progress notification, or only what was listed
+	}
+	keys := make([]string, 0, len(events))
+	for _, ev := range events {
 		k := string(ev.Kv.Key)
 		if ev.Type == clientv3.EventTypeDelete {
 			delete(w.values, k)
@@ -285,7 +295,7 @@ func (w *Watcher) handle(resp clientv3.WatchResponse, from int64) error {
 		}
 		keys = append(keys, k)
 	}
-	w.update(resp.Events[len(resp.Events)-1].Kv.ModRevision, strings.Join(slices.Compact(keys), ", "))
+	w.update(events[len(events)-1].Kv.ModRevision, strings.Join(slices.Compact(keys), ", "))
 	return nil
 }
 
