@@ -9,7 +9,8 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 ## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
 run:
-	$(GO) run ./cmd/sluice serve --rules testdata/rules $(ARGS)
+	@$(GO) build -o $(BIN) ./cmd/sluice
+	exec $(BIN) serve --rules testdata/rules $(ARGS)
 
 ## test: formatting, vet and every test with the race detector
 test: lint
