@@ -140,6 +140,17 @@ func (t Tier) MarshalJSON() ([]byte, error) {
 	})
 }
 
+// UnmarshalJSON reads the document as ParseTiers does, validating it: the
+// JSON that Tiers marshals to reads back.
+func (ts *Tiers) UnmarshalJSON(b []byte) error {
+	parsed, err := ParseTiers("JSON", b)
+	if err != nil {
+		return err
+	}
+	*ts = *parsed
+	return nil
+}
+
 // Tier returns the tier called name.
 func (ts *Tiers) Tier(name string) (Tier, bool) {
 	for _, t := range ts.Tiers {

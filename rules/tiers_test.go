@@ -248,3 +248,17 @@ func FuzzParseTiers(f *testing.F) {
 		}
 	})
 }
+
+func TestTiersUnmarshalJSONValidates(t *testing.T) {
+	var ts rules.Tiers
+	if err := json.Unmarshal([]byte(`{"tiers": [{"name": "anonymous", "daily_quota": "unlimited", "priority": "medium"}]}`), &ts); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := ts.Tier("anonymous"); a.DailyQuota != tenant.Unlimited || a.Priority != tenant.Medium || ts.Location != time.UTC {
+		t.Fatalf("decoded %+v", ts)
+	}
+	err := json.Unmarshal([]byte(`{"tiers": [{"name": "vip", "daily_quota": 1}]}`), &ts)
+	if err == nil || !strings.Contains(err.Error(), `JSON: tiers: no tier named "anonymous"`) {
+		t.Fatalf("err = %v", err)
+	}
+}
