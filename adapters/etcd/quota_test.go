@@ -414,3 +414,21 @@ func BenchmarkQuotaTakeRefused(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQuotaTakeParallel: many tenants at once; etcd batches their
+// writes, so throughput is well above 1/latency.
+func BenchmarkQuotaTakeParallel(b *testing.B) {
+	q := NewQuota(shared.client, testPrefix(b), clock.NewFake(afternoon))
+	ctx := context.Background()
+	var n atomic.Int64
+	b.SetParallelism(16)
+	b.RunParallel(func(pb *testing.PB) {
+		tn := fmt.Sprintf("tenant-%d", n.Add(1))
+		for pb.Next() {
+			if _, _, err := q.Take(ctx, tn, tenant.Unlimited, 1, nil); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
