@@ -190,3 +190,48 @@ func TestSeedTiersOnlyWhenAbsent(t *testing.T) {
 		t.Fatalf("document %q", d.Value)
 	}
 }
+
+// TestTiersWatcherSurvivesEtcdRestart: with etcd gone the tiers in force
+// stay; a change made once it is back is applied.
+func TestTiersWatcherSurvivesEtcdRestart(t *testing.T) {
+	dir := t.TempDir()
+	e, err := StartEmbedded(EmbeddedConfig{Dir: dir, ClientURL: "http://127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := e.Endpoints()[0]
+	store := NewStore(newClient(t, []string{endpoint}), "")
+	if _, err := store.PutTiers(context.Background(), []byte(goldTiers)); err != nil {
+		t.Fatal(err)
+	}
+	w := NewTiersWatcher(TiersWatcherConfig{Store: store, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	stop := sync.OnceFunc(func() { cancel(); <-done })
+	defer stop()
+	<-w.Ready()
+
+	e.Close()
+	if _, ok := w.Tiers().Tier("gold"); !ok {
+		t.Fatal("with etcd down the tiers in force were dropped")
+	}
+	e, err = StartEmbedded(EmbeddedConfig{Dir: dir, ClientURL: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wcancel()
+	rev, err := store.PutTiers(wctx, []byte(strings.Replace(goldTiers, "daily_quota: 1000", "daily_quota: 2000", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WaitRevision(wctx, rev); err != nil {
+		t.Fatalf("change after the restart never applied: %v", err)
+	}
+	if gold, _ := w.Tiers().Tier("gold"); gold.DailyQuota != 2000 {
+		t.Fatalf("gold quota %d, want 2000", gold.DailyQuota)
+	}
+	stop() // before etcd closes, which otherwise waits for the open watch
+}
