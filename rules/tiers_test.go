@@ -3,6 +3,8 @@ package rules_test
 import (
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -260,5 +262,21 @@ func TestTiersUnmarshalJSONValidates(t *testing.T) {
 	err := json.Unmarshal([]byte(`{"tiers": [{"name": "vip", "daily_quota": 1}]}`), &ts)
 	if err == nil || !strings.Contains(err.Error(), `JSON: tiers: no tier named "anonymous"`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestTestdataTiersAreValid(t *testing.T) {
+	files, err := filepath.Glob("../testdata/tiers/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata tiers: %v", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rules.ParseTiers(f, data); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 }
