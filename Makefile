@@ -43,7 +43,8 @@ bench-abuse:
 
 ## fuzz: a short run of every fuzz target
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./rules
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 30s ./rules
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTiers$$' -fuzztime 30s ./rules
 	$(GO) test -run '^$$' -fuzz FuzzCheck -fuzztime 30s ./adapters/httpapi/imageinput
 	$(GO) test -run '^$$' -fuzz FuzzParseSidecar -fuzztime 30s ./adapters/comfyui
 	$(GO) test -run '^$$' -fuzz FuzzAppendJSON -fuzztime 30s ./adapters/httpapi/problem

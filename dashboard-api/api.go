@@ -55,6 +55,9 @@ type Config struct {
 	Simulator Simulator
 	// Build says which binary runs; GET /api/system shows it as "build".
 	Build Build
+	// Tiers serves GET and PUT /api/tiers (see TierSource); nil: not
+	// mounted.
+	Tiers TierSource
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -146,6 +149,9 @@ func Register(r gin.IRouter, cfg Config) error {
 	reads.GET("/system", a.system)
 	if cfg.Simulator != nil {
 		a.mountSimulator(r, cfg.Simulator)
+	}
+	if cfg.Tiers != nil {
+		a.mountTiers(reads, r, cfg.Tiers)
 	}
 	if cfg.Backends != nil {
 		reads.GET("/backends", func(c *gin.Context) { c.JSON(http.StatusOK, backendsBody(cfg.Backends())) })

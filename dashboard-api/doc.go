@@ -6,6 +6,8 @@
 //	GET    /api/rules/:resource    one resource's rules, or "system"
 //	PUT    /api/rules/:resource    write one rule document (YAML or JSON, ≤ 1 MiB)
 //	DELETE /api/rules/:resource    remove one rule document
+//	GET    /api/tiers              the service tiers in force, their source and the last rejected update (Config.Tiers)
+//	PUT    /api/tiers              write the tiers document (YAML or JSON, ≤ 1 MiB; 422 with every problem)
 //	GET    /api/resources          live statistics per resource
 //	GET    /api/blocked?limit=N    the N most recent refusals, newest first (default 100, max 1024)
 //	GET    /api/system             CPU, load, every GPU (source, memory, utilisation), CPU devices of backends, the GPU pressure and the build (version, nvml: cgo or nonvml)

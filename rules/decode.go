@@ -161,6 +161,10 @@ func mappingValue(m *yaml.Node, key string) *yaml.Node {
 
 var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
 
+// scalarWant is a TextUnmarshaler that names, for messages, the scalar it
+// takes (a Duration says "a duration such as 500ms or 60s" without it).
+type scalarWant interface{ want() string }
+
 // decodeInto decodes n into v strictly, recording problems with their path.
 func decodeInto(c *errs, n *yaml.Node, v reflect.Value, at string) {
 	if n.Kind == yaml.AliasNode {
@@ -181,7 +185,11 @@ func decodeInto(c *errs, n *yaml.Node, v reflect.Value, at string) {
 	}
 	if v.CanAddr() && v.Addr().Type().Implements(textUnmarshaler) {
 		if n.Kind != yaml.ScalarNode {
-			c.add(at, "want a duration such as 500ms or 60s, got %s", describe(n))
+			want := "a duration such as 500ms or 60s"
+			if w, ok := v.Addr().Interface().(scalarWant); ok {
+				want = w.want()
+			}
+			c.add(at, "want %s, got %s", want, describe(n))
 			return
 		}
 		if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(n.Value)); err != nil {
