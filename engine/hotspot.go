@@ -26,6 +26,9 @@ type hotspotController struct {
 	rule     *hotspot.Rule
 	metric   *hotspot.ParamsMetric
 	windowMs int64
+	// cause is the rule a refusal names: rule itself, unless the
+	// controller is a tier rate's.
+	cause base.SentinelRule
 	// call is the Token of the call being checked: ExtractArgs sets it and
 	// PerformChecking, right after, records its debit there. Both run
 	// under the resource's lock, which guards it.
@@ -89,7 +92,7 @@ func newHotspotController(r *hotspot.Rule, reuse *hotspot.ParamsMetric) hotspot.
 		}
 		m = &hotspot.ParamsMetric{RuleTimeCounter: cache.NewLRUCacheMap(size), RuleTokenCounter: cache.NewLRUCacheMap(size)}
 	}
-	return &hotspotController{rule: r, metric: m, windowMs: r.DurationInSec * 1000}
+	return &hotspotController{rule: r, metric: m, windowMs: r.DurationInSec * 1000, cause: r}
 }
 
 func (c *hotspotController) BoundRule() *hotspot.Rule           { return c.rule }
@@ -165,5 +168,5 @@ func (c *hotspotController) retryAfter(now, last, rest, limit, batch int64) time
 
 // blocked is a refusal carrying its retry time.
 func (c *hotspotController) blocked(retry time.Duration) *base.TokenResult {
-	return base.NewTokenResultBlockedWithCause(base.BlockTypeHotSpotParamFlow, "hotspot", c.rule, retry)
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeHotSpotParamFlow, "hotspot", c.cause, retry)
 }
