@@ -125,20 +125,27 @@ func (c *hotspotController) PerformChecking(arg any, batch int64) *base.TokenRes
 	}
 	now := int64(util.CurrentTimeMillis())
 	times, tokens := c.metric.RuleTimeCounter, c.metric.RuleTokenCounter
-	lastPtr := times.AddIfAbsent(arg, &now)
+	// Get before Add: a known value's check allocates nothing (sentinel's
+	// own AddIfAbsent(arg, &now) moves now to the heap on every call).
+	lastPtr, known := times.Get(arg)
 	restPtr, found := tokens.Get(arg)
-	if lastPtr == nil || !found {
+	if !known || !found {
 		// First call of the value (or its bucket was evicted): a full
 		// bucket.
 		left := most - batch
 		tokens.Add(arg, &left)
-		if lastPtr != nil {
+		if known {
 			atomic.StoreInt64(lastPtr, now)
+		} else {
+			last := now
+			times.Add(arg, &last)
 		}
 		c.debit(arg, batch, now)
 		return nil
 	}
-	last, rest := atomic.LoadInt64(lastPtr), atomic.LoadInt64(restPtr)
+	// A bucket filled under a higher threshold holds no more than the
+	// current one allows.
+	last, rest := atomic.LoadInt64(lastPtr), min(atomic.LoadInt64(restPtr), most)
 	if passed := now - last; passed > c.windowMs {
 		if left := min(passed*limit/c.windowMs+rest, most) - batch; left >= 0 {
 			atomic.StoreInt64(restPtr, left)
