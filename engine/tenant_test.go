@@ -1,7 +1,11 @@
 package engine_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,6 +177,13 @@ func TestTierRateRefusesOverTheThreshold(t *testing.T) {
 	if !strings.Contains(r.Error(), "tier_rate rule tiers/registered/rate") {
 		t.Fatalf("Error() = %q", r.Error())
 	}
+	// A rule update keeps the tier rates and their buckets.
+	if err := e.Apply(mustSet(t, "resource: zimage_generate\nconcurrency: 99\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, refs := burst(t, e, 1, acme); len(refs) != 1 || refs[0].Kind != engine.KindTierRate {
+		t.Fatalf("after Apply acme's spent tier rate admits again: %+v", refs)
+	}
 	// Each tenant has its own bucket; a tier without a rate is not limited.
 	other, _ := burst(t, e, 3, engine.Call{Resource: "zimage_generate", Origin: nat, Tenant: "globex", Tier: "registered"})
 	vip, _ := burst(t, e, 5, engine.Call{Resource: "zimage_generate", Origin: nat, Tenant: "initech", Tier: "vip"})
@@ -339,4 +350,40 @@ hotspot: [{param: tenant, threshold: 1, window: 60s}, {param: origin, threshold:
 	if _, ok := e.Stats()[1].Tiers["anonymous"]; !ok {
 		t.Fatal("a resource without calls has no anonymous tier's counters")
 	}
+}
+
+func TestSetTierRatesDuringGuards(t *testing.T) {
+	e := newEngine(t, "resource: zimage_generate\nhotspot: [{param: tenant, threshold: 1000000, window: 1s}]\n", engine.Options{})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for i := range 4 {
+		wg.Go(func() {
+			call := engine.Call{Resource: "zimage_generate", Tenant: fmt.Sprint("t", i), Tier: []string{"registered", "vip"}[i%2]}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tok, err := e.Guard(context.Background(), call)
+				var ref *engine.Refusal
+				if err != nil && !errors.As(err, &ref) {
+					t.Errorf("Guard: %v", err)
+					return
+				}
+				tok.Exit(nil)
+			}
+		})
+	}
+	for i := range 200 {
+		rates := map[string]rules.TierRate{"registered": {Threshold: int64(1 + i%3), Window: rules.Duration(time.Second)}}
+		if i%2 == 0 {
+			rates["vip"] = rules.TierRate{Threshold: 5, Window: rules.Duration(time.Duration(1+i%2) * time.Second)}
+		}
+		if err := e.SetTierRates(rates); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }
