@@ -4,7 +4,11 @@
 // An Engine holds the compiled rules (replaced atomically by Apply) and
 // guards calls:
 //
-//	tok, err := eng.Guard(ctx, engine.Call{Resource: "ddcolor_person", Origin: ip, Tenant: id.Tenant, Tier: id.Tier, Size: 512})
+//	call := engine.Call{Resource: "ddcolor_person", Origin: ip, Tier: id.Tier, Size: 512}
+//	if !id.Anonymous() {
+//		call.Tenant = id.Tenant
+//	}
+//	tok, err := eng.Guard(ctx, call)
 //	var refusal *engine.Refusal
 //	if errors.As(err, &refusal) {
 //		// 429 or 503, refusal.RetryAfter, refusal.Kind ...

@@ -383,9 +383,11 @@ type Call struct {
 	// and bans count anonymous calls by it.
 	Origin string
 	// Tenant is the identified caller's tenant (its API key's, or its
-	// JWT's subject); empty for an anonymous caller. Hotspot rules on
-	// tenant, tier rates and bans count identified calls by it, never by
-	// their origin: tenants behind one NAT do not share limits.
+	// JWT's subject); empty for an anonymous caller (a Tenant equal to
+	// Origin, as tenant.Identity gives an anonymous caller, counts as
+	// anonymous too). Hotspot rules on tenant, tier rates and bans count
+	// identified calls by it, never by their origin: tenants behind one NAT
+	// do not share limits.
 	Tenant string
 	// Tier is the caller's service tier; empty for an anonymous caller
 	// means tenant.AnonymousTier. It selects the tier rate (SetTierRates)
@@ -400,11 +402,19 @@ type Call struct {
 	Cost int
 }
 
+// tenant is the identified call's tenant; empty for an anonymous call.
+func (c *Call) tenant() string {
+	if c.Tenant == c.Origin {
+		return ""
+	}
+	return c.Tenant
+}
+
 // subject is who the call's own limits and bans count: the tenant of an
 // identified call, the origin of an anonymous one.
 func (c *Call) subject() banSubject {
-	if c.Tenant != "" {
-		return banSubject{who: c.Tenant, tenant: true}
+	if t := c.tenant(); t != "" {
+		return banSubject{who: t, tenant: true}
 	}
 	return banSubject{who: c.Origin}
 }
@@ -412,7 +422,7 @@ func (c *Call) subject() banSubject {
 // tier is the call's tier, tenant.AnonymousTier for an anonymous call
 // without one.
 func (c *Call) tier() string {
-	if c.Tier == "" && c.Tenant == "" {
+	if c.Tier == "" && c.tenant() == "" {
 		return tenant.AnonymousTier
 	}
 	return c.Tier
@@ -542,7 +552,7 @@ func (e *Engine) newEntry(r *resource, rs *resState, tok *Token, c *Call) (*base
 	// anonymous one no tenant, so that each rule sees only its callers.
 	if rs.needArgs || tok.tierRate != nil {
 		if tok.who.tenant {
-			tok.args[rules.ArgTenant] = c.Tenant
+			tok.args[rules.ArgTenant] = tok.who.who
 		} else {
 			tok.args[rules.ArgOrigin] = c.Origin
 		}
@@ -643,9 +653,9 @@ func (e *Engine) refused(rs *resState, c Call, ref *Refusal) {
 	rs.stats.refuse(ref.Kind)
 	tier := c.tier()
 	rs.stats.tier(tier).refuse(ref.Kind)
-	ref.Tenant, ref.Tier = c.Tenant, tier
+	ref.Tenant, ref.Tier = c.tenant(), tier
 	e.blocked.add(Blocked{
-		Time: e.clock.Now(), Origin: c.Origin, Tenant: c.Tenant, Tier: tier, Resource: rs.name, Size: c.Size,
+		Time: e.clock.Now(), Origin: c.Origin, Tenant: ref.Tenant, Tier: tier, Resource: rs.name, Size: c.Size,
 		Rule: ref.Rule, Kind: ref.Kind, Value: ref.Value,
 	})
 	// Only the caller's own excess earns a ban: its per-origin (anonymous)

@@ -119,7 +119,7 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		case rules.ArgOrigin:
 			ref.Param, arg = rules.ParamOrigin, c.Origin
 		case rules.ArgTenant:
-			ref.Param, arg = rules.ParamTenant, c.Tenant
+			ref.Param, arg = rules.ParamTenant, c.tenant()
 		default:
 			ref.Param, arg = rules.ParamSize, rs.sizeArg(c.Size)
 		}

@@ -35,6 +35,19 @@ hotspot: [{param: origin, threshold: 1, window: 60s}]
 	}
 }
 
+// An anonymous tenant.Identity names its origin as its tenant: such a call
+// is anonymous.
+func TestTenantEqualToOriginIsAnonymous(t *testing.T) {
+	e := newEngine(t, `resource: ddcolor_person
+hotspot: [{param: origin, threshold: 1, window: 60s}, {param: tenant, threshold: 100, window: 60s}]
+`, engine.Options{})
+	toks, refs := burst(t, e, 2, engine.Call{Resource: "ddcolor_person", Origin: nat, Tenant: nat, Tier: "anonymous"})
+	defer exitAll(toks)
+	if len(refs) != 1 || refs[0].Param != "origin" || refs[0].Tenant != "" || refs[0].Tier != "anonymous" {
+		t.Fatalf("refusals %+v, want the origin rule to refuse the second call", refs)
+	}
+}
+
 func TestAnonymousCallerIsNotLimitedByTenantRules(t *testing.T) {
 	e := newEngine(t, `resource: ddcolor_person
 hotspot: [{param: tenant, threshold: 1, window: 60s}]
