@@ -407,7 +407,7 @@ func TestProtectReads(t *testing.T) {
 
 func TestBlocked(t *testing.T) {
 	clock := &fixedClock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
-	eng := newEngine(t, "resource: ddcolor_building\nhotspot: [{param: origin, threshold: 1, window: 60s}]\n", engine.Options{Clock: clock})
+	eng := newEngine(t, "resource: ddcolor_building\nhotspot: [{param: origin, threshold: 1, window: 60s}, {param: tenant, threshold: 1, window: 60s}]\n", engine.Options{Clock: clock})
 	r := newRouter(t, dashboardapi.Config{Engine: eng})
 
 	if got := decode(t, request(r, http.MethodGet, "/api/blocked", "", nil))["blocked"]; got == nil || len(got.([]any)) != 0 {
@@ -428,7 +428,7 @@ func TestBlocked(t *testing.T) {
 	}
 	newest := all[0].(map[string]any)
 	want := map[string]any{
-		"time": "2026-11-24T12:00:00Z", "origin": "192.0.2.9", "resource": "ddcolor_building", "size": 1280.0,
+		"time": "2026-11-24T12:00:00Z", "origin": "192.0.2.9", "tier": "anonymous", "resource": "ddcolor_building", "size": 1280.0,
 		"rule": "ddcolor_building/hotspot[0]", "kind": "hotspot", "value": "192.0.2.9",
 	}
 	if fmt.Sprint(newest) != fmt.Sprint(want) {
@@ -448,6 +448,21 @@ func TestBlocked(t *testing.T) {
 		if !strings.Contains(p["detail"].(string), fmt.Sprintf("from 1 to 1024; got %q", bad)) {
 			t.Errorf("limit=%s: detail %q", bad, p["detail"])
 		}
+	}
+
+	// An identified caller's refusal names its tenant and tier.
+	acme := engine.Call{Resource: "ddcolor_building", Origin: "192.0.2.1", Tenant: "acme", Tier: "registered", Size: 1280}
+	if tok, err := eng.Guard(t.Context(), acme); err != nil {
+		t.Fatalf("acme's first call: %v", err)
+	} else {
+		tok.Exit(nil)
+	}
+	if _, err := eng.Guard(t.Context(), acme); err == nil {
+		t.Fatal("acme's second call was admitted")
+	}
+	newest = decode(t, request(r, http.MethodGet, "/api/blocked?limit=1", "", nil))["blocked"].([]any)[0].(map[string]any)
+	if newest["tenant"] != "acme" || newest["tier"] != "registered" || newest["value"] != "acme" || newest["rule"] != "ddcolor_building/hotspot[1]" {
+		t.Errorf("the tenant's refusal: %v", newest)
 	}
 }
 

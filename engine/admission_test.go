@@ -74,17 +74,18 @@ func TestStrikeCountsTowardTheBan(t *testing.T) {
 ban: {blocks: 2, within: 10s, for: 1m}
 `, engine.Options{})
 	const origin = "192.0.2.7"
-	if e.Strike("zimage_generate", origin) {
+	call := engine.Call{Resource: "zimage_generate", Origin: origin}
+	if e.Strike(call) {
 		t.Fatal("one strike of two started a ban")
 	}
-	if !e.Strike("zimage_generate", origin) {
+	if !e.Strike(call) {
 		t.Fatal("the second strike did not start the ban")
 	}
 	r := e.Precheck(engine.Call{Resource: "zimage_generate", Origin: origin})
 	if r == nil || r.Kind != engine.KindBan || r.RetryAfter != time.Minute {
 		t.Fatalf("after two strikes: %+v, want a 1m ban", r)
 	}
-	if e.Strike("ddcolor_person", origin) || e.Strike("nope", origin) {
+	if e.Strike(engine.Call{Resource: "ddcolor_person", Origin: origin}) || e.Strike(engine.Call{Resource: "nope", Origin: origin}) {
 		t.Fatal("a strike on a resource without a ban rule started a ban")
 	}
 }

@@ -27,6 +27,7 @@ func (e *Engine) Adopt(c Call) *Token {
 	flow.DefaultStandaloneStatSlot.OnEntryPassed(sctx)
 	r.inFlight.Add(1)
 	r.stats.passed.Add(1) // admitted before the restart: counted here, as its end will be
+	r.stats.tier(c.tier()).passed.Add(1)
 	tok.entry = entry
 	tok.start = e.clock.Now()
 	return tok

@@ -11,7 +11,7 @@ import (
 	"github.com/sluicehq/sluice/rules"
 )
 
-// banTableSize bounds the (resource, origin) pairs whose refusals the ban
+// banTableSize bounds the (resource, caller) pairs whose refusals the ban
 // table counts. Beyond it the least recently refused pair is forgotten: a
 // flood of rotating addresses costs O(1) per new address, never a sweep.
 // Active bans are kept apart, up to banTableBans times as many, so that a
@@ -21,7 +21,8 @@ const (
 	banTableBans = 4
 )
 
-// banTable counts refusals per resource and origin and holds the bans they
+// banTable counts refusals per resource and caller — the tenant of an
+// identified call, the origin of an anonymous one — and holds the bans they
 // earn: bounded LRUs whose entries expire by the engine's clock. Every
 // operation is O(1) under one short lock, taken by no admission of a
 // resource without a ban rule.
@@ -38,7 +39,26 @@ type banTable struct {
 	size atomic.Int64 // entries held, so the pass path skips locking when there are none
 }
 
-type banKey struct{ resource, origin string }
+type banKey struct {
+	resource string
+	banSubject
+}
+
+// banSubject is whom a ban counts: a tenant (identified calls) or an
+// origin (anonymous calls). An abused IP's ban never catches a tenant
+// calling from it, nor a tenant's ban its IP.
+type banSubject struct {
+	who    string
+	tenant bool
+}
+
+// param names the subject's kind as the rules do: tenant or origin.
+func (s banSubject) param() string {
+	if s.tenant {
+		return rules.ParamTenant
+	}
+	return rules.ParamOrigin
+}
 
 type banEntry struct {
 	hits    []time.Time // refusals within the rule's window, oldest first
@@ -57,16 +77,33 @@ func newBanTable(c clock.Clock, size int) *banTable {
 	return &banTable{clock: c, hits: hits, bans: bans}
 }
 
-// banned reports whether origin is banned from resource, and for how long
+// banned reports whether who is banned from resource, and for how long
 // still. It drops the ban if it has ended.
-func (b *banTable) banned(resource, origin string) (time.Duration, bool) {
+func (b *banTable) banned(resource string, who banSubject) (time.Duration, bool) {
 	if b.size.Load() == 0 {
 		return 0, false
 	}
 	now := b.clock.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.bannedLocked(banKey{resource, origin}, now)
+	return b.bannedLocked(banKey{resource, who}, now)
+}
+
+// lift ends who's ban on resource, if any, and forgets its refusals; it
+// reports whether a ban was in force.
+func (b *banTable) lift(resource string, who banSubject) bool {
+	if b.size.Load() == 0 {
+		return false
+	}
+	now := b.clock.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	defer func() { b.size.Store(int64(b.hits.Len() + b.bans.Len())) }()
+	k := banKey{resource, who}
+	_, banned := b.bannedLocked(k, now)
+	b.bans.Remove(k)
+	b.hits.Remove(k)
+	return banned
 }
 
 func (b *banTable) bannedLocked(k banKey, now time.Time) (time.Duration, bool) {
@@ -82,15 +119,15 @@ func (b *banTable) bannedLocked(k banKey, now time.Time) (time.Duration, bool) {
 	return until.Sub(now), true
 }
 
-// refused records a refusal of origin and reports whether it started a ban.
-func (b *banTable) refused(resource, origin string, rule *rules.BanRule) bool {
+// refused records a refusal of who and reports whether it started a ban.
+func (b *banTable) refused(resource string, who banSubject, rule *rules.BanRule) bool {
 	now := b.clock.Now()
 	within := time.Duration(rule.Within)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	defer func() { b.size.Store(int64(b.hits.Len() + b.bans.Len())) }()
 	b.dropExpired(now)
-	k := banKey{resource, origin}
+	k := banKey{resource, who}
 	if _, banned := b.bannedLocked(k, now); banned {
 		return false
 	}

@@ -15,7 +15,7 @@ func TestBanTableStaysWithinItsBound(t *testing.T) {
 	c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	b := newBanTable(c, 8)
 	for i := range 1000 {
-		b.refused("ddcolor_person", fmt.Sprint("2001:db8::", i), testBan)
+		b.refused("ddcolor_person", banSubject{who: fmt.Sprint("2001:db8::", i)}, testBan)
 		if n := b.len(); n > 8 {
 			t.Fatalf("after %d origins the table holds %d, bound 8", i+1, n)
 		}
@@ -26,23 +26,23 @@ func TestBanTableDropsExpiredEntries(t *testing.T) {
 	c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	b := newBanTable(c, 1024)
 	const abuser = "192.0.2.66"
-	b.refused("ddcolor_person", abuser, testBan)
-	if !b.refused("ddcolor_person", abuser, testBan) {
+	b.refused("ddcolor_person", banSubject{who: abuser}, testBan)
+	if !b.refused("ddcolor_person", banSubject{who: abuser}, testBan) {
 		t.Fatal("two refusals did not ban")
 	}
-	b.refused("ddcolor_person", "192.0.2.1", testBan) // one refusal, no ban
+	b.refused("ddcolor_person", banSubject{who: "192.0.2.1"}, testBan) // one refusal, no ban
 	if n := b.len(); n != 2 {
 		t.Fatalf("table holds %d, want 2", n)
 	}
 	c.Advance(time.Minute)
-	if _, banned := b.banned("ddcolor_person", abuser); banned {
+	if _, banned := b.banned("ddcolor_person", banSubject{who: abuser}); banned {
 		t.Fatal("still banned after the ban ended")
 	}
-	b.refused("ddcolor_person", "192.0.2.99", testBan) // a new origin drops expired ones
+	b.refused("ddcolor_person", banSubject{who: "192.0.2.99"}, testBan) // a new origin drops expired ones
 	if n := b.len(); n != 1 {
 		t.Fatalf("after every ban and window expired the table holds %d, want 1 (the newest)", n)
 	}
-	if _, ok := b.bans.Peek(banKey{"ddcolor_person", abuser}); ok {
+	if _, ok := b.bans.Peek(banKey{"ddcolor_person", banSubject{who: abuser}}); ok {
 		t.Fatal("the expired ban is still held")
 	}
 }
@@ -91,7 +91,7 @@ func BenchmarkBanTableNewOrigin(b *testing.B) {
 				origins[i] = fmt.Sprintf("2001:db8:%x::1", i)
 			}
 			for i := range size {
-				t.refused("ddcolor_person", origins[i], testBan)
+				t.refused("ddcolor_person", banSubject{who: origins[i]}, testBan)
 			}
 			if t.len() != size {
 				b.Fatalf("table holds %d, want %d", t.len(), size)
@@ -100,7 +100,7 @@ func BenchmarkBanTableNewOrigin(b *testing.B) {
 			b.ResetTimer()
 			i := size
 			for b.Loop() {
-				t.refused("ddcolor_person", origins[i%len(origins)], testBan)
+				t.refused("ddcolor_person", banSubject{who: origins[i%len(origins)]}, testBan)
 				i++
 			}
 		})
@@ -112,14 +112,14 @@ func TestBanOutlivesAFloodOfNewOrigins(t *testing.T) {
 	c := clock.NewFake(time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC))
 	b := newBanTable(c, 64)
 	const abuser = "192.0.2.66"
-	b.refused("ddcolor_person", abuser, testBan)
-	if !b.refused("ddcolor_person", abuser, testBan) {
+	b.refused("ddcolor_person", banSubject{who: abuser}, testBan)
+	if !b.refused("ddcolor_person", banSubject{who: abuser}, testBan) {
 		t.Fatal("two refusals did not ban")
 	}
 	for i := range 10 * 64 {
-		b.refused("ddcolor_person", fmt.Sprintf("2001:db8:%x::/64", i), testBan)
+		b.refused("ddcolor_person", banSubject{who: fmt.Sprintf("2001:db8:%x::/64", i)}, testBan)
 	}
-	if _, banned := b.banned("ddcolor_person", abuser); !banned {
+	if _, banned := b.banned("ddcolor_person", banSubject{who: abuser}); !banned {
 		t.Fatal("the ban was forgotten under a flood of new origins")
 	}
 	if n := b.len(); n > 64+1 {

@@ -3,12 +3,14 @@ package engine_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/alibaba/sentinel-golang/api"
 	"github.com/alibaba/sentinel-golang/core/base"
 
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
+	"github.com/sluicehq/sluice/rules"
 )
 
 // The benchmarks put Guard+Exit beside bare sentinel-golang Entry+Exit on
@@ -25,6 +27,7 @@ flow: [{threshold: 1000000000}]
 hotspot:
   - {param: origin, threshold: 1000000000, window: 1s, items: {"203.0.113.7": 1000000000}}
   - {param: size, threshold: 1000000000, window: 1s}
+  - {param: tenant, threshold: 1000000000, window: 1s, items: {"acme": 1000000000}}
 concurrency: 1000000
 ban: {blocks: 100, within: 10s, for: 1m}
 ---
@@ -33,8 +36,16 @@ system: {concurrency: 1000000, cpu_usage: 1}
 )
 
 func benchGuard(b *testing.B, src string, wantPass bool) {
+	benchGuardCall(b, src, engine.Call{Resource: "ddcolor_person", Origin: "198.51.100.4", Size: 512}, wantPass)
+}
+
+func benchGuardCall(b *testing.B, src string, call engine.Call, wantPass bool) {
 	e := newEngine(b, src, engine.Options{Namespace: b.Name() + "/", Clock: clock.System{}})
-	call := engine.Call{Resource: "ddcolor_person", Origin: "198.51.100.4", Size: 512}
+	if call.Tenant != "" {
+		if err := e.SetTierRates(map[string]rules.TierRate{call.Tier: {Threshold: 1_000_000_000, Window: rules.Duration(time.Second)}}); err != nil {
+			b.Fatal(err)
+		}
+	}
 	ctx := context.Background()
 	if tok, err := e.Guard(ctx, call); err == nil {
 		tok.Exit(nil) // spend the window's one admission of refuseRules
@@ -74,10 +85,14 @@ func BenchmarkRefuse(b *testing.B) {
 }
 
 // BenchmarkPassAllRules has every rule kind on the resource: hotspot on
-// origin and size, concurrency, ban, system and CPU.
+// origin, size and tenant, concurrency, ban, system and CPU. guard is an
+// anonymous call; tenant an identified one whose tier has a rate.
 func BenchmarkPassAllRules(b *testing.B) {
 	b.Run("bare", func(b *testing.B) { benchBareArgs(b, fullRules) })
 	b.Run("guard", func(b *testing.B) { benchGuard(b, fullRules, true) })
+	b.Run("tenant", func(b *testing.B) {
+		benchGuardCall(b, fullRules, engine.Call{Resource: "ddcolor_person", Origin: "198.51.100.4", Tenant: "acme", Tier: "registered", Size: 512}, true)
+	})
 }
 
 func benchBareNamed(b *testing.B, src string, wantPass bool) {

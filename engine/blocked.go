@@ -12,15 +12,21 @@ const DefaultBlockedLog = 1024
 // Blocked is one refusal in the engine's log of recent refusals.
 type Blocked struct {
 	// Time is when the call was refused, by the engine's Clock.
-	Time     time.Time `json:"time"`
-	Origin   string    `json:"origin"`
-	Resource string    `json:"resource"`
+	Time   time.Time `json:"time"`
+	Origin string    `json:"origin"`
+	// Tenant is the identified caller's tenant; empty for an anonymous
+	// call.
+	Tenant string `json:"tenant,omitempty"`
+	// Tier is the caller's tier ("anonymous" for an anonymous call).
+	Tier     string `json:"tier,omitempty"`
+	Resource string `json:"resource"`
 	// Size is the call's size parameter; 0 when it has none.
 	Size int `json:"size,omitempty"`
 	// Rule and Kind name the refusing rule: "ddcolor_person/flow[0]", flow.
 	Rule string `json:"rule"`
 	Kind Kind   `json:"kind"`
-	// Value is the hot value of a hotspot refusal, or the banned origin.
+	// Value is the hot value of a hotspot refusal, or the banned or
+	// rate-limited caller (tenant or origin).
 	Value string `json:"value,omitempty"`
 }
 

@@ -40,10 +40,10 @@ func TestBlockedRecordsRefusals(t *testing.T) {
 	burst(t, e, 1, a) // refused by the ban
 
 	want := []engine.Blocked{
-		{Time: t0.Add(4 * time.Second), Origin: "192.0.2.1", Resource: "ddcolor_person", Size: 512, Rule: "ddcolor_person/ban", Kind: engine.KindBan, Value: "192.0.2.1"},
-		{Time: t0.Add(3 * time.Second), Origin: "192.0.2.1", Resource: "ddcolor_person", Size: 512, Rule: "ddcolor_person/hotspot[0]", Kind: engine.KindHotspot, Value: "192.0.2.1"},
-		{Time: t0.Add(2 * time.Second), Origin: "192.0.2.2", Resource: "ddcolor_person", Size: 1280, Rule: "ddcolor_person/hotspot[0]", Kind: engine.KindHotspot, Value: "192.0.2.2"},
-		{Time: t0.Add(1 * time.Second), Origin: "192.0.2.1", Resource: "ddcolor_person", Size: 512, Rule: "ddcolor_person/hotspot[0]", Kind: engine.KindHotspot, Value: "192.0.2.1"},
+		{Time: t0.Add(4 * time.Second), Origin: "192.0.2.1", Tier: "anonymous", Resource: "ddcolor_person", Size: 512, Rule: "ddcolor_person/ban", Kind: engine.KindBan, Value: "192.0.2.1"},
+		{Time: t0.Add(3 * time.Second), Origin: "192.0.2.1", Tier: "anonymous", Resource: "ddcolor_person", Size: 512, Rule: "ddcolor_person/hotspot[0]", Kind: engine.KindHotspot, Value: "192.0.2.1"},
+		{Time: t0.Add(2 * time.Second), Origin: "192.0.2.2", Tier: "anonymous", Resource: "ddcolor_person", Size: 1280, Rule: "ddcolor_person/hotspot[0]", Kind: engine.KindHotspot, Value: "192.0.2.2"},
+		{Time: t0.Add(1 * time.Second), Origin: "192.0.2.1", Tier: "anonymous", Resource: "ddcolor_person", Size: 512, Rule: "ddcolor_person/hotspot[0]", Kind: engine.KindHotspot, Value: "192.0.2.1"},
 	}
 	for _, tc := range []struct {
 		name  string

@@ -4,7 +4,11 @@
 // An Engine holds the compiled rules (replaced atomically by Apply) and
 // guards calls:
 //
-//	tok, err := eng.Guard(ctx, engine.Call{Resource: "ddcolor_person", Origin: ip, Size: 512})
+//	call := engine.Call{Resource: "ddcolor_person", Origin: ip, Tier: id.Tier, Size: 512}
+//	if !id.Anonymous() {
+//		call.Tenant = id.Tenant
+//	}
+//	tok, err := eng.Guard(ctx, call)
 //	var refusal *engine.Refusal
 //	if errors.As(err, &refusal) {
 //		// 429 or 503, refusal.RetryAfter, refusal.Kind ...
@@ -12,9 +16,17 @@
 //	// ... run the GPU job ...
 //	tok.Exit(jobErr) // when the job ends: RT is the real job time
 //
+// A call is anonymous (Tenant empty: its limits and bans count its Origin)
+// or identified (its Tenant's: an identified tenant is never limited or
+// banned by the address it shares with others). Hotspot rules on origin
+// apply to anonymous calls only, those on tenant to identified calls only;
+// SetTierRates adds a per-caller rate for each tier, swapped whole apart
+// from the rules.
+//
 // Guard runs, under the resource's lock, a slot chain of sentinel-golang's
-// flow and hotspot slots between the engine's own: bans of origins that
-// keep exceeding their own per-origin hotspot limit, the system rules
+// flow and hotspot slots between the engine's own: bans of callers that
+// keep exceeding their own hotspot limit or tier rate, the tier rates, the
+// system rules
 // (load, average response time, jobs in flight, inbound rate, all per job
 // and per engine), the gateway's own CPU usage, GPU pressure, concurrency (jobs
 // in flight, whatever their cost) and, last, throttle pacing, whose wait

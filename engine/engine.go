@@ -19,6 +19,7 @@ import (
 	"github.com/alibaba/sentinel-golang/core/system"
 
 	"github.com/sluicehq/sluice/engine/clock"
+	"github.com/sluicehq/sluice/engine/tenant"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -61,6 +62,10 @@ type Engine struct {
 	applyMu sync.Mutex
 	bans    *banTable
 	blocked *blockedLog
+	// tierRates are the tiers' per-caller rates, swapped whole by
+	// SetTierRates, apart from the rules: Apply keeps them.
+	tierRates   atomic.Pointer[tierRates]
+	tierRatesMu sync.Mutex // serialises SetTierRates
 	// res holds each resource's lock, in-flight count, pacing and
 	// statistics: built once, kept across Apply, so that a rule swap never
 	// runs two admissions of a resource under different locks or counters.
@@ -81,7 +86,9 @@ type Engine struct {
 
 // resource is what a guarded resource keeps across rule swaps.
 type resource struct {
-	name    string
+	name string
+	// idx is the resource's position in rules.Resources.
+	idx     int
 	wrapper *base.ResourceWrapper
 	// node is sentinel-golang's node of the resource: the flow rules count
 	// admissions there, weighted by cost.
@@ -172,9 +179,10 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
-	for _, name := range rules.Resources {
+	for i, name := range rules.Resources {
 		sname := e.sentinelName(name)
 		e.res[name] = &resource{
+			idx:     i,
 			name:    name,
 			wrapper: base.NewResourceWrapper(sname, base.ResTypeCommon, base.Inbound),
 			node:    stat.GetOrCreateResourceNode(sname, base.ResTypeCommon),
@@ -237,6 +245,7 @@ func (e *Engine) buildChain() *base.SlotChain {
 	sc.AddRuleCheckSlot(&gpuSlot{e: e})
 	sc.AddRuleCheckSlot(flow.DefaultSlot)
 	sc.AddRuleCheckSlot(gated{RuleCheckSlot: hotspot.DefaultSlot, need: func(rs *resState) bool { return rs.hasHotspot }, order: hotspotSlotOrder})
+	sc.AddRuleCheckSlot(tierRateSlot{})
 	sc.AddRuleCheckSlot(concurrencySlot{})
 	sc.AddRuleCheckSlot(&paceSlot{e: e})
 	sc.AddStatSlot(&statSlot{e: e})
@@ -368,10 +377,22 @@ func (e *Engine) Rules() *rules.Set { return e.state.Load().set }
 type Call struct {
 	// Resource is one of rules.Resources.
 	Resource string
-	// Origin identifies the client (the value hotspot rules on origin and
-	// bans count by): its IPv4 address, or for IPv6 the prefix holding its
-	// address in CIDR form ("2001:db8:1:2::/64"), canonical either way.
+	// Origin identifies the client's address: its IPv4 address, or for
+	// IPv6 the prefix holding its address in CIDR form
+	// ("2001:db8:1:2::/64"), canonical either way. Hotspot rules on origin
+	// and bans count anonymous calls by it.
 	Origin string
+	// Tenant is the identified caller's tenant (its API key's, or its
+	// JWT's subject); empty for an anonymous caller (a Tenant equal to
+	// Origin, as tenant.Identity gives an anonymous caller, counts as
+	// anonymous too). Hotspot rules on tenant, tier rates and bans count
+	// identified calls by it, never by their origin: tenants behind one NAT
+	// do not share limits.
+	Tenant string
+	// Tier is the caller's service tier; empty for an anonymous caller
+	// means tenant.AnonymousTier. It selects the tier rate (SetTierRates)
+	// and labels the statistics.
+	Tier string
 	// Size is the request's size parameter (DDColor's model input size,
 	// the longer side of a generated image); 0 when it has none.
 	Size int
@@ -381,13 +402,46 @@ type Call struct {
 	Cost int
 }
 
+// tenant is the identified call's tenant; empty for an anonymous call.
+func (c *Call) tenant() string {
+	if c.Tenant == c.Origin {
+		return ""
+	}
+	return c.Tenant
+}
+
+// subject is who the call's own limits and bans count: the tenant of an
+// identified call, the origin of an anonymous one.
+func (c *Call) subject() banSubject {
+	if t := c.tenant(); t != "" {
+		return banSubject{who: t, tenant: true}
+	}
+	return banSubject{who: c.Origin}
+}
+
+// tier is the call's tier, tenant.AnonymousTier for an anonymous call
+// without one.
+func (c *Call) tier() string {
+	if c.Tier == "" && c.tenant() == "" {
+		return tenant.AnonymousTier
+	}
+	return c.Tier
+}
+
 // Token is an admitted call. Exit it exactly once, when the work it guards
 // ends.
 type Token struct {
-	res    *resState
-	entry  *base.SentinelEntry
-	args   [3]any
+	res   *resState
+	entry *base.SentinelEntry
+	// args are the call's arguments as sentinel-golang's hotspot rules
+	// read them (rules.ArgOrigin, rules.ArgSize, rules.ArgTenant) and the
+	// Token itself (argToken).
+	args   [4]any
 	exited atomic.Bool
+	// who is whom the call's bans count; tierRate the rate of its tier on
+	// the resource, nil when the tier has none.
+	who      banSubject
+	tierRate *tierRate
 	// start is when the job was admitted (after any pacing wait), by the
 	// engine's clock: its response time runs from there.
 	start time.Time
@@ -405,7 +459,7 @@ type Token struct {
 	// check refuses it or its caller leaves while it is paced: a call that
 	// is not admitted spends no one's bucket.
 	debits   []hotspotDebit
-	debitBuf [2]hotspotDebit
+	debitBuf [3]hotspotDebit
 	// Cost is the weight the call was admitted with.
 	Cost int
 }
@@ -455,6 +509,7 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 	}
 	tok.start = e.clock.Now()
 	r.stats.passed.Add(1)
+	r.stats.tier(c.tier()).passed.Add(1)
 	return tok, nil
 }
 
@@ -490,8 +545,19 @@ func (e *Engine) newEntry(r *resource, rs *resState, tok *Token, c *Call) (*base
 	sctx.Resource = r.wrapper
 	sctx.Input.BatchCount = cost
 	tok.args[argToken] = tok
+	tok.who = c.subject()
+	tok.tierRate = e.tierRates.Load().of(r.idx, c.tier())
+	// Boxing the caller's identity costs an allocation: done only when a
+	// rule reads it. An identified call has no origin for the rules and an
+	// anonymous one no tenant, so that each rule sees only its callers.
+	if rs.needArgs || tok.tierRate != nil {
+		if tok.who.tenant {
+			tok.args[rules.ArgTenant] = tok.who.who
+		} else {
+			tok.args[rules.ArgOrigin] = c.Origin
+		}
+	}
 	if rs.needArgs {
-		tok.args[rules.ArgOrigin] = c.Origin
 		tok.args[rules.ArgSize] = rs.sizeArg(c.Size)
 	}
 	sctx.Input.Args = tok.args[:]
@@ -505,34 +571,57 @@ func (e *Engine) newEntry(r *resource, rs *resState, tok *Token, c *Call) (*base
 // sentinel-golang's own Entry does.
 func blocked(res *base.TokenResult) bool { return res != nil && res.IsBlocked() }
 
-// Precheck refuses a call whose origin is banned from the resource, before
-// the caller has spent anything on it — before an upload is even read. It
-// returns nil when Guard should decide; it counts a refusal as Guard does.
+// Precheck refuses a call whose caller is banned from the resource (its
+// tenant when identified, its origin when anonymous), before the caller
+// has spent anything on it — before an upload is even read. It returns nil
+// when Guard should decide; it counts a refusal as Guard does.
 func (e *Engine) Precheck(c Call) *Refusal {
 	rs := e.state.Load().res[c.Resource]
-	if rs == nil || rs.ban == nil || c.Origin == "" {
+	who := c.subject()
+	if rs == nil || rs.ban == nil || who.who == "" {
 		return nil
 	}
-	left, banned := e.bans.banned(rs.name, c.Origin)
+	left, banned := e.bans.banned(rs.name, who)
 	if !banned {
 		return nil
 	}
-	ref := &Refusal{Resource: rs.name, Kind: KindBan, Rule: rs.banRule.id, Param: rules.ParamOrigin, Value: c.Origin,
+	ref := &Refusal{Resource: rs.name, Kind: KindBan, Rule: rs.banRule.id, Param: who.param(), Value: who.who,
 		Threshold: rs.banRule.threshold, Window: rs.banRule.window, RetryAfter: left}
 	e.refused(rs, c, ref)
 	return ref
 }
 
-// Strike counts a refusal of origin that the caller caused outside the
-// engine — its own in-flight cap in the GPU dispatcher — toward its ban on
-// resource, and reports whether it started a ban. It does nothing for a
-// resource without a ban rule.
-func (e *Engine) Strike(resource, origin string) bool {
-	rs := e.state.Load().res[resource]
-	if rs == nil || rs.ban == nil || origin == "" {
+// Strike counts a refusal that the caller of c caused outside the engine
+// — its own in-flight cap in the GPU dispatcher — toward its ban on c's
+// resource (its tenant's when identified, its origin's when anonymous),
+// and reports whether it started a ban. It does nothing for a resource
+// without a ban rule.
+func (e *Engine) Strike(c Call) bool {
+	rs := e.state.Load().res[c.Resource]
+	who := c.subject()
+	if rs == nil || rs.ban == nil || who.who == "" {
 		return false
 	}
-	return e.strike(rs, origin)
+	return e.strike(rs, who)
+}
+
+// Unban lifts the bans of who — an origin or a tenant — on resource, or on
+// every resource when resource is empty, and forgets its refusals there.
+// It returns how many bans it lifted.
+func (e *Engine) Unban(resource, who string) int {
+	n := 0
+	for _, name := range rules.Resources {
+		if resource != "" && resource != name {
+			continue
+		}
+		for _, s := range [...]banSubject{{who: who}, {who: who, tenant: true}} {
+			if e.bans.lift(name, s) {
+				n++
+				e.log.Info("ban lifted", slog.String("resource", name), slog.String(s.param(), s.who))
+			}
+		}
+	}
+	return n
 }
 
 // argToken is where Guard passes the *Token (and through it the resState)
@@ -562,28 +651,33 @@ func (rs *resState) sizeArg(size int) any {
 // feeds the ban rule.
 func (e *Engine) refused(rs *resState, c Call, ref *Refusal) {
 	rs.stats.refuse(ref.Kind)
+	tier := c.tier()
+	rs.stats.tier(tier).refuse(ref.Kind)
+	ref.Tenant, ref.Tier = c.tenant(), tier
 	e.blocked.add(Blocked{
-		Time: e.clock.Now(), Origin: c.Origin, Resource: rs.name, Size: c.Size,
+		Time: e.clock.Now(), Origin: c.Origin, Tenant: ref.Tenant, Tier: tier, Resource: rs.name, Size: c.Size,
 		Rule: ref.Rule, Kind: ref.Kind, Value: ref.Value,
 	})
-	// Only the caller's own excess earns a ban: its per-origin hotspot.
-	// The resource-wide flow rule, the size hotspot and capacity refusals
-	// (GPU, CPU, system, concurrency) hit honest clients too.
-	if rs.ban == nil || c.Origin == "" || ref.Kind != KindHotspot || ref.Param != rules.ParamOrigin {
-		return
+	// Only the caller's own excess earns a ban: its per-origin (anonymous)
+	// or per-tenant (identified) hotspot, and its tier's rate. The
+	// resource-wide flow rule, the size hotspot and capacity refusals (GPU,
+	// CPU, system, concurrency) hit honest clients too.
+	own := ref.Kind == KindTierRate ||
+		ref.Kind == KindHotspot && (ref.Param == rules.ParamOrigin || ref.Param == rules.ParamTenant)
+	if who := c.subject(); rs.ban != nil && who.who != "" && own {
+		e.strike(rs, who)
 	}
-	e.strike(rs, c.Origin)
 }
 
-// strike counts one refusal of origin toward its ban and logs a ban it
+// strike counts one refusal of who toward its ban and logs a ban it
 // starts.
-func (e *Engine) strike(rs *resState, origin string) bool {
-	if !e.bans.refused(rs.name, origin, rs.ban) {
+func (e *Engine) strike(rs *resState, who banSubject) bool {
+	if !e.bans.refused(rs.name, who, rs.ban) {
 		return false
 	}
-	e.log.Warn("origin banned",
+	e.log.Warn(who.param()+" banned",
 		slog.String("resource", rs.name),
-		slog.String("origin", origin),
+		slog.String(who.param(), who.who),
 		slog.Int("refusals", rs.ban.Blocks),
 		slog.Duration("within", time.Duration(rs.ban.Within)),
 		slog.Duration("for", time.Duration(rs.ban.For)))

@@ -26,6 +26,9 @@ type hotspotController struct {
 	rule     *hotspot.Rule
 	metric   *hotspot.ParamsMetric
 	windowMs int64
+	// cause is the rule a refusal names: rule itself, unless the
+	// controller is a tier rate's.
+	cause base.SentinelRule
 	// call is the Token of the call being checked: ExtractArgs sets it and
 	// PerformChecking, right after, records its debit there. Both run
 	// under the resource's lock, which guards it.
@@ -89,7 +92,7 @@ func newHotspotController(r *hotspot.Rule, reuse *hotspot.ParamsMetric) hotspot.
 		}
 		m = &hotspot.ParamsMetric{RuleTimeCounter: cache.NewLRUCacheMap(size), RuleTokenCounter: cache.NewLRUCacheMap(size)}
 	}
-	return &hotspotController{rule: r, metric: m, windowMs: r.DurationInSec * 1000}
+	return &hotspotController{rule: r, metric: m, windowMs: r.DurationInSec * 1000, cause: r}
 }
 
 func (c *hotspotController) BoundRule() *hotspot.Rule           { return c.rule }
@@ -122,20 +125,27 @@ func (c *hotspotController) PerformChecking(arg any, batch int64) *base.TokenRes
 	}
 	now := int64(util.CurrentTimeMillis())
 	times, tokens := c.metric.RuleTimeCounter, c.metric.RuleTokenCounter
-	lastPtr := times.AddIfAbsent(arg, &now)
+	// Get before Add: a known value's check allocates nothing (sentinel's
+	// own AddIfAbsent(arg, &now) moves now to the heap on every call).
+	lastPtr, known := times.Get(arg)
 	restPtr, found := tokens.Get(arg)
-	if lastPtr == nil || !found {
+	if !known || !found {
 		// First call of the value (or its bucket was evicted): a full
 		// bucket.
 		left := most - batch
 		tokens.Add(arg, &left)
-		if lastPtr != nil {
+		if known {
 			atomic.StoreInt64(lastPtr, now)
+		} else {
+			last := now
+			times.Add(arg, &last)
 		}
 		c.debit(arg, batch, now)
 		return nil
 	}
-	last, rest := atomic.LoadInt64(lastPtr), atomic.LoadInt64(restPtr)
+	// A bucket filled under a higher threshold holds no more than the
+	// current one allows.
+	last, rest := atomic.LoadInt64(lastPtr), min(atomic.LoadInt64(restPtr), most)
 	if passed := now - last; passed > c.windowMs {
 		if left := min(passed*limit/c.windowMs+rest, most) - batch; left >= 0 {
 			atomic.StoreInt64(restPtr, left)
@@ -165,5 +175,5 @@ func (c *hotspotController) retryAfter(now, last, rest, limit, batch int64) time
 
 // blocked is a refusal carrying its retry time.
 func (c *hotspotController) blocked(retry time.Duration) *base.TokenResult {
-	return base.NewTokenResultBlockedWithCause(base.BlockTypeHotSpotParamFlow, "hotspot", c.rule, retry)
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeHotSpotParamFlow, "hotspot", c.cause, retry)
 }

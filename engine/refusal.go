@@ -24,6 +24,8 @@ const (
 	KindCPU         Kind = "cpu"
 	KindBan         Kind = "ban"
 	KindGPU         Kind = "gpu"
+	// KindTierRate is the caller's tier's per-caller rate (SetTierRates).
+	KindTierRate Kind = "tier_rate"
 )
 
 // Kinds lists every kind, in a stable order. It is a copy: changing it
@@ -37,8 +39,13 @@ type Refusal struct {
 	// Rule identifies the rule: "ddcolor_person/flow[0]", "system/avg_rt".
 	Rule string
 	// Param and Value name the hot value of a hotspot refusal ("origin",
-	// "203.0.113.9"), or the banned origin.
+	// "203.0.113.9"; "tenant", "acme"), or the banned or rate-limited
+	// caller: the tenant of an identified call, the origin of an anonymous
+	// one.
 	Param, Value string
+	// Tenant and Tier are the call's (Tenant empty for an anonymous call,
+	// whose Tier is tenant.AnonymousTier unless the call named one).
+	Tenant, Tier string
 	// Threshold is the limit that was reached, in the rule's unit.
 	Threshold float64
 	// Window is the span Threshold applies to; 0 for limits that are not
@@ -83,7 +90,7 @@ func (r *Refusal) Error() string {
 
 // Overload reports whether the refusal is about capacity (system, CPU,
 // GPU, concurrency: HTTP 503) rather than the caller's own rate (flow,
-// hotspot, ban: HTTP 429).
+// hotspot, tier rate, ban: HTTP 429).
 func (r *Refusal) Overload() bool {
 	switch r.Kind {
 	case KindSystem, KindCPU, KindConcurrency, KindGPU:
@@ -108,9 +115,12 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		// sentinel-golang's hotspot block carries no value: take it from
 		// the arguments Guard passed.
 		var arg any
-		if rule.ParamIndex == rules.ArgOrigin {
+		switch rule.ParamIndex {
+		case rules.ArgOrigin:
 			ref.Param, arg = rules.ParamOrigin, c.Origin
-		} else {
+		case rules.ArgTenant:
+			ref.Param, arg = rules.ParamTenant, c.tenant()
+		default:
 			ref.Param, arg = rules.ParamSize, rs.sizeArg(c.Size)
 		}
 		ref.Value, _ = arg.(string)
@@ -144,8 +154,9 @@ func (e *Engine) refusal(rs *resState, c Call, be *base.BlockError) *Refusal {
 		case KindGPU, KindConcurrency:
 			// The pressure eases as jobs finish: retry after about one.
 			ref.RetryAfter = max(avgRT(rs.jobs.AvgRT()), rule.window)
-		case KindBan:
-			ref.Param, ref.Value = rules.ParamOrigin, c.Origin
+		case KindBan, KindTierRate:
+			who := c.subject()
+			ref.Param, ref.Value = who.param(), who.who
 		}
 		if left, ok := be.TriggeredValue().(time.Duration); ok {
 			ref.RetryAfter = left

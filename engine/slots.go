@@ -76,7 +76,8 @@ func tokenOf(ctx *base.EntryContext) *Token {
 	return tok
 }
 
-// banSlot refuses origins banned by a resource's ban rule.
+// banSlot refuses callers banned by a resource's ban rule: tenants of
+// identified calls, origins of anonymous ones.
 type banSlot struct{ e *Engine }
 
 func (s *banSlot) Order() uint32 { return banSlotOrder }
@@ -86,12 +87,14 @@ func (s *banSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	if tok == nil || tok.res.ban == nil {
 		return nil
 	}
-	origin, _ := ctx.Input.Args[0].(string)
-	left, banned := s.e.bans.banned(tok.res.name, origin)
+	if tok.who.who == "" {
+		return nil
+	}
+	left, banned := s.e.bans.banned(tok.res.name, tok.who)
 	if !banned {
 		return nil
 	}
-	return base.NewTokenResultBlockedWithCause(base.BlockTypeUnknown, "origin banned", tok.res.banRule, left)
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeUnknown, "banned", tok.res.banRule, left)
 }
 
 // systemSlot checks the system document's load, average response time,

@@ -1,11 +1,14 @@
 package engine
 
 import (
+	"maps"
+	"sync"
 	"sync/atomic"
 
 	"github.com/alibaba/sentinel-golang/core/base"
 	sbase "github.com/alibaba/sentinel-golang/core/stat/base"
 
+	"github.com/sluicehq/sluice/engine/tenant"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -16,10 +19,55 @@ type resStats struct {
 	refusedTotal              [len(kindIndex)]atomic.Uint64
 	refusedWin                [len(kindIndex)]*sbase.SlidingWindowMetric
 	refusedArr                [len(kindIndex)]*sbase.BucketLeapArray
+	// tiers are the admissions and refusals by the callers' tier.
+	tiersMu sync.Mutex // serialises adding a tier
+	tiers   atomic.Pointer[map[string]*tierStats]
+}
+
+// maxTiers bounds the tiers counted apart: tier names come with the
+// credentials (a JWT claim), so a flood of made-up tiers must not grow the
+// statistics or the metrics' series. Tiers beyond it count as OtherTier.
+const maxTiers = 32
+
+// OtherTier is where the statistics count the tiers beyond the first 32
+// seen.
+const OtherTier = "other"
+
+// tierStats counts one tier's admissions and refusals on a resource.
+type tierStats struct {
+	passed  atomic.Uint64
+	refused [len(kindIndex)]atomic.Uint64
+}
+
+func (t *tierStats) refuse(k Kind) { t.refused[kindPos(k)].Add(1) }
+
+// tier returns the counters of tier, adding them the first time (copy on
+// write: the lookup of a known tier takes no lock).
+func (s *resStats) tier(name string) *tierStats {
+	if t, ok := (*s.tiers.Load())[name]; ok {
+		return t
+	}
+	s.tiersMu.Lock()
+	defer s.tiersMu.Unlock()
+	old := *s.tiers.Load()
+	if t, ok := old[name]; ok {
+		return t
+	}
+	if len(old) >= maxTiers {
+		name = OtherTier
+		if t, ok := old[name]; ok {
+			return t
+		}
+	}
+	next := maps.Clone(old)
+	t := &tierStats{}
+	next[name] = t
+	s.tiers.Store(&next)
+	return t
 }
 
 // kindIndex orders the kinds in the statistics' arrays.
-var kindIndex = [...]Kind{KindFlow, KindHotspot, KindConcurrency, KindSystem, KindCPU, KindBan, KindGPU}
+var kindIndex = [...]Kind{KindFlow, KindHotspot, KindConcurrency, KindSystem, KindCPU, KindBan, KindGPU, KindTierRate}
 
 // Refusal rates are kept over a one-second window of two buckets, the same
 // span as sentinel-golang's per-second figures.
@@ -30,6 +78,9 @@ const (
 
 func newResStats() *resStats {
 	s := &resStats{}
+	// The anonymous tier's counters exist from the start, so rates over
+	// them begin at zero rather than at the first call.
+	s.tiers.Store(&map[string]*tierStats{tenant.AnonymousTier: {}})
 	for i := range kindIndex {
 		s.refusedArr[i] = sbase.NewBucketLeapArray(rateSamples, rateIntervalMs)
 		m, err := sbase.NewSlidingWindowMetric(rateSamples, rateIntervalMs, s.refusedArr[i])
@@ -73,6 +124,16 @@ type ResourceStats struct {
 	Refused   map[Kind]uint64 `json:"refused_total"`
 	Completed uint64          `json:"completed_total"`
 	Failed    uint64          `json:"failed_total"`
+	// Tiers splits Passed and Refused by the callers' tier ("anonymous"
+	// for anonymous callers; OtherTier beyond the first 32 tiers seen).
+	Tiers map[string]TierStats `json:"tiers"`
+}
+
+// TierStats counts one tier's calls to a resource since the engine
+// started.
+type TierStats struct {
+	Passed  uint64          `json:"passed_total"`
+	Refused map[Kind]uint64 `json:"refused_total"`
 }
 
 // Stats returns a snapshot of every resource's statistics, in the order of
@@ -99,6 +160,15 @@ func (e *Engine) Stats() []ResourceStats {
 		for i, k := range kindIndex {
 			r.RefusedPerSec[k] = s.refusedWin[i].GetQPS(base.MetricEventBlock)
 			r.Refused[k] = s.refusedTotal[i].Load()
+		}
+		tiers := *s.tiers.Load()
+		r.Tiers = make(map[string]TierStats, len(tiers))
+		for name, t := range tiers {
+			ts := TierStats{Passed: t.passed.Load(), Refused: make(map[Kind]uint64, len(kindIndex))}
+			for i, k := range kindIndex {
+				ts.Refused[k] = t.refused[i].Load()
+			}
+			r.Tiers[name] = ts
 		}
 		out = append(out, r)
 	}

@@ -20,10 +20,13 @@ type Sentinel struct {
 }
 
 // Hotspot rules read their parameter from the entry's arguments at these
-// positions: the engine passes args[ArgOrigin] and args[ArgSize].
+// positions: the engine passes args[ArgOrigin] (nil for an identified
+// caller), args[ArgSize] and args[ArgTenant] (nil for an anonymous
+// caller); position 2 is the engine's own.
 const (
 	ArgOrigin = 0
 	ArgSize   = 1
+	ArgTenant = 3
 )
 
 // Sentinel converts the set. name maps a resource to its sentinel-golang
@@ -93,8 +96,11 @@ func flowRule(id, res string, f FlowRule) *flow.Rule {
 
 func hotspotRule(id, res string, h HotspotRule) *hotspot.Rule {
 	idx := ArgSize
-	if h.Param == ParamOrigin {
+	switch h.Param {
+	case ParamOrigin:
 		idx = ArgOrigin
+	case ParamTenant:
+		idx = ArgTenant
 	}
 	items := make(map[interface{}]int64, len(h.Items))
 	for k, v := range h.Items {
@@ -118,7 +124,8 @@ func hotspotRule(id, res string, h HotspotRule) *hotspot.Rule {
 
 // CanonicalValue writes a parameter value the way the engine passes it to
 // sentinel-golang: IP addresses in their canonical form (IPv4-mapped IPv6
-// unmapped), everything else as given.
+// unmapped), everything else — sizes, tenant names, which are compared
+// exactly — as given.
 func CanonicalValue(param, v string) string {
 	if param == ParamOrigin {
 		if a, err := netip.ParseAddr(v); err == nil {

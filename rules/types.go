@@ -18,15 +18,24 @@ var Resources = []string{ResourceDDColorPerson, ResourceDDColorBuilding, Resourc
 
 // The request parameters a hotspot or cost rule can name.
 const (
-	// ParamOrigin is the client IP address as the gateway resolved it.
+	// ParamOrigin is the client IP address as the gateway resolved it
+	// (an IPv6 client's prefix). Hotspot rules on origin apply only to
+	// anonymous callers: a tenant identified by an API key or a JWT is
+	// not limited by the address it calls from (it may share a NAT with
+	// others).
 	ParamOrigin = "origin"
 	// ParamSize is the image size: DDColor's model input size, or the
 	// longer side of a generated image.
 	ParamSize = "size"
+	// ParamTenant is the tenant of an identified caller (the tenant of its
+	// API key, or its JWT's subject). Hotspot rules on tenant apply only
+	// to identified callers; items override the threshold per tenant
+	// name.
+	ParamTenant = "tenant"
 )
 
 // Params lists the parameters rules may name.
-var Params = []string{ParamOrigin, ParamSize}
+var Params = []string{ParamOrigin, ParamSize, ParamTenant}
 
 // Behavior says what a flow rule does with a request over its threshold.
 type Behavior string
@@ -97,9 +106,10 @@ type WarmUp struct {
 }
 
 // HotspotRule limits admissions per value of one request parameter: per
-// size, or per client IP.
+// size, per anonymous client's IP, or per identified tenant.
 type HotspotRule struct {
-	// Param is origin or size.
+	// Param is origin (anonymous callers only), tenant (identified callers
+	// only) or size (every caller).
 	Param string `json:"param" yaml:"param"`
 	// Threshold is the admissions allowed per value per Window.
 	Threshold int64 `json:"threshold" yaml:"threshold"`
@@ -108,7 +118,7 @@ type HotspotRule struct {
 	// Burst is extra admissions a quiet value may spend at once.
 	Burst int64 `json:"burst,omitempty" yaml:"burst,omitempty"`
 	// Items override Threshold for single values: a bigger limit for a VIP
-	// address, a smaller one for size 1280.
+	// address or tenant, a smaller one for size 1280.
 	Items map[string]int64 `json:"items,omitempty" yaml:"items,omitempty"`
 	// Capacity bounds how many distinct values are tracked (default 20000).
 	Capacity int64 `json:"capacity,omitempty" yaml:"capacity,omitempty"`

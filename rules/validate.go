@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Defaults filled in by Build where a field is left out.
@@ -332,11 +334,14 @@ func positiveDuration(c *errs, at string, d Duration) {
 }
 
 // paramValue checks that k is a value the parameter can take: a client
-// identity for origin (originValue), a positive integer for size.
+// identity for origin (originValue), a positive integer for size, a tenant
+// name for tenant (tenantValue).
 func paramValue(c *errs, at, param, k string) {
 	switch param {
 	case ParamOrigin:
 		originValue(c, at, k)
+	case ParamTenant:
+		tenantValue(c, at, k)
 	case ParamSize:
 		if n, err := strconv.Atoi(k); err != nil || n <= 0 || strconv.Itoa(n) != k {
 			c.add(at, "size values must be positive integers, got %q", k)
@@ -367,6 +372,32 @@ func originValue(c *errs, at, k string) {
 		c.add(at, "IPv4 clients are counted by address: write the address without a prefix length, got %q", k)
 	case p.Masked().String() != k:
 		c.add(at, "write the IPv6 prefix in canonical form, %q, got %q", p.Masked().String(), k)
+	}
+}
+
+// maxTenantName bounds a tenant name in the rules.
+const maxTenantName = 256
+
+// tenantValue checks a value of the tenant parameter: the name of an
+// identified tenant as its API key or JWT gives it, compared exactly. An IP
+// address or prefix is never a tenant (anonymous callers are limited by
+// param: origin), so one here is a mistake.
+func tenantValue(c *errs, at, k string) {
+	if _, err := netip.ParseAddr(k); err == nil {
+		c.add(at, "tenant values name identified tenants, got the address %q: limit anonymous clients by address with param: origin", k)
+		return
+	}
+	if _, err := netip.ParsePrefix(k); err == nil {
+		c.add(at, "tenant values name identified tenants, got the prefix %q: limit anonymous clients by address with param: origin", k)
+		return
+	}
+	switch {
+	case k == "":
+		c.add(at, "tenant values must not be empty")
+	case len(k) > maxTenantName:
+		c.add(at, "tenant values are at most %d bytes, got %d", maxTenantName, len(k))
+	case !utf8.ValidString(k) || strings.IndexFunc(k, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0:
+		c.add(at, "tenant values are printable and without spaces (names are compared exactly), got %q", k)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
+	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
@@ -83,7 +84,7 @@ func classify(ctxErr error, resource string, err error, timeout time.Duration) f
 func (s *Server) jobError(c *gin.Context, resource, origin string, err error) {
 	f := classify(c.Request.Context().Err(), resource, err, s.jobTimeout)
 	if busy := (*BusyError)(nil); errors.As(err, &busy) && busy.OverShare {
-		s.eng.Strike(resource, origin)
+		s.eng.Strike(engine.Call{Resource: resource, Origin: origin})
 	}
 	s.log.LogAttrs(c.Request.Context(), f.level, f.msg, slog.String("resource", resource), slog.Any("error", err))
 	if f.problem.Status == statusClientClosed {

@@ -55,7 +55,7 @@ func policyName(r *engine.Refusal) string {
 func ratePolicy(r *engine.Refusal) string {
 	q := strconv.FormatInt(max(int64(r.Threshold), 1), 10)
 	switch r.Kind {
-	case engine.KindFlow, engine.KindHotspot, engine.KindBan:
+	case engine.KindFlow, engine.KindHotspot, engine.KindTierRate, engine.KindBan:
 		w := strconv.FormatInt(max(int64(math.Ceil(r.Window.Seconds())), 1), 10)
 		return `"` + policyName(r) + `";q=` + q + ";w=" + w
 	case engine.KindConcurrency:

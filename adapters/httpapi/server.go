@@ -303,6 +303,8 @@ func (s *Server) guard(c *gin.Context, call engine.Call) *engine.Token {
 func (s *Server) refuse(c *gin.Context, call engine.Call, ref *engine.Refusal) {
 	s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request refused",
 		slog.String("ip", call.Origin),
+		slog.String("tenant", call.Tenant),
+		slog.String("tier", ref.Tier),
 		slog.String("resource", call.Resource),
 		slog.Int("size", call.Size),
 		slog.String("rule", ref.Rule),

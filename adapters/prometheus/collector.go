@@ -31,8 +31,8 @@ func newEngineCollector(eng *engine.Engine, rulesInfo func() RulesInfo) *engineC
 		eng:   eng,
 		rules: rulesInfo,
 		requests: desc("requests_total",
-			"Requests decided by the engine: admitted, or refused by a rule of kind rule_kind.",
-			"resource", "outcome", "rule_kind"),
+			"Requests decided by the engine: admitted, or refused by a rule of kind rule_kind; by the caller's tier (anonymous callers: anonymous).",
+			"resource", "outcome", "rule_kind", "tier"),
 		inFlight:       desc("jobs_in_flight", "Admitted requests whose work has not ended.", "resource"),
 		gpuUsed:        desc("gpu_memory_used_bytes", "GPU memory in use, as its source last saw it.", gpu...),
 		gpuTotal:       desc("gpu_memory_total_bytes", "GPU memory in all.", gpu...),
@@ -81,9 +81,13 @@ func (c *engineCollector) Collect(ch chan<- prom.Metric) {
 
 func (c *engineCollector) collectStats(ch chan<- prom.Metric) {
 	for _, s := range c.eng.Stats() {
-		send(ch, c.requests, prom.CounterValue, float64(s.Passed), s.Resource, outcomeAdmitted, "")
-		for _, k := range engine.Kinds {
-			send(ch, c.requests, prom.CounterValue, float64(s.Refused[k]), s.Resource, outcomeRefused, string(k))
+		// By tier, never by tenant: the tiers are few (the engine counts
+		// at most 32 apart), tenants are not.
+		for tier, t := range s.Tiers {
+			send(ch, c.requests, prom.CounterValue, float64(t.Passed), s.Resource, outcomeAdmitted, "", tier)
+			for _, k := range engine.Kinds {
+				send(ch, c.requests, prom.CounterValue, float64(t.Refused[k]), s.Resource, outcomeRefused, string(k), tier)
+			}
 		}
 		send(ch, c.inFlight, prom.GaugeValue, float64(s.InFlight), s.Resource)
 	}

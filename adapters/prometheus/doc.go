@@ -4,7 +4,7 @@
 // What the engine already counts is read when Prometheus scrapes, so
 // admission pays nothing for it:
 //
-//	sluice_requests_total{resource, outcome="admitted"|"refused", rule_kind}
+//	sluice_requests_total{resource, outcome="admitted"|"refused", rule_kind, tier}
 //	sluice_jobs_in_flight{resource}
 //	sluice_gpu_memory_used_bytes{gpu, source, backend}
 //	sluice_gpu_memory_total_bytes{gpu, source, backend}

@@ -51,6 +51,6 @@ func ExampleExporter_Handler() {
 	// Output:
 	// ddcolor_person refused by concurrency rule ddcolor_person/concurrency (threshold 1); retry after 1s
 	// sluice_job_duration_seconds_count{outcome="success",resource="ddcolor_person"} 1
-	// sluice_requests_total{outcome="admitted",resource="ddcolor_person",rule_kind=""} 1
-	// sluice_requests_total{outcome="refused",resource="ddcolor_person",rule_kind="concurrency"} 1
+	// sluice_requests_total{outcome="admitted",resource="ddcolor_person",rule_kind="",tier="anonymous"} 1
+	// sluice_requests_total{outcome="refused",resource="ddcolor_person",rule_kind="concurrency",tier="anonymous"} 1
 }

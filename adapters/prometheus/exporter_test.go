@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -104,19 +105,84 @@ func local(used float64, util float64) engine.GPU {
 }
 
 // requestsText is the exposition of sluice_requests_total with the counts
-// in want ("resource admitted" or "resource refused kind") and 0 for every
-// other resource, outcome and kind.
+// in want ("resource admitted" or "resource refused kind", of the anonymous
+// tier) and 0 for every other resource, outcome and kind.
 func requestsText(want map[string]int) string {
+	return requestsTiersText(map[string]map[string]int{"anonymous": want})
+}
+
+// requestsTiersText is requestsText with the counts of several tiers: every
+// resource has the anonymous tier's series, and those of each tier with a
+// count of it in want.
+func requestsTiersText(want map[string]map[string]int) string {
+	tiers := slices.Sorted(maps.Keys(want))
+	if _, ok := want["anonymous"]; !ok {
+		tiers = append([]string{"anonymous"}, tiers...)
+	}
 	var b strings.Builder
-	b.WriteString("# HELP sluice_requests_total Requests decided by the engine: admitted, or refused by a rule of kind rule_kind.\n")
+	b.WriteString("# HELP sluice_requests_total Requests decided by the engine: admitted, or refused by a rule of kind rule_kind; by the caller's tier (anonymous callers: anonymous).\n")
 	b.WriteString("# TYPE sluice_requests_total counter\n")
 	for _, r := range rules.Resources {
-		fmt.Fprintf(&b, "sluice_requests_total{outcome=\"admitted\",resource=%q,rule_kind=\"\"} %d\n", r, want[r+" admitted"])
-		for _, k := range engine.Kinds {
-			fmt.Fprintf(&b, "sluice_requests_total{outcome=\"refused\",resource=%q,rule_kind=%q} %d\n", r, k, want[r+" refused "+string(k)])
+		for _, tier := range tiers {
+			seen := tier == "anonymous"
+			for k := range want[tier] {
+				seen = seen || strings.HasPrefix(k, r+" ")
+			}
+			if !seen {
+				continue
+			}
+			fmt.Fprintf(&b, "sluice_requests_total{outcome=\"admitted\",resource=%q,rule_kind=\"\",tier=%q} %d\n", r, tier, want[tier][r+" admitted"])
+			for _, k := range engine.Kinds {
+				fmt.Fprintf(&b, "sluice_requests_total{outcome=\"refused\",resource=%q,rule_kind=%q,tier=%q} %d\n", r, k, tier, want[tier][r+" refused "+string(k)])
+			}
 		}
 	}
 	return b.String()
+}
+
+func TestRequestsByTierNeverByTenant(t *testing.T) {
+	eng := newEngine(t, `resource: ddcolor_person
+hotspot: [{param: tenant, threshold: 1, window: 60s}]
+`)
+	if err := eng.SetTierRates(map[string]rules.TierRate{"vip": {Threshold: 1, Window: rules.Duration(time.Minute)}}); err != nil {
+		t.Fatal(err)
+	}
+	exp := prometheus.New(prometheus.Config{Engine: eng})
+	acme, refused := guard(t, eng, 2, engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1", Tenant: "acme", Tier: "registered"})
+	if len(acme) != 1 || refused[engine.KindHotspot] != 1 {
+		t.Fatalf("acme: admitted %d, refused %v; want 1 and 1 by hotspot", len(acme), refused)
+	}
+	defer acme[0].Exit(nil)
+	initech, refused := guard(t, eng, 2, engine.Call{Resource: "zimage_generate", Origin: "192.0.2.1", Tenant: "initech", Tier: "vip"})
+	if len(initech) != 1 || refused[engine.KindTierRate] != 1 {
+		t.Fatalf("initech: admitted %d, refused %v; want 1 and 1 by tier_rate", len(initech), refused)
+	}
+	defer initech[0].Exit(nil)
+	anon, _ := guard(t, eng, 1, engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1"})
+	defer anon[0].Exit(nil)
+
+	// Each resource shows the anonymous tier and the tiers it has seen.
+	want := requestsTiersText(map[string]map[string]int{
+		"anonymous":  {"ddcolor_person admitted": 1},
+		"registered": {"ddcolor_person admitted": 1, "ddcolor_person refused hotspot": 1},
+		"vip":        {"zimage_generate admitted": 1, "zimage_generate refused tier_rate": 1},
+	})
+	if err := testutil.GatherAndCompare(exp.Registry(), strings.NewReader(want), "sluice_requests_total"); err != nil {
+		t.Error(err)
+	}
+	got, err := exp.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range got {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "tenant" || strings.Contains(l.GetValue(), "acme") || strings.Contains(l.GetValue(), "initech") {
+					t.Fatalf("%s has the tenant in label %s=%q", mf.GetName(), l.GetName(), l.GetValue())
+				}
+			}
+		}
+	}
 }
 
 func TestRequestsAndJobsInFlight(t *testing.T) {
@@ -388,8 +454,8 @@ func TestHandlerServesTextExposition(t *testing.T) {
 		t.Fatalf("%s, Content-Type %q", resp.Status, resp.Header.Get("Content-Type"))
 	}
 	for _, line := range []string{
-		`sluice_requests_total{outcome="admitted",resource="ddcolor_person",rule_kind=""} 1`,
-		`sluice_requests_total{outcome="refused",resource="ddcolor_person",rule_kind="gpu"} 0`,
+		`sluice_requests_total{outcome="admitted",resource="ddcolor_person",rule_kind="",tier="anonymous"} 1`,
+		`sluice_requests_total{outcome="refused",resource="ddcolor_person",rule_kind="gpu",tier="anonymous"} 0`,
 		`sluice_jobs_in_flight{resource="ddcolor_person"} 0`,
 		`sluice_job_duration_seconds_bucket{outcome="success",resource="ddcolor_person",le="2"} 1`,
 		`sluice_job_duration_seconds_count{outcome="success",resource="ddcolor_person"} 1`,

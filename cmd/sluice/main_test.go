@@ -295,7 +295,7 @@ func TestServeWithDefaults(t *testing.T) {
 	}
 	exposition, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`sluice_requests_total{outcome="refused",resource="ddcolor_person",rule_kind="gpu"} 1`, "sluice_gpu_memory_used_bytes{", "sluice_rules_revision ", "sluice_job_duration_seconds_bucket{"} {
+	for _, want := range []string{`sluice_requests_total{outcome="refused",resource="ddcolor_person",rule_kind="gpu",tier="anonymous"} 1`, "sluice_gpu_memory_used_bytes{", "sluice_rules_revision ", "sluice_job_duration_seconds_bucket{"} {
 		if !strings.Contains(string(exposition), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
