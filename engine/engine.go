@@ -372,6 +372,11 @@ type Call struct {
 	// bans count by): its IPv4 address, or for IPv6 the prefix holding its
 	// address in CIDR form ("2001:db8:1:2::/64"), canonical either way.
 	Origin string
+	// Tenant is the identified caller's tenant (an API key's or a JWT's);
+	// empty for an anonymous caller, whose Origin is its identity.
+	Tenant string
+	// Tier is the caller's service tier.
+	Tier string
 	// Size is the request's size parameter (DDColor's model input size,
 	// the longer side of a generated image); 0 when it has none.
 	Size int

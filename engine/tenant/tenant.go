@@ -136,3 +136,13 @@ type Ticket struct {
 	Day    string
 	Units  int64
 }
+
+// QuotaExceeded is the error of a quota take that would pass the day's
+// limit; Usage is the tenant's usage as it stands (nothing taken).
+type QuotaExceeded struct {
+	Usage Usage
+}
+
+func (e *QuotaExceeded) Error() string {
+	return fmt.Sprintf("daily quota of %d exhausted (%d used on %s)", e.Usage.Limit, e.Usage.Used, e.Usage.Day)
+}
