@@ -92,6 +92,7 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 					// The gateway's own memory was short: no job, nothing
 					// charged (the quota is refunded).
 					tok.Cancel()
+					ch.settle()
 				default:
 					// The caller's bad data: its admission and its quota
 					// are spent, though no job ran.

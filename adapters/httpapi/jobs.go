@@ -140,6 +140,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, who *caller, cj comfy
 	if pc, ok := s.runner.(Prechecker); ok {
 		if err := pc.Precheck(base); err != nil {
 			tok.Exit(nil) // never ran
+			ch.settle()
 			s.jobError(c, cj.Resource, who, err)
 			return false
 		}
@@ -152,6 +153,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, who *caller, cj comfy
 	if err != nil {
 		done()
 		tok.Exit(nil) // never ran
+		ch.settle()
 		detail := "the gateway is shutting down"
 		if !errors.Is(err, jobs.ErrClosed) {
 			s.log.Error("async job not accepted: its journal entry could not be written", slog.String("resource", cj.Resource), slog.Any("error", err))

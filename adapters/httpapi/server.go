@@ -378,6 +378,8 @@ func (s *Server) run(c *gin.Context, tok *engine.Token, who *caller, cj comfyui.
 	if err != nil {
 		if errors.Is(c.Request.Context().Err(), context.Canceled) && !s.stopping.Load() {
 			ch.keep() // the client cancelled: no refund
+		} else {
+			ch.settle() // refunded before the answer tells the quota
 		}
 		s.jobError(c, cj.Resource, who, err)
 		return

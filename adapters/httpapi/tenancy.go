@@ -293,8 +293,11 @@ func (w *dailyWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 type charge struct {
 	s      *Server
 	ticket tenant.Ticket
-	kept   bool
-	done   bool
+	// daily, if set, is the usage the answer shows: a refund made before
+	// the answer is written is shown there.
+	daily *dailyState
+	kept  bool
+	done  bool
 }
 
 // keep keeps the charge: the job ran, or the caller ended it, or handed
@@ -313,6 +316,9 @@ func (ch *charge) settle() {
 	ch.done = true
 	if !ch.kept {
 		ch.s.refund(ch.ticket)
+		if ch.daily != nil && ch.daily.known {
+			ch.daily.usage.Used = max(ch.daily.usage.Used-ch.ticket.Units, 0)
+		}
 	}
 }
 
@@ -347,7 +353,7 @@ func (s *Server) take(c *gin.Context, who *caller, call engine.Call, tok *engine
 	if who.daily != nil {
 		who.daily.usage, who.daily.known = u, true
 	}
-	return &charge{s: s, ticket: ticket}, true
+	return &charge{s: s, ticket: ticket, daily: who.daily}, true
 }
 
 // quotaExceeded answers a call over its tier's daily quota, 429 until the
