@@ -345,6 +345,10 @@ func (s *Server) take(c *gin.Context, who *caller, call engine.Call, tok *engine
 		}
 		s.quotaExceeded(c, who, call, ex.Usage)
 		return nil, false
+	case err != nil && c.Request.Context().Err() != nil: // the client left
+		tok.Cancel()
+		c.AbortWithStatus(statusClientClosed)
+		return nil, false
 	case err != nil:
 		s.log.Error("daily quota not charged: the quota store failed; the call is admitted",
 			slog.String("tenant", who.id.Tenant), slog.String("tier", who.id.Tier), slog.Any("error", err))

@@ -755,3 +755,68 @@ func TestRefusalLogNamesTenantAndTier(t *testing.T) {
 		t.Fatalf("the log holds the key: %s", logs.String())
 	}
 }
+
+// A tenant's async job that a restart leaves waiting keeps its tenant,
+// tier and quota ticket: the next gateway runs it in its tier's class and
+// refunds it once if it fails there; the stopping gateway does not.
+func TestResumedJobKeepsItsTicket(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	eng := testEngine(t, tenantRules, clk)
+	q := newFakeQuota(clk)
+	journal, err := jobs.NewDirResults(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := func(m *jobs.Manager, run runnerFunc) httpapi.Config {
+		return httpapi.Config{Engine: eng, Runner: run, Clock: clk, AsyncJobs: m,
+			Identity: testIdentity(), Quota: q, Tiers: staticTiers{testTiers(10)}}
+	}
+	first := jobs.New(jobs.Config{Journal: journal, Refund: httpapi.RefundJobs(q, nil)})
+	parked := make(chan struct{})
+	api1, err := httpapi.New(cfg(first, func(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
+		close(parked)
+		<-ctx.Done()
+		return nil, context.Cause(ctx)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &tenantStack{api: api1, quota: q}
+	id := ts.submit(t, asyncGenerate(`{"prompt": "a lighthouse"}`), acmeKey, "192.0.2.1:1")
+	<-parked
+	first.Close()
+	if used, refunds := q.state("acme"); used != 1 || refunds != 0 {
+		t.Fatalf("after the stop: used %d, %d refunds; want 1, 0", used, refunds)
+	}
+
+	second := jobs.New(jobs.Config{Journal: journal, Refund: httpapi.RefundJobs(q, nil)})
+	defer second.Close()
+	got := make(chan httpapi.Job, 1)
+	api2, err := httpapi.New(cfg(second, func(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
+		got <- job
+		return nil, errors.New("dial tcp: connection refused")
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Restore(context.Background(), nil, nil, api2.Resume); err != nil {
+		t.Fatal(err)
+	}
+	job := <-got
+	if job.Tenant != "acme" || job.Tier != "registered" || job.Class != tenant.Medium || job.InFlight != 2 {
+		t.Fatalf("resumed as tenant %q tier %q class %v in flight %d", job.Tenant, job.Tier, job.Class, job.InFlight)
+	}
+	if err := second.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ts.api = api2
+	if j := ts.job(t, id, acmeKey, "198.51.100.1:1"); j.State != jobs.Failed || j.Tier != "registered" {
+		t.Fatalf("resumed job %+v", j)
+	}
+	if used, refunds := q.state("acme"); used != 0 || refunds != 1 {
+		t.Fatalf("after the failure: used %d, %d refunds; want 0, 1", used, refunds)
+	}
+	if st := eng.Stats()[2]; st.InFlight != 0 {
+		t.Fatalf("admission not given back: %+v", st)
+	}
+}
