@@ -820,3 +820,24 @@ func TestResumedJobKeepsItsTicket(t *testing.T) {
 		t.Fatalf("admission not given back: %+v", st)
 	}
 }
+
+// A tier counting cost units is charged the call's admitted cost, and
+// refunded as much.
+func TestQuotaInCostUnits(t *testing.T) {
+	tiers := testTiers(10)
+	tiers.Tiers[1].QuotaUnit = "cost"
+	ts := newTenantStack(t, "resource: ddcolor_person\ncost: {param: size, values: {\"1024\": 3}}\n---\nresource: zimage_generate\n", tiers, httpapi.Config{})
+	img := pngBytes(t, 32, 32)
+	rec := ts.do(colorizeRequest(t, "/api/ddcolorize/person", img, map[string]string{"size": "1024"}), acmeKey, "192.0.2.1:1")
+	if _, l := rateFields(rec); rec.Code != 200 || len(l) != 1 || l[0] != `"daily";r=7;t=43200` {
+		t.Fatalf("%d %q %s", rec.Code, l, rec.Body)
+	}
+	ts.runner.set(func(context.Context, httpapi.Job) (*comfyui.Result, error) { return nil, errors.New("backend down") })
+	rec = ts.do(colorizeRequest(t, "/api/ddcolorize/person", img, map[string]string{"size": "1024"}), acmeKey, "192.0.2.1:1")
+	if _, l := rateFields(rec); rec.Code != 502 || len(l) != 1 || l[0] != `"daily";r=7;t=43200` {
+		t.Fatalf("%d %q %s", rec.Code, l, rec.Body)
+	}
+	if used, refunds := ts.quota.state("acme"); used != 3 || refunds != 1 {
+		t.Fatalf("used %d refunds %d", used, refunds)
+	}
+}
