@@ -841,3 +841,53 @@ func TestQuotaInCostUnits(t *testing.T) {
 		t.Fatalf("used %d refunds %d", used, refunds)
 	}
 }
+
+// brokenIdentity cannot check credentials (a JWKS that does not answer).
+type brokenIdentity struct{}
+
+func (brokenIdentity) Identify(*http.Request, string) (tenant.Identity, error) {
+	return tenant.Identity{}, errors.New("jwks: fetch: connection refused")
+}
+
+// brokenQuota's store does not answer.
+type brokenQuota struct{ *fakeQuota }
+
+func (b brokenQuota) Take(context.Context, string, int64, int64, *time.Location) (tenant.Usage, tenant.Ticket, error) {
+	return tenant.Usage{}, tenant.Ticket{}, errors.New("etcdserver: request timed out")
+}
+
+func (b brokenQuota) Usage(context.Context, string, int64, *time.Location) (tenant.Usage, error) {
+	return tenant.Usage{}, errors.New("etcdserver: request timed out")
+}
+
+// Credentials that cannot be checked are answered 503, never taken as
+// anonymous; a quota store that does not answer admits the call uncharged
+// and its answer goes without the daily item.
+func TestIdentityOrQuotaStoreDown(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	eng := testEngine(t, tenantRules, clk)
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: &funcRunner{run: succeedPNG}, Clock: clk, Identity: brokenIdentity{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	req := generateRequest(`{"prompt": "a lighthouse"}`)
+	req.Header.Set("Authorization", "Bearer "+acmeKey)
+	if rec := serve(api, req, "192.0.2.1:1"); rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "1" {
+		t.Fatalf("identity down: %d %s", rec.Code, rec.Body)
+	}
+
+	q := brokenQuota{newFakeQuota(clk)}
+	api2, err := httpapi.New(httpapi.Config{Engine: eng, Runner: &funcRunner{run: succeedPNG}, Clock: clk, Identity: testIdentity(), Quota: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api2.Close()
+	req = generateRequest(`{"prompt": "a lighthouse"}`)
+	req.Header.Set("Authorization", "Bearer "+acmeKey)
+	rec := serve(api2, req, "192.0.2.1:1")
+	if p, l := rateFields(rec); rec.Code != 200 || len(p) != 0 || len(l) != 0 {
+		t.Fatalf("quota store down: %d %q %q", rec.Code, p, l)
+	}
+	checkPNG(t, rec)
+}
