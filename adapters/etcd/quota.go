@@ -90,15 +90,9 @@ type quotaEntry struct {
 }
 
 // QuotaExceeded is Take's refusal: the tenant's daily quota cannot hold
-// the units asked for. Usage.Reset is when it can.
-type QuotaExceeded struct {
-	Usage tenant.Usage
-}
-
-func (e *QuotaExceeded) Error() string {
-	return fmt.Sprintf("daily quota exceeded: %d of %d used on %s; it resets at %s",
-		e.Usage.Used, e.Usage.Limit, e.Usage.Day, e.Usage.Reset.UTC().Format(time.RFC3339))
-}
+// the units asked for. Usage.Reset is when it can. It is the shared
+// tenant.QuotaExceeded, which the HTTP adapter answers 429.
+type QuotaExceeded = tenant.QuotaExceeded
 
 // NewQuota counts under prefix (DefaultPrefix when empty) on c; clk tells
 // the day (nil: the system clock).

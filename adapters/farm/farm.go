@@ -316,11 +316,10 @@ func (f *Farm) runOn(ctx context.Context, lease *dispatch.Lease, job httpapi.Job
 	return res, nil, err
 }
 
-// Precheck says whether the farm would refuse a job of tenant now, so that
-// an async job is answered with it at once rather than failing after its
-// 202.
-func (f *Farm) Precheck(tenant string) error {
-	if r := f.d.Check(tenant); r != nil {
+// Precheck says whether the farm would refuse job now, so that an async
+// job is answered with it at once rather than failing after its 202.
+func (f *Farm) Precheck(job httpapi.Job) error {
+	if r := f.d.Check(job.Tenant); r != nil {
 		return busy(r)
 	}
 	return nil

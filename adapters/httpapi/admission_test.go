@@ -285,9 +285,19 @@ func TestUploadTimeoutCapsTheWholeUpload(t *testing.T) {
 }
 
 // A client that stops sending is cut off by the connection's read
-// deadline: its read does not wait for ever.
+// deadline: its read does not wait for ever. With daily quotas, whose
+// fields wrap the response writer, the deadline still reaches the
+// connection.
 func TestStalledUploadCutOff(t *testing.T) {
-	api, _, _ := runnerStack(t, "resource: ddcolor_person\n", httpapi.Config{UploadMinRate: 1 << 20, UploadGrace: 50 * time.Millisecond})
+	t.Run("plain", func(t *testing.T) { testStalledUploadCutOff(t, httpapi.Config{}) })
+	t.Run("with daily quota", func(t *testing.T) {
+		testStalledUploadCutOff(t, httpapi.Config{Quota: newFakeQuota(clock.System{}), Tiers: staticTiers{testTiers(10)}})
+	})
+}
+
+func testStalledUploadCutOff(t *testing.T, cfg httpapi.Config) {
+	cfg.UploadMinRate, cfg.UploadGrace = 1<<20, 50*time.Millisecond
+	api, _, _ := runnerStack(t, "resource: ddcolor_person\n", cfg)
 	srv := httptest.NewServer(api)
 	defer srv.Close()
 	full := colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 64, 64), nil)
@@ -308,6 +318,9 @@ func TestStalledUploadCutOff(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(body), "upload-too-slow") {
 		t.Fatalf("a stalled upload: %d %s", resp.StatusCode, body)
+	}
+	if cfg.Quota != nil && !strings.HasPrefix(resp.Header.Get("RateLimit"), `"daily";r=50;t=`) {
+		t.Fatalf("RateLimit %q", resp.Header.Get("RateLimit"))
 	}
 }
 

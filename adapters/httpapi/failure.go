@@ -12,7 +12,6 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
-	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
@@ -78,15 +77,17 @@ func classify(ctxErr error, resource string, err error, timeout time.Duration) f
 		level: slog.LevelError, msg: "comfyui unavailable"}
 }
 
-// jobError answers a failed synchronous job of origin and logs it. A
+// jobError answers a failed synchronous job of who and logs it. A
 // refusal the caller caused by itself — it already has its share of jobs
-// in flight — counts toward its ban, as its own per-origin limit does.
-func (s *Server) jobError(c *gin.Context, resource, origin string, err error) {
+// in flight — counts toward its ban (its tenant's when identified), as its
+// own per-origin limit does.
+func (s *Server) jobError(c *gin.Context, resource string, who *caller, err error) {
 	f := classify(c.Request.Context().Err(), resource, err, s.jobTimeout)
 	if busy := (*BusyError)(nil); errors.As(err, &busy) && busy.OverShare {
-		s.eng.Strike(engine.Call{Resource: resource, Origin: origin})
+		s.eng.Strike(who.call(resource, 0))
 	}
-	s.log.LogAttrs(c.Request.Context(), f.level, f.msg, slog.String("resource", resource), slog.Any("error", err))
+	s.log.LogAttrs(c.Request.Context(), f.level, f.msg, slog.String("resource", resource),
+		slog.String("tenant", who.id.Tenant), slog.String("tier", who.id.Tier), slog.Any("error", err))
 	if f.problem.Status == statusClientClosed {
 		c.AbortWithStatus(statusClientClosed)
 		return

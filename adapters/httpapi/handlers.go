@@ -40,14 +40,19 @@ const (
 // colorize serves a DDColor endpoint: multipart image and optional size.
 func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 	return func(c *gin.Context) {
+		// Who calls is known before the upload is read: a bad credential,
+		// or a tier that may not use the resource, costs no upload.
+		who, ok := s.guarded(c, resource)
+		if !ok {
+			return
+		}
 		async, ok := s.asyncMode(c)
 		if !ok {
 			return
 		}
-		ip := s.origin(c)
+		ip := who.origin
 		// A banned client is turned away before its upload is read.
-		if ref := s.eng.Precheck(engine.Call{Resource: resource, Origin: ip}); ref != nil {
-			s.refuse(c, engine.Call{Resource: resource, Origin: ip}, ref)
+		if call := who.call(resource, 0); s.refused(c, call, s.eng.Precheck(call)) {
 			return
 		}
 		// Reading an upload holds a connection and memory: only so many at
@@ -70,17 +75,29 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 		}
 		release()
 		lift()
-		s.admit(c, engine.Call{Resource: resource, Origin: ip, Size: size}, async, func(tok *engine.Token) (comfyui.Job, bool) {
+		if !s.allowSize(c, who, resource, size) {
+			return
+		}
+		s.admit(c, who, who.call(resource, size), async, func(tok *engine.Token, ch *charge) (comfyui.Job, bool) {
 			img, err := up.PrepareContext(c.Request.Context())
 			if err != nil {
 				var ie *imageinput.Error
-				if errors.Is(err, context.Canceled) || errors.As(err, &ie) && ie.Code == imageinput.CodeBusy {
-					// The gateway's own memory was short (or the client left
-					// while waiting for it): no job, nothing charged.
+				switch {
+				case errors.Is(err, context.Canceled):
+					// The client left while its image waited for memory:
+					// no job, no admission spent; its quota is (it left).
 					tok.Cancel()
+					ch.keep()
+				case errors.As(err, &ie) && ie.Code == imageinput.CodeBusy:
+					// The gateway's own memory was short: no job, nothing
+					// charged (the quota is refunded).
+					tok.Cancel()
+					ch.settle()
+				default:
+					// The caller's bad data: its admission and its quota
+					// are spent, though no job ran.
+					ch.keep()
 				}
-				// Otherwise the caller's bad data: its admission is spent,
-				// though no job ran.
 				imageProblem(c, err)
 				return comfyui.Job{}, false
 			}
@@ -89,14 +106,15 @@ func (s *Server) colorize(resource string, defaultSize int) gin.HandlerFunc {
 	}
 }
 
-// admit guards call and, once admitted, builds the job (false: build has
-// answered; the token exits without an error unless build cancelled it)
-// and runs
-// it, synchronously or as an async job. The token is exited on every path:
-// by the job where it ends, with its outcome and time; here, with
-// jobs.ErrPanicked, should anything panic before; by the async job once handed
-// off.
-func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func(*engine.Token) (comfyui.Job, bool)) {
+// admit guards call and, once admitted, charges the caller's daily quota,
+// builds the job (false: build has answered; the token exits without an
+// error unless build cancelled it) and runs it, synchronously or as an
+// async job. The token is exited on every path: by the job where it ends,
+// with its outcome and time; here, with jobs.ErrPanicked, should anything
+// panic before; by the async job once handed off. The quota charge is
+// refunded on every path that does not keep it (see charge): kept when the
+// job ran, its caller left or sent bad data, or an async job took it over.
+func (s *Server) admit(c *gin.Context, who *caller, call engine.Call, async bool, build func(*engine.Token, *charge) (comfyui.Job, bool)) {
 	tok := s.guard(c, call)
 	if tok == nil {
 		return
@@ -107,16 +125,22 @@ func (s *Server) admit(c *gin.Context, call engine.Call, async bool, build func(
 			tok.Exit(jobs.ErrPanicked) // no-op after the job's own Exit
 		}
 	}()
-	job, ok := build(tok)
+	ch, ok := s.take(c, who, call, tok)
+	if !ok {
+		return
+	}
+	defer ch.settle()
+	job, ok := build(tok, ch)
 	if !ok {
 		tok.Exit(nil)
 		return
 	}
 	if async {
-		handedOff = s.submit(c, tok, call.Origin, job)
+		handedOff = s.submit(c, tok, who, job, ch)
 		return
 	}
-	s.run(c, tok, call.Origin, job)
+	defer s.inFlight.add(who.id.Tenant)()
+	s.run(c, tok, who, job, ch)
 }
 
 // readColorize reads the multipart form, checking the image's bytes, format
@@ -234,6 +258,11 @@ type generateRequest struct {
 }
 
 func (s *Server) generate(c *gin.Context) {
+	const resource = "zimage_generate"
+	who, ok := s.guarded(c, resource)
+	if !ok {
+		return
+	}
 	async, ok := s.asyncMode(c)
 	if !ok {
 		return
@@ -254,8 +283,11 @@ func (s *Server) generate(c *gin.Context) {
 		problem.Answer(c, http.StatusBadRequest, "bad-request", err.Error())
 		return
 	}
-	ip := s.origin(c)
-	s.admit(c, engine.Call{Resource: "zimage_generate", Origin: ip, Size: max(job.Width, job.Height)}, async, func(*engine.Token) (comfyui.Job, bool) {
+	size := max(job.Width, job.Height)
+	if !s.allowSize(c, who, resource, size) {
+		return
+	}
+	s.admit(c, who, who.call(resource, size), async, func(*engine.Token, *charge) (comfyui.Job, bool) {
 		c.Header("X-Sluice-Seed", strconv.FormatInt(job.Seed, 10))
 		return job, true
 	})

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,12 +21,17 @@ import (
 )
 
 // Drain stops taking async jobs and waits, until ctx ends, for those
-// running to finish.
-func (s *Server) Drain(ctx context.Context) error { return s.async.Drain(ctx) }
+// running to finish. From then on a synchronous job cut off is refunded
+// (the gateway stops), not taken for one its client left.
+func (s *Server) Drain(ctx context.Context) error {
+	s.stopping.Store(true)
+	return s.async.Drain(ctx)
+}
 
 // Close cancels the async jobs still running and waits for them, when the
 // Server made its own job manager.
 func (s *Server) Close() {
+	s.stopping.Store(true)
 	if s.ownsAsync {
 		s.async.Close()
 	}
@@ -98,6 +104,10 @@ type asyncInput struct {
 	ImageName      string `json:"image_name,omitempty"`
 	NegativePrompt string `json:"negative_prompt,omitempty"`
 	Cost           int    `json:"cost,omitempty"`
+	// Origin is the caller's origin; Identified says the job's tenant is
+	// an identified one (not the origin): the engine call of a resumed job.
+	Origin     string `json:"origin,omitempty"`
+	Identified bool   `json:"identified,omitempty"`
 }
 
 // submit starts an admitted job in the background and answers 202. The job
@@ -107,28 +117,43 @@ type asyncInput struct {
 // Submit never waits for the job store (etcd): the job is kept, input and
 // all, in the local journal before the 202, and its record reaches etcd in
 // the background.
-func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) (handedOff bool) {
-	input, err := json.Marshal(asyncInput{Image: cj.Image, ImageName: cj.ImageName, NegativePrompt: cj.NegativePrompt, Cost: tok.Cost})
+//
+// The job's quota charge ch goes with the job (its Ticket): the job
+// manager's Refund gives it back if the job fails on the gateway's side.
+// Until the job is accepted, ch is left to the caller's settle, which
+// refunds it.
+func (s *Server) submit(c *gin.Context, tok *engine.Token, who *caller, cj comfyui.Job, ch *charge) (handedOff bool) {
+	input, err := json.Marshal(asyncInput{Image: cj.Image, ImageName: cj.ImageName, NegativePrompt: cj.NegativePrompt, Cost: tok.Cost,
+		Origin: who.origin, Identified: !who.id.Anonymous()})
 	if err != nil {
 		tok.Exit(nil)
-		s.jobError(c, cj.Resource, origin, fmt.Errorf("httpapi: async input: %w", err))
+		s.jobError(c, cj.Resource, who, fmt.Errorf("httpapi: async input: %w", err))
 		return false
 	}
-	spec := jobs.Spec{Tenant: origin, Resource: cj.Resource, Webhook: c.Query("webhook"), Input: input, Params: jobs.Params{
+	spec := jobs.Spec{Tenant: who.id.Tenant, Tier: who.id.Tier, Resource: cj.Resource, Webhook: c.Query("webhook"), Input: input, Params: jobs.Params{
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
+	if ch != nil {
+		spec.Ticket = ch.ticket
+	}
+	base := who.job(cj, max(tok.Cost, 1))
 	if pc, ok := s.runner.(Prechecker); ok {
-		if err := pc.Precheck(origin); err != nil {
+		if err := pc.Precheck(base); err != nil {
 			tok.Exit(nil) // never ran
-			s.jobError(c, cj.Resource, origin, err)
+			ch.settle()
+			s.jobError(c, cj.Resource, who, err)
 			return false
 		}
 	}
+	done := s.inFlight.add(who.id.Tenant)
 	job, err := s.async.Submit(spec, func(ctx context.Context, report jobs.Report) (jobs.Result, error) {
-		return s.runAsync(ctx, tok, origin, cj, report)
+		defer done()
+		return s.runAsync(ctx, tok, base, report)
 	})
 	if err != nil {
+		done()
 		tok.Exit(nil) // never ran
+		ch.settle()
 		detail := "the gateway is shutting down"
 		if !errors.Is(err, jobs.ErrClosed) {
 			s.log.Error("async job not accepted: its journal entry could not be written", slog.String("resource", cj.Resource), slog.Any("error", err))
@@ -138,6 +163,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 			Detail: detail, Resource: cj.Resource, RetryAfter: 1})
 		return false
 	}
+	ch.keep() // the job's own now
 	url := "/api/jobs/" + job.ID
 	if c.Query("mode") == "" {
 		c.Header("Preference-Applied", "respond-async")
@@ -148,19 +174,19 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 }
 
 // runAsync runs an async job holding tok, reporting its states.
-func (s *Server) runAsync(ctx context.Context, tok *engine.Token, origin string, cj comfyui.Job, report jobs.Report) (jobs.Result, error) {
+func (s *Server) runAsync(ctx context.Context, tok *engine.Token, job Job, report jobs.Report) (jobs.Result, error) {
 	// execute exits the token; this deferred Exit, a no-op after that,
 	// frees it when the job panics (the job manager recovers).
 	defer tok.Exit(jobs.ErrPanicked)
-	cj.OnProgress = report.Progress
+	job.OnProgress = report.Progress
 	ctx, stop := detachOnShutdown(ctx)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
 	defer cancel()
-	res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: max(tok.Cost, 1),
-		OnStarted: report.Started, OnQueued: report.Queued, OnPosition: report.Position, OnRunning: report.Running})
+	job.OnStarted, job.OnQueued, job.OnPosition, job.OnRunning = report.Started, report.Queued, report.Position, report.Running
+	res, err := s.execute(ctx, tok, job)
 	if err != nil {
-		return jobs.Result{}, JobFailed(ctx, s.log, cj.Resource, err, s.jobTimeout)
+		return jobs.Result{}, JobFailed(ctx, s.log, job.Resource, err, s.jobTimeout)
 	}
 	return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
 }
@@ -179,13 +205,23 @@ func (s *Server) Resume(ctx context.Context, job jobs.Job, input []byte, report 
 	p := job.Params
 	cj := comfyui.Job{Resource: job.Resource, Image: in.Image, ImageName: in.ImageName, Size: p.Size, Prompt: p.Prompt,
 		NegativePrompt: in.NegativePrompt, Width: p.Width, Height: p.Height, Steps: p.Steps, Seed: p.Seed}
-	tok := s.eng.Adopt(engine.Call{Resource: job.Resource, Origin: job.Tenant, Size: max(p.Size, p.Width, p.Height), Cost: in.Cost})
+	call := engine.Call{Resource: job.Resource, Origin: cmp.Or(in.Origin, job.Tenant), Tier: job.Tier, Size: max(p.Size, p.Width, p.Height), Cost: in.Cost}
+	if in.Identified {
+		call.Tenant = job.Tenant
+	}
+	tok := s.eng.Adopt(call)
 	if tok == nil {
 		return jobs.Result{}, fmt.Errorf("lost at restart: resource %q is no longer served", job.Resource)
 	}
 	tok.Cost = max(tok.Cost, in.Cost)
-	s.log.Info("async job resumed after restart: queued again", slog.String("job", job.ID), slog.String("resource", job.Resource))
-	return s.runAsync(ctx, tok, job.Tenant, cj, report)
+	defer s.inFlight.add(job.Tenant)()
+	s.log.Info("async job resumed after restart: queued again", slog.String("job", job.ID), slog.String("resource", job.Resource),
+		slog.String("tier", job.Tier))
+	rj := Job{Job: cj, Tenant: job.Tenant, Tier: job.Tier, Cost: max(tok.Cost, 1)}
+	if tier, ok := s.tiers().Tier(job.Tier); ok {
+		rj.Class, rj.InFlight = tier.Priority, tier.InFlight
+	}
+	return s.runAsync(ctx, tok, rj, report)
 }
 
 // detachOnShutdown passes the job's end on to ComfyUI, except when the
@@ -206,12 +242,18 @@ func detachOnShutdown(ctx context.Context) (context.Context, func()) {
 	}
 }
 
-// ownJob returns the job named in the path if the caller created it, and
-// answers 404 otherwise: another tenant's job does not exist for the caller.
+// ownJob returns the job named in the path if the caller's tenant created
+// it (an identified tenant from any address, an anonymous caller from its
+// origin), and answers 404 otherwise: another tenant's job does not exist
+// for the caller. A bad credential is answered 401.
 func (s *Server) ownJob(c *gin.Context) (jobs.Job, bool) {
+	who, _, ok := s.identity(c)
+	if !ok {
+		return jobs.Job{}, false
+	}
 	id := c.Param("id")
 	job, err := s.async.Status(id)
-	if err != nil || job.Tenant != s.origin(c) {
+	if err != nil || job.Tenant != who.Tenant {
 		problem.Answer(c, http.StatusNotFound, "job-not-found", fmt.Sprintf("no job %q", id))
 		return jobs.Job{}, false
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -17,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/jobs"
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
 // Runner runs an admitted job on a ComfyUI backend.
@@ -28,9 +30,17 @@ type Runner interface {
 // weighs, for a Runner that shares the GPUs fairly.
 type Job struct {
 	comfyui.Job
-	// Tenant is who asked: the client's origin (its IPv4 address or IPv6
-	// prefix, see Origin), until API keys arrive.
+	// Tenant is who asked: the identified caller's tenant, or the
+	// anonymous caller's origin (its IPv4 address or IPv6 prefix, see
+	// Origin).
 	Tenant string
+	// Tier is the caller's service tier.
+	Tier string
+	// Class is the tier's priority class in the GPU queue.
+	Class tenant.Class
+	// InFlight is the tier's jobs in flight per tenant; 0: the runner's
+	// default.
+	InFlight int
 	// Cost is the job's weight, as the engine admitted it.
 	Cost int
 	// OnStarted, if set, is called once the job is queued on a backend,
@@ -52,9 +62,10 @@ type Job struct {
 
 // Prechecker is a Runner that can tell, before an async job is accepted,
 // that it would refuse the job now (a *BusyError), so that the caller hears
-// it at once instead of after a 202.
+// it at once instead of after a 202. It reads the job's Tenant, Class,
+// InFlight and Cost.
 type Prechecker interface {
-	Precheck(tenant string) error
+	Precheck(job Job) error
 }
 
 // Direct runs every job on one ComfyUI client, as it comes.
@@ -138,9 +149,17 @@ type Config struct {
 	// OnFinish).
 	Webhooks bool
 	// AsyncJobs holds the jobs of ?mode=async requests. Default: a Manager
-	// of jobs.Config{}, closed by Close; one given here is the caller's to
-	// close.
+	// of jobs.Config{} (with Refund set from Quota), closed by Close; one
+	// given here is the caller's to close, and needs its Refund set to
+	// RefundJobs(Quota, Logger) for failed async jobs to be refunded.
 	AsyncJobs *jobs.Manager
+	// Identity tells who calls (API keys, JWT). Nil: every caller is
+	// anonymous, known by its origin.
+	Identity Identifier
+	// Quota counts the daily quotas. Nil: no quota.
+	Quota Quota
+	// Tiers gives the tiers in force. Nil: rules.DefaultTiers().
+	Tiers TierSource
 }
 
 // Server is the public API. Mount more routes on Router().
@@ -162,6 +181,14 @@ type Server struct {
 	uploadTimeout time.Duration
 	async         *jobs.Manager
 	ownsAsync     bool
+
+	identifier Identifier
+	quota      Quota
+	tierSource TierSource
+	inFlight   inFlight
+	// stopping is set by Drain and Close: a synchronous job cut off then is
+	// refunded, not taken for a client that left.
+	stopping atomic.Bool
 }
 
 // formSlack is what a multipart body may carry beyond the image itself:
@@ -211,9 +238,16 @@ func New(cfg Config) (*Server, error) {
 		uploadGrace:   cfg.UploadGrace,
 		uploadTimeout: cfg.UploadTimeout,
 		async:         cfg.AsyncJobs,
+		identifier:    cfg.Identity,
+		quota:         cfg.Quota,
+		tierSource:    cfg.Tiers,
 	}
 	if s.async == nil {
-		s.async, s.ownsAsync = jobs.New(jobs.Config{}), true
+		var refund func(jobs.Job)
+		if cfg.Quota != nil {
+			refund = RefundJobs(cfg.Quota, cfg.Logger)
+		}
+		s.async, s.ownsAsync = jobs.New(jobs.Config{Refund: refund}), true
 	}
 	if cfg.Image.MaxBytes > 0 {
 		s.image.MaxBytes = cfg.Image.MaxBytes
@@ -244,6 +278,7 @@ func New(cfg Config) (*Server, error) {
 	r.POST("/api/ddcolorize/building", s.colorize("ddcolor_building", 1280))
 	r.POST("/v1/generate", s.generate)
 	s.mountJobs(r)
+	r.GET("/api/me", s.me)
 	return s, nil
 }
 
@@ -299,6 +334,15 @@ func (s *Server) guard(c *gin.Context, call engine.Call) *engine.Token {
 	return nil
 }
 
+// refused answers ref and reports true when it is not nil.
+func (s *Server) refused(c *gin.Context, call engine.Call, ref *engine.Refusal) bool {
+	if ref == nil {
+		return false
+	}
+	s.refuse(c, call, ref)
+	return true
+}
+
 // refuse answers a refusal and logs it, once.
 func (s *Server) refuse(c *gin.Context, call engine.Call, ref *engine.Refusal) {
 	s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "request refused",
@@ -324,15 +368,23 @@ const statusClientClosed = 499
 const refusedKey = "sluice.refused"
 
 // run runs an admitted job, exits its token when the job ends, and answers
-// with the image or the job's error.
-func (s *Server) run(c *gin.Context, tok *engine.Token, origin string, cj comfyui.Job) {
+// with the image or the job's error. The job's quota charge is kept when it
+// succeeded or its caller left (unless the gateway is stopping); its
+// caller's settle refunds it otherwise.
+func (s *Server) run(c *gin.Context, tok *engine.Token, who *caller, cj comfyui.Job, ch *charge) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), s.jobTimeout)
 	defer cancel()
-	res, err := s.execute(ctx, tok, Job{Job: cj, Tenant: origin, Cost: tok.Cost})
+	res, err := s.execute(ctx, tok, who.job(cj, tok.Cost))
 	if err != nil {
-		s.jobError(c, cj.Resource, origin, err)
+		if errors.Is(c.Request.Context().Err(), context.Canceled) && !s.stopping.Load() {
+			ch.keep() // the client cancelled: no refund
+		} else {
+			ch.settle() // refunded before the answer tells the quota
+		}
+		s.jobError(c, cj.Resource, who, err)
 		return
 	}
+	ch.keep()
 	c.Header("Server-Timing", serverTiming(res))
 	c.Header("X-Sluice-Prompt-Id", res.PromptID)
 	c.Data(http.StatusOK, res.ContentType, res.Image)

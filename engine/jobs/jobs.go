@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/sluicehq/sluice/engine/clock"
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
 // State is where a job is in its life.
@@ -55,9 +56,16 @@ type Progress struct {
 
 // Spec describes a job to Submit.
 type Spec struct {
-	Tenant   string
+	Tenant string
+	// Tier is the caller's service tier, shown in the job's record.
+	Tier     string
 	Resource string
 	Params   Params
+	// Ticket is the daily quota the job was charged (Units 0: none): kept
+	// in its record, across restarts, so that a job that fails on the
+	// gateway's side is refunded once (Config.Refund), to the day it was
+	// charged to.
+	Ticket tenant.Ticket
 	// Webhook, if set, is the URL told when the job ends (Config.OnFinish
 	// delivers it).
 	Webhook string
@@ -110,6 +118,7 @@ type RunFunc func(ctx context.Context, report Report) (Result, error)
 type Job struct {
 	ID       string    `json:"id"`
 	Tenant   string    `json:"-"`
+	Tier     string    `json:"tier,omitempty"`
 	Resource string    `json:"resource"`
 	Params   Params    `json:"params"`
 	State    State     `json:"state"`
@@ -133,6 +142,8 @@ type Job struct {
 	// Backend is where the job runs or ran (a ComfyUI base URL); it is
 	// kept from callers, like every backend address.
 	Backend string `json:"-"`
+	// Ticket is the quota charge of the job (see Spec.Ticket).
+	Ticket tenant.Ticket `json:"-"`
 
 	// resultKey names the job's result in the ResultStore once stored.
 	resultKey string
@@ -197,6 +208,16 @@ type Config struct {
 	// Logger receives the Store's and ResultStore's failures, which never
 	// fail a job. Default: discard.
 	Logger *slog.Logger
+	// Refund, if set, is called once with a job that holds a quota ticket
+	// (Ticket.Units > 0) and ended failed on the gateway's side: Failed
+	// (a backend or ComfyUI error, a timeout, no GPU slot, a panic, lost at
+	// a restart), or cancelled by Close when no Store or Journal keeps it
+	// for the next gateway. A job its caller cancelled is not refunded,
+	// nor one Close leaves to the next gateway (which refunds it if it
+	// fails there). It runs on the job's goroutine, outside the Manager's
+	// lock, before OnFinish; Drain and Close wait for it. A panic in it is
+	// logged and goes no further.
+	Refund func(Job)
 }
 
 // Journal keeps, on the gateway's own disk, each unfinished job's entry
@@ -325,8 +346,8 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &record{
 		job: Job{
-			ID: uuid.NewString(), Tenant: spec.Tenant, Resource: spec.Resource, Params: spec.Params, Webhook: spec.Webhook,
-			State: Queued, Created: m.cfg.Clock.Now(),
+			ID: uuid.NewString(), Tenant: spec.Tenant, Tier: spec.Tier, Resource: spec.Resource, Params: spec.Params, Webhook: spec.Webhook,
+			State: Queued, Created: m.cfg.Clock.Now(), Ticket: spec.Ticket,
 		},
 		cancel: cancel,
 	}
@@ -418,9 +439,27 @@ func (m *Manager) end(r *record, res Result, err error) {
 			res.Data, stored = nil, true
 		}
 	}
-	final := m.finish(r, res, err, stored)
+	final, refund := m.finish(r, res, err, stored)
 	final.Result = data
+	if refund {
+		m.refund(final)
+	}
 	m.notify(final)
+}
+
+// refund calls Refund with a job that failed on the gateway's side; a
+// panic in it is logged with its stack, and the process goes on.
+func (m *Manager) refund(j Job) {
+	if m.cfg.Refund == nil {
+		return
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			m.cfg.Logger.Error("jobs: Refund panicked",
+				slog.String("job", j.ID), slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		}
+	}()
+	m.cfg.Refund(j)
 }
 
 // id is the job's ID, which never changes.
@@ -514,8 +553,9 @@ func (m *Manager) progress(r *record, value, max int) {
 // finish records the end of a job, queues the write of its record (unless
 // Close ended it: its stored record is then left as it was, for the next
 // gateway), forgets the oldest finished jobs beyond the bounds, and
-// returns the job as it ended.
-func (m *Manager) finish(r *record, res Result, err error, stored bool) Job {
+// returns the job as it ended, and whether its quota ticket is refunded
+// (see Config.Refund).
+func (m *Manager) finish(r *record, res Result, err error, stored bool) (Job, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	j := &r.job
@@ -548,13 +588,18 @@ func (m *Manager) finish(r *record, res Result, err error, stored bool) Job {
 	}
 	r.subs = nil
 	r.cancel = nil
+	// Close leaves the record of a job it ended to the next gateway when
+	// a Store or the Journal keeps it: that one ends the job, and refunds
+	// it if it fails there.
+	leftForNext := r.closing && !r.cancelled && (m.cfg.Store != nil || r.journaled)
+	refund := err != nil && !r.cancelled && !leftForNext && j.Ticket.Units > 0
 	if !r.closing || r.cancelled {
 		m.queueSave(r)
 	}
 	for _, old := range m.keepFinished(r) {
 		m.queueForget(old)
 	}
-	return *j
+	return *j, refund
 }
 
 // keepFinished adds a finished record to the bounded list and returns the

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
 // storedJob is a job's record as a Store keeps it: everything but the
@@ -12,6 +14,7 @@ import (
 type storedJob struct {
 	ID          string    `json:"id"`
 	Tenant      string    `json:"tenant"`
+	Tier        string    `json:"tier,omitempty"`
 	Resource    string    `json:"resource"`
 	Params      Params    `json:"params"`
 	Webhook     string    `json:"webhook,omitempty"`
@@ -25,13 +28,19 @@ type storedJob struct {
 	Error       string    `json:"error,omitempty"`
 	ContentType string    `json:"content_type,omitempty"`
 	ResultKey   string    `json:"result_key,omitempty"`
+	// Ticket is the job's quota charge, refunded if it fails.
+	Ticket *tenant.Ticket `json:"ticket,omitempty"`
 }
 
 // MarshalRecord encodes a job's record for a Store, as JSON: all of it
 // but its result bytes, with where the ResultStore keeps them.
 func MarshalRecord(j Job) ([]byte, error) {
+	var ticket *tenant.Ticket
+	if j.Ticket.Units > 0 {
+		ticket = &j.Ticket
+	}
 	return json.Marshal(storedJob{
-		ID: j.ID, Tenant: j.Tenant, Resource: j.Resource, Params: j.Params, Webhook: j.Webhook,
+		ID: j.ID, Tenant: j.Tenant, Tier: j.Tier, Ticket: ticket, Resource: j.Resource, Params: j.Params, Webhook: j.Webhook,
 		Backend: j.Backend, PromptID: j.PromptID, State: j.State,
 		Created: j.Created, Started: j.Started, Finished: j.Finished, Progress: j.Progress,
 		Error: j.Error, ContentType: j.ContentType, ResultKey: j.resultKey,
@@ -58,8 +67,12 @@ func UnmarshalRecord(b []byte) (Job, error) {
 	default:
 		return Job{}, fmt.Errorf("jobs: %w %s: unknown state %q", ErrBadRecord, s.ID, s.State)
 	}
+	var ticket tenant.Ticket
+	if s.Ticket != nil {
+		ticket = *s.Ticket
+	}
 	return Job{
-		ID: s.ID, Tenant: s.Tenant, Resource: s.Resource, Params: s.Params, Webhook: s.Webhook,
+		ID: s.ID, Tenant: s.Tenant, Tier: s.Tier, Ticket: ticket, Resource: s.Resource, Params: s.Params, Webhook: s.Webhook,
 		Backend: s.Backend, PromptID: s.PromptID, State: s.State,
 		Created: s.Created, Started: s.Started, Finished: s.Finished, Progress: s.Progress,
 		Error: s.Error, ContentType: s.ContentType, resultKey: s.ResultKey,

@@ -136,3 +136,14 @@ type Ticket struct {
 	Day    string
 	Units  int64
 }
+
+// QuotaExceeded is the error of a quota take that would pass the day's
+// limit; Usage is the tenant's usage as it stands (nothing taken).
+type QuotaExceeded struct {
+	Usage Usage
+}
+
+func (e *QuotaExceeded) Error() string {
+	return fmt.Sprintf("daily quota exceeded: %d of %d used on %s; it resets at %s",
+		e.Usage.Used, e.Usage.Limit, e.Usage.Day, e.Usage.Reset.UTC().Format(time.RFC3339))
+}
