@@ -55,6 +55,9 @@ type Config struct {
 	Simulator Simulator
 	// Build says which binary runs; GET /api/system shows it as "build".
 	Build Build
+	// Keys manages the API keys (/api/keys, admin token needed for reads
+	// too); nil: those routes answer 404.
+	Keys Keys
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -149,6 +152,10 @@ func Register(r gin.IRouter, cfg Config) error {
 	}
 	if cfg.Backends != nil {
 		reads.GET("/backends", func(c *gin.Context) { c.JSON(http.StatusOK, backendsBody(cfg.Backends())) })
+	}
+
+	if cfg.Keys != nil {
+		a.mountKeys(r, cfg.Keys)
 	}
 
 	writes := r.Group("/api", a.readOnly, a.authorize, a.knownResource)
