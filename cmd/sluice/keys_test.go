@@ -93,4 +93,3 @@ func TestKeysCLI(t *testing.T) {
 		t.Fatalf("etcd unreachable: %d %q", code, errOut)
 	}
 }
-
