@@ -55,6 +55,10 @@ type Resolver struct {
 	ready   chan struct{}
 	readyMu sync.Once
 
+	// beforeWatch, when set (tests), runs between a listing and the watch
+	// that follows it.
+	beforeWatch func(listRevision int64)
+
 	mu      sync.Mutex
 	rev     int64         // etcd revision of the table
 	changed chan struct{} // closed and replaced when the table changes
@@ -143,6 +147,9 @@ func (r *Resolver) Run(ctx context.Context) error {
 			continue
 		}
 		r.markReady()
+		if r.beforeWatch != nil {
+			r.beforeWatch(rev)
+		}
 		started := r.clock.Now()
 		err = r.watch(ctx, rev+1)
 		if ctx.Err() != nil {

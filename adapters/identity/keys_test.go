@@ -253,3 +253,59 @@ func BenchmarkIdentifyKey(b *testing.B) {
 		}
 	}
 }
+
+// TestRelistAfterCompaction: when the revision after a listing is
+// compacted away before the watch starts, the resolver lists again and
+// misses neither a new key nor a revocation.
+func TestRelistAfterCompaction(t *testing.T) {
+	ctx := context.Background()
+	log, secret := newLogger(t)
+	p := prefix(t)
+	gone, goneRec, err := CreateKey(ctx, shared.client, p, KeySpec{Tenant: "gone", Tier: "registered"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret(gone)
+	r, err := New(Config{Client: shared.client, Prefix: p, Logger: log, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		fresh    string
+		lists    int
+		relisted = make(chan struct{})
+	)
+	r.beforeWatch = func(int64) {
+		lists++
+		if lists == 2 {
+			close(relisted)
+		}
+		if lists > 1 {
+			return
+		}
+		// Between the first listing and its watch: a key made, another
+		// revoked, and the history compacted.
+		var err error
+		if fresh, _, err = CreateKey(ctx, shared.client, p, KeySpec{Tenant: "fresh", Tier: "vip"}, nil); err != nil {
+			t.Error(err)
+		}
+		secret(fresh)
+		if err := RevokeKey(ctx, shared.client, p, goneRec.ID); err != nil {
+			t.Error(err)
+		}
+		if _, err := shared.client.Compact(ctx, revision(t)); err != nil {
+			t.Error(err)
+		}
+	}
+	start(t, r)
+	select {
+	case <-relisted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no second listing after the compaction")
+	}
+	if id, err := r.Identify(request("Authorization", "Bearer "+fresh), "192.0.2.1"); err != nil || id.Tenant != "fresh" {
+		t.Fatalf("key made during the lost watch: %+v, %v", id, err)
+	}
+	id, err := r.Identify(request("Authorization", "Bearer "+gone), "192.0.2.1")
+	refused(t, id, err, "revoked")
+}
