@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -148,4 +149,48 @@ func keysRevoke(ctx context.Context, ef *etcdFlags, id string, stdout io.Writer)
 		fmt.Fprintf(stdout, "key %s revoked\n", id)
 		return nil
 	})
+}
+
+// jwtFlags are serve's JWT flags; JWT is on when --jwt-jwks-url or
+// --jwt-key-file is given. serve registers them and passes config() to
+// identity.New.
+type jwtFlags struct {
+	jwksURL     string
+	keyFiles    stringList
+	algs        string
+	issuer      string
+	audience    string
+	leeway      time.Duration
+	tenantClaim string
+	tierClaim   string
+}
+
+func (f *jwtFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.jwksURL, "jwt-jwks-url", "", "JWKS URL of the JWT issuer (turns JWT on)")
+	fs.Var(&f.keyFiles, "jwt-key-file", "PEM public key or certificate of the JWT issuer (repeatable; turns JWT on)")
+	fs.StringVar(&f.algs, "jwt-alg", "RS256,ES256,EdDSA", "allowed JWT algorithms, comma-separated (never none or HS*)")
+	fs.StringVar(&f.issuer, "jwt-issuer", "", "required iss of JWTs (unchecked when empty)")
+	fs.StringVar(&f.audience, "jwt-audience", "", "required aud of JWTs (unchecked when empty)")
+	fs.DurationVar(&f.leeway, "jwt-leeway", 30*time.Second, "clock skew allowed on exp, nbf and iat")
+	fs.StringVar(&f.tenantClaim, "jwt-tenant-claim", "sub", "JWT claim naming the tenant")
+	fs.StringVar(&f.tierClaim, "jwt-tier-claim", "tier", "JWT claim naming the tier (absent: "+identity.DefaultJWTTier+")")
+}
+
+// config is the JWT configuration the flags give; nil when JWT is off.
+func (f *jwtFlags) config() *identity.JWTConfig {
+	if f.jwksURL == "" && len(f.keyFiles) == 0 {
+		return nil
+	}
+	leeway := f.leeway
+	if leeway == 0 {
+		leeway = -1 // identity reads 0 as its default; the flag's 0 means none
+	}
+	var algs []string
+	for _, a := range strings.Split(f.algs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			algs = append(algs, a)
+		}
+	}
+	return &identity.JWTConfig{JWKSURL: f.jwksURL, KeyFiles: f.keyFiles, Algorithms: algs, Issuer: f.issuer,
+		Audience: f.audience, Leeway: leeway, TenantClaim: f.tenantClaim, TierClaim: f.tierClaim}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"net/http/httptest"
 	"regexp"
 	"strings"
@@ -91,5 +92,33 @@ func TestKeysCLI(t *testing.T) {
 	}
 	if _, errOut, code := sluice(t, "keys", "list", "--endpoints", "127.0.0.1:1", "--dial-timeout", "200ms", "--command-timeout", "500ms"); code != 2 {
 		t.Fatalf("etcd unreachable: %d %q", code, errOut)
+	}
+}
+
+func TestJWTFlags(t *testing.T) {
+	parse := func(args ...string) *identity.JWTConfig {
+		t.Helper()
+		var f jwtFlags
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		f.register(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return f.config()
+	}
+	if cfg := parse(); cfg != nil {
+		t.Fatalf("JWT on without a JWKS URL or key file: %+v", cfg)
+	}
+	cfg := parse("--jwt-jwks-url", "https://idp.example/jwks.json", "--jwt-alg", "RS256, ES384", "--jwt-audience", "sluice", "--jwt-leeway", "0s")
+	if cfg == nil || cfg.JWKSURL != "https://idp.example/jwks.json" || len(cfg.Algorithms) != 2 || cfg.Algorithms[1] != "ES384" ||
+		cfg.Audience != "sluice" || cfg.Leeway >= 0 || cfg.TenantClaim != "sub" || cfg.TierClaim != "tier" {
+		t.Fatalf("config: %+v", cfg)
+	}
+	if _, err := identity.New(identity.Config{JWT: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	cfg = parse("--jwt-jwks-url", "https://idp.example/jwks.json", "--jwt-alg", "HS256")
+	if _, err := identity.New(identity.Config{JWT: cfg}); err == nil || !strings.Contains(err.Error(), "HMAC") {
+		t.Fatalf("HS256 allowed: %v", err)
 	}
 }
