@@ -318,6 +318,9 @@ func (v *verifier) current() *jwksKeys {
 		if !ok {
 			continue
 		}
+		if use, ok := key.KeyUsage(); ok && use != "sig" {
+			continue // an encryption key never verifies a token
+		}
 		pub, err := jwk.PublicRawKeyOf(key)
 		if err != nil {
 			continue
