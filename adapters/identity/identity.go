@@ -32,8 +32,9 @@ type Config struct {
 	// JWT turns on JSON Web Tokens; nil: a bearer that is not an API key is
 	// refused.
 	JWT *JWTConfig
-	// Clock tells the time for tokens' exp and nbf and the JWKS refresh
-	// limit; nil: the system clock.
+	// Clock tells the time for tokens' exp, nbf and iat and the JWKS
+	// refresh limit; nil: the system clock. (The backoff between listings
+	// runs on real time.)
 	Clock  clock.Clock
 	Logger *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait before listing the keys
@@ -150,13 +151,13 @@ func (r *Resolver) Run(ctx context.Context) error {
 		if r.beforeWatch != nil {
 			r.beforeWatch(rev)
 		}
-		started := r.clock.Now()
+		started := time.Now()
 		err = r.watch(ctx, rev+1)
 		if ctx.Err() != nil {
 			break
 		}
 		r.log.Warn("API key watch ended; listing again", slog.Any("error", err))
-		if r.clock.Now().Sub(started) < r.max {
+		if time.Since(started) < r.max {
 			r.wait(ctx, backoff)
 			backoff = min(backoff*2, r.max)
 		} else {
@@ -166,11 +167,13 @@ func (r *Resolver) Run(ctx context.Context) error {
 	return nil
 }
 
+// wait waits d of real time, as adapters/etcd's watcher does: the backoff
+// paces calls to etcd, so a test's fake clock must not hold it up.
 func (r *Resolver) wait(ctx context.Context, d time.Duration) {
-	ch, stop := clock.NewTimer(r.clock, d)
-	defer stop()
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
-	case <-ch:
+	case <-t.C:
 	case <-ctx.Done():
 	}
 }
