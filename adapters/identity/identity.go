@@ -40,6 +40,11 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait before listing the keys
 	// again after a failure (defaults 100ms and 5s).
 	MinBackoff, MaxBackoff time.Duration
+	// ProgressInterval is how long the key watch may be quiet before the
+	// resolver asks etcd how far it has got (default 5s); a watch that
+	// hears nothing for three intervals is dropped and the keys listed
+	// again.
+	ProgressInterval time.Duration
 }
 
 // Resolver turns a request's credential into an identity. Identify is safe
@@ -51,6 +56,7 @@ type Resolver struct {
 	clock    clock.Clock
 	log      *slog.Logger
 	min, max time.Duration
+	interval time.Duration
 
 	keys    atomic.Pointer[keyTable]
 	ready   chan struct{}
@@ -84,14 +90,15 @@ const maxRevoked = 10000
 // is invalid.
 func New(cfg Config) (*Resolver, error) {
 	r := &Resolver{
-		client:  cfg.Client,
-		prefix:  keysPrefix(cfg.Prefix),
-		clock:   clock.Or(cfg.Clock),
-		log:     cfg.Logger,
-		min:     cfg.MinBackoff,
-		max:     cfg.MaxBackoff,
-		ready:   make(chan struct{}),
-		changed: make(chan struct{}),
+		client:   cfg.Client,
+		prefix:   keysPrefix(cfg.Prefix),
+		clock:    clock.Or(cfg.Clock),
+		log:      cfg.Logger,
+		min:      cfg.MinBackoff,
+		max:      cfg.MaxBackoff,
+		interval: cfg.ProgressInterval,
+		ready:    make(chan struct{}),
+		changed:  make(chan struct{}),
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -101,6 +108,9 @@ func New(cfg Config) (*Resolver, error) {
 	}
 	if r.max < r.min {
 		r.max = max(5*time.Second, r.min)
+	}
+	if r.interval <= 0 {
+		r.interval = 5 * time.Second
 	}
 	if cfg.JWT != nil {
 		v, err := newVerifier(*cfg.JWT, r.clock, r.log)
@@ -249,54 +259,89 @@ func (r *Resolver) WaitRevision(ctx context.Context, rev int64) error {
 
 var errCompacted = errors.New("watch revision compacted")
 
-// watch follows changes from revision from on, until the watch fails.
+// errSilent ends a watch that heard nothing for the silence window.
+var errSilent = errors.New("the key watch heard nothing from etcd (no change, no progress notification) within its window")
+
+// watch follows changes from revision from on, until the watch fails or
+// falls silent: a quiet watch asks etcd for progress every
+// ProgressInterval, and one that has heard nothing for three of them is
+// dropped (a half-open connection would otherwise hide revocations).
 func (r *Resolver) watch(ctx context.Context, from int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	ch := r.client.Watch(wctx, r.prefix, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
-	for resp := range ch {
-		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-			return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
-		}
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		if len(resp.Events) == 0 {
-			r.mu.Lock()
-			if rev := resp.Header.Revision; rev > r.rev {
-				r.rev = rev
-				close(r.changed)
-				r.changed = make(chan struct{})
-			}
-			r.mu.Unlock()
-			continue
-		}
-		old := r.keys.Load()
-		t := &keyTable{byID: make(map[string]*keyEntry, len(old.byID)+len(resp.Events))}
-		revoked := revokedSet{m: old.revoked}
-		for id, e := range old.byID {
-			t.byID[id] = e
-		}
-		for _, ev := range resp.Events {
-			id := strings.TrimPrefix(string(ev.Kv.Key), r.prefix)
-			if ev.Type == clientv3.EventTypeDelete {
-				if _, ok := t.byID[id]; ok {
-					delete(t.byID, id)
-					revoked.add(id)
-					r.log.Info("API key revoked", slog.String("key_id", id))
+	tick := time.NewTicker(r.interval)
+	defer tick.Stop()
+	heard := time.Now()
+	for {
+		select {
+		case resp, ok := <-ch:
+			if !ok {
+				if err := ctx.Err(); err != nil {
+					return err
 				}
-				continue
+				return errors.New("watch channel closed")
 			}
-			delete(t.byID, id)
-			r.put(t, ev.Kv.Key, ev.Kv.Value)
+			if err := r.handle(resp, from); err != nil {
+				return err
+			}
+			heard = time.Now()
+		case <-tick.C:
+			if quiet := time.Since(heard); quiet >= 3*r.interval {
+				return fmt.Errorf("%w (quiet for %s)", errSilent, quiet.Round(time.Millisecond))
+			}
+			rctx, rcancel := context.WithTimeout(wctx, r.interval)
+			if err := r.client.RequestProgress(rctx); err != nil && wctx.Err() == nil {
+				r.log.Debug("key watch: progress request failed", slog.Any("error", err))
+			}
+			rcancel()
+		case <-wctx.Done():
+			return ctx.Err()
 		}
-		t.revoked = revoked.m
-		r.swap(t, resp.Events[len(resp.Events)-1].Kv.ModRevision)
 	}
-	if err := ctx.Err(); err != nil {
+}
+
+// handle takes one watch response: a failure, a progress notification or
+// changes, applied to a copy of the table that then replaces it.
+func (r *Resolver) handle(resp clientv3.WatchResponse, from int64) error {
+	if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+		return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
+	}
+	if err := resp.Err(); err != nil {
 		return err
 	}
-	return errors.New("watch channel closed")
+	if len(resp.Events) == 0 {
+		r.mu.Lock()
+		if rev := resp.Header.Revision; rev > r.rev {
+			r.rev = rev
+			close(r.changed)
+			r.changed = make(chan struct{})
+		}
+		r.mu.Unlock()
+		return nil
+	}
+	old := r.keys.Load()
+	t := &keyTable{byID: make(map[string]*keyEntry, len(old.byID)+len(resp.Events))}
+	revoked := revokedSet{m: old.revoked}
+	for id, e := range old.byID {
+		t.byID[id] = e
+	}
+	for _, ev := range resp.Events {
+		id := strings.TrimPrefix(string(ev.Kv.Key), r.prefix)
+		if ev.Type == clientv3.EventTypeDelete {
+			if _, ok := t.byID[id]; ok {
+				delete(t.byID, id)
+				revoked.add(id)
+				r.log.Info("API key revoked", slog.String("key_id", id))
+			}
+			continue
+		}
+		delete(t.byID, id)
+		r.put(t, ev.Kv.Key, ev.Kv.Value)
+	}
+	t.revoked = revoked.m
+	r.swap(t, resp.Events[len(resp.Events)-1].Kv.ModRevision)
+	return nil
 }
 
 // revokedSet is the revoked IDs of a table being built: copied from the

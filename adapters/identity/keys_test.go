@@ -309,3 +309,24 @@ func TestRelistAfterCompaction(t *testing.T) {
 	id, err := r.Identify(request("Authorization", "Bearer "+gone), "192.0.2.1")
 	refused(t, id, err, "revoked")
 }
+
+// TestQuietWatchAsksForProgress: with no key changing, the resolver still
+// learns etcd's revision from progress requests, so a quiet watch is told
+// apart from a dead one.
+func TestQuietWatchAsksForProgress(t *testing.T) {
+	r, err := New(Config{Client: shared.client, Prefix: prefix(t), ProgressInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, r)
+	if _, err := shared.client.Put(context.Background(), prefix(t)+"-elsewhere", "x"); err != nil {
+		t.Fatal(err)
+	}
+	// A revision outside the keys: only progress tells it, well before the
+	// server's own notification (every 5s).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := r.WaitRevision(ctx, revision(t)); err != nil {
+		t.Fatalf("the quiet watch learnt no progress within 2s: %v", err)
+	}
+}
