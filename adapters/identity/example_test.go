@@ -31,7 +31,7 @@ func ExampleResolver_Identify() {
 	fmt.Println(err)
 	// Output:
 	// 203.0.113.7 anonymous anonymous <nil>
-	// unauthorized: the bearer is not an API key (sk_…) and JWT is not configured
+	// unauthorized: the bearer is not an API key (sk_...) and JWT is not configured
 }
 
 func ExampleValidateTenant() {

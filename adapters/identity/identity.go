@@ -375,8 +375,8 @@ const (
 	reasonMalformedKey  = "malformed API key: want sk_<id>_<secret> as `sluice keys create` prints it"
 	reasonUnknownKey    = "unknown API key"
 	reasonRevokedKey    = "the API key was revoked"
-	reasonJWTOff        = "the bearer is not an API key (sk_…) and JWT is not configured"
-	reasonXAPIKeyNotKey = "X-API-Key must hold an API key (sk_…)"
+	reasonJWTOff        = "the bearer is not an API key (sk_...) and JWT is not configured"
+	reasonXAPIKeyNotKey = "X-API-Key must hold an API key (sk_...)"
 )
 
 // refuse is the error of a credential refused for reason.
