@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,9 +99,15 @@ func newLogger(t testing.TB) (*slog.Logger, func(secret string)) {
 	}
 }
 
-// prefix is the test's own etcd prefix.
+var (
+	prefixes  sync.Map // testing.TB → string
+	prefixSeq atomic.Int64
+)
+
+// prefix is the test's own etcd prefix, new for each run of it (-count).
 func prefix(t testing.TB) string {
-	return "/test/" + strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	p, _ := prefixes.LoadOrStore(t, fmt.Sprintf("/test/%s-%d", strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()), prefixSeq.Add(1)))
+	return p.(string)
 }
 
 // start runs r until the test ends and waits until it is ready.
