@@ -23,6 +23,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/lestrrat-go/httprc/v3"
+	"github.com/lestrrat-go/httprc/v3/errsink"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 
 	"github.com/sluicehq/sluice/engine/clock"
@@ -273,7 +274,10 @@ func (v *verifier) start(ctx context.Context) (stop func(), err error) {
 	if v.jwksURL == "" {
 		return func() {}, nil
 	}
-	cache, err := jwk.NewCache(ctx, httprc.NewClient(httprc.WithHTTPClient(v.httpClient)))
+	sink := errsink.NewFunc(func(_ context.Context, err error) {
+		v.log.Warn("cannot refresh the JWKS; keeping the keys last fetched", slog.String("url", v.jwksURL), slog.Any("error", err))
+	})
+	cache, err := jwk.NewCache(ctx, httprc.NewClient(httprc.WithHTTPClient(v.httpClient), httprc.WithErrorSink(sink)))
 	if err != nil {
 		return nil, fmt.Errorf("jwks cache: %w", err)
 	}

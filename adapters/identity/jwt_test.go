@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -310,5 +311,42 @@ func TestJWTConfigRefused(t *testing.T) {
 				t.Fatalf("New: %v, want an error saying %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestJWKSDownAtStart: while the issuer's JWKS cannot be fetched, tokens
+// are refused (never taken for anonymous) and the failure is logged; once
+// it answers, the next refresh lets them in.
+func TestJWKSDownAtStart(t *testing.T) {
+	k := testKeys()
+	good := newJWKSServer(t, map[string]crypto.PublicKey{"rsa1": &k.rsa1.PublicKey})
+	var down atomic.Bool
+	down.Store(true)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		good.Config.Handler.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	var logs logBuffer
+	clk := clock.NewFake(t0)
+	r, err := New(Config{Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		JWT: &JWTConfig{JWKSURL: srv.URL, HTTPClient: srv.Client(), MinRefresh: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, r)
+	tok := sign(t, jwt.SigningMethodRS256, k.rsa1, "rsa1", claims())
+	id, err := r.Identify(bearer(tok), "192.0.2.1")
+	refused(t, id, err, "unknown key ID")
+	if !strings.Contains(logs.String(), "cannot fetch the JWKS") || strings.Contains(logs.String(), tok) {
+		t.Fatalf("logs: %s", logs.String())
+	}
+	down.Store(false)
+	clk.Advance(time.Minute)
+	if id, err := r.Identify(bearer(tok), "192.0.2.1"); err != nil || id.Tenant != "alice" {
+		t.Fatalf("after the JWKS came back: %+v, %v", id, err)
 	}
 }
