@@ -343,6 +343,16 @@ func (v *verifier) current() *jwksKeys {
 	return k
 }
 
+// currentOrFetch returns the JWKS's keys, fetching them first (within the
+// refresh limit) when none has been fetched yet.
+func (v *verifier) currentOrFetch() *jwksKeys {
+	if k := v.current(); k != nil {
+		return k
+	}
+	v.refresh()
+	return v.current()
+}
+
 // refresh fetches the JWKS again, unless it was fetched for an unknown kid
 // less than MinRefresh ago. Callers wait for a fetch under way.
 func (v *verifier) refresh() {
@@ -392,7 +402,7 @@ func (v *verifier) keyFor(t *jwt.Token) (any, error) {
 				}
 				return e.pub, nil
 			}
-		} else if keys := v.current(); keys != nil {
+		} else if keys := v.currentOrFetch(); keys != nil {
 			var set jwt.VerificationKeySet
 			for _, e := range keys.all {
 				if (e.alg == "" || e.alg == alg) && keyFits(alg, e.pub) {

@@ -173,6 +173,8 @@ func TestJWTAccepted(t *testing.T) {
 			tenant.Identity{Tenant: "alice", Tier: "registered", Kind: tenant.JWT, Credential: "jwt https://idp.example"}},
 		{"ES256 from the JWKS, tier claim", sign(t, jwt.SigningMethodES256, k.ec1, "ec1", claims("tier", "vip", "sub", "bob@example.com")),
 			tenant.Identity{Tenant: "bob@example.com", Tier: "vip", Kind: tenant.JWT, Credential: "jwt https://idp.example"}},
+		{"RS256 from the JWKS, no kid", sign(t, jwt.SigningMethodRS256, k.rsa1, "", claims()),
+			tenant.Identity{Tenant: "alice", Tier: "registered", Kind: tenant.JWT, Credential: "jwt https://idp.example"}},
 		{"EdDSA from a PEM file, no kid", sign(t, jwt.SigningMethodEdDSA, k.ed, "", claims("aud", []string{"other", "sluice"})),
 			tenant.Identity{Tenant: "alice", Tier: "registered", Kind: tenant.JWT, Credential: "jwt https://idp.example"}},
 		{"expired, within the leeway", sign(t, jwt.SigningMethodRS256, k.rsa1, "rsa1", claims("exp", t0.Add(-20*time.Second).Unix())),
