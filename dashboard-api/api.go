@@ -58,6 +58,9 @@ type Config struct {
 	// Tiers serves GET and PUT /api/tiers (see TierSource); nil: not
 	// mounted.
 	Tiers TierSource
+	// Keys manages the API keys (/api/keys, admin token needed for reads
+	// too); nil: those routes answer 404.
+	Keys Keys
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -155,6 +158,10 @@ func Register(r gin.IRouter, cfg Config) error {
 	}
 	if cfg.Backends != nil {
 		reads.GET("/backends", func(c *gin.Context) { c.JSON(http.StatusOK, backendsBody(cfg.Backends())) })
+	}
+
+	if cfg.Keys != nil {
+		a.mountKeys(r, cfg.Keys)
 	}
 
 	writes := r.Group("/api", a.readOnly, a.authorize, a.knownResource)

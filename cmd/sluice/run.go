@@ -34,6 +34,7 @@ Usage:
   sluice serve [flags]    run the gateway (sluice serve -h for its flags)
   sluice rules COMMAND    read, validate, apply and watch the rules in etcd
   sluice tiers COMMAND    read, validate and apply the service tiers in etcd
+  sluice keys COMMAND     create, list and revoke API keys in etcd
   sluice version          print the version and whether it reads NVML (cgo) or not (nonvml)
 `
 
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return rulesCmd(ctx, args[1:], stdout, stderr)
 	case "tiers":
 		return tiersCmd(ctx, args[1:], stdout, stderr)
+	case "keys":
+		return keysCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionLine())
 		return nil

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sluicehq/sluice/adapters/etcd"
+	"github.com/sluicehq/sluice/adapters/identity"
+)
+
+const keysUsage = `Usage: sluice keys COMMAND [flags]
+
+  create --tenant X --tier T [--name N]   make an API key; it is printed once, never again
+  list [-o table|json]                    list the keys: id, tenant, tier, name, created
+  revoke ID                               delete a key; every gateway refuses it within a second
+
+Flags, as etcdctl has them: --endpoints, --cacert, --cert, --key, --user, --password,
+--insecure-skip-tls-verify, --dial-timeout, --command-timeout, and --prefix (default /sluice).
+Exit codes: 0 ok, 1 invalid input (or no such key), 2 etcd cannot be reached.
+`
+
+func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, keysUsage)
+		return invalid(errors.New("keys: no command given"))
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet("sluice keys "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		ef     etcdFlags
+		spec   identity.KeySpec
+		output string
+	)
+	switch cmd {
+	case "create":
+		fs.StringVar(&spec.Tenant, "tenant", "", "tenant the key bills (a-z, 0-9, . _ @ -; never an IP address)")
+		fs.StringVar(&spec.Tier, "tier", "", "service tier of the key (registered, vip, …)")
+		fs.StringVar(&spec.Name, "name", "", "what the key is for")
+	case "list":
+		fs.StringVar(&output, "o", "table", "output format: table or json")
+	case "revoke":
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, keysUsage)
+		return nil
+	default:
+		fmt.Fprint(stderr, keysUsage)
+		return invalid(fmt.Errorf("keys: unknown command %q", cmd))
+	}
+	ef.register(fs)
+	if err := fs.Parse(interleave(args)); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return invalid(err)
+	}
+	rest := fs.Args()
+	switch cmd {
+	case "create":
+		if len(rest) > 0 {
+			return invalid(fmt.Errorf("unexpected arguments %q", rest))
+		}
+		return keysCreate(ctx, &ef, spec, stdout)
+	case "list":
+		if len(rest) > 0 {
+			return invalid(fmt.Errorf("unexpected arguments %q", rest))
+		}
+		if output != "table" && output != "json" {
+			return invalid(fmt.Errorf("-o must be table or json, got %q", output))
+		}
+		return keysList(ctx, &ef, output, stdout)
+	default:
+		if len(rest) != 1 {
+			return invalid(errors.New("revoke takes one key ID (as `sluice keys list` shows it)"))
+		}
+		return keysRevoke(ctx, &ef, rest[0], stdout)
+	}
+}
+
+// keyError gives a key command's error its exit code.
+func keyError(err error) error {
+	if errors.Is(err, identity.ErrInvalidSpec) || errors.Is(err, identity.ErrKeyNotFound) {
+		return invalid(err)
+	}
+	return unreachable(err)
+}
+
+func keysCreate(ctx context.Context, ef *etcdFlags, spec identity.KeySpec, stdout io.Writer) error {
+	if err := spec.Validate(); err != nil {
+		return invalid(err)
+	}
+	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
+		key, rec, err := identity.CreateKey(ctx, store.Client(), ef.prefix, spec, nil)
+		if err != nil {
+			return keyError(err)
+		}
+		fmt.Fprintf(stdout, "key     %s\nid      %s\ntenant  %s\ntier    %s\nname    %s\n\n", key, rec.ID, rec.Tenant, rec.Tier, rec.Name)
+		fmt.Fprintln(stdout, "Store the key now: it is not shown again (etcd keeps only its hash).")
+		fmt.Fprintf(stdout, "Call with:  curl -H 'Authorization: Bearer %s' …   Revoke with:  sluice keys revoke %s\n", key, rec.ID)
+		return nil
+	})
+}
+
+func keysList(ctx context.Context, ef *etcdFlags, output string, stdout io.Writer) error {
+	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
+		recs, err := identity.ListKeys(ctx, store.Client(), ef.prefix)
+		if err != nil {
+			return keyError(err)
+		}
+		type shown struct {
+			ID      string    `json:"id"`
+			Tenant  string    `json:"tenant"`
+			Tier    string    `json:"tier"`
+			Name    string    `json:"name"`
+			Created time.Time `json:"created"`
+		}
+		out := make([]shown, len(recs))
+		for i, r := range recs {
+			out[i] = shown{ID: r.ID, Tenant: r.Tenant, Tier: r.Tier, Name: r.Name, Created: r.Created}
+		}
+		if output == "json" {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(struct {
+				Keys []shown `json:"keys"`
+			}{out})
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tTENANT\tTIER\tNAME\tCREATED")
+		for _, k := range out {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Tenant, k.Tier, k.Name, k.Created.Format(time.RFC3339))
+		}
+		return tw.Flush()
+	})
+}
+
+func keysRevoke(ctx context.Context, ef *etcdFlags, id string, stdout io.Writer) error {
+	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
+		if err := identity.RevokeKey(ctx, store.Client(), ef.prefix, id); err != nil {
+			return keyError(err)
+		}
+		fmt.Fprintf(stdout, "key %s revoked\n", id)
+		return nil
+	})
+}
+
+// jwtFlags are serve's JWT flags; JWT is on when --jwt-jwks-url or
+// --jwt-key-file is given. serve registers them and passes config() to
+// identity.New.
+type jwtFlags struct {
+	jwksURL     string
+	keyFiles    stringList
+	algs        string
+	issuer      string
+	audience    string
+	leeway      time.Duration
+	tenantClaim string
+	tierClaim   string
+}
+
+func (f *jwtFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.jwksURL, "jwt-jwks-url", "", "JWKS URL of the JWT issuer (turns JWT on)")
+	fs.Var(&f.keyFiles, "jwt-key-file", "PEM public key or certificate of the JWT issuer (repeatable; turns JWT on)")
+	fs.StringVar(&f.algs, "jwt-alg", "RS256,ES256,EdDSA", "allowed JWT algorithms, comma-separated (never none or HS*)")
+	fs.StringVar(&f.issuer, "jwt-issuer", "", "required iss of JWTs (unchecked when empty)")
+	fs.StringVar(&f.audience, "jwt-audience", "", "required aud of JWTs (unchecked when empty)")
+	fs.DurationVar(&f.leeway, "jwt-leeway", 30*time.Second, "clock skew allowed on exp, nbf and iat")
+	fs.StringVar(&f.tenantClaim, "jwt-tenant-claim", "sub", "JWT claim naming the tenant")
+	fs.StringVar(&f.tierClaim, "jwt-tier-claim", "tier", "JWT claim naming the tier (absent: "+identity.DefaultJWTTier+")")
+}
+
+// config is the JWT configuration the flags give; nil when JWT is off.
+func (f *jwtFlags) config() *identity.JWTConfig {
+	if f.jwksURL == "" && len(f.keyFiles) == 0 {
+		return nil
+	}
+	leeway := f.leeway
+	if leeway == 0 {
+		leeway = -1 // identity reads 0 as its default; the flag's 0 means none
+	}
+	var algs []string
+	for _, a := range strings.Split(f.algs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			algs = append(algs, a)
+		}
+	}
+	return &identity.JWTConfig{JWKSURL: f.jwksURL, KeyFiles: f.keyFiles, Algorithms: algs, Issuer: f.issuer,
+		Audience: f.audience, Leeway: leeway, TenantClaim: f.tenantClaim, TierClaim: f.tierClaim}
+}
