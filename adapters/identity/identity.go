@@ -65,6 +65,8 @@ type Resolver struct {
 	// beforeWatch, when set (tests), runs between a listing and the watch
 	// that follows it.
 	beforeWatch func(listRevision int64)
+	// heard counts the watch's answers: changes and progress.
+	heard atomic.Uint64
 
 	mu      sync.Mutex
 	rev     int64         // etcd revision of the table
@@ -162,7 +164,7 @@ func (r *Resolver) Run(ctx context.Context) error {
 			r.beforeWatch(rev)
 		}
 		started := time.Now()
-		err = r.watch(ctx, rev+1)
+		err = r.watch(ctx, rev)
 		if ctx.Err() != nil {
 			break
 		}
@@ -262,10 +264,13 @@ var errCompacted = errors.New("watch revision compacted")
 // errSilent ends a watch that heard nothing for the silence window.
 var errSilent = errors.New("the key watch heard nothing from etcd (no change, no progress notification) within its window")
 
-// watch follows changes from revision from on, until the watch fails or
-// falls silent: a quiet watch asks etcd for progress every
+// watch follows the changes after revision listed, until the watch fails
+// or falls silent: a quiet watch asks etcd for progress every
 // ProgressInterval, and one that has heard nothing for three of them is
-// dropped (a half-open connection would otherwise hide revocations).
+// dropped (a half-open connection would otherwise hide revocations). It
+// starts at listed itself and skips what the listing holds: etcd answers
+// no progress request of a watch whose start revision is in the future,
+// so from listed+1 a quiet etcd would leave it silent.
 func (r *Resolver) watch(ctx context.Context, from int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
@@ -286,6 +291,7 @@ func (r *Resolver) watch(ctx context.Context, from int64) error {
 				return err
 			}
 			heard = time.Now()
+			r.heard.Add(1)
 		case <-tick.C:
 			if quiet := time.Since(heard); quiet >= 3*r.interval {
 				return fmt.Errorf("%w (quiet for %s)", errSilent, quiet.Round(time.Millisecond))
@@ -310,7 +316,11 @@ func (r *Resolver) handle(resp clientv3.WatchResponse, from int64) error {
 	if err := resp.Err(); err != nil {
 		return err
 	}
-	if len(resp.Events) == 0 {
+	events := resp.Events
+	for len(events) > 0 && events[0].Kv.ModRevision <= from {
+		events = events[1:] // in the listing already
+	}
+	if len(events) == 0 {
 		r.mu.Lock()
 		if rev := resp.Header.Revision; rev > r.rev {
 			r.rev = rev
@@ -321,12 +331,12 @@ func (r *Resolver) handle(resp clientv3.WatchResponse, from int64) error {
 		return nil
 	}
 	old := r.keys.Load()
-	t := &keyTable{byID: make(map[string]*keyEntry, len(old.byID)+len(resp.Events))}
+	t := &keyTable{byID: make(map[string]*keyEntry, len(old.byID)+len(events))}
 	revoked := revokedSet{m: old.revoked}
 	for id, e := range old.byID {
 		t.byID[id] = e
 	}
-	for _, ev := range resp.Events {
+	for _, ev := range events {
 		id := strings.TrimPrefix(string(ev.Kv.Key), r.prefix)
 		if ev.Type == clientv3.EventTypeDelete {
 			if _, ok := t.byID[id]; ok {
@@ -340,7 +350,7 @@ func (r *Resolver) handle(resp clientv3.WatchResponse, from int64) error {
 		r.put(t, ev.Kv.Key, ev.Kv.Value)
 	}
 	t.revoked = revoked.m
-	r.swap(t, resp.Events[len(resp.Events)-1].Kv.ModRevision)
+	r.swap(t, events[len(events)-1].Kv.ModRevision)
 	return nil
 }
 

@@ -3,12 +3,15 @@ package identity
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/tenant"
 )
@@ -328,5 +331,43 @@ func TestQuietWatchAsksForProgress(t *testing.T) {
 	defer cancel()
 	if err := r.WaitRevision(ctx, revision(t)); err != nil {
 		t.Fatalf("the quiet watch learnt no progress within 2s: %v", err)
+	}
+}
+
+// TestQuietEtcdAnswersTheWatch: on an etcd where nothing is written after
+// the listing, progress requests are answered, so the key watch is never
+// dropped as silent and listed again. etcd answers no progress request of
+// a watch whose start revision is in the future: a watch from the
+// listing's revision + 1 heard nothing until some write came.
+func TestQuietEtcdAnswersTheWatch(t *testing.T) {
+	e, err := etcd.StartEmbedded(etcd.EmbeddedConfig{Dir: t.TempDir(), ClientURL: "http://127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	c, err := etcd.NewClient(etcd.ClientConfig{Endpoints: e.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, _, err := CreateKey(t.Context(), c, "/sluice", KeySpec{Tenant: "acme", Tier: "registered", Name: "ci"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Client: c, Prefix: "/sluice", ProgressInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var watches atomic.Int32
+	r.beforeWatch = func(int64) { watches.Add(1) }
+	start(t, r)
+	deadline := time.Now().Add(10 * time.Second)
+	for r.heard.Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the quiet watch heard %d answers in 10s, want 5", r.heard.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := watches.Load(); n != 1 {
+		t.Errorf("the watch started %d times, want once", n)
 	}
 }
