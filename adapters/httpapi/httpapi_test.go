@@ -757,7 +757,7 @@ func TestBusyFarm(t *testing.T) {
 // fullFarm refuses every job, and says so before an async one is taken.
 type fullFarm struct{ busyRunner }
 
-func (f fullFarm) Precheck(string) error { return f.err }
+func (f fullFarm) Precheck(httpapi.Job) error { return f.err }
 
 func TestAsyncRefusedAtOnceByAFullFarm(t *testing.T) {
 	eng := testEngine(t, "resource: zimage_generate\n", clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)))

@@ -118,7 +118,7 @@ func (s *Server) submit(c *gin.Context, tok *engine.Token, origin string, cj com
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
 	if pc, ok := s.runner.(Prechecker); ok {
-		if err := pc.Precheck(origin); err != nil {
+		if err := pc.Precheck(Job{Job: cj, Tenant: origin, Cost: max(tok.Cost, 1)}); err != nil {
 			tok.Exit(nil) // never ran
 			s.jobError(c, cj.Resource, origin, err)
 			return false

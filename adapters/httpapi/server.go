@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/jobs"
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
 // Runner runs an admitted job on a ComfyUI backend.
@@ -33,6 +34,13 @@ type Job struct {
 	Tenant string
 	// Cost is the job's weight, as the engine admitted it.
 	Cost int
+	// Tier names the tenant's service tier.
+	Tier string
+	// Class is the job's priority class in the GPU queue.
+	Class tenant.Class
+	// InFlight bounds the tenant's jobs running or waiting (the tier's);
+	// 0: the Runner's default.
+	InFlight int
 	// OnStarted, if set, is called once the job is queued on a backend,
 	// with the backend's base URL and the prompt ID: where a restarted
 	// gateway finds the job again.
@@ -54,7 +62,7 @@ type Job struct {
 // that it would refuse the job now (a *BusyError), so that the caller hears
 // it at once instead of after a 202.
 type Prechecker interface {
-	Precheck(tenant string) error
+	Precheck(job Job) error
 }
 
 // Direct runs every job on one ComfyUI client, as it comes.

@@ -23,7 +23,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		}
 		b.ReportAllocs()
 		for b.Loop() {
-			l, err := d.Acquire(ctx, "203.0.113.7", 1)
+			l, err := d.Acquire(ctx, dispatch.Request{Tenant: "203.0.113.7", Cost: 1})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -44,7 +44,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			tenant := "198.51.100." + strconv.FormatInt(n.Add(1), 10)
 			for pb.Next() {
-				l, err := d.Acquire(ctx, tenant, 1)
+				l, err := d.Acquire(ctx, dispatch.Request{Tenant: tenant, Cost: 1})
 				if err != nil {
 					b.Error(err)
 					return
