@@ -28,6 +28,8 @@ func TestNewRejects(t *testing.T) {
 		{"negative queue", dispatch.Config{Backends: backends(1), MaxQueue: -1}, "max_queue: must be >= 0, got -1"},
 		{"negative wait", dispatch.Config{Backends: backends(1), MaxWait: -time.Second}, "max_wait: must be >= 0, got -1s"},
 		{"negative tenant cap", dispatch.Config{Backends: backends(1), TenantInFlight: -2}, "tenant_in_flight: must be >= 0, got -2"},
+		{"low share of one", dispatch.Config{Backends: backends(1), LowShare: 1}, "low_share: must be 0 (default 10) or >= 2, got 1"},
+		{"negative medium share", dispatch.Config{Backends: backends(1), MediumShare: -1}, "medium_share: must be 0 (default 5) or >= 2, got -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, err := dispatch.New(tc.cfg)
