@@ -374,7 +374,7 @@ func TestRequeueKeepsTheClass(t *testing.T) {
 	ctx := context.Background()
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1, 1)})
 	vip, _ := d.Acquire(ctx, dispatch.Request{Tenant: "vip", Tier: "vip", Class: tenant.High}) // gpu0
-	other, _ := d.Acquire(ctx, dispatch.Request{Tenant: "z"})                                 // gpu1
+	other, _ := d.Acquire(ctx, dispatch.Request{Tenant: "z"})                                  // gpu1
 	out := make(chan served, 3)
 	var wg sync.WaitGroup
 	submit(t, d, job{"low", dispatch.Request{Tenant: "a", Class: tenant.Low}}, 1, out, &wg)
