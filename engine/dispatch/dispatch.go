@@ -99,7 +99,6 @@ type Dispatcher struct {
 	passed  [classes]int  // see nextClass
 	share   [classes]int  // the Config's shares, by class (High's unused)
 	avgJob  time.Duration // 0 until measured
-	seq     uint64        // numbers waiters in the order they queued
 }
 
 type backend struct {
@@ -244,8 +243,7 @@ func (d *Dispatcher) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	if d.waiting == 0 {
 		if b := d.freeBackend(); b != nil {
 			t.class, t.tier = cls, req.Tier
-			d.seq++
-			l := d.grant(b, t, cls, 0, d.seq)
+			l := d.grant(b, t, cls, 0)
 			d.mu.Unlock()
 			return l, nil
 		}
@@ -318,8 +316,7 @@ func (d *Dispatcher) position(w *waiter) int {
 // queue puts a new waiter at the end of f's FIFO and starts its MaxWait
 // timer.
 func (d *Dispatcher) queue(f *flow, cost int) *waiter {
-	d.seq++
-	w := &waiter{flow: f, cost: cost, queuedAt: d.clock.Now(), ch: make(chan *Lease, 1), seq: d.seq}
+	w := &waiter{flow: f, cost: cost, queuedAt: d.clock.Now(), ch: make(chan *Lease, 1)}
 	d.enqueue(w)
 	w.stop = d.after(d.maxWait, func() { d.expire(w) })
 	return w
@@ -383,7 +380,7 @@ func (d *Dispatcher) dispatch() {
 		f := w.flow
 		f.deficit -= w.cost
 		d.unqueue(w)
-		w.ch <- d.grant(b, f.t, f.class, d.clock.Now().Sub(w.queuedAt), w.seq)
+		w.ch <- d.grant(b, f.t, f.class, d.clock.Now().Sub(w.queuedAt))
 	}
 }
 
@@ -408,14 +405,13 @@ func (d *Dispatcher) freeBackend() *backend {
 	return best
 }
 
-// grant gives t a slot on b for its job of class cls numbered seq in
-// arrival order.
-func (d *Dispatcher) grant(b *backend, t *tenantState, cls tenant.Class, waited time.Duration, seq uint64) *Lease {
+// grant gives t a slot on b for its job of class cls.
+func (d *Dispatcher) grant(b *backend, t *tenantState, cls tenant.Class, waited time.Duration) *Lease {
 	b.inUse++
 	b.started++
 	t.running++
 	d.running[cls]++
-	return &Lease{d: d, b: b, t: t, class: cls, waited: waited, seq: seq}
+	return &Lease{d: d, b: b, t: t, class: cls, waited: waited}
 }
 
 // tenant returns name's tenant, adding it when it has nothing in flight.

@@ -59,7 +59,6 @@ type waiter struct {
 	flow     *flow
 	cost     int
 	queuedAt time.Time
-	seq      uint64 // arrival order
 	// Links in the flow's FIFO.
 	prev, next *waiter
 	// queued is true from enqueue to unqueue; guarded by d.mu.

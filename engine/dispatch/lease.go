@@ -15,7 +15,6 @@ type Lease struct {
 	t      *tenantState
 	class  tenant.Class // kept by Requeue
 	waited time.Duration
-	seq    uint64 // the job's arrival order, kept by Requeue
 	// released is guarded by d.mu.
 	released bool
 }

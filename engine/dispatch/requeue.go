@@ -37,7 +37,7 @@ func (d *Dispatcher) Requeue(ctx context.Context, l *Lease, cost int, onQueued f
 		d.mu.Unlock()
 		return nil, err
 	}
-	w := &waiter{flow: &t.flows[l.class], cost: max(cost, 1), queuedAt: d.clock.Now(), ch: make(chan *Lease, 1), seq: l.seq, requeued: true}
+	w := &waiter{flow: &t.flows[l.class], cost: max(cost, 1), queuedAt: d.clock.Now(), ch: make(chan *Lease, 1), requeued: true}
 	d.enqueueFront(w)
 	w.stop = d.after(d.maxWait, func() { d.expire(w) })
 	d.dispatch()
