@@ -58,10 +58,11 @@ type Config struct {
 	//
 	//   - low gets at least one hand-out in every LowShare, whatever
 	//     waits above it;
-	//   - medium gets at least one in every MediumShare hand-outs to high
-	//     (low's own guaranteed ones come on top: with the defaults, at
+	//   - medium gets at least one in every MediumShare hand-outs that do
+	//     not go to low (at most MediumShare-1 in a row go to high); low's
+	//     guaranteed ones come on top: with the defaults, medium gets at
 	//     least one in 6 of all hand-outs, since low takes at most one in
-	//     10 while a higher class waits).
+	//     10 while a higher class waits.
 	//
 	// The bound counts hand-outs, not time: how long that is depends on
 	// the job times, and MaxWait still applies. A class is owed its share

@@ -1,6 +1,7 @@
 package dispatch_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -181,8 +182,8 @@ func TestLowerClassesNeverStarve(t *testing.T) {
 			const grants, perClass = 600, 3
 			d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1), MaxQueue: 100, TenantInFlight: 100,
 				LowShare: tc.lowShare, MediumShare: tc.mediumShare})
-			lowShare := max(tc.lowShare, dispatch.DefaultLowShare*min(tc.lowShare+1, 1))
-			mediumShare := max(tc.mediumShare, dispatch.DefaultMediumShare*min(tc.mediumShare+1, 1))
+			lowShare := cmp.Or(tc.lowShare, dispatch.DefaultLowShare)
+			mediumShare := cmp.Or(tc.mediumShare, dispatch.DefaultMediumShare)
 			held, _ := d.Acquire(context.Background(), dispatch.Request{Tenant: "holder"})
 			out := make(chan served, 100)
 			var wg sync.WaitGroup
