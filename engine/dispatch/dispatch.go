@@ -41,7 +41,9 @@ type BackendConfig struct {
 // Config configures a Dispatcher. Zero fields take the defaults above.
 type Config struct {
 	Backends []BackendConfig
-	// MaxQueue bounds the jobs waiting for a slot, over all tenants.
+	// MaxQueue bounds the jobs waiting for a slot, over all tenants. A
+	// job finding the queue full takes the place of a waiting job of a
+	// lower class, which is refused (see Acquire); with none, it is refused.
 	MaxQueue int
 	// MaxWait bounds how long a job waits for a slot.
 	MaxWait time.Duration
@@ -213,7 +215,12 @@ func (d *Dispatcher) inFlight(req *Request) int {
 // It returns a *Refusal when the queue is full, the tenant has its
 // InFlight jobs running or waiting, no backend is healthy, or no slot came
 // within MaxWait; and ctx.Err() when ctx ends first, the job's place in the
-// queue removed. Otherwise the caller holds the Lease until it calls
+// queue removed. A full queue refuses a job only when no job of a lower
+// class waits: otherwise the job takes the place of one of them (in the
+// lowest such class, the newest job of the tenant with the most jobs
+// waiting there; never one put back by Requeue), which is refused with
+// ReasonQueueFull. So low-class jobs filling the queue never shut out the
+// higher classes. Otherwise the caller holds the Lease until it calls
 // Release.
 //
 // When the job has to wait, req.OnQueued is called with a function telling
@@ -250,10 +257,15 @@ func (d *Dispatcher) Acquire(ctx context.Context, req Request) (*Lease, error) {
 		}
 	}
 	if d.waiting >= d.maxQueue {
-		r := d.refusal(ReasonQueueFull)
-		d.forgetIdle(t)
-		d.mu.Unlock()
-		return nil, r
+		v := d.displaceable(cls)
+		if v == nil {
+			r := d.refusal(ReasonQueueFull)
+			d.forgetIdle(t)
+			d.mu.Unlock()
+			return nil, r
+		}
+		d.refuse(v, ReasonQueueFull)
+		t = d.tenant(req.Tenant) // v may have been t's last job
 	}
 	t.class, t.tier = cls, req.Tier
 	w := d.queue(&t.flows[cls], max(req.Cost, 1))
@@ -277,10 +289,54 @@ func (d *Dispatcher) Check(req Request) *Refusal {
 	if t := d.tenants[req.Tenant]; t != nil && t.running+t.waiting >= d.inFlight(&req) {
 		return d.refusal(ReasonTenantBusy)
 	}
-	if d.waiting >= d.maxQueue && (d.waiting > 0 || d.freeBackend() == nil) {
+	if d.waiting >= d.maxQueue && d.displaceable(req.class()) == nil {
 		return d.refusal(ReasonQueueFull)
 	}
 	return nil
+}
+
+// displaceable is the waiter a new job of class cls takes the place of
+// when the queue is full: in the lowest class below cls with jobs waiting,
+// the newest job of the tenant with the most jobs waiting there (ties: the
+// one whose turn comes last), never a job put back by Requeue; nil when
+// there is none. It takes O(jobs waiting).
+func (d *Dispatcher) displaceable(cls tenant.Class) *waiter {
+	for c := range int(cls) {
+		r := &d.rings[c]
+		if r.cur == nil {
+			continue
+		}
+		var victim *waiter
+		most := 0
+		for f := r.cur.prev; ; f = f.prev { // the last turn first
+			n := 0
+			var newest *waiter
+			for w := f.tail; w != nil; w = w.prev {
+				if !w.requeued {
+					newest = cmp.Or(newest, w)
+					n++
+				}
+			}
+			if n > most {
+				victim, most = newest, n
+			}
+			if f == r.cur {
+				break
+			}
+		}
+		if victim != nil {
+			return victim
+		}
+	}
+	return nil
+}
+
+// refuse takes w out of the queue and answers it with a refusal.
+func (d *Dispatcher) refuse(w *waiter, reason Reason) {
+	d.unqueue(w)
+	d.forgetIdle(w.flow.t)
+	w.err = d.refusal(reason)
+	w.ch <- nil
 }
 
 // position is 1 + the number of waiters to be handed a slot before w, were
@@ -361,10 +417,7 @@ func (d *Dispatcher) expire(w *waiter) {
 	if !w.queued {
 		return
 	}
-	d.unqueue(w)
-	d.forgetIdle(w.flow.t)
-	w.err = d.refusal(ReasonWaitTimeout)
-	w.ch <- nil
+	d.refuse(w, ReasonWaitTimeout)
 }
 
 // dispatch hands free slots to waiters while both last: to the class

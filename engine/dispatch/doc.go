@@ -29,7 +29,8 @@
 // class, slots go by deficit round robin over tenants, each tenant's jobs
 // in FIFO order, so a tenant flooding the queue gets its share and no
 // more; a job's cost weighs its share (a cost-3 job counts as three cost-1
-// jobs). The scheduler is work-conserving: a free slot never stays free
+// jobs). A job finding the queue full takes the place of a waiting job of
+// a lower class, which is refused. The scheduler is work-conserving: a free slot never stays free
 // while a job of any class waits, and a job finding a slot free and no
 // queue takes it at once, so low-class jobs keep an idle farm busy.
 //

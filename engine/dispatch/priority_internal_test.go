@@ -116,3 +116,30 @@ func TestPositionIsTheServingOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestRequeuedJobIsNotDisplaced: a full queue whose only lower-class job
+// was put back by Requeue refuses a high job rather than drop it.
+func TestRequeuedJobIsNotDisplaced(t *testing.T) {
+	d, err := New(Config{Backends: []BackendConfig{{Name: "gpu0"}}, MaxQueue: 1,
+		After: func(time.Duration, func()) func() bool { return func() bool { return true } }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _ := d.Acquire(context.Background(), Request{Tenant: "holder"})
+	d.mu.Lock()
+	w := &waiter{flow: &d.tenant("a").flows[tenant.Low], cost: 1, ch: make(chan *Lease, 1), requeued: true}
+	d.enqueueFront(w)
+	d.mu.Unlock()
+	high := Request{Tenant: "v", Class: tenant.High}
+	if r := d.Check(high); r == nil || r.Reason != ReasonQueueFull {
+		t.Fatalf("Check = %v, want queue_full", r)
+	}
+	if _, err := d.Acquire(context.Background(), high); err == nil {
+		t.Fatal("a high job displaced a re-queued one")
+	}
+	if !w.queued {
+		t.Fatal("the re-queued job left the queue")
+	}
+	held.Release(0)
+	(<-w.ch).Release(0)
+}

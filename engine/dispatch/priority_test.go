@@ -416,3 +416,63 @@ func TestRequeueKeepsTheClass(t *testing.T) {
 	wg.Wait()
 	checkIdle(t, d, 5)
 }
+
+// TestFullQueueMakesRoomForHigherClasses: a job finding the queue full
+// takes the place of the newest waiting job of a lower class, which is
+// refused queue_full; a job is never displaced by one of its own class;
+// Check says the same.
+func TestFullQueueMakesRoomForHigherClasses(t *testing.T) {
+	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1), MaxQueue: 3, TenantInFlight: 10})
+	held, _ := d.Acquire(context.Background(), dispatch.Request{Tenant: "holder"})
+	out := make(chan served, 8)
+	var wg sync.WaitGroup
+	submit(t, d, job{"low-a1", dispatch.Request{Tenant: "a", Class: tenant.Low}}, 1, out, &wg)
+	submit(t, d, job{"low-b1", dispatch.Request{Tenant: "b", Class: tenant.Low}}, 2, out, &wg)
+	submit(t, d, job{"low-a2", dispatch.Request{Tenant: "a", Class: tenant.Low}}, 3, out, &wg)
+	if r := d.Check(dispatch.Request{Tenant: "c", Class: tenant.Low}); r == nil || r.Reason != dispatch.ReasonQueueFull {
+		t.Fatalf("a low job at a queue full of low ones: %v", r)
+	}
+	if r := d.Check(dispatch.Request{Tenant: "v", Class: tenant.High}); r != nil {
+		t.Fatalf("a high job at a queue full of low ones: %v", r)
+	}
+	refused := func(want string) {
+		t.Helper()
+		s := <-out
+		if s.job.name != want || s.lease != nil {
+			t.Fatalf("%s answered (lease %v), want %s refused", s.job.name, s.lease, want)
+		}
+		refusal(t, s.err, dispatch.ReasonQueueFull)
+	}
+	// a has the most low jobs waiting: its newest goes.
+	submit(t, d, job{"high", dispatch.Request{Tenant: "v", Class: tenant.High}}, 3, out, &wg)
+	refused("low-a2")
+	submit(t, d, job{"medium-1", dispatch.Request{Tenant: "m", Class: tenant.Medium}}, 3, out, &wg)
+	refused("low-b1") // a tie of one each: b's turn comes last
+	submit(t, d, job{"medium-2", dispatch.Request{Tenant: "n", Class: tenant.Medium}}, 3, out, &wg)
+	refused("low-a1")
+	// Nothing below medium waits: a medium job is refused; a high one
+	// takes the place of a medium one.
+	if _, err := d.Acquire(context.Background(), dispatch.Request{Tenant: "o", Class: tenant.Medium}); err == nil {
+		t.Fatal("a medium job queued in a queue full of medium and high ones")
+	} else {
+		refusal(t, err, dispatch.ReasonQueueFull)
+	}
+	submit(t, d, job{"high-2", dispatch.Request{Tenant: "w", Class: tenant.High}}, 3, out, &wg)
+	refused("medium-2")
+	if s := d.Stats(); s.Classes[tenant.Low].Waiting != 0 || s.Classes[tenant.Medium].Waiting != 1 || s.Classes[tenant.High].Waiting != 2 {
+		t.Fatalf("classes %+v", s.Classes)
+	}
+	var got []string
+	l := held
+	for range 3 {
+		n := next(t, l, out)
+		got = append(got, n.job.name)
+		l = n.lease
+	}
+	l.Release(time.Second)
+	if fmt.Sprint(got) != "[high high-2 medium-1]" {
+		t.Errorf("served %v", got)
+	}
+	wg.Wait()
+	checkIdle(t, d, 4)
+}
