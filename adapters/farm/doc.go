@@ -2,8 +2,11 @@
 // healthy; cmd/sluice only parses the flags and wires it.
 //
 // Slots and queue: a dispatch.Dispatcher shares the backends' slots between
-// tenants (an exact number of slots per backend, a bounded queue fair
-// between tenants). A job holds its slot from its grant until ComfyUI has
+// tenants (an exact number of slots per backend, a bounded queue served by
+// priority class, fair between tenants inside a class, with a minimum share
+// for the lower classes). A job waits in its httpapi.Job.Class and counts
+// against its Job.InFlight (the tier's jobs at once; 0: Config.TenantInFlight).
+// A job holds its slot from its grant until ComfyUI has
 // executed it, or it ends any other way: the slot is released on every
 // path.
 //

@@ -35,8 +35,13 @@ type Config struct {
 	MaxQueue int
 	// MaxWait bounds how long a job waits for a slot, each time it waits.
 	MaxWait time.Duration
-	// TenantInFlight bounds the jobs one tenant has running or waiting.
+	// TenantInFlight bounds the jobs one tenant has running or waiting,
+	// for jobs that set no InFlight of their own (their tier's).
 	TenantInFlight int
+	// LowShare and MediumShare are the lower priority classes' minimum
+	// shares of the freed slots (0: the dispatch defaults); see
+	// dispatch.Config.
+	LowShare, MediumShare int
 
 	// Monitor receives every backend's GPU samples and says which backends
 	// are under GPU pressure (*engine.Engine); nil: no GPU samples, no
@@ -181,7 +186,8 @@ func (f *Farm) init(cfg Config, backends []backend) error {
 		f.names = append(f.names, name)
 		dcs = append(dcs, dispatch.BackendConfig{Name: name, Slots: cfg.Slots})
 	}
-	d, err := dispatch.New(dispatch.Config{Backends: dcs, MaxQueue: cfg.MaxQueue, MaxWait: cfg.MaxWait, TenantInFlight: cfg.TenantInFlight, Clock: f.clk})
+	d, err := dispatch.New(dispatch.Config{Backends: dcs, MaxQueue: cfg.MaxQueue, MaxWait: cfg.MaxWait, TenantInFlight: cfg.TenantInFlight,
+		LowShare: cfg.LowShare, MediumShare: cfg.MediumShare, Clock: f.clk})
 	if err != nil {
 		return fmt.Errorf("farm: %w", err)
 	}
@@ -207,7 +213,8 @@ func (f *Farm) Close() {
 func (f *Farm) Stats() dispatch.Stats { return f.d.Stats() }
 
 // Run waits for a slot, runs the job on that backend and frees the slot. A
-// refusal of the dispatcher is an *httpapi.BusyError.
+// refusal of the dispatcher is an *httpapi.BusyError. The job waits in its
+// Class, counted against its InFlight (0: Config.TenantInFlight).
 //
 // A job whose backend is taken out before the job started executing there
 // is removed from that ComfyUI's queue and goes back into the farm's queue
@@ -217,7 +224,7 @@ func (f *Farm) Stats() dispatch.Stats { return f.d.Stats() }
 // elsewhere. A job never runs on two backends at once.
 func (f *Farm) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result, error) {
 	cost := max(job.Cost, 1)
-	lease, err := f.d.AcquireWith(ctx, job.Tenant, cost, job.OnQueued)
+	lease, err := f.d.Acquire(ctx, request(job))
 	for rerun := false; ; {
 		if err != nil {
 			var r *dispatch.Refusal
@@ -316,13 +323,20 @@ func (f *Farm) runOn(ctx context.Context, lease *dispatch.Lease, job httpapi.Job
 	return res, nil, err
 }
 
-// Precheck says whether the farm would refuse job now, so that an async
-// job is answered with it at once rather than failing after its 202.
+// Precheck says whether the farm would refuse job now (its tenant at its
+// InFlight, the queue full, no backend), so that an async job is answered
+// with it at once rather than failing after its 202.
 func (f *Farm) Precheck(job httpapi.Job) error {
-	if r := f.d.Check(job.Tenant); r != nil {
+	if r := f.d.Check(request(job)); r != nil {
 		return busy(r)
 	}
 	return nil
+}
+
+// request is what job asks of the dispatcher.
+func request(job httpapi.Job) dispatch.Request {
+	return dispatch.Request{Tenant: job.Tenant, Tier: job.Tier, Class: job.Class, Cost: max(job.Cost, 1),
+		InFlight: job.InFlight, OnQueued: job.OnQueued}
 }
 
 // busy is a dispatch refusal as the HTTP API answers it.

@@ -205,19 +205,19 @@ func TestFarmPrecheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.Close)
-	if err := f.Precheck(httpapi.Job{Tenant: "192.0.2.1"}); err != nil {
+	if err := f.Precheck(generate("192.0.2.1")); err != nil {
 		t.Fatalf("an idle farm refuses: %v", err)
 	}
 	done := make(chan error, 2)
 	go func() { _, err := f.Run(context.Background(), generate("192.0.2.1")); done <- err }()
 	eventually(t, func() bool { return f.d.Stats().Backends[0].InUse == 1 })
 	var busy *httpapi.BusyError
-	if err := f.Precheck(httpapi.Job{Tenant: "192.0.2.1"}); !errors.As(err, &busy) || !busy.OverShare {
+	if err := f.Precheck(generate("192.0.2.1")); !errors.As(err, &busy) || !busy.OverShare {
 		t.Fatalf("a tenant at its cap: %v", err)
 	}
 	go func() { _, err := f.Run(context.Background(), generate("192.0.2.2")); done <- err }()
 	eventually(t, func() bool { return f.d.Stats().Queued == 1 })
-	if err := f.Precheck(httpapi.Job{Tenant: "192.0.2.3"}); !errors.As(err, &busy) || busy.OverShare {
+	if err := f.Precheck(generate("192.0.2.3")); !errors.As(err, &busy) || busy.OverShare {
 		t.Fatalf("slots taken and the queue full: %v", err)
 	}
 	for range 2 {

@@ -103,7 +103,7 @@ func BenchmarkOverload(b *testing.B) {
 					side, cost, gpu = 512, 2, large
 				}
 				running.Go(func() {
-					lease, err := d.Acquire(ctx, name, cost)
+					lease, err := d.Acquire(ctx, dispatch.Request{Tenant: name, Cost: cost})
 					var r *dispatch.Refusal
 					if errors.As(err, &r) {
 						n, _ := t.busy.LoadOrStore(r.Reason, new(atomic.Int64))

@@ -14,8 +14,8 @@ var ErrUnknownBackend = errors.New("dispatch: unknown backend")
 // without refusing: the job runs whether or not a slot is free, so the slot
 // is taken even if that fills the backend past its Slots (the backend then
 // gets no new job until enough adopted ones end). The job counts for tenant
-// as a running one (its cost weighs nothing once a slot is held, so Adopt
-// takes none). The caller holds the Lease until it calls Release, as for
+// as a running one of class Low (its cost and class weigh nothing once a
+// slot is held, so Adopt takes neither). The caller holds the Lease until it calls Release, as for
 // Acquire.
 //
 // Only an unknown backend is an error (ErrUnknownBackend); an unhealthy one
@@ -30,5 +30,6 @@ func (d *Dispatcher) Adopt(backendName, tenant string) (*Lease, error) {
 	t := d.tenant(tenant)
 	b.inUse++
 	t.running++
+	d.running[0]++
 	return &Lease{d: d, b: b, t: t}, nil
 }

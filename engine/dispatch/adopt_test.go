@@ -26,7 +26,7 @@ func TestAdoptHoldsTheSlot(t *testing.T) {
 	if st := d.Stats(); st.Backends[0].InUse != 2 || st.Backends[0].Started != 0 {
 		t.Fatalf("after two adoptions: %+v", st.Backends[0])
 	}
-	if _, err := d.Acquire(context.Background(), "old", 1); err == nil {
+	if _, err := d.Acquire(context.Background(), dispatch.Request{Tenant: "old", Cost: 1}); err == nil {
 		t.Fatal("the adopted jobs do not count for their tenant's cap")
 	} else {
 		refusal(t, err, dispatch.ReasonTenantBusy)
@@ -35,7 +35,7 @@ func TestAdoptHoldsTheSlot(t *testing.T) {
 	queued := make(chan func() int, 1)
 	got := make(chan *dispatch.Lease, 1)
 	go func() {
-		l, err := d.AcquireWith(context.Background(), "new", 1, func(p func() int) { queued <- p })
+		l, err := d.Acquire(context.Background(), dispatch.Request{Tenant: "new", Cost: 1, OnQueued: func(p func() int) { queued <- p }})
 		if err != nil {
 			t.Error(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine/dispatch"
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
 // BenchmarkAcquireRelease measures a job's way through the dispatcher with
@@ -23,7 +24,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		}
 		b.ReportAllocs()
 		for b.Loop() {
-			l, err := d.Acquire(ctx, "203.0.113.7", 1)
+			l, err := d.Acquire(ctx, dispatch.Request{Tenant: "203.0.113.7", Cost: 1})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -44,7 +45,31 @@ func BenchmarkAcquireRelease(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			tenant := "198.51.100." + strconv.FormatInt(n.Add(1), 10)
 			for pb.Next() {
-				l, err := d.Acquire(ctx, tenant, 1)
+				l, err := d.Acquire(ctx, dispatch.Request{Tenant: tenant, Cost: 1})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				l.Release(time.Millisecond)
+			}
+		})
+	})
+	b.Run("parallel classes", func(b *testing.B) {
+		// As parallel, the goroutines' tenants spread over the three
+		// priority classes with costs 1 to 3: the classes' choice and
+		// DRR by cost add no allocation.
+		d, err := dispatch.New(dispatch.Config{Backends: backends(2, 2), MaxQueue: 1 << 16})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var n atomic.Int64
+		b.SetParallelism(4)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := n.Add(1)
+			req := dispatch.Request{Tenant: "198.51.100." + strconv.FormatInt(i, 10), Class: tenant.Class(i % 3), Cost: 1 + int(i%3)}
+			for pb.Next() {
+				l, err := d.Acquire(ctx, req)
 				if err != nil {
 					b.Error(err)
 					return

@@ -20,13 +20,13 @@ func TestMaxWaitFollowsTheClock(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	held, err := d.Acquire(ctx, "a", 1)
+	held, err := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	served := make(chan error, 1)
 	go func() {
-		l, err := d.Acquire(ctx, "b", 1)
+		l, err := d.Acquire(ctx, dispatch.Request{Tenant: "b", Cost: 1})
 		if err == nil {
 			l.Release(0)
 		}
@@ -41,11 +41,11 @@ func TestMaxWaitFollowsTheClock(t *testing.T) {
 		t.Fatalf("%d timers left on the clock after the grant", n)
 	}
 
-	held, _ = d.Acquire(ctx, "a", 1)
+	held, _ = d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	defer held.Release(0)
 	refused := make(chan error, 1)
 	go func() {
-		_, err := d.Acquire(ctx, "b", 1)
+		_, err := d.Acquire(ctx, dispatch.Request{Tenant: "b", Cost: 1})
 		refused <- err
 	}()
 	waitQueued(d, 1)

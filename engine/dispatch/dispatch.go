@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine/clock"
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
 // Defaults for the zero fields of Config and BackendConfig.
@@ -21,6 +22,12 @@ const (
 	// DefaultJobTime is the job time RetryAfter estimates assume until a
 	// Release has measured one: about one DDColor job.
 	DefaultJobTime = 3 * time.Second
+	// DefaultLowShare and DefaultMediumShare are the lower classes'
+	// minimum shares: a waiting low-class job's class gets at least one
+	// hand-out in 10, a medium one's at least one in 5 of those that do
+	// not go to a lower class.
+	DefaultLowShare    = 10
+	DefaultMediumShare = 5
 )
 
 // BackendConfig describes one backend.
@@ -34,12 +41,35 @@ type BackendConfig struct {
 // Config configures a Dispatcher. Zero fields take the defaults above.
 type Config struct {
 	Backends []BackendConfig
-	// MaxQueue bounds the jobs waiting for a slot, over all tenants.
+	// MaxQueue bounds the jobs waiting for a slot, over all tenants. A
+	// job finding the queue full takes the place of a waiting job of a
+	// lower class, which is refused (see Acquire); with none, it is refused.
 	MaxQueue int
 	// MaxWait bounds how long a job waits for a slot.
 	MaxWait time.Duration
-	// TenantInFlight bounds the jobs one tenant has running or waiting.
+	// TenantInFlight bounds the jobs one tenant has running or waiting,
+	// for requests that set no InFlight of their own.
 	TenantInFlight int
+	// LowShare and MediumShare keep the lower priority classes from
+	// starving (0: DefaultLowShare and DefaultMediumShare; otherwise at
+	// least 2). Freed slots go to the highest class with jobs waiting,
+	// except that a class below High whose waiting jobs have been passed
+	// over by Share-1 hand-outs in a row to higher classes gets the next
+	// one (the lowest such class first). So, while a class has jobs
+	// waiting:
+	//
+	//   - low gets at least one hand-out in every LowShare, whatever
+	//     waits above it;
+	//   - medium gets at least one in every MediumShare hand-outs that do
+	//     not go to low (at most MediumShare-1 in a row go to high); low's
+	//     guaranteed ones come on top: with the defaults, medium gets at
+	//     least one in 6 of all hand-outs, since low takes at most one in
+	//     10 while a higher class waits.
+	//
+	// The bound counts hand-outs, not time: how long that is depends on
+	// the job times, and MaxWait still applies. A class is owed its share
+	// only while it has jobs waiting; one that empties starts again.
+	LowShare, MediumShare int
 	// Clock times the waits; nil means the system clock.
 	Clock clock.Clock
 	// After schedules f to run once after d and returns a function that
@@ -64,11 +94,14 @@ type Dispatcher struct {
 	totalSlots   int
 	healthySlots int
 
-	tenants map[string]*tenant // tenants with jobs running or waiting
-	cur     *tenant            // the DRR ring of tenants with waiters; see drr.go
+	tenants map[string]*tenantState // tenants with jobs running or waiting
+	rings   [classes]ring           // the DRR rings of flows with waiters, by class; see drr.go
 	waiting int
+	queued  [classes]int  // the jobs waiting, by class
+	running [classes]int  // the leases held, by class
+	passed  [classes]int  // see nextClass
+	share   [classes]int  // the Config's shares, by class (High's unused)
 	avgJob  time.Duration // 0 until measured
-	seq     uint64        // numbers waiters in the order they queued
 }
 
 type backend struct {
@@ -97,6 +130,12 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.TenantInFlight < 0 {
 		errs = append(errs, fmt.Errorf("dispatch: tenant_in_flight: must be >= 0, got %d", cfg.TenantInFlight))
 	}
+	if cfg.LowShare < 0 || cfg.LowShare == 1 {
+		errs = append(errs, fmt.Errorf("dispatch: low_share: must be 0 (default %d) or >= 2, got %d", DefaultLowShare, cfg.LowShare))
+	}
+	if cfg.MediumShare < 0 || cfg.MediumShare == 1 {
+		errs = append(errs, fmt.Errorf("dispatch: medium_share: must be 0 (default %d) or >= 2, got %d", DefaultMediumShare, cfg.MediumShare))
+	}
 	d := &Dispatcher{
 		clock:     clock.Or(cfg.Clock),
 		after:     cfg.After,
@@ -104,8 +143,10 @@ func New(cfg Config) (*Dispatcher, error) {
 		maxWait:   cmp.Or(cfg.MaxWait, DefaultMaxWait),
 		tenantCap: cmp.Or(cfg.TenantInFlight, DefaultTenantInFlight),
 		byName:    make(map[string]*backend, len(cfg.Backends)),
-		tenants:   make(map[string]*tenant),
+		tenants:   make(map[string]*tenantState),
 	}
+	d.share[tenant.Low] = cmp.Or(cfg.LowShare, DefaultLowShare)
+	d.share[tenant.Medium] = cmp.Or(cfg.MediumShare, DefaultMediumShare)
 	if d.after == nil {
 		d.after = afterOn(d.clock)
 	}
@@ -134,24 +175,62 @@ func New(cfg Config) (*Dispatcher, error) {
 	return d, nil
 }
 
-// Acquire takes a slot for one job of tenant, waiting for one if none is
-// free. A cost below 1 counts as 1.
-//
-// It returns a *Refusal when the queue is full, the tenant has
-// TenantInFlight jobs running or waiting, no backend is healthy, or no slot
-// came within MaxWait; and ctx.Err() when ctx ends first, the job's place in
-// the queue removed. Otherwise the caller holds the Lease until it calls
-// Release.
-func (d *Dispatcher) Acquire(ctx context.Context, tenant string, cost int) (*Lease, error) {
-	return d.AcquireWith(ctx, tenant, cost, nil)
+// Request is one job asking for a slot.
+type Request struct {
+	// Tenant is who the job is for: what TenantInFlight and the fair
+	// shares count.
+	Tenant string
+	// Tier names the tenant's service tier, for Stats only.
+	Tier string
+	// Class is the job's priority class: a higher class is served first
+	// (see Config.LowShare for the lower classes' minimum share). Out of
+	// range: the nearest class.
+	Class tenant.Class
+	// Cost weighs the job in the tenant's fair share; below 1 counts as 1.
+	Cost int
+	// InFlight bounds the jobs the tenant has running or waiting, this one
+	// included (the tier's jobs at once); 0 or less: Config.TenantInFlight.
+	InFlight int
+	// OnQueued, if set, is called when the job has to wait, before it
+	// waits, with a function telling its place in the queue: see
+	// Dispatcher.Acquire.
+	OnQueued func(position func() int)
 }
 
-// AcquireWith is Acquire that, when the job has to wait, calls onQueued
-// (before waiting) with a function telling its place in the queue: 1 for
-// the next in arrival order among the jobs waiting, 0 once it no longer
-// waits. Deficit round robin may serve a later job of another tenant first,
-// so the place is an estimate, and it only decreases.
-func (d *Dispatcher) AcquireWith(ctx context.Context, tenant string, cost int, onQueued func(position func() int)) (*Lease, error) {
+// class is req's class, brought into range.
+func (req *Request) class() tenant.Class { return min(max(req.Class, tenant.Low), tenant.High) }
+
+// inFlight is req's cap on its tenant's jobs.
+func (d *Dispatcher) inFlight(req *Request) int {
+	if req.InFlight > 0 {
+		return req.InFlight
+	}
+	return d.tenantCap
+}
+
+// Acquire takes a slot for one job, waiting for one if none is free: a
+// free slot is taken at once whatever the job's class (the queue is then
+// empty), so low-class jobs keep an idle farm busy.
+//
+// It returns a *Refusal when the queue is full, the tenant has its
+// InFlight jobs running or waiting, no backend is healthy, or no slot came
+// within MaxWait; and ctx.Err() when ctx ends first, the job's place in the
+// queue removed. A full queue refuses a job only when no job of a lower
+// class waits: otherwise the job takes the place of one of them (in the
+// lowest such class, the newest job of the tenant with the most jobs
+// waiting there; never one put back by Requeue), which is refused with
+// ReasonQueueFull. So low-class jobs filling the queue never shut out the
+// higher classes. Otherwise the caller holds the Lease until it calls
+// Release.
+//
+// When the job has to wait, req.OnQueued is called with a function telling
+// its place in the queue: 1 + the number of jobs that will be handed a
+// slot before it, in the real serving order (classes, minimum shares,
+// deficit round robin), were no job to come or go; 0 once it no longer
+// waits. A job leaving the queue or being served moves it up; a new job
+// can move it down: one of a higher class, or of another tenant of its
+// class whose turn comes before its own. Asking costs O(jobs waiting).
+func (d *Dispatcher) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -161,77 +240,140 @@ func (d *Dispatcher) AcquireWith(ctx context.Context, tenant string, cost int, o
 		d.mu.Unlock()
 		return nil, r
 	}
-	t := d.tenant(tenant)
-	if t.running+t.waiting >= d.tenantCap {
+	t := d.tenant(req.Tenant)
+	if t.running+t.waiting >= d.inFlight(&req) {
 		r := d.refusal(ReasonTenantBusy)
+		d.forgetIdle(t)
 		d.mu.Unlock()
 		return nil, r
 	}
+	cls := req.class()
 	if d.waiting == 0 {
 		if b := d.freeBackend(); b != nil {
-			d.seq++
-			l := d.grant(b, t, 0, d.seq)
+			t.class, t.tier = cls, req.Tier
+			l := d.grant(b, t, cls, 0)
 			d.mu.Unlock()
 			return l, nil
 		}
 	}
 	if d.waiting >= d.maxQueue {
-		r := d.refusal(ReasonQueueFull)
-		d.forgetIdle(t)
-		d.mu.Unlock()
-		return nil, r
+		v := d.displaceable(cls)
+		if v == nil {
+			r := d.refusal(ReasonQueueFull)
+			d.forgetIdle(t)
+			d.mu.Unlock()
+			return nil, r
+		}
+		d.refuse(v, ReasonQueueFull)
+		t = d.tenant(req.Tenant) // v may have been t's last job
 	}
-	w := d.queue(t, max(cost, 1))
+	t.class, t.tier = cls, req.Tier
+	w := d.queue(&t.flows[cls], max(req.Cost, 1))
 	d.mu.Unlock()
-	if onQueued != nil {
-		onQueued(func() int { return d.position(w) })
+	if req.OnQueued != nil {
+		req.OnQueued(func() int { return d.position(w) })
 	}
 	return d.wait(ctx, w)
 }
 
-// Check says whether Acquire would refuse a job of tenant right now, and
-// why, without queueing anything: for callers that must answer before they
-// hand the job over (an async request's 202). The answer can change by the
-// time they call Acquire.
-func (d *Dispatcher) Check(tenant string) *Refusal {
+// Check says whether Acquire would refuse req right now, and why, without
+// queueing anything: for callers that must answer before they hand the job
+// over (an async request's 202). The answer can change by the time they
+// call Acquire.
+func (d *Dispatcher) Check(req Request) *Refusal {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.healthySlots == 0 {
 		return d.refusal(ReasonNoBackend)
 	}
-	if t := d.tenants[tenant]; t != nil && t.running+t.waiting >= d.tenantCap {
+	if t := d.tenants[req.Tenant]; t != nil && t.running+t.waiting >= d.inFlight(&req) {
 		return d.refusal(ReasonTenantBusy)
 	}
-	if d.waiting >= d.maxQueue && (d.waiting > 0 || d.freeBackend() == nil) {
+	if d.waiting >= d.maxQueue && d.displaceable(req.class()) == nil {
 		return d.refusal(ReasonQueueFull)
 	}
 	return nil
 }
 
-// position is w's place among the waiters in arrival order; 0 when it no
-// longer waits.
+// displaceable is the waiter a new job of class cls takes the place of
+// when the queue is full: in the lowest class below cls with jobs waiting,
+// the newest job of the tenant with the most jobs waiting there (ties: the
+// one whose turn comes last), never a job put back by Requeue; nil when
+// there is none. It takes O(jobs waiting).
+func (d *Dispatcher) displaceable(cls tenant.Class) *waiter {
+	for c := range int(cls) {
+		r := &d.rings[c]
+		if r.cur == nil {
+			continue
+		}
+		var victim *waiter
+		most := 0
+		for f := r.cur.prev; ; f = f.prev { // the last turn first
+			n := 0
+			var newest *waiter
+			for w := f.tail; w != nil; w = w.prev {
+				if !w.requeued {
+					newest = cmp.Or(newest, w)
+					n++
+				}
+			}
+			if n > most {
+				victim, most = newest, n
+			}
+			if f == r.cur {
+				break
+			}
+		}
+		if victim != nil {
+			return victim
+		}
+	}
+	return nil
+}
+
+// refuse takes w out of the queue and answers it with a refusal.
+func (d *Dispatcher) refuse(w *waiter, reason Reason) {
+	d.unqueue(w)
+	d.forgetIdle(w.flow.t)
+	w.err = d.refusal(reason)
+	w.ch <- nil
+}
+
+// position is 1 + the number of waiters to be handed a slot before w, were
+// none to come or go; 0 when w no longer waits. Within w's class that is
+// DRR's order (ring.ahead); between classes, nextClass's, played out on
+// the counts of waiters per class.
 func (d *Dispatcher) position(w *waiter) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !w.queued {
 		return 0
 	}
-	pos := 1
-	for _, t := range d.tenants {
-		for o := t.head; o != nil; o = o.next {
-			if o.queued && o.seq < w.seq {
-				pos++
+	c := int(w.flow.class)
+	left := d.rings[c].ahead(w)
+	pos := 1 + left
+	waiting, passed := d.queued, d.passed
+	for {
+		g := nextClass(&d.share, &waiting, &passed)
+		if g == c {
+			if left == 0 {
+				return pos
 			}
+			left--
+		} else {
+			pos++
+		}
+		served(g, &waiting, &passed)
+		if waiting[g]--; waiting[g] == 0 {
+			passed[g] = 0
 		}
 	}
-	return pos
 }
 
-// queue puts a new waiter for t at the end of t's FIFO and starts its
-// MaxWait timer.
-func (d *Dispatcher) queue(t *tenant, cost int) *waiter {
-	d.seq++
-	w := &waiter{tenant: t, cost: cost, queuedAt: d.clock.Now(), ch: make(chan *Lease, 1), seq: d.seq}
+// queue puts a new waiter at the end of f's FIFO and starts its MaxWait
+// timer.
+func (d *Dispatcher) queue(f *flow, cost int) *waiter {
+	w := &waiter{flow: f, cost: cost, queuedAt: d.clock.Now(), ch: make(chan *Lease, 1)}
 	d.enqueue(w)
 	w.stop = d.after(d.maxWait, func() { d.expire(w) })
 	return w
@@ -256,7 +398,7 @@ func (d *Dispatcher) abandon(w *waiter, err error) error {
 	d.mu.Lock()
 	if w.queued {
 		d.unqueue(w)
-		d.forgetIdle(w.tenant)
+		d.forgetIdle(w.flow.t)
 		d.mu.Unlock()
 		return err
 	}
@@ -275,24 +417,24 @@ func (d *Dispatcher) expire(w *waiter) {
 	if !w.queued {
 		return
 	}
-	d.unqueue(w)
-	d.forgetIdle(w.tenant)
-	w.err = d.refusal(ReasonWaitTimeout)
-	w.ch <- nil
+	d.refuse(w, ReasonWaitTimeout)
 }
 
-// dispatch hands free slots to waiters, in DRR order, while both last.
+// dispatch hands free slots to waiters while both last: to the class
+// nextClass says, and in it in DRR order.
 func (d *Dispatcher) dispatch() {
-	for d.cur != nil {
+	for d.waiting > 0 {
 		b := d.freeBackend()
 		if b == nil {
 			return
 		}
-		w := d.pick()
-		t := w.tenant
-		t.deficit -= w.cost
+		g := nextClass(&d.share, &d.queued, &d.passed)
+		served(g, &d.queued, &d.passed)
+		w := d.rings[g].pick()
+		f := w.flow
+		f.deficit -= w.cost
 		d.unqueue(w)
-		w.ch <- d.grant(b, t, d.clock.Now().Sub(w.queuedAt), w.seq)
+		w.ch <- d.grant(b, f.t, f.class, d.clock.Now().Sub(w.queuedAt))
 	}
 }
 
@@ -317,21 +459,25 @@ func (d *Dispatcher) freeBackend() *backend {
 	return best
 }
 
-// grant gives t a slot on b for its job numbered seq in arrival order.
-func (d *Dispatcher) grant(b *backend, t *tenant, waited time.Duration, seq uint64) *Lease {
+// grant gives t a slot on b for its job of class cls.
+func (d *Dispatcher) grant(b *backend, t *tenantState, cls tenant.Class, waited time.Duration) *Lease {
 	b.inUse++
 	b.started++
 	t.running++
-	return &Lease{d: d, b: b, t: t, waited: waited, seq: seq}
+	d.running[cls]++
+	return &Lease{d: d, b: b, t: t, class: cls, waited: waited}
 }
 
 // tenant returns name's tenant, adding it when it has nothing in flight.
-func (d *Dispatcher) tenant(name string) *tenant {
+func (d *Dispatcher) tenant(name string) *tenantState {
 	t := d.tenants[name]
 	if t == nil {
-		t = &tenant{name: name}
+		t = &tenantState{name: name}
+		for c := range t.flows {
+			t.flows[c] = flow{t: t, class: tenant.Class(c)}
+		}
 		if d.tenants == nil {
-			d.tenants = make(map[string]*tenant)
+			d.tenants = make(map[string]*tenantState)
 		}
 		d.tenants[name] = t
 	}
@@ -340,7 +486,7 @@ func (d *Dispatcher) tenant(name string) *tenant {
 
 // forgetIdle drops t once it has nothing running or waiting, so the map
 // holds only tenants in flight however many come and go.
-func (d *Dispatcher) forgetIdle(t *tenant) {
+func (d *Dispatcher) forgetIdle(t *tenantState) {
 	if t.running == 0 && t.waiting == 0 && d.tenants[t.name] == t {
 		delete(d.tenants, t.name)
 	}
@@ -395,15 +541,17 @@ func (d *Dispatcher) SetHealthy(name string, healthy bool) {
 func (d *Dispatcher) refuseWaiters(reason Reason) {
 	var refused []*waiter
 	for _, t := range d.tenants {
-		for w := t.head; w != nil; w = w.next {
-			if !w.requeued {
-				refused = append(refused, w)
+		for c := range t.flows {
+			for w := t.flows[c].head; w != nil; w = w.next {
+				if !w.requeued {
+					refused = append(refused, w)
+				}
 			}
 		}
 	}
 	for _, w := range refused {
 		d.unqueue(w)
-		d.forgetIdle(w.tenant)
+		d.forgetIdle(w.flow.t)
 	}
 	for _, w := range refused {
 		w.err = d.refusal(reason)
@@ -434,6 +582,9 @@ type Stats struct {
 	Backends []BackendStats // sorted by name
 	// Queued is the number of jobs waiting for a slot.
 	Queued int
+	// Classes counts the jobs waiting and running by priority class,
+	// indexed by tenant.Class (Low first).
+	Classes []ClassStats
 	// Tenants lists the tenants with jobs running or waiting, by name.
 	Tenants []TenantStats
 	// AvgJobTime is the measured average job time; 0 before any.
@@ -452,9 +603,19 @@ type BackendStats struct {
 	Started uint64
 }
 
+// ClassStats counts one priority class's jobs.
+type ClassStats struct {
+	Class   tenant.Class
+	Waiting int
+	Running int
+}
+
 // TenantStats describes one tenant's jobs.
 type TenantStats struct {
-	Tenant  string
+	Tenant string
+	// Tier and Class are those of the tenant's latest job.
+	Tier    string
+	Class   tenant.Class
 	Waiting int
 	Running int
 }
@@ -466,14 +627,18 @@ func (d *Dispatcher) Stats() Stats {
 	s := Stats{
 		Backends:   make([]BackendStats, 0, len(d.backends)),
 		Queued:     d.waiting,
+		Classes:    make([]ClassStats, classes),
 		Tenants:    make([]TenantStats, 0, len(d.tenants)),
 		AvgJobTime: d.avgJob,
+	}
+	for c := range s.Classes {
+		s.Classes[c] = ClassStats{Class: tenant.Class(c), Waiting: d.queued[c], Running: d.running[c]}
 	}
 	for _, b := range d.backends {
 		s.Backends = append(s.Backends, BackendStats{Name: b.name, Slots: b.slots, InUse: b.inUse, Healthy: b.healthy, Pressure: b.pressure, Started: b.started})
 	}
 	for _, t := range d.tenants {
-		s.Tenants = append(s.Tenants, TenantStats{Tenant: t.name, Waiting: t.waiting, Running: t.running})
+		s.Tenants = append(s.Tenants, TenantStats{Tenant: t.name, Tier: t.tier, Class: t.class, Waiting: t.waiting, Running: t.running})
 	}
 	slices.SortFunc(s.Tenants, func(a, b TenantStats) int { return cmp.Compare(a.Tenant, b.Tenant) })
 	return s

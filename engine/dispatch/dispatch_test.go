@@ -28,6 +28,8 @@ func TestNewRejects(t *testing.T) {
 		{"negative queue", dispatch.Config{Backends: backends(1), MaxQueue: -1}, "max_queue: must be >= 0, got -1"},
 		{"negative wait", dispatch.Config{Backends: backends(1), MaxWait: -time.Second}, "max_wait: must be >= 0, got -1s"},
 		{"negative tenant cap", dispatch.Config{Backends: backends(1), TenantInFlight: -2}, "tenant_in_flight: must be >= 0, got -2"},
+		{"low share of one", dispatch.Config{Backends: backends(1), LowShare: 1}, "low_share: must be 0 (default 10) or >= 2, got 1"},
+		{"negative medium share", dispatch.Config{Backends: backends(1), MediumShare: -1}, "medium_share: must be 0 (default 5) or >= 2, got -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, err := dispatch.New(tc.cfg)
@@ -48,7 +50,7 @@ func TestDefaults(t *testing.T) {
 	ctx := context.Background()
 	var held []*dispatch.Lease
 	for i := range 4 { // every slot, one tenant each
-		l, err := d.Acquire(ctx, fmt.Sprint("held", i), 1)
+		l, err := d.Acquire(ctx, dispatch.Request{Tenant: fmt.Sprint("held", i), Cost: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,13 +61,13 @@ func TestDefaults(t *testing.T) {
 	// DefaultTenantInFlight: 2.
 	acquireAsync(d, ctx, "x", 0, 1, 1, out, &wg)
 	acquireAsync(d, ctx, "x", 1, 1, 2, out, &wg)
-	_, err := d.Acquire(ctx, "x", 1)
+	_, err := d.Acquire(ctx, dispatch.Request{Tenant: "x", Cost: 1})
 	refusal(t, err, dispatch.ReasonTenantBusy)
 	// DefaultMaxQueue: 64.
 	for i := 2; i < dispatch.DefaultMaxQueue; i++ {
 		acquireAsync(d, ctx, fmt.Sprint("q", i), 0, 1, i+1, out, &wg)
 	}
-	_, err = d.Acquire(ctx, "y", 1)
+	_, err = d.Acquire(ctx, dispatch.Request{Tenant: "y", Cost: 1})
 	refusal(t, err, dispatch.ReasonQueueFull)
 	// DefaultMaxWait: 30s.
 	if got := ts.duration(0); got != dispatch.DefaultMaxWait {
@@ -87,7 +89,7 @@ func TestDefaults(t *testing.T) {
 
 func TestZeroDispatcherRefuses(t *testing.T) {
 	var d dispatch.Dispatcher
-	_, err := d.Acquire(context.Background(), "a", 1)
+	_, err := d.Acquire(context.Background(), dispatch.Request{Tenant: "a", Cost: 1})
 	if r := refusal(t, err, dispatch.ReasonNoBackend); r.RetryAfter <= 0 {
 		t.Errorf("RetryAfter = %v, want > 0", r.RetryAfter)
 	}
@@ -109,7 +111,7 @@ func TestSlotCapUnderContention(t *testing.T) {
 		wg.Go(func() {
 			tenant := "t" + string(rune('a'+g%7))
 			for range rounds {
-				l, err := d.Acquire(ctx, tenant, 1+g%3)
+				l, err := d.Acquire(ctx, dispatch.Request{Tenant: tenant, Cost: 1 + g%3})
 				if err != nil {
 					t.Error(err)
 					return
@@ -153,7 +155,7 @@ func TestCancelRacesHandOff(t *testing.T) {
 					cancel()
 					close(done)
 				}()
-				l, err := d.Acquire(ctx, "t"+string(rune('a'+g%5)), 1)
+				l, err := d.Acquire(ctx, dispatch.Request{Tenant: "t" + string(rune('a'+g%5)), Cost: 1})
 				if err == nil {
 					i := int(l.Backend()[3] - '0')
 					if n := running[i].Add(1); n > int32(i+1) {
@@ -208,7 +210,7 @@ func handOuts(t *testing.T, jobs []struct {
 	}
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1), MaxQueue: total, TenantInFlight: total})
 	ctx := context.Background()
-	blocker, err := d.Acquire(ctx, "blocker", 1)
+	blocker, err := d.Acquire(ctx, dispatch.Request{Tenant: "blocker", Cost: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,12 +299,12 @@ func TestRefusals(t *testing.T) {
 	ctx := context.Background()
 	t.Run("queue full", func(t *testing.T) {
 		d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1), MaxQueue: 2, TenantInFlight: 10})
-		held, _ := d.Acquire(ctx, "a", 1)
+		held, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 		out := make(chan result, 2)
 		var wg sync.WaitGroup
 		acquireAsync(d, ctx, "a", 0, 1, 1, out, &wg)
 		acquireAsync(d, ctx, "b", 0, 1, 2, out, &wg)
-		_, err := d.Acquire(ctx, "c", 1)
+		_, err := d.Acquire(ctx, dispatch.Request{Tenant: "c", Cost: 1})
 		if r := refusal(t, err, dispatch.ReasonQueueFull); r.RetryAfter <= 0 {
 			t.Errorf("RetryAfter = %v, want > 0", r.RetryAfter)
 		}
@@ -314,11 +316,11 @@ func TestRefusals(t *testing.T) {
 	})
 	t.Run("tenant busy", func(t *testing.T) {
 		d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1), TenantInFlight: 2})
-		held, _ := d.Acquire(ctx, "a", 1)
+		held, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 		out := make(chan result, 1)
 		var wg sync.WaitGroup
 		acquireAsync(d, ctx, "a", 0, 1, 1, out, &wg)
-		_, err := d.Acquire(ctx, "a", 1)
+		_, err := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 		refusal(t, err, dispatch.ReasonTenantBusy)
 		if s := d.Stats(); s.Queued != 1 {
 			t.Errorf("queued %d, want 1", s.Queued)
@@ -329,7 +331,7 @@ func TestRefusals(t *testing.T) {
 		d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1, 1)})
 		d.SetHealthy("gpu0", false)
 		d.SetHealthy("gpu1", false)
-		_, err := d.Acquire(ctx, "a", 1)
+		_, err := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 		if r := refusal(t, err, dispatch.ReasonNoBackend); r.RetryAfter <= 0 {
 			t.Errorf("RetryAfter = %v, want > 0", r.RetryAfter)
 		}
@@ -339,7 +341,7 @@ func TestRefusals(t *testing.T) {
 		d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1)})
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := d.Acquire(cctx, "a", 1); !errors.Is(err, context.Canceled) {
+		if _, err := d.Acquire(cctx, dispatch.Request{Tenant: "a", Cost: 1}); !errors.Is(err, context.Canceled) {
 			t.Fatalf("err = %v, want context.Canceled", err)
 		}
 		checkIdle(t, d, 0)
@@ -363,7 +365,7 @@ func drain(t *testing.T, held *dispatch.Lease, out chan result, wg *sync.WaitGro
 func TestWaitTimeout(t *testing.T) {
 	ctx := context.Background()
 	d, _, ts := newDispatcher(t, dispatch.Config{Backends: backends(1), MaxWait: 5 * time.Second})
-	held, _ := d.Acquire(ctx, "a", 1)
+	held, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	out := make(chan result, 2)
 	var wg sync.WaitGroup
 	acquireAsync(d, ctx, "b", 0, 1, 1, out, &wg)
@@ -406,7 +408,7 @@ func TestWaitTimeout(t *testing.T) {
 func TestCancelWhileQueued(t *testing.T) {
 	ctx := context.Background()
 	d, _, ts := newDispatcher(t, dispatch.Config{Backends: backends(1)})
-	held, _ := d.Acquire(ctx, "a", 1)
+	held, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	out := make(chan result, 2)
 	var wg sync.WaitGroup
 	cctx, cancel := context.WithCancel(ctx)
@@ -440,7 +442,7 @@ func TestHealth(t *testing.T) {
 		d.SetHealthy("gpu0", false)
 		var leases []*dispatch.Lease
 		for range 2 {
-			l, err := d.Acquire(ctx, "a", 1)
+			l, err := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -478,7 +480,7 @@ func TestHealth(t *testing.T) {
 		var got []string
 		var leases []*dispatch.Lease
 		for range 5 {
-			l, err := d.Acquire(ctx, "a", 1)
+			l, err := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -493,7 +495,7 @@ func TestHealth(t *testing.T) {
 		leases[3].Release(time.Second) // a: 1 free, 2 started
 		leases[2].Release(time.Second) // c: 1 free, 1 started
 		leases[4].Release(time.Second) // b: 1 free, 2 started
-		l, _ := d.Acquire(ctx, "a", 1)
+		l, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 		if l.Backend() != "c" {
 			t.Errorf("backend %s, want c: the fewest jobs started", l.Backend())
 		}
@@ -507,7 +509,7 @@ func TestHealth(t *testing.T) {
 func TestReleaseTwice(t *testing.T) {
 	ctx := context.Background()
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1), TenantInFlight: 10})
-	l, _ := d.Acquire(ctx, "a", 1)
+	l, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	out := make(chan result, 2)
 	var wg sync.WaitGroup
 	acquireAsync(d, ctx, "b", 0, 1, 1, out, &wg)
@@ -532,7 +534,7 @@ func TestReleaseTwice(t *testing.T) {
 func TestWaited(t *testing.T) {
 	ctx := context.Background()
 	d, clk, _ := newDispatcher(t, dispatch.Config{Backends: backends(1)})
-	held, _ := d.Acquire(ctx, "a", 1)
+	held, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	if held.Waited() != 0 {
 		t.Errorf("Waited = %v for a free slot, want 0", held.Waited())
 	}
@@ -555,18 +557,18 @@ func TestRetryAfter(t *testing.T) {
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1, 1), TenantInFlight: 1, MaxQueue: 100})
 	busy := func() time.Duration {
 		t.Helper()
-		_, err := d.Acquire(ctx, "x", 1) // x holds a slot: at its cap
+		_, err := d.Acquire(ctx, dispatch.Request{Tenant: "x", Cost: 1}) // x holds a slot: at its cap
 		return refusal(t, err, dispatch.ReasonTenantBusy).RetryAfter
 	}
-	x, _ := d.Acquire(ctx, "x", 1)
-	y, _ := d.Acquire(ctx, "y", 1)
+	x, _ := d.Acquire(ctx, dispatch.Request{Tenant: "x", Cost: 1})
+	y, _ := d.Acquire(ctx, dispatch.Request{Tenant: "y", Cost: 1})
 	// Before any measurement: DefaultJobTime.
 	if got, want := busy(), dispatch.DefaultJobTime/2; got != want {
 		t.Errorf("empty queue, no measurement: %v, want %v", got, want)
 	}
 	// A measured job time replaces the default.
 	y.Release(10 * time.Second)
-	y, _ = d.Acquire(ctx, "y", 1)
+	y, _ = d.Acquire(ctx, dispatch.Request{Tenant: "y", Cost: 1})
 	if got, want := busy(), 5*time.Second; got != want {
 		t.Errorf("empty queue, 10s jobs on 2 slots: %v, want %v", got, want)
 	}

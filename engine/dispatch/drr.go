@@ -3,39 +3,63 @@ package dispatch
 import (
 	"math"
 	"time"
+
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
-// The wait queue: deficit round robin over tenants, a FIFO of waiters each.
+// The wait queue: one ring per priority class, deficit round robin over
+// flows (a tenant's jobs of one class), a FIFO of waiters each.
 //
-// Tenants with waiters form a ring; d.cur is the tenant whose turn it is,
-// and it has had its quantum for this turn. A tenant's turn lasts while its
-// deficit covers the cost of its first waiter; then the turn passes to the
-// next tenant, which gains a quantum. A tenant joins the ring at the end of
-// the current round, and leaves it, its deficit cleared, when its FIFO
-// empties. Slots are handed out one at a time, so the DRR state carries
+// A class's flows with waiters form a ring; ring.cur is the flow whose turn
+// it is, and it has had its quantum for this turn. A flow's turn lasts
+// while its deficit covers the cost of its first waiter; then the turn
+// passes to the next flow, which gains a quantum. A flow joins the ring at
+// the end of the current round, and leaves it, its deficit cleared, when its
+// FIFO empties. Slots are handed out one at a time, so the DRR state carries
 // over between hand-outs.
+//
+// Which class a freed slot goes to is nextClass's rule (see Config.LowShare).
 
-// quantum is what a tenant's deficit gains per turn: one cost unit, so
+// quantum is what a flow's deficit gains per turn: one cost unit, so
 // tenants with cost-1 jobs alternate one job each.
 const quantum = 1
 
-type tenant struct {
+// classes is the number of priority classes, tenant.Low to tenant.High.
+const classes = int(tenant.High) + 1
+
+// tenantState is one tenant's jobs in flight, over all classes.
+type tenantState struct {
 	name    string
 	running int
 	waiting int
-	// The tenant's waiters, oldest first.
+	// class and tier are those of the tenant's latest request (Stats).
+	class tenant.Class
+	tier  string
+	// flows holds the tenant's waiters, one flow per class.
+	flows [classes]flow
+}
+
+// flow is a tenant's waiters of one class, in the class's DRR ring.
+type flow struct {
+	t     *tenantState
+	class tenant.Class
+	// The waiters, oldest first.
 	head, tail *waiter
 	deficit    int
-	// Links in the ring, while waiting > 0.
-	prev, next *tenant
+	// Links in the class's ring, while the flow has waiters.
+	prev, next *flow
+}
+
+// ring is one class's DRR ring.
+type ring struct {
+	cur *flow // the flow whose turn it is; nil when none waits
 }
 
 type waiter struct {
-	tenant   *tenant
+	flow     *flow
 	cost     int
 	queuedAt time.Time
-	seq      uint64 // arrival order
-	// Links in the tenant's FIFO.
+	// Links in the flow's FIFO.
 	prev, next *waiter
 	// queued is true from enqueue to unqueue; guarded by d.mu.
 	queued bool
@@ -49,120 +73,129 @@ type waiter struct {
 }
 
 func (d *Dispatcher) enqueue(w *waiter) {
-	t := w.tenant
+	f := w.flow
 	w.queued = true
-	if t.tail == nil {
-		t.head, t.tail = w, w
-		d.join(t)
+	if f.tail == nil {
+		f.head, f.tail = w, w
+		d.rings[f.class].join(f)
 	} else {
-		w.prev = t.tail
-		t.tail.next = w
-		t.tail = w
+		w.prev = f.tail
+		f.tail.next = w
+		f.tail = w
 	}
-	t.waiting++
-	d.waiting++
+	d.counted(w, +1)
 }
 
-// enqueueFront puts w first in its tenant's FIFO. A tenant that had no
-// waiter joins the ring in front of the current tenant and takes the turn,
-// with a deficit of exactly w's cost; the current tenant's turn resumes
-// after it as it was.
+// enqueueFront puts w first in its flow's FIFO. A flow that had no waiter
+// joins its ring in front of the current flow and takes the turn, with a
+// deficit of exactly w's cost; the current flow's turn resumes after it as
+// it was.
 func (d *Dispatcher) enqueueFront(w *waiter) {
-	t := w.tenant
+	f := w.flow
 	w.queued = true
-	if t.head == nil {
-		t.head, t.tail = w, w
-		if d.cur == nil {
-			d.join(t)
+	if f.head == nil {
+		f.head, f.tail = w, w
+		r := &d.rings[f.class]
+		if r.cur == nil {
+			r.join(f)
 		} else {
-			last := d.cur.prev
-			t.prev, t.next = last, d.cur
-			last.next = t
-			d.cur.prev = t
-			// The turn comes back to the current tenant with a quantum
+			last := r.cur.prev
+			f.prev, f.next = last, r.cur
+			last.next = f
+			r.cur.prev = f
+			// The turn comes back to the current flow with a quantum
 			// (leave or pick add one): take it now, so that its deficit
 			// is as it was.
-			d.cur.deficit -= quantum
-			d.cur = t
+			r.cur.deficit -= quantum
+			r.cur = f
 		}
-		t.deficit = max(w.cost, quantum)
+		f.deficit = max(w.cost, quantum)
 	} else {
-		w.next = t.head
-		t.head.prev = w
-		t.head = w
+		w.next = f.head
+		f.head.prev = w
+		f.head = w
 	}
-	t.waiting++
-	d.waiting++
+	d.counted(w, +1)
 }
 
-// unqueue takes w out of its tenant's FIFO and stops its timer.
+// counted adds n to the waiting counts w is part of.
+func (d *Dispatcher) counted(w *waiter, n int) {
+	c := w.flow.class
+	w.flow.t.waiting += n
+	d.queued[c] += n
+	d.waiting += n
+	if d.queued[c] == 0 {
+		d.passed[c] = 0 // a class is owed its share while it waits
+	}
+}
+
+// unqueue takes w out of its flow's FIFO and stops its timer.
 func (d *Dispatcher) unqueue(w *waiter) {
-	t := w.tenant
+	f := w.flow
 	if w.prev != nil {
 		w.prev.next = w.next
 	} else {
-		t.head = w.next
+		f.head = w.next
 	}
 	if w.next != nil {
 		w.next.prev = w.prev
 	} else {
-		t.tail = w.prev
+		f.tail = w.prev
 	}
 	w.prev, w.next, w.queued = nil, nil, false
-	t.waiting--
-	d.waiting--
-	if t.head == nil {
-		d.leave(t)
+	d.counted(w, -1)
+	if f.head == nil {
+		d.rings[f.class].leave(f)
 	}
 	if w.stop != nil {
 		w.stop()
 	}
 }
 
-// join adds t to the ring at the end of the current round.
-func (d *Dispatcher) join(t *tenant) {
-	if d.cur == nil {
-		t.prev, t.next = t, t
-		d.cur = t
-		t.deficit = quantum
+// join adds f to the ring at the end of the current round.
+func (r *ring) join(f *flow) {
+	if r.cur == nil {
+		f.prev, f.next = f, f
+		r.cur = f
+		f.deficit = quantum
 		return
 	}
-	last := d.cur.prev
-	t.prev, t.next = last, d.cur
-	last.next = t
-	d.cur.prev = t
-	t.deficit = 0
+	last := r.cur.prev
+	f.prev, f.next = last, r.cur
+	last.next = f
+	r.cur.prev = f
+	f.deficit = 0
 }
 
-// leave takes t out of the ring; if it was t's turn, the next one's begins.
-func (d *Dispatcher) leave(t *tenant) {
-	t.deficit = 0
-	if t.next == t {
-		d.cur = nil
+// leave takes f out of the ring; if it was f's turn, the next one's begins.
+func (r *ring) leave(f *flow) {
+	f.deficit = 0
+	if f.next == f {
+		r.cur = nil
 	} else {
-		t.prev.next = t.next
-		t.next.prev = t.prev
-		if d.cur == t {
-			d.cur = t.next
-			d.cur.deficit += quantum
+		f.prev.next = f.next
+		f.next.prev = f.prev
+		if r.cur == f {
+			r.cur = f.next
+			r.cur.deficit += quantum
 		}
 	}
-	t.prev, t.next = nil, nil
+	f.prev, f.next = nil, nil
 }
 
-// pick returns the waiter whose turn it is, moving d.cur as DRR does. The
+// pick returns the waiter whose turn it is, moving r.cur as DRR does. The
 // ring must not be empty.
-func (d *Dispatcher) pick() *waiter {
+func (r *ring) pick() *waiter {
 	for {
-		start := d.cur
-		for t := start; ; {
-			if t.deficit >= t.head.cost {
-				return t.head
+		start := r.cur
+		for f := start; ; {
+			if f.deficit >= f.head.cost {
+				return f.head
 			}
-			t = t.next
-			t.deficit += quantum
-			d.cur = t
-			if t == start {
+			f = f.next
+			f.deficit += quantum
+			r.cur = f
+			if f == start {
 				break
 			}
 		}
@@ -170,20 +203,95 @@ func (d *Dispatcher) pick() *waiter {
 		// once the further rounds in which none would be, rather than
 		// walking them one quantum at a time.
 		need := math.MaxInt
-		t := start
+		f := start
 		for {
-			need = min(need, t.head.cost-t.deficit)
-			if t = t.next; t == start {
+			need = min(need, f.head.cost-f.deficit)
+			if f = f.next; f == start {
 				break
 			}
 		}
 		if skip := need - quantum; skip > 0 {
 			for {
-				t.deficit += skip
-				if t = t.next; t == start {
+				f.deficit += skip
+				if f = f.next; f == start {
 					break
 				}
 			}
 		}
 	}
+}
+
+// ahead counts the waiters of r that pick would hand slots to before w,
+// were no waiter to come or go: DRR serves a flow's waiters in rounds,
+// the round of a waiter being the number of quanta its flow still needs
+// to cover the costs up to and including it, and within a round the flows
+// in ring order from r.cur. It takes O(waiters of r).
+func (r *ring) ahead(w *waiter) int {
+	// round is the round in which the waiters of f up to a total cost of
+	// sum are handed out: the current flow has had its quantum for round
+	// 0, the others gain theirs at their turn.
+	round := func(f *flow, sum int) int {
+		need := sum - f.deficit
+		if f != r.cur {
+			need -= quantum
+		}
+		if need <= 0 {
+			return 0
+		}
+		return (need + quantum - 1) / quantum
+	}
+	n, sum := 0, 0
+	for o := w.flow.head; o != w; o = o.next {
+		n++
+		sum += o.cost
+	}
+	wRound := round(w.flow, sum+w.cost)
+	before := true // the flows before w's in ring order from r.cur
+	for f := r.cur; ; {
+		if f == w.flow {
+			before = false
+		} else {
+			sum := 0
+			for o := f.head; o != nil; o = o.next {
+				sum += o.cost
+				if rd := round(f, sum); rd > wRound || rd == wRound && !before {
+					break
+				}
+				n++
+			}
+		}
+		if f = f.next; f == r.cur {
+			return n
+		}
+	}
+}
+
+// nextClass is the class the next freed slot goes to, given the waiters
+// per class and the passed counters (the hand-outs in a row that went to a
+// higher class while the class had waiters): the lowest class c below High
+// with waiters whose passed count has reached share[c]-1, if any; else the
+// highest class with waiters; -1 when none waits.
+func nextClass(share *[classes]int, waiting, passed *[classes]int) int {
+	for c := range classes - 1 {
+		if waiting[c] > 0 && passed[c] >= share[c]-1 {
+			return c
+		}
+	}
+	for c := classes - 1; c >= 0; c-- {
+		if waiting[c] > 0 {
+			return c
+		}
+	}
+	return -1
+}
+
+// served updates the passed counters for a hand-out to class g: a lower
+// class with waiters was passed once more; g's own count starts again.
+func served(g int, waiting, passed *[classes]int) {
+	for c := range g {
+		if waiting[c] > 0 {
+			passed[c]++
+		}
+	}
+	passed[g] = 0
 }

@@ -23,13 +23,13 @@ func newInternal(t *testing.T, slots int) *Dispatcher {
 }
 
 // spinPick is DRR walked one quantum at a time: what pick must match.
-func spinPick(d *Dispatcher) *waiter {
+func spinPick(r *ring) *waiter {
 	for {
-		if t := d.cur; t.deficit >= t.head.cost {
-			return t.head
+		if f := r.cur; f.deficit >= f.head.cost {
+			return f.head
 		}
-		d.cur = d.cur.next
-		d.cur.deficit += quantum
+		r.cur = r.cur.next
+		r.cur.deficit += quantum
 	}
 }
 
@@ -41,23 +41,23 @@ func TestPickMatchesSpinning(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		var got, want []string
 		for range 300 {
-			if rng.IntN(3) > 0 || fast.cur == nil {
+			if rng.IntN(3) > 0 || fast.waiting == 0 {
 				name := string(rune('a' + rng.IntN(6)))
 				cost := 1 + rng.IntN(rng.IntN(9)+1)
 				for _, d := range []*Dispatcher{fast, slow} {
-					d.enqueue(&waiter{tenant: d.tenant(name), cost: cost})
+					d.enqueue(&waiter{flow: &d.tenant(name).flows[0], cost: cost})
 				}
 				continue
 			}
 			for _, s := range []struct {
 				d    *Dispatcher
-				pick func(*Dispatcher) *waiter
+				pick func(*ring) *waiter
 				out  *[]string
-			}{{fast, (*Dispatcher).pick, &got}, {slow, spinPick, &want}} {
-				w := s.pick(s.d)
-				w.tenant.deficit -= w.cost
+			}{{fast, (*ring).pick, &got}, {slow, spinPick, &want}} {
+				w := s.pick(&s.d.rings[0])
+				w.flow.deficit -= w.cost
 				s.d.unqueue(w)
-				*s.out = append(*s.out, w.tenant.name)
+				*s.out = append(*s.out, w.flow.t.name)
 			}
 		}
 		for i := range want {
@@ -73,17 +73,17 @@ func TestPickMatchesSpinning(t *testing.T) {
 func TestAbandonPassesHandedLeaseOn(t *testing.T) {
 	d := newInternal(t, 1)
 	ctx := context.Background()
-	held, err := d.Acquire(ctx, "a", 1)
+	held, err := d.Acquire(ctx, Request{Tenant: "a", Cost: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// b is queued by hand, so the test decides when its caller looks.
 	d.mu.Lock()
-	b := d.queue(d.tenant("b"), 1)
+	b := d.queue(&d.tenant("b").flows[0], 1)
 	d.mu.Unlock()
 	got := make(chan *Lease)
 	go func() {
-		l, err := d.Acquire(ctx, "c", 1)
+		l, err := d.Acquire(ctx, Request{Tenant: "c", Cost: 1})
 		if err != nil {
 			t.Error(err)
 		}
@@ -117,9 +117,9 @@ func TestAbandonPassesHandedLeaseOn(t *testing.T) {
 // gets its context's error, and nothing is left behind.
 func TestAbandonAfterTimeout(t *testing.T) {
 	d := newInternal(t, 1)
-	held, _ := d.Acquire(context.Background(), "a", 1)
+	held, _ := d.Acquire(context.Background(), Request{Tenant: "a", Cost: 1})
 	d.mu.Lock()
-	w := d.queue(d.tenant("b"), 1)
+	w := d.queue(&d.tenant("b").flows[0], 1)
 	d.mu.Unlock()
 	d.expire(w)
 	d.expire(w) // a second firing finds nothing

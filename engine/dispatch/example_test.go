@@ -18,7 +18,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	lease, err := d.Acquire(context.Background(), "203.0.113.7", 1)
+	lease, err := d.Acquire(context.Background(), dispatch.Request{Tenant: "203.0.113.7", Cost: 1})
 	var refusal *dispatch.Refusal
 	if errors.As(err, &refusal) {
 		fmt.Println("refused:", refusal.Reason, "retry after", refusal.RetryAfter)
@@ -34,7 +34,7 @@ func Example() {
 
 	d.SetHealthy("gpu0", false)
 	d.SetHealthy("gpu1", false)
-	_, err = d.Acquire(context.Background(), "203.0.113.7", 1)
+	_, err = d.Acquire(context.Background(), dispatch.Request{Tenant: "203.0.113.7", Cost: 1})
 	fmt.Println(err)
 	// Output:
 	// run on gpu0

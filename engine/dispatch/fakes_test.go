@@ -105,7 +105,7 @@ func acquireAsync(d *dispatch.Dispatcher, ctx context.Context, tenant string, se
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		l, err := d.Acquire(ctx, tenant, cost)
+		l, err := d.Acquire(ctx, dispatch.Request{Tenant: tenant, Cost: cost})
 		out <- result{tenant, seq, l, err}
 	}()
 	waitQueued(d, queued)

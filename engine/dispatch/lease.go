@@ -1,6 +1,10 @@
 package dispatch
 
-import "time"
+import (
+	"time"
+
+	"github.com/sluicehq/sluice/engine/tenant"
+)
 
 // Lease is one job's hold on a backend slot, from Acquire to Release. A
 // lease never released holds its slot for good: release it on every path.
@@ -8,15 +12,18 @@ import "time"
 type Lease struct {
 	d      *Dispatcher
 	b      *backend
-	t      *tenant
+	t      *tenantState
+	class  tenant.Class // kept by Requeue
 	waited time.Duration
-	seq    uint64 // the job's arrival order, kept by Requeue
 	// released is guarded by d.mu.
 	released bool
 }
 
 // Backend names the backend the job is to run on.
 func (l *Lease) Backend() string { return l.b.name }
+
+// Class is the job's priority class.
+func (l *Lease) Class() tenant.Class { return l.class }
 
 // Waited is how long the job waited for its slot; 0 when one was free.
 func (l *Lease) Waited() time.Duration { return l.waited }
@@ -34,6 +41,7 @@ func (l *Lease) Release(jobTime time.Duration) {
 	l.released = true
 	l.b.inUse--
 	l.t.running--
+	d.running[l.class]--
 	d.forgetIdle(l.t)
 	if jobTime > 0 {
 		d.measure(jobTime)

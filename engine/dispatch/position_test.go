@@ -14,7 +14,7 @@ func TestQueuePosition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, err := d.Acquire(context.Background(), "holder", 1)
+	held, err := d.Acquire(context.Background(), dispatch.Request{Tenant: "holder", Cost: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +23,7 @@ func TestQueuePosition(t *testing.T) {
 	for i := range 3 {
 		queued := make(chan func() int, 1)
 		go func() {
-			l, err := d.AcquireWith(context.Background(), fmt.Sprintf("tenant-%d", i), 1, func(p func() int) { queued <- p })
+			l, err := d.Acquire(context.Background(), dispatch.Request{Tenant: fmt.Sprintf("tenant-%d", i), Cost: 1, OnQueued: func(p func() int) { queued <- p }})
 			if err != nil {
 				t.Error(err)
 			}
@@ -51,28 +51,28 @@ func TestCheckAnswersAsAcquireWould(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := d.Check("a"); r != nil {
+	if r := d.Check(dispatch.Request{Tenant: "a"}); r != nil {
 		t.Fatalf("an idle farm refuses: %v", r)
 	}
-	held, _ := d.Acquire(context.Background(), "a", 1)
-	if r := d.Check("a"); r == nil || r.Reason != dispatch.ReasonTenantBusy {
+	held, _ := d.Acquire(context.Background(), dispatch.Request{Tenant: "a", Cost: 1})
+	if r := d.Check(dispatch.Request{Tenant: "a"}); r == nil || r.Reason != dispatch.ReasonTenantBusy {
 		t.Fatalf("tenant at its cap: %v", r)
 	}
-	if r := d.Check("b"); r != nil {
+	if r := d.Check(dispatch.Request{Tenant: "b"}); r != nil {
 		t.Fatalf("a free place in the queue refused: %v", r)
 	}
 	queued := make(chan func() int, 1)
 	got := make(chan *dispatch.Lease, 1)
 	go func() {
-		l, _ := d.AcquireWith(context.Background(), "b", 1, func(p func() int) { queued <- p })
+		l, _ := d.Acquire(context.Background(), dispatch.Request{Tenant: "b", Cost: 1, OnQueued: func(p func() int) { queued <- p }})
 		got <- l
 	}()
 	<-queued
-	if r := d.Check("c"); r == nil || r.Reason != dispatch.ReasonQueueFull {
+	if r := d.Check(dispatch.Request{Tenant: "c"}); r == nil || r.Reason != dispatch.ReasonQueueFull {
 		t.Fatalf("queue full: %v", r)
 	}
 	d.SetHealthy("gpu-1", false)
-	if r := d.Check("c"); r == nil || r.Reason != dispatch.ReasonNoBackend {
+	if r := d.Check(dispatch.Request{Tenant: "c"}); r == nil || r.Reason != dispatch.ReasonNoBackend {
 		t.Fatalf("no healthy backend: %v", r)
 	}
 	// The job that waited was refused when the last backend went.

@@ -8,7 +8,9 @@ type Reason string
 // The reasons for a refusal. ReasonTenantBusy is about the caller's own
 // use (HTTP 429); the others are about capacity (HTTP 503).
 const (
-	// ReasonQueueFull: MaxQueue jobs were already waiting.
+	// ReasonQueueFull: MaxQueue jobs were already waiting, none of a
+	// lower class; or the job was waiting and a job of a higher class
+	// took its place.
 	ReasonQueueFull Reason = "queue_full"
 	// ReasonWaitTimeout: the job waited MaxWait without getting a slot.
 	ReasonWaitTimeout Reason = "wait_timeout"

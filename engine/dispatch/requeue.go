@@ -9,9 +9,9 @@ import (
 var ErrReleased = errors.New("dispatch: lease already released")
 
 // Requeue gives back l's slot and puts its job back in the queue at its
-// place: first among its tenant's waiting jobs, its tenant taking the next
-// turn when it had no other job waiting, and with its first arrival order
-// (what the position function passed to onQueued counts). It is for a job
+// place: in its priority class, first among its tenant's waiting jobs of
+// that class, its tenant taking the next turn in the class when it had no
+// other job waiting there. It is for a job
 // taken back from a backend before it started there (its backend was taken
 // out), so that it does not go to the back of the queue.
 //
@@ -30,13 +30,14 @@ func (d *Dispatcher) Requeue(ctx context.Context, l *Lease, cost int, onQueued f
 	l.b.inUse--
 	t := l.t
 	t.running--
+	d.running[l.class]--
 	if err := ctx.Err(); err != nil {
 		d.forgetIdle(t)
 		d.dispatch()
 		d.mu.Unlock()
 		return nil, err
 	}
-	w := &waiter{tenant: t, cost: max(cost, 1), queuedAt: d.clock.Now(), ch: make(chan *Lease, 1), seq: l.seq, requeued: true}
+	w := &waiter{flow: &t.flows[l.class], cost: max(cost, 1), queuedAt: d.clock.Now(), ch: make(chan *Lease, 1), requeued: true}
 	d.enqueueFront(w)
 	w.stop = d.after(d.maxWait, func() { d.expire(w) })
 	d.dispatch()

@@ -15,8 +15,8 @@ import (
 func TestLastBackendGoneRefusesWaiters(t *testing.T) {
 	ctx := context.Background()
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1, 1), TenantInFlight: 10})
-	a, _ := d.Acquire(ctx, "a", 1)
-	b, _ := d.Acquire(ctx, "a", 1)
+	a, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
+	b, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	out := make(chan result, 2)
 	var wg sync.WaitGroup
 	acquireAsync(d, ctx, "b", 0, 1, 1, out, &wg)
@@ -44,8 +44,8 @@ func TestLastBackendGoneRefusesWaiters(t *testing.T) {
 func TestRequeueKeepsItsPlace(t *testing.T) {
 	ctx := context.Background()
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1, 1), TenantInFlight: 10})
-	first, _ := d.Acquire(ctx, "a", 1) // gpu0
-	other, _ := d.Acquire(ctx, "z", 1) // gpu1
+	first, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1}) // gpu0
+	other, _ := d.Acquire(ctx, dispatch.Request{Tenant: "z", Cost: 1}) // gpu1
 	if first.Backend() != "gpu0" || other.Backend() != "gpu1" {
 		t.Fatalf("leases on %s and %s", first.Backend(), other.Backend())
 	}
@@ -75,7 +75,7 @@ func TestRequeueKeepsItsPlace(t *testing.T) {
 	if s := d.Stats(); s.Queued != 1 {
 		t.Fatalf("%d waiting, want the re-queued job", s.Queued)
 	}
-	if _, err := d.Acquire(ctx, "d", 1); err == nil {
+	if _, err := d.Acquire(ctx, dispatch.Request{Tenant: "d", Cost: 1}); err == nil {
 		t.Fatal("a new job was queued with no backend healthy")
 	}
 	// A later job of another tenant queues behind it once a backend is
@@ -101,7 +101,7 @@ func TestRequeueKeepsItsPlace(t *testing.T) {
 func TestRequeueTimesOut(t *testing.T) {
 	ctx := context.Background()
 	d, _, ts := newDispatcher(t, dispatch.Config{Backends: backends(1), TenantInFlight: 10})
-	l, _ := d.Acquire(ctx, "a", 1)
+	l, _ := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	d.SetHealthy("gpu0", false)
 	errc := make(chan error, 1)
 	go func() {
@@ -127,7 +127,7 @@ func TestPressureSkipsTheBackend(t *testing.T) {
 	ctx := context.Background()
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: backends(1, 1), TenantInFlight: 10})
 	d.SetPressure("gpu0", true)
-	l, err := d.Acquire(ctx, "a", 1)
+	l, err := d.Acquire(ctx, dispatch.Request{Tenant: "a", Cost: 1})
 	if err != nil || l.Backend() != "gpu1" {
 		t.Fatalf("got %v, %v; want gpu1", l, err)
 	}
@@ -137,7 +137,7 @@ func TestPressureSkipsTheBackend(t *testing.T) {
 	if s := d.Stats(); !s.Backends[0].Pressure || !s.Backends[0].Healthy || s.Backends[0].InUse != 0 {
 		t.Fatalf("gpu0 = %+v", s.Backends[0])
 	}
-	if r := d.Check("c"); r != nil {
+	if r := d.Check(dispatch.Request{Tenant: "c"}); r != nil {
 		t.Fatalf("pressure on one backend refuses: %v", r)
 	}
 	d.SetPressure("gpu0", false)
