@@ -161,6 +161,18 @@ func (ts *Tiers) Tier(name string) (Tier, bool) {
 	return Tier{}, false
 }
 
+// Rates returns each tier's per-tenant rate, for the tiers that have one
+// (what engine.SetTierRates takes).
+func (ts *Tiers) Rates() map[string]TierRate {
+	out := make(map[string]TierRate)
+	for _, t := range ts.Tiers {
+		if t.Rate != nil {
+			out[t.Name] = *t.Rate
+		}
+	}
+	return out
+}
+
 // ErrNotInTier is wrapped by Allows' refusals: the request asks for what
 // its tier does not offer (answered 403).
 var ErrNotInTier = errors.New("not offered by the tier")

@@ -23,6 +23,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	"github.com/sluicehq/sluice/adapters/identity"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
@@ -73,6 +74,10 @@ type serveFlags struct {
 	readyWait           time.Duration
 	adminToken          string
 	protectReads        bool
+
+	// Who is calling: service tiers, API keys (in etcd) and JWT.
+	tiersPath string
+	jwt       jwtFlags
 }
 
 const defaultRulesPath = "testdata/rules"
@@ -127,6 +132,8 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.DurationVar(&f.readyWait, "ready-wait", 10*time.Second, "how long start-up waits for the rules from etcd")
 	fs.StringVar(&f.adminToken, "admin-token", "", "bearer token for rule writes through the API (or $SLUICE_ADMIN_TOKEN)")
 	fs.BoolVar(&f.protectReads, "protect-reads", false, "the operator API's reads need the admin token too")
+	fs.StringVar(&f.tiersPath, "tiers", "", "service tiers document to seed etcd with when it holds none (default: the built-in tiers)")
+	f.jwt.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, fs, err
@@ -246,6 +253,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("load rules: %w", err)
 	}
 	log.Info("local rules loaded", slog.String("source", source), slog.Int("documents", len(set.Docs)))
+	tiersDoc, tiersFrom, err := loadTiers(f.tiersPath)
+	if err != nil {
+		return fmt.Errorf("--tiers: %w", err)
+	}
 	// Templates are checked before etcd starts: a mistake in one stops here.
 	workflows := comfyui.DefaultWorkflows()
 	if f.workflows != "" {
@@ -264,6 +275,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer rs.Close()
+	who, err := startIdentity(ctx, f, rs, eng, tiersDoc, tiersFrom, log)
+	if err != nil {
+		return err
+	}
+	defer who.Close() // before rs: they share its etcd client
 
 	urls := []string(f.comfyui)
 	var sim *comfyuitest.Server
@@ -288,7 +304,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	clients := backends.Clients()
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
-	async, restoreJobs, err := startJobs(ctx, f, rs, clients, eng, backends, log)
+	async, restoreJobs, err := startJobs(ctx, f, rs, clients, eng, backends, httpapi.RefundJobs(who.quota, log), log)
 	if err != nil {
 		return err
 	}
@@ -312,6 +328,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		UploadGrace:      f.uploadGrace,
 		UploadTimeout:    f.uploadTimeout,
 		IPv6Prefix:       f.ipv6Prefix,
+
+		Identity: who.resolver,
+		Quota:    who.quota,
+		Tiers:    who.tiers,
 	})
 	if err != nil {
 		return err
@@ -329,6 +349,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Backends:     backends.Stats,
 		Simulator:    simulator(sim, backends),
 		Build:        buildInfo(),
+		Tiers:        who.tiers,
+		Keys:         identity.NewAdmin(rs.store.Client(), rs.store.Prefix(), nil),
 	}); err != nil {
 		return err
 	}

@@ -178,7 +178,7 @@ func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, er
 // journaled input by resume. etcd not answering is logged, not fatal: the
 // gateway serves, accepts async jobs into the journal, and writes their
 // records when etcd is back.
-func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm.Farm, log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
+func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm.Farm, refund func(jobs.Job), log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
 	results, err := jobs.NewDirResults(f.resultsDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--results-dir: %w", err)
@@ -193,6 +193,7 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		Journal:  results,
 		Logger:   log,
 		OnFinish: notify,
+		Refund:   refund,
 	})
 	byURL := make(map[string]*comfyui.Client, len(clients))
 	for _, c := range clients {
