@@ -242,7 +242,10 @@ func (q *Quota) Usage(ctx context.Context, tenantName string, limit int64, loc *
 		usage.Used = e.used
 		return usage, nil
 	}
-	resp, err := q.c.Get(ctx, key)
+	// Serializable: answered by the member at hand without a consensus
+	// round; the quota headers may lag by what replication has not
+	// brought yet, admission never does (Take compares and swaps).
+	resp, err := q.c.Get(ctx, key, clientv3.WithSerializable())
 	if err != nil {
 		return usage, fmt.Errorf("quota: usage of %s: %w", tenantName, err)
 	}

@@ -20,6 +20,12 @@ import (
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
+// BeginShutdown says the gateway is stopping: from now on a synchronous
+// job cut off is refunded (the gateway stopped it), not taken for one its
+// client left. Call it when the stop begins, before the requests still
+// running are cut off at the end of the grace.
+func (s *Server) BeginShutdown() { s.stopping.Store(true) }
+
 // Drain stops taking async jobs and waits, until ctx ends, for those
 // running to finish. From then on a synchronous job cut off is refunded
 // (the gateway stops), not taken for one its client left.

@@ -242,6 +242,9 @@ func New(cfg Config) (*Server, error) {
 		quota:         cfg.Quota,
 		tierSource:    cfg.Tiers,
 	}
+	if cfg.Quota != nil {
+		s.quota = guardQuota(cfg.Quota, s.clock, s.log)
+	}
 	if s.async == nil {
 		var refund func(jobs.Job)
 		if cfg.Quota != nil {

@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -434,7 +435,7 @@ func TestSyncRefundOnFailure(t *testing.T) {
 			if tc.cancel || tc.shutdown {
 				run = func(jctx context.Context, _ httpapi.Job) (*comfyui.Result, error) {
 					if tc.shutdown {
-						ts.api.Close()
+						ts.api.BeginShutdown() // as serve does at a signal, before the grace ends
 					}
 					cancel() // the connection ends
 					<-jctx.Done()
@@ -890,4 +891,65 @@ func TestIdentityOrQuotaStoreDown(t *testing.T) {
 		t.Fatalf("quota store down: %d %q %q", rec.Code, p, l)
 	}
 	checkPNG(t, rec)
+}
+
+// hangingQuota is a quota store behind a half-open connection: it answers
+// nothing until its caller gives up.
+type hangingQuota struct {
+	*fakeQuota
+	calls atomic.Int32
+}
+
+func (h *hangingQuota) Take(ctx context.Context, _ string, _, _ int64, _ *time.Location) (tenant.Usage, tenant.Ticket, error) {
+	h.calls.Add(1)
+	<-ctx.Done()
+	return tenant.Usage{}, tenant.Ticket{}, ctx.Err()
+}
+
+func (h *hangingQuota) Usage(ctx context.Context, _ string, _ int64, _ *time.Location) (tenant.Usage, error) {
+	h.calls.Add(1)
+	<-ctx.Done()
+	return tenant.Usage{}, ctx.Err()
+}
+
+// TestQuotaStoreThatHangsHoldsNothingUp: with etcd unreachable, an admitted
+// job waits for its quota charge at most a bounded time, once; the calls
+// that follow are admitted uncharged without asking the store, until a
+// while has passed (on the server's clock) and it is asked again. Without
+// the bound, every request hung with the store.
+func TestQuotaStoreThatHangsHoldsNothingUp(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	eng := testEngine(t, tenantRules, clk)
+	q := &hangingQuota{fakeQuota: newFakeQuota(clk)}
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: &funcRunner{run: succeedPNG}, Clock: clk, Identity: testIdentity(), Quota: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	call := func() *httptest.ResponseRecorder {
+		req := generateRequest(`{"prompt": "a lighthouse"}`)
+		req.Header.Set("Authorization", "Bearer "+acmeKey)
+		rec := serve(api, req, "192.0.2.1:1")
+		if rec.Code != http.StatusOK {
+			t.Fatalf("quota store hanging: %d %s", rec.Code, rec.Body)
+		}
+		checkPNG(t, rec)
+		return rec
+	}
+	call() // waits for the store once (its charge is bounded), then runs
+	asked := q.calls.Load()
+	if asked == 0 {
+		t.Fatal("the store was never asked")
+	}
+	for range 3 {
+		call()
+	}
+	if n := q.calls.Load(); n != asked {
+		t.Errorf("the store was asked %d more times right after it failed; want none", n-asked)
+	}
+	clk.Advance(11 * time.Second)
+	call()
+	if n := q.calls.Load(); n == asked {
+		t.Error("the store was never asked again after the backoff")
+	}
 }

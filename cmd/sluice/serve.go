@@ -386,6 +386,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing requests in flight", slog.Duration("grace", f.shutdownGrace))
+	api.BeginShutdown() // sync jobs cut off from now on are the gateway's doing: refunded
 	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownGrace)
 	defer cancel()
 	defer api.Close() // a Server's own job manager; async (deferred above) detaches ours
