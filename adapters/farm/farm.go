@@ -336,7 +336,7 @@ func (f *Farm) Precheck(job httpapi.Job) error {
 // request is what job asks of the dispatcher.
 func request(job httpapi.Job) dispatch.Request {
 	return dispatch.Request{Tenant: job.Tenant, Tier: job.Tier, Class: job.Class, Cost: max(job.Cost, 1),
-		InFlight: job.InFlight, OnQueued: job.OnQueued}
+		InFlight: job.InFlight, OnQueued: job.OnQueued, Keep: job.Async}
 }
 
 // busy is a dispatch refusal as the HTTP API answers it.

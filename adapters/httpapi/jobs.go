@@ -190,6 +190,7 @@ func (s *Server) runAsync(ctx context.Context, tok *engine.Token, job Job, repor
 	ctx, cancel := context.WithTimeout(ctx, s.jobTimeout)
 	defer cancel()
 	job.OnStarted, job.OnQueued, job.OnPosition, job.OnRunning = report.Started, report.Queued, report.Position, report.Running
+	job.Async = true
 	res, err := s.execute(ctx, tok, job)
 	if err != nil {
 		return jobs.Result{}, JobFailed(ctx, s.log, job.Resource, err, s.jobTimeout)

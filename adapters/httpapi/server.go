@@ -43,6 +43,9 @@ type Job struct {
 	InFlight int
 	// Cost is the job's weight, as the engine admitted it.
 	Cost int
+	// Async marks a job already answered 202: a Runner must not drop it
+	// from a full queue for a job of a higher class.
+	Async bool
 	// OnStarted, if set, is called once the job is queued on a backend,
 	// with the backend's base URL and the prompt ID: where a restarted
 	// gateway finds the job again.

@@ -195,6 +195,10 @@ type Request struct {
 	// waits, with a function telling its place in the queue: see
 	// Dispatcher.Acquire.
 	OnQueued func(position func() int)
+	// Keep marks a job already promised to its client (an async job
+	// answered 202): a full queue never gives its place to a job of a
+	// higher class.
+	Keep bool
 }
 
 // class is req's class, brought into range.
@@ -269,6 +273,7 @@ func (d *Dispatcher) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	}
 	t.class, t.tier = cls, req.Tier
 	w := d.queue(&t.flows[cls], max(req.Cost, 1))
+	w.kept = req.Keep
 	d.mu.Unlock()
 	if req.OnQueued != nil {
 		req.OnQueued(func() int { return d.position(w) })
@@ -298,8 +303,9 @@ func (d *Dispatcher) Check(req Request) *Refusal {
 // displaceable is the waiter a new job of class cls takes the place of
 // when the queue is full: in the lowest class below cls with jobs waiting,
 // the newest job of the tenant with the most jobs waiting there (ties: the
-// one whose turn comes last), never a job put back by Requeue; nil when
-// there is none. It takes O(jobs waiting).
+// one whose turn comes last), never a job put back by Requeue nor one
+// promised to its client (Request.Keep); nil when there is none. It takes
+// O(jobs waiting).
 func (d *Dispatcher) displaceable(cls tenant.Class) *waiter {
 	for c := range int(cls) {
 		r := &d.rings[c]
@@ -312,7 +318,7 @@ func (d *Dispatcher) displaceable(cls tenant.Class) *waiter {
 			n := 0
 			var newest *waiter
 			for w := f.tail; w != nil; w = w.prev {
-				if !w.requeued {
+				if !w.requeued && !w.kept {
 					newest = cmp.Or(newest, w)
 					n++
 				}

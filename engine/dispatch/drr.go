@@ -70,6 +70,8 @@ type waiter struct {
 	stop func() bool // cancels the MaxWait timer
 	// requeued: put back by Requeue; it outlives the last backend going.
 	requeued bool
+	// kept: promised to its client (Request.Keep); never displaced.
+	kept bool
 }
 
 func (d *Dispatcher) enqueue(w *waiter) {

@@ -143,3 +143,37 @@ func TestRequeuedJobIsNotDisplaced(t *testing.T) {
 	held.Release(0)
 	(<-w.ch).Release(0)
 }
+
+// TestKeptJobIsNotDisplaced: an async job already answered 202 (Keep) keeps
+// its place in a full queue when a job of a higher class comes; the higher
+// job is refused instead, as the 202 promised the job would run.
+func TestKeptJobIsNotDisplaced(t *testing.T) {
+	d, err := New(Config{Backends: []BackendConfig{{Name: "gpu0"}}, MaxQueue: 1,
+		After: func(time.Duration, func()) func() bool { return func() bool { return true } }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _ := d.Acquire(context.Background(), Request{Tenant: "holder"})
+	kept := make(chan error, 1)
+	queued := make(chan struct{})
+	go func() {
+		l, err := d.Acquire(context.Background(), Request{Tenant: "anon", Class: tenant.Low, Keep: true,
+			OnQueued: func(func() int) { close(queued) }})
+		if err == nil {
+			l.Release(0)
+		}
+		kept <- err
+	}()
+	<-queued
+	high := Request{Tenant: "v", Class: tenant.High}
+	if r := d.Check(high); r == nil || r.Reason != ReasonQueueFull {
+		t.Fatalf("Check = %v, want queue_full", r)
+	}
+	if _, err := d.Acquire(context.Background(), high); err == nil {
+		t.Fatal("a high job displaced a kept one")
+	}
+	held.Release(0)
+	if err := <-kept; err != nil {
+		t.Fatalf("the kept job: %v", err)
+	}
+}
