@@ -455,6 +455,11 @@ func oneHeader(h http.Header, name string) (string, error) {
 	return "", refuse(reasonManyHeaders)
 }
 
+// ErrKeysNotLoaded is Identify's answer to an API key it cannot check
+// yet: the keys have not been listed from etcd since the start. The HTTP
+// API answers it 503 with Retry-After, never 401.
+var ErrKeysNotLoaded = errors.New("identity: the API keys are not loaded from etcd yet")
+
 // identifyKey looks an API key up: a map read and a constant-time compare
 // of its hash.
 func (r *Resolver) identifyKey(key string) (tenant.Identity, error) {
@@ -465,6 +470,13 @@ func (r *Resolver) identifyKey(key string) (tenant.Identity, error) {
 	t := r.keys.Load()
 	e, ok := t.byID[id]
 	if !ok {
+		select {
+		case <-r.ready:
+		default:
+			// Not listed yet (etcd slow or down at start): the key may be
+			// good, so say "try again" (503), not "unknown" (401).
+			return tenant.Identity{}, ErrKeysNotLoaded
+		}
 		if _, gone := t.revoked[id]; gone {
 			return tenant.Identity{}, refuse(reasonRevokedKey)
 		}

@@ -371,3 +371,21 @@ func TestQuietEtcdAnswersTheWatch(t *testing.T) {
 		t.Errorf("the watch started %d times, want once", n)
 	}
 }
+
+// TestKeysNotLoadedYetIsNotUnauthorized: before the first listing of the
+// keys (etcd slow or down at start) a key cannot be checked; the answer is
+// ErrKeysNotLoaded (503, try again), never a 401 a client would take as
+// final. Once listed, an unknown key is 401.
+func TestKeysNotLoadedYetIsNotUnauthorized(t *testing.T) {
+	r, err := New(Config{Client: shared.client, Prefix: prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "sk_0123456789abcdef_" + strings.Repeat("A", 43)
+	if _, err := r.Identify(request("X-API-Key", key), "192.0.2.1"); !errors.Is(err, ErrKeysNotLoaded) {
+		t.Fatalf("before the listing: %v, want ErrKeysNotLoaded", err)
+	}
+	start(t, r)
+	id, err := r.Identify(request("X-API-Key", key), "192.0.2.1")
+	refused(t, id, err, "unknown API key")
+}

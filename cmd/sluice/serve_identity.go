@@ -30,7 +30,11 @@ type callers struct {
 // unknown until etcd answers.
 func startIdentity(ctx context.Context, f *serveFlags, rs *ruleSource, eng *engine.Engine, tiersDoc []byte, tiersFrom string, log *slog.Logger) (*callers, error) {
 	client, prefix := rs.store.Client(), rs.store.Prefix()
-	resolver, err := identity.New(identity.Config{Client: client, Prefix: prefix, JWT: f.jwt.config(), Logger: log})
+	jwt := f.jwt.config()
+	if jwt != nil && jwt.JWKSURL != "" && jwt.Audience == "" {
+		log.Warn("--jwt-jwks-url without --jwt-audience: every token the issuer signs for any of its applications is accepted; set --jwt-audience")
+	}
+	resolver, err := identity.New(identity.Config{Client: client, Prefix: prefix, JWT: jwt, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
@@ -49,7 +53,9 @@ func startIdentity(ctx context.Context, f *serveFlags, rs *ruleSource, eng *engi
 	c.stop = stop
 	go func() {
 		defer close(c.done)
-		resolver.Run(rctx)
+		if err := resolver.Run(rctx); err != nil && rctx.Err() == nil {
+			log.Error("API keys and JWT: the resolver stopped; credentials are refused", slog.Any("error", err))
+		}
 	}()
 	select {
 	case <-resolver.Ready():
