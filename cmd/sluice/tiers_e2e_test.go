@@ -82,7 +82,8 @@ const generate256 = `{"prompt": "a lighthouse", "width": 256, "height": 256}`
 // generateAs asks base for a sync 256 px generation with cred. A refusal
 // by the tier's per-tenant rate (not the daily quota) is retried after its
 // Retry-After, as a client does, for up to 10 s: the demo tier allows 2
-// requests a second, the worked example makes 4.
+// requests a second, the worked example makes 4. Such a refusal must show
+// the daily quota too (cred's tier has one).
 func generateAs(t *testing.T, base, cred string) answer {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -90,6 +91,9 @@ func generateAs(t *testing.T, base, cred string) answer {
 		a := callAs(t, context.Background(), http.MethodPost, base+"/v1/generate", cred, generate256)
 		if a.status != http.StatusTooManyRequests || a.problemRule() == "daily quota" || time.Now().After(deadline) {
 			return a
+		}
+		if !strings.Contains(field(a.header, "RateLimit"), `"daily";r=`) {
+			t.Errorf("a refusal by %q lacks the daily quota's item: RateLimit %q", a.problemRule(), field(a.header, "RateLimit"))
 		}
 		secs, err := strconv.Atoi(a.header.Get("Retry-After"))
 		if err != nil || secs > 5 {
@@ -355,19 +359,23 @@ func TestTwoGatewaysShareTheDailyQuota(t *testing.T) {
 }
 
 // TestRefundedWhenTheJobFails: a job that fails on ComfyUI (sync: 502;
-// async: failed) gives its quota back; a sync call its client cancels
-// while the job runs keeps its charge.
+// async: failed) or runs past --job-timeout (504) gives its quota back; a
+// sync call its client cancels while the job runs keeps its charge.
 func TestRefundedWhenTheJobFails(t *testing.T) {
 	const (
 		succeed = iota
 		fail
+		slow
 		block
 	)
 	var mode atomic.Int32
 	running, release := make(chan struct{}, 1), make(chan struct{})
 	comfy := comfyuitest.NewServer(comfyuitest.Options{
 		JobTime: func(comfyuitest.Prompt) time.Duration {
-			if mode.Load() == block {
+			switch mode.Load() {
+			case slow:
+				return time.Second // past --job-timeout
+			case block:
 				running <- struct{}{}
 				<-release
 			}
@@ -382,7 +390,7 @@ func TestRefundedWhenTheJobFails(t *testing.T) {
 	})
 	defer comfy.Close()
 	defer close(release) // before comfy.Close, which waits for JobTime
-	g := startServe(t, "--comfyui", comfy.URL, "--gpu-interval", "1m")
+	g := startServe(t, "--comfyui", comfy.URL, "--gpu-interval", "1m", "--job-timeout", "300ms")
 	key, _ := createKey(t, g.etcdEndpoint, "acme", "registered")
 	waitQuota(t, key, 200, g.base) // the built-in tiers
 
@@ -412,6 +420,14 @@ func TestRefundedWhenTheJobFails(t *testing.T) {
 		t.Fatalf("the async job %s (%s), want failed by ComfyUI", job.State, job.Error)
 	}
 	eventually(t, func() bool { return used() == 1 }) // the refund follows the job's end
+
+	mode.Store(slow)
+	if a := callAs(t, context.Background(), http.MethodPost, g.base+"/v1/generate", key, generate256); a.status != http.StatusGatewayTimeout {
+		t.Fatalf("a job past --job-timeout: %d %s, want 504", a.status, a.body)
+	}
+	if n := used(); n != 1 {
+		t.Fatalf("after the job that timed out %d used, want 1 (refunded)", n)
+	}
 
 	// The client leaves while its job runs: the charge stays.
 	mode.Store(block)
@@ -507,5 +523,17 @@ func TestJWTThroughServe(t *testing.T) {
 		if a.status != http.StatusUnauthorized || !strings.Contains(a.header.Get("WWW-Authenticate"), `error="invalid_token"`) {
 			t.Fatalf("%s with an expired token: %d %q %s", path, a.status, a.header.Get("WWW-Authenticate"), a.body)
 		}
+	}
+	if err := g.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	log := g.log.String()
+	for _, tok := range []string{good, expired} {
+		if sig := tok[strings.LastIndexByte(tok, '.')+1:]; strings.Contains(log, sig) {
+			t.Fatal("a token is in the log")
+		}
+	}
+	if !strings.Contains(log, "the token has expired") {
+		t.Fatalf("the log does not say why the token was refused:\n%s", log)
 	}
 }
