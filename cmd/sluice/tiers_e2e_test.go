@@ -280,6 +280,15 @@ func quotaTiers(t *testing.T, n int) string {
 	return filepath.Join(writeFiles(t, map[string]string{"tiers.yaml": doc}), "tiers.yaml")
 }
 
+// anonymousInFlight are serve flags that let an anonymous client have n
+// jobs running or waiting (the built-in anonymous tier allows 1, and
+// --tenant-inflight applies to callers without a tier only).
+func anonymousInFlight(t *testing.T, n int) []string {
+	t.Helper()
+	doc := fmt.Sprintf("tiers:\n  - name: anonymous\n    daily_quota: unlimited\n    in_flight: %d\n", n)
+	return []string{"--tiers", filepath.Join(writeFiles(t, map[string]string{"tiers.yaml": doc}), "tiers.yaml")}
+}
+
 // looseRules are rules that refuse nothing, so that only the daily quota
 // does.
 func looseRules(t *testing.T) string {
