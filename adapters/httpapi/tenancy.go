@@ -48,10 +48,13 @@ type TierSource interface {
 }
 
 // refundTimeout bounds one refund's write to the quota store, usageTimeout
-// a read of the usage for an answer's fields.
+// a read of the usage for an answer's fields, takeTimeout a charge: past
+// it (etcd unreachable or half-open) the call is admitted uncharged, so
+// that the quota store never holds a request up longer.
 const (
 	refundTimeout = 5 * time.Second
 	usageTimeout  = time.Second
+	takeTimeout   = 500 * time.Millisecond
 )
 
 // caller is who a request on a guarded endpoint comes from, and its tier.
@@ -209,6 +212,9 @@ func (s *Server) allowSize(c *gin.Context, who *caller, resource string, size in
 type dailyState struct {
 	usage tenant.Usage
 	known bool
+	// failed: the quota store failed this request's charge; its answer
+	// goes without the daily item rather than wait on the store again.
+	failed bool
 }
 
 // dailyFields appends the daily quota's items to the answer's
@@ -216,6 +222,9 @@ type dailyState struct {
 // refusal), reading the usage when no Take has told it.
 func (s *Server) dailyFields(ctx context.Context, who *caller, h http.Header) {
 	d := who.daily
+	if d.failed {
+		return
+	}
 	if !d.known {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), usageTimeout)
 		defer cancel()
@@ -326,7 +335,9 @@ func (s *Server) take(c *gin.Context, who *caller, call engine.Call, tok *engine
 	if who.tier.QuotaUnit == "cost" {
 		units = int64(max(tok.Cost, 1))
 	}
-	u, ticket, err := s.quota.Take(c.Request.Context(), who.id.Tenant, who.tier.DailyQuota, units, who.loc)
+	ctx, cancel := context.WithTimeout(c.Request.Context(), takeTimeout)
+	defer cancel()
+	u, ticket, err := s.quota.Take(ctx, who.id.Tenant, who.tier.DailyQuota, units, who.loc)
 	var ex *tenant.QuotaExceeded
 	switch {
 	case errors.As(err, &ex):
@@ -343,6 +354,9 @@ func (s *Server) take(c *gin.Context, who *caller, call engine.Call, tok *engine
 	case err != nil:
 		s.log.Error("daily quota not charged: the quota store failed; the call is admitted",
 			slog.String("tenant", who.id.Tenant), slog.String("tier", who.id.Tier), slog.Any("error", err))
+		if who.daily != nil {
+			who.daily.failed = true
+		}
 		return nil, true
 	}
 	if who.daily != nil {

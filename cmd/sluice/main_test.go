@@ -60,11 +60,39 @@ type gateway struct {
 	base, etcdEndpoint string
 	sawSim, seeded     bool
 	stop               func() error // ends it and returns run's error
+	log                serveLog     // all it logged; whole once stop returned nil
+}
+
+// serveLog keeps what a gateway logged. It is safe for concurrent use.
+type serveLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *serveLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *serveLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 // startServe runs `sluice serve` as `make run` does — testdata/rules, the
 // built-in simulator, an embedded etcd — on free ports, with extra flags.
 func startServe(t *testing.T, extra ...string) *gateway {
+	t.Helper()
+	return startServeWith(t, func(ctx context.Context, args []string, stderr io.Writer) error {
+		return run(ctx, args, io.Discard, stderr)
+	}, extra...)
+}
+
+// startServeWith is startServe with the way serve is run: start runs
+// `sluice args`, logging to stderr, until ctx ends, and returns its error.
+func startServeWith(t *testing.T, start func(ctx context.Context, args []string, stderr io.Writer) error, extra ...string) *gateway {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
@@ -72,17 +100,19 @@ func startServe(t *testing.T, extra ...string) *gateway {
 	args := append([]string{"serve", "--rules", "../../testdata/rules", "--listen", "127.0.0.1:0", "--sim-job-time", "10ms", "--gpu-interval", "20ms",
 		"--etcd-listen", "http://127.0.0.1:0", "--data-dir", t.TempDir()}, extra...)
 	go func() {
-		done <- run(ctx, args, io.Discard, pw)
+		done <- start(ctx, args, pw)
 		pw.Close()
 	}()
 	g := &gateway{}
 	var once sync.Once
 	var runErr error
+	drained := make(chan struct{})
 	g.stop = func() error {
 		once.Do(func() {
 			cancel()
 			select {
 			case runErr = <-done:
+				<-drained // the log's last lines are in g.log
 			case <-time.After(30 * time.Second):
 				runErr = errors.New("serve did not stop after its context ended")
 			}
@@ -95,6 +125,7 @@ func startServe(t *testing.T, extra ...string) *gateway {
 	etcdRE := regexp.MustCompile(`msg="embedded etcd started" endpoints=(\S+)`)
 	for g.base == "" && logs.Scan() {
 		line := logs.Text()
+		g.log.Write([]byte(line + "\n"))
 		g.sawSim = g.sawSim || strings.Contains(line, "built-in ComfyUI simulator")
 		g.seeded = g.seeded || strings.Contains(line, "etcd held no rules: seeded")
 		if m := etcdRE.FindStringSubmatch(line); m != nil {
@@ -105,9 +136,13 @@ func startServe(t *testing.T, extra ...string) *gateway {
 		}
 	}
 	if g.base == "" {
+		close(drained)
 		t.Fatalf("serve never said where it listens: %v", <-done)
 	}
-	go io.Copy(io.Discard, pr) // keep draining the log
+	go func() { // keep draining the log
+		defer close(drained)
+		io.Copy(&g.log, pr)
+	}()
 	return g
 }
 

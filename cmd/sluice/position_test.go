@@ -15,7 +15,7 @@ import (
 func TestAsyncJobShowsItsQueuePosition(t *testing.T) {
 	comfy := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration { return 700 * time.Millisecond }})
 	defer comfy.Close()
-	g := startServe(t, "--comfyui", comfy.URL, "--tenant-inflight", "4")
+	g := startServe(t, append(anonymousInFlight(t, 4), "--comfyui", comfy.URL)...)
 	first := submitAsync(t, g.base)
 	eventually(t, func() bool { // the first holds the one slot
 		var j struct{ State string }
@@ -67,7 +67,7 @@ func TestAsyncJobStatesThroughComfyUI(t *testing.T) {
 			close(release)
 		}
 	}()
-	g := startServe(t, "--comfyui", comfy.URL, "--slots", "2", "--gpu-interval", "1m")
+	g := startServe(t, append(anonymousInFlight(t, 2), "--comfyui", comfy.URL, "--slots", "2", "--gpu-interval", "1m")...)
 	submitAsync(t, g.base)
 	<-running
 	second := submitAsync(t, g.base)

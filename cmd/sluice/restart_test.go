@@ -96,14 +96,15 @@ func TestRecoveredJobHoldsItsSlot(t *testing.T) {
 
 	// GPU sampling is slowed so that a loaded machine cannot take the
 	// backend out (and re-run a job) in the middle of the test.
-	g1 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--slots", "1", "--gpu-interval", "1m")
+	tiers := anonymousInFlight(t, 2) // the recovered job and the new one
+	g1 := startServe(t, append(tiers, "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--slots", "1", "--gpu-interval", "1m")...)
 	old := submitAsync(t, g1.base)
 	<-running
 	if err := g1.stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 
-	g2 := startServe(t, "--comfyui", comfy.URL, "--data-dir", dir, "--slots", "1", "--gpu-interval", "1m")
+	g2 := startServe(t, append(tiers, "--comfyui", comfy.URL, "--data-dir", dir, "--slots", "1", "--gpu-interval", "1m")...)
 	fresh := submitAsync(t, g2.base)
 	type jobView struct {
 		State         string `json:"state"`
@@ -182,7 +183,7 @@ func TestQueuedAsyncJobResumesAfterRestart(t *testing.T) {
 		}
 	}()
 	dir := t.TempDir()
-	flags := []string{"--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--slots", "1", "--gpu-interval", "1m"}
+	flags := append(anonymousInFlight(t, 2), "--comfyui", comfy.URL, "--data-dir", dir, "--shutdown-grace", "100ms", "--slots", "1", "--gpu-interval", "1m")
 	g1 := startServe(t, flags...)
 	first := submitAsync(t, g1.base)
 	<-running
