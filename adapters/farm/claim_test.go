@@ -29,3 +29,27 @@ func TestClaimHoldsASlotUntilTheJobEnds(t *testing.T) {
 		t.Fatalf("after the release: %+v", st)
 	}
 }
+
+// TestClaimCountsTheJobAsItsCaller: a recovered job of an identified
+// tenant is adopted under its tier (and tenant), not as an anonymous
+// caller named after its tenant.
+func TestClaimCountsTheJobAsItsCaller(t *testing.T) {
+	f, _, _ := fakeFarm(t, Config{Slots: 1, TenantInFlight: 4}, 1)
+	eng, err := engine.New(engine.Options{Namespace: t.Name() + "/"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	release := f.Claim(eng)(jobs.Job{ID: "j1", Tenant: "acme", Origin: "192.0.2.1", Tier: "vip", Resource: "zimage_generate", Backend: "a"})
+	defer release(nil)
+	for _, st := range eng.Stats() {
+		if st.Resource != "zimage_generate" {
+			continue
+		}
+		if st.InFlight != 1 || st.Tiers["vip"].Passed != 1 || st.Tiers["anonymous"].Passed != 0 {
+			t.Fatalf("adopted as %+v; want one vip job in flight", st)
+		}
+		return
+	}
+	t.Fatal("no statistics of zimage_generate")
+}
