@@ -11,7 +11,7 @@
 //	GET    /api/resources          live statistics per resource
 //	GET    /api/blocked?limit=N    the N most recent refusals, newest first (default 100, max 1024)
 //	GET    /api/system             CPU, load, every GPU (source, memory, utilisation), CPU devices of backends, the GPU pressure and the build (version, nvml: cgo or nonvml)
-//	GET    /api/backends           the GPU farm: each backend's slots in use, health and GPU pressure, the queue, the tenants
+//	GET    /api/backends           the GPU farm: each backend's slots in use, health and GPU pressure, the queue, jobs waiting and running by priority class, the tenants with their tier and class
 //	GET|PUT /api/simulator/vram    the built-in simulator's GPU memory in use (only with the simulator)
 //	GET    /healthz                the process is up
 //	GET    /readyz                 ready for traffic (503 until then)
