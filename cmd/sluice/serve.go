@@ -313,6 +313,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
 	api, err := httpapi.New(httpapi.Config{
 		Jobs:           metrics,
+		Refusals:       metrics,
 		Engine:         eng,
 		Runner:         backends,
 		Logger:         log,
