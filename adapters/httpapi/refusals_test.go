@@ -1,8 +1,12 @@
 package httpapi_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -30,10 +34,13 @@ func (l *refusalLog) ObserveAuthFailure(credential string) {
 
 // TestRefusalsAreObservedByTier: a daily quota refusal is told with its
 // resource and tier (not its tenant), a refused credential with the kind
-// of credential (not the credential); admitted calls are not told.
+// of credential (not the credential); admitted calls are not told. The
+// quota refusal's log line names the caller's address, tenant and tier,
+// never its key.
 func TestRefusalsAreObservedByTier(t *testing.T) {
 	obs := &refusalLog{}
-	ts := newTenantStack(t, tenantRules, testTiers(1), httpapi.Config{Refusals: obs})
+	var logs bytes.Buffer
+	ts := newTenantStack(t, tenantRules, testTiers(1), httpapi.Config{Refusals: obs, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	for i, want := range []int{http.StatusOK, http.StatusTooManyRequests} {
 		if rec := ts.do(generateRequest(`{"prompt": "a lighthouse"}`), acmeKey, "192.0.2.1:1"); rec.Code != want {
 			t.Fatalf("request %d: %d, want %d: %s", i+1, rec.Code, want, rec.Body)
@@ -41,6 +48,21 @@ func TestRefusalsAreObservedByTier(t *testing.T) {
 	}
 	if want := []string{"zimage_generate registered"}; !slices.Equal(obs.quota, want) {
 		t.Errorf("quota refusals told %q, want %q", obs.quota, want)
+	}
+	var line map[string]any
+	for l := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(l, "request refused") {
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if line == nil || line["tenant"] != "acme" || line["tier"] != "registered" || line["ip"] != "192.0.2.1" ||
+		line["kind"] != "quota" || line["resource"] != "zimage_generate" {
+		t.Errorf("refusal line %v in %s", line, logs.String())
+	}
+	if strings.Contains(logs.String(), acmeKey) {
+		t.Errorf("the log holds the key: %s", logs.String())
 	}
 
 	for _, tc := range []struct{ name, header, value, want string }{
