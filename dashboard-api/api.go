@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -324,17 +325,35 @@ func (a *api) resources(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"resources": a.cfg.Engine.Stats(), "cpu_usage": a.cfg.Engine.CPUUsage()})
 }
 
-// backendsBody renders the farm's state with times in milliseconds.
+// backendsBody renders the farm's state with times in milliseconds: each
+// backend (its name without any user or password its URL carries), the
+// jobs waiting and running by priority class, and each tenant's with its
+// tier and class. Tenants are names, never credentials.
 func backendsBody(st dispatch.Stats) gin.H {
 	backends := make([]gin.H, 0, len(st.Backends))
 	for _, b := range st.Backends {
-		backends = append(backends, gin.H{"name": b.Name, "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "gpu_pressure": b.Pressure, "started_total": b.Started})
+		backends = append(backends, gin.H{"name": withoutUser(b.Name), "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "gpu_pressure": b.Pressure, "started_total": b.Started})
+	}
+	classes := make([]gin.H, 0, len(st.Classes))
+	for _, c := range slices.Backward(st.Classes) { // highest first, as they are served
+		classes = append(classes, gin.H{"class": c.Class.String(), "waiting": c.Waiting, "running": c.Running})
 	}
 	tenants := make([]gin.H, 0, len(st.Tenants))
 	for _, t := range st.Tenants {
-		tenants = append(tenants, gin.H{"tenant": t.Tenant, "waiting": t.Waiting, "running": t.Running})
+		tenants = append(tenants, gin.H{"tenant": t.Tenant, "tier": t.Tier, "class": t.Class.String(), "waiting": t.Waiting, "running": t.Running})
 	}
-	return gin.H{"backends": backends, "queued": st.Queued, "tenants": tenants, "avg_job_time_ms": st.AvgJobTime.Milliseconds()}
+	return gin.H{"backends": backends, "queued": st.Queued, "classes": classes, "tenants": tenants, "avg_job_time_ms": st.AvgJobTime.Milliseconds()}
+}
+
+// withoutUser is a backend's URL without the user information it may
+// carry (http://user:password@host): the operator API shows no password.
+func withoutUser(name string) string {
+	u, err := url.Parse(name)
+	if err != nil || u.User == nil {
+		return name
+	}
+	u.User = nil
+	return u.String()
 }
 
 // system shows the machine's CPU and load, every GPU with its source,

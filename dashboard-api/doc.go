@@ -9,9 +9,9 @@
 //	GET    /api/tiers              the service tiers in force, their source and the last rejected update (Config.Tiers)
 //	PUT    /api/tiers              write the tiers document (YAML or JSON, ≤ 1 MiB; 422 with every problem)
 //	GET    /api/resources          live statistics per resource
-//	GET    /api/blocked?limit=N    the N most recent refusals, newest first (default 100, max 1024)
+//	GET    /api/blocked?limit=N    the N most recent refusals of the engine's rules, newest first, with origin, tenant and tier (default 100, max 1024)
 //	GET    /api/system             CPU, load, every GPU (source, memory, utilisation), CPU devices of backends, the GPU pressure and the build (version, nvml: cgo or nonvml)
-//	GET    /api/backends           the GPU farm: each backend's slots in use, health and GPU pressure, the queue, the tenants
+//	GET    /api/backends           the GPU farm: each backend's slots in use, health and GPU pressure, the queue, jobs waiting and running by priority class, the tenants with their tier and class
 //	GET|PUT /api/simulator/vram    the built-in simulator's GPU memory in use (only with the simulator)
 //	GET    /healthz                the process is up
 //	GET    /readyz                 ready for traffic (503 until then)
@@ -48,4 +48,11 @@
 // need it too; /healthz and /readyz stay open. Errors are RFC 9457 problem
 // bodies (application/problem+json) written by the public API's writer
 // (package problem); JSON bodies are decoded with exact keys.
+//
+// /api/blocked lists what the engine refused (flow, hotspot, tier rate,
+// ban, capacity). The refusals the HTTP side makes after the engine
+// admitted a call — a spent daily quota (429) — and refused credentials
+// (401) are not in it: each is logged (a quota refusal as "request
+// refused" with ip, tenant, tier and kind quota) and counted by tier in
+// the metrics (sluice_quota_refusals_total, sluice_auth_failures_total).
 package dashboardapi

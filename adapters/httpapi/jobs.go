@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -110,10 +109,6 @@ type asyncInput struct {
 	ImageName      string `json:"image_name,omitempty"`
 	NegativePrompt string `json:"negative_prompt,omitempty"`
 	Cost           int    `json:"cost,omitempty"`
-	// Origin is the caller's origin; Identified says the job's tenant is
-	// an identified one (not the origin): the engine call of a resumed job.
-	Origin     string `json:"origin,omitempty"`
-	Identified bool   `json:"identified,omitempty"`
 }
 
 // submit starts an admitted job in the background and answers 202. The job
@@ -129,14 +124,13 @@ type asyncInput struct {
 // Until the job is accepted, ch is left to the caller's settle, which
 // refunds it.
 func (s *Server) submit(c *gin.Context, tok *engine.Token, who *caller, cj comfyui.Job, ch *charge) (handedOff bool) {
-	input, err := json.Marshal(asyncInput{Image: cj.Image, ImageName: cj.ImageName, NegativePrompt: cj.NegativePrompt, Cost: tok.Cost,
-		Origin: who.origin, Identified: !who.id.Anonymous()})
+	input, err := json.Marshal(asyncInput{Image: cj.Image, ImageName: cj.ImageName, NegativePrompt: cj.NegativePrompt, Cost: tok.Cost})
 	if err != nil {
 		tok.Exit(nil)
 		s.jobError(c, cj.Resource, who, fmt.Errorf("httpapi: async input: %w", err))
 		return false
 	}
-	spec := jobs.Spec{Tenant: who.id.Tenant, Tier: who.id.Tier, Resource: cj.Resource, Webhook: c.Query("webhook"), Input: input, Params: jobs.Params{
+	spec := jobs.Spec{Tenant: who.id.Tenant, Origin: who.origin, Tier: who.id.Tier, Resource: cj.Resource, Webhook: c.Query("webhook"), Input: input, Params: jobs.Params{
 		Size: cj.Size, Prompt: cj.Prompt, Width: cj.Width, Height: cj.Height, Steps: cj.Steps, Seed: cj.Seed,
 	}}
 	if ch != nil {
@@ -212,10 +206,8 @@ func (s *Server) Resume(ctx context.Context, job jobs.Job, input []byte, report 
 	p := job.Params
 	cj := comfyui.Job{Resource: job.Resource, Image: in.Image, ImageName: in.ImageName, Size: p.Size, Prompt: p.Prompt,
 		NegativePrompt: in.NegativePrompt, Width: p.Width, Height: p.Height, Steps: p.Steps, Seed: p.Seed}
-	call := engine.Call{Resource: job.Resource, Origin: cmp.Or(in.Origin, job.Tenant), Tier: job.Tier, Size: max(p.Size, p.Width, p.Height), Cost: in.Cost}
-	if in.Identified {
-		call.Tenant = job.Tenant
-	}
+	origin, tenantName := job.Caller()
+	call := engine.Call{Resource: job.Resource, Origin: origin, Tenant: tenantName, Tier: job.Tier, Size: max(p.Size, p.Width, p.Height), Cost: in.Cost}
 	tok := s.eng.Adopt(call)
 	if tok == nil {
 		return jobs.Result{}, fmt.Errorf("lost at restart: resource %q is no longer served", job.Resource)

@@ -103,6 +103,30 @@ type JobObserver interface {
 	ObserveJob(resource string, queueWait, run time.Duration, err error)
 }
 
+// RefusalObserver is told of the refusals the HTTP side makes itself,
+// beside the engine's (which the engine counts): a call over its tier's
+// daily quota, by resource and tier, and a refused credential (401), by
+// the kind of credential sent (CredentialAPIKey, CredentialJWT or
+// CredentialMalformed). It is never told a tenant or a credential. The
+// Prometheus exporter is one.
+type RefusalObserver interface {
+	ObserveQuotaRefusal(resource, tier string)
+	ObserveAuthFailure(credential string)
+}
+
+// The kinds of credential RefusalObserver.ObserveAuthFailure is told.
+const (
+	// CredentialAPIKey: an API key (sk_…) was refused: unknown, revoked
+	// or malformed.
+	CredentialAPIKey = "api_key"
+	// CredentialJWT: a bearer token that is not an API key was refused
+	// (bad signature, expired, wrong issuer or audience, JWT off).
+	CredentialJWT = "jwt"
+	// CredentialMalformed: the header itself was wrong (not Bearer,
+	// empty, several credentials).
+	CredentialMalformed = "malformed"
+)
+
 // Config configures a Server.
 type Config struct {
 	Engine *engine.Engine
@@ -117,6 +141,9 @@ type Config struct {
 	JobTimeout time.Duration
 	// Jobs, if set, observes every job's timings.
 	Jobs JobObserver
+	// Refusals, if set, is told of the daily quota refusals and refused
+	// credentials.
+	Refusals RefusalObserver
 	// MaxUploads bounds the uploads read, checked and prepared at once
 	// (default 16); beyond it a DDColor request gets 503 at once. A slot
 	// is held while its upload is read, checked and prepared, not while
@@ -174,6 +201,7 @@ type Server struct {
 	image      imageinput.Limits
 	jobTimeout time.Duration
 	jobs       JobObserver
+	refusals   RefusalObserver
 	uploads    *uploadSlots
 	webhooks   bool
 	clock      clock.Clock
@@ -232,6 +260,7 @@ func New(cfg Config) (*Server, error) {
 		image:      imageinput.DefaultLimits(),
 		jobTimeout: cfg.JobTimeout,
 		jobs:       cfg.Jobs,
+		refusals:   cfg.Refusals,
 		uploads:    newUploadSlots(cfg.MaxUploads, cfg.UploadsPerClient),
 		webhooks:   cfg.Webhooks,
 		clock:      clock.Or(cfg.Clock),

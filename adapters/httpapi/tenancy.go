@@ -145,14 +145,48 @@ func (s *Server) identity(c *gin.Context) (id tenant.Identity, origin string, ok
 // unauthorized answers a refused credential: 401 with WWW-Authenticate
 // (RFC 6750). Neither the answer nor the log holds the credential.
 func (s *Server) unauthorized(c *gin.Context, origin string, ae *tenant.AuthError) {
+	kind := credentialKind(c.Request)
 	s.log.LogAttrs(c.Request.Context(), slog.LevelInfo, "credential refused",
-		slog.String("ip", origin), slog.String("path", c.Request.URL.Path), slog.String("reason", ae.Reason))
+		slog.String("ip", origin), slog.String("path", c.Request.URL.Path), slog.String("credential", kind), slog.String("reason", ae.Reason))
+	if s.refusals != nil {
+		s.refusals.ObserveAuthFailure(kind)
+	}
 	scheme := ae.Scheme
 	if scheme == "" {
 		scheme = "Bearer"
 	}
 	c.Header("WWW-Authenticate", scheme+` realm="sluice", error="invalid_token", error_description=`+quote(ae.Reason))
 	problem.Answer(c, http.StatusUnauthorized, "unauthorized", "the credential was refused: "+ae.Reason)
+}
+
+// credentialKind says which kind of credential r carries, for the
+// metrics: an API key (sk_…, in X-API-Key or as the bearer), another
+// bearer token (a JWT), or a header that holds none well-formed.
+func credentialKind(r *http.Request) string {
+	keys, auths := r.Header.Values("X-API-Key"), r.Header.Values("Authorization")
+	var cred string
+	switch {
+	case len(keys) == 1 && len(auths) == 0:
+		cred = strings.TrimSpace(keys[0])
+		if !strings.HasPrefix(cred, "sk_") {
+			return CredentialMalformed
+		}
+	case len(auths) == 1 && len(keys) == 0:
+		scheme, token, ok := strings.Cut(strings.TrimSpace(auths[0]), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			return CredentialMalformed
+		}
+		cred = strings.TrimSpace(token)
+	default:
+		return CredentialMalformed
+	}
+	switch {
+	case cred == "":
+		return CredentialMalformed
+	case strings.HasPrefix(cred, "sk_"):
+		return CredentialAPIKey
+	}
+	return CredentialJWT
 }
 
 // quote writes s as an HTTP quoted-string.
@@ -381,6 +415,9 @@ func (s *Server) quotaExceeded(c *gin.Context, who *caller, call engine.Call, u 
 		slog.Int("retry_after", retry))
 	if s.log.Enabled(c.Request.Context(), slog.LevelDebug) {
 		c.Set(refusedKey, true)
+	}
+	if s.refusals != nil {
+		s.refusals.ObserveQuotaRefusal(call.Resource, who.id.Tier)
 	}
 	problem.Write(c, Problem{Type: problem.TypeQuota, Title: "Too Many Requests", Status: http.StatusTooManyRequests,
 		Detail: fmt.Sprintf("the daily quota of tier %q is spent: %d of %d %s used on %s; it resets at %s",

@@ -807,6 +807,11 @@ func TestResumedJobKeepsItsTicket(t *testing.T) {
 	if job.Tenant != "acme" || job.Tier != "registered" || job.Class != tenant.Medium || job.InFlight != 2 {
 		t.Fatalf("resumed as tenant %q tier %q class %v in flight %d", job.Tenant, job.Tier, job.Class, job.InFlight)
 	}
+	// Adopted as its caller was admitted: in its tier, from its record's
+	// tenant and origin (admitted once before the restart, once again now).
+	if st := eng.Stats()[2]; st.Tiers["registered"].Passed != 2 || st.Tiers["anonymous"].Passed != 0 {
+		t.Fatalf("resumed job adopted as %+v", st.Tiers)
+	}
 	if err := second.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}

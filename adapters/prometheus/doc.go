@@ -23,6 +23,13 @@
 //	sluice_job_duration_seconds{resource, outcome="success"|"failure"}
 //	sluice_job_queue_wait_seconds{resource}
 //
+// The refusals the HTTP side makes itself are counted as they happen,
+// through ObserveQuotaRefusal and ObserveAuthFailure (the Exporter is an
+// httpapi.RefusalObserver), by tier and never by tenant:
+//
+//	sluice_quota_refusals_total{resource, tier}          429s of a spent daily quota
+//	sluice_auth_failures_total{credential="api_key"|"jwt"|"malformed"}   401s
+//
 // The Go runtime's and the process's standard metrics (go_*, process_*)
 // and the scrape handler's own (promhttp_*) come with them.
 //
@@ -30,7 +37,7 @@
 //
 //	exp := prometheus.New(prometheus.Config{Engine: eng, Rules: rulesInfo})
 //	mux.Handle("GET /metrics", exp.Handler())
-//	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: runner, Jobs: exp})
+//	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: runner, Jobs: exp, Refusals: exp})
 //
 // grafana/sluice-dashboard.json is a Grafana dashboard for these metrics;
 // it takes its Prometheus data source from the variable DS_PROMETHEUS.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	prom "github.com/prometheus/client_golang/prometheus"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/tenant"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -52,13 +54,26 @@ type Config struct {
 // Exporter holds sluice's metrics on a private registry. It is safe for
 // concurrent use.
 type Exporter struct {
-	reg         *prom.Registry
-	handler     http.Handler
-	jobDuration *prom.HistogramVec
-	queueWait   *prom.HistogramVec
+	reg           *prom.Registry
+	handler       http.Handler
+	jobDuration   *prom.HistogramVec
+	queueWait     *prom.HistogramVec
+	quotaRefusals *prom.CounterVec
+	authFailures  *prom.CounterVec
+
+	// tiersMu guards tiers: the tiers counted apart in quotaRefusals.
+	tiersMu sync.Mutex
+	tiers   map[string]bool
 }
 
-var _ httpapi.JobObserver = (*Exporter)(nil)
+// maxTiers bounds the tiers quota refusals are counted apart by, as the
+// engine bounds its own; beyond them a tier counts as engine.OtherTier.
+const maxTiers = 32
+
+var (
+	_ httpapi.JobObserver     = (*Exporter)(nil)
+	_ httpapi.RefusalObserver = (*Exporter)(nil)
+)
 
 // New builds an exporter and its registry.
 func New(cfg Config) *Exporter {
@@ -76,6 +91,17 @@ func New(cfg Config) *Exporter {
 			Help:      "Time the jobs that succeeded waited in ComfyUI's queue before they ran.",
 			Buckets:   jobBuckets,
 		}, []string{"resource"}),
+		quotaRefusals: prom.NewCounterVec(prom.CounterOpts{
+			Namespace: namespace,
+			Name:      "quota_refusals_total",
+			Help:      "Calls refused (429) because their tier's daily quota was spent, by the caller's tier; the engine had admitted them (sluice_requests_total counts them admitted).",
+		}, []string{"resource", "tier"}),
+		authFailures: prom.NewCounterVec(prom.CounterOpts{
+			Namespace: namespace,
+			Name:      "auth_failures_total",
+			Help:      "Requests whose credential was refused (401), by the kind of credential sent: api_key, jwt or malformed.",
+		}, []string{"credential"}),
+		tiers: map[string]bool{tenant.AnonymousTier: true},
 	}
 	// Every resource's series exist from the start, so rates over them
 	// begin at zero rather than at the first job.
@@ -83,12 +109,18 @@ func New(cfg Config) *Exporter {
 		e.jobDuration.WithLabelValues(r, outcomeSuccess)
 		e.jobDuration.WithLabelValues(r, outcomeFailure)
 		e.queueWait.WithLabelValues(r)
+		e.quotaRefusals.WithLabelValues(r, tenant.AnonymousTier)
+	}
+	for _, k := range []string{httpapi.CredentialAPIKey, httpapi.CredentialJWT, httpapi.CredentialMalformed} {
+		e.authFailures.WithLabelValues(k)
 	}
 	e.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		e.jobDuration,
 		e.queueWait,
+		e.quotaRefusals,
+		e.authFailures,
 	)
 	if cfg.Engine != nil || cfg.Rules != nil {
 		e.reg.MustRegister(newEngineCollector(cfg.Engine, cfg.Rules))
@@ -121,6 +153,42 @@ func (e *Exporter) ObserveJob(resource string, queueWait, run time.Duration, err
 	if err == nil {
 		e.queueWait.WithLabelValues(resource).Observe(seconds(queueWait))
 	}
+}
+
+// ObserveQuotaRefusal counts a call refused because its tier's daily quota
+// was spent, under its resource and tier (never its tenant: tenants are
+// unbounded). Beyond 32 tiers seen, the others count as "other".
+func (e *Exporter) ObserveQuotaRefusal(resource, tier string) {
+	if tier == "" {
+		tier = tenant.AnonymousTier
+	}
+	e.quotaRefusals.WithLabelValues(resource, e.boundedTier(tier)).Inc()
+}
+
+// boundedTier is tier, or engine.OtherTier once maxTiers others were seen.
+func (e *Exporter) boundedTier(tier string) string {
+	e.tiersMu.Lock()
+	defer e.tiersMu.Unlock()
+	if e.tiers[tier] {
+		return tier
+	}
+	if len(e.tiers) >= maxTiers {
+		return engine.OtherTier
+	}
+	e.tiers[tier] = true
+	return tier
+}
+
+// ObserveAuthFailure counts a refused credential under its kind
+// (httpapi.CredentialAPIKey, CredentialJWT or CredentialMalformed; any
+// other counts as malformed, so the label set stays bounded).
+func (e *Exporter) ObserveAuthFailure(credential string) {
+	switch credential {
+	case httpapi.CredentialAPIKey, httpapi.CredentialJWT:
+	default:
+		credential = httpapi.CredentialMalformed
+	}
+	e.authFailures.WithLabelValues(credential).Inc()
 }
 
 // seconds converts d, negative ones (clocks that disagree) counting as 0.

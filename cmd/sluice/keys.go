@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/adapters/identity"
+	"github.com/sluicehq/sluice/rules"
 )
 
 const keysUsage = `Usage: sluice keys COMMAND [flags]
@@ -23,6 +24,8 @@ const keysUsage = `Usage: sluice keys COMMAND [flags]
 
 Flags, as etcdctl has them: --endpoints, --cacert, --cert, --key, --user, --password,
 --insecure-skip-tls-verify, --dial-timeout, --command-timeout, and --prefix (default /sluice).
+A tier not in the tiers in force (the tiers document in etcd, else the built-in tiers) is
+warned about on stderr; the key is made all the same.
 Exit codes: 0 ok, 1 invalid input (or no such key), 2 etcd cannot be reached.
 `
 
@@ -67,7 +70,7 @@ func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if len(rest) > 0 {
 			return invalid(fmt.Errorf("unexpected arguments %q", rest))
 		}
-		return keysCreate(ctx, &ef, spec, stdout)
+		return keysCreate(ctx, &ef, spec, stdout, stderr)
 	case "list":
 		if len(rest) > 0 {
 			return invalid(fmt.Errorf("unexpected arguments %q", rest))
@@ -92,11 +95,18 @@ func keyError(err error) error {
 	return unreachable(err)
 }
 
-func keysCreate(ctx context.Context, ef *etcdFlags, spec identity.KeySpec, stdout io.Writer) error {
+func keysCreate(ctx context.Context, ef *etcdFlags, spec identity.KeySpec, stdout, stderr io.Writer) error {
 	if err := spec.Validate(); err != nil {
 		return invalid(err)
 	}
 	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
+		warning, err := tierWarning(ctx, store, spec.Tier)
+		if err != nil {
+			return unreachable(err)
+		}
+		if warning != "" {
+			fmt.Fprintln(stderr, "warning: "+warning)
+		}
 		key, rec, err := identity.CreateKey(ctx, store.Client(), ef.prefix, spec, nil)
 		if err != nil {
 			return keyError(err)
@@ -106,6 +116,34 @@ func keysCreate(ctx context.Context, ef *etcdFlags, spec identity.KeySpec, stdou
 		fmt.Fprintf(stdout, "Call with:  curl -H 'Authorization: Bearer %s' …   Revoke with:  sluice keys revoke %s\n", key, rec.ID)
 		return nil
 	})
+}
+
+// tierWarning says why a key of tier would not be served as it is now: the
+// tier is not in the tiers in force (the tiers document in etcd, or the
+// built-in tiers without one), or that document cannot be read. The key is
+// made all the same: the tier may be added to the document later. The
+// error is etcd's only.
+func tierWarning(ctx context.Context, store *etcd.Store, tier string) (string, error) {
+	doc, err := store.GetTiers(ctx)
+	if err != nil {
+		return "", err
+	}
+	tiers, source := rules.DefaultTiers(), "the built-in tiers (no tiers document at "+store.TiersKey()+")"
+	if len(doc.Value) > 0 {
+		if tiers, err = rules.ParseTiers(store.TiersKey(), doc.Value); err != nil {
+			return fmt.Sprintf("tier %q not checked: the tiers document in etcd is invalid: %v", tier, err), nil
+		}
+		source = "the tiers document at " + store.TiersKey()
+	}
+	if _, ok := tiers.Tier(tier); ok {
+		return "", nil
+	}
+	names := make([]string, len(tiers.Tiers))
+	for i, t := range tiers.Tiers {
+		names[i] = t.Name
+	}
+	return fmt.Sprintf("tier %q is not in the tiers in force (%s, from %s): calls with this key are refused (403) until `sluice tiers apply` defines it",
+		tier, strings.Join(names, ", "), source), nil
 }
 
 func keysList(ctx context.Context, ef *etcdFlags, output string, stdout io.Writer) error {

@@ -304,7 +304,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	clients := backends.Clients()
 	stopGPUs := watchGPUs(backends, eng, f.gpuInterval, log)
 	defer stopGPUs()
-	async, restoreJobs, err := startJobs(ctx, f, rs, clients, eng, backends, httpapi.RefundJobs(who.quota, log), log)
+	async, restoreJobs, err := startJobs(ctx, f, rs, clients, eng, backends, who.tiers, httpapi.RefundJobs(who.quota, log), log)
 	if err != nil {
 		return err
 	}
@@ -313,6 +313,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
 	api, err := httpapi.New(httpapi.Config{
 		Jobs:           metrics,
+		Refusals:       metrics,
 		Engine:         eng,
 		Runner:         backends,
 		Logger:         log,

@@ -173,12 +173,13 @@ func (w ruleWriter) settle(ctx context.Context, rev int64, err error) (int64, er
 // this one: those that were submitted to or running on a backend still
 // configured are followed there to their end, each within --job-timeout,
 // holding, from before restore returns until they end, a slot on that
-// backend and an admission token as any job does (see farm.Farm.Claim);
+// backend and an admission token as any job does, in their tier's class
+// (see farm.Farm.Claim);
 // those that were still waiting for a slot are queued again from their
 // journaled input by resume. etcd not answering is logged, not fatal: the
 // gateway serves, accepts async jobs into the journal, and writes their
 // records when etcd is back.
-func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm.Farm, refund func(jobs.Job), log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
+func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*comfyui.Client, eng *engine.Engine, backends *farm.Farm, tiers httpapi.TierSource, refund func(jobs.Job), log *slog.Logger) (*jobs.Manager, func(resume jobs.ResumeFunc), error) {
 	results, err := jobs.NewDirResults(f.resultsDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--results-dir: %w", err)
@@ -223,7 +224,7 @@ func startJobs(ctx context.Context, f *serveFlags, rs *ruleSource, clients []*co
 		return jobs.Result{PromptID: res.PromptID, Data: res.Image, ContentType: res.ContentType}, nil
 	}
 	restore := func(resume jobs.ResumeFunc) {
-		if err := m.Restore(ctx, follow, backends.Claim(eng), resume); err != nil {
+		if err := m.Restore(ctx, follow, backends.Claim(eng, tiers), resume); err != nil {
 			log.Error("async jobs of the last run not restored", slog.Any("error", err))
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/engine/dispatch"
+	"github.com/sluicehq/sluice/engine/tenant"
 )
 
 // TestAdoptHoldsTheSlot: jobs found running on a one-slot backend after a
@@ -15,11 +16,11 @@ import (
 // count for their tenant's cap.
 func TestAdoptHoldsTheSlot(t *testing.T) {
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: []dispatch.BackendConfig{{Name: "gpu-1"}}, TenantInFlight: 2})
-	a1, err := d.Adopt("gpu-1", "old")
+	a1, err := d.Adopt("gpu-1", dispatch.Request{Tenant: "old"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a2, err := d.Adopt("gpu-1", "old")
+	a2, err := d.Adopt("gpu-1", dispatch.Request{Tenant: "old"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,10 +63,30 @@ func TestAdoptHoldsTheSlot(t *testing.T) {
 
 func TestAdoptUnknownBackend(t *testing.T) {
 	d, _, _ := newDispatcher(t, dispatch.Config{Backends: []dispatch.BackendConfig{{Name: "gpu-1"}}})
-	if _, err := d.Adopt("gpu-9", "old"); !errors.Is(err, dispatch.ErrUnknownBackend) {
+	if _, err := d.Adopt("gpu-9", dispatch.Request{Tenant: "old"}); !errors.Is(err, dispatch.ErrUnknownBackend) {
 		t.Fatalf("Adopt on an unknown backend: %v", err)
 	}
 	if st := d.Stats(); st.Backends[0].InUse != 0 || len(st.Tenants) != 0 {
 		t.Fatalf("a failed Adopt left %+v", st)
+	}
+}
+
+// TestAdoptShowsTierAndClass: an adopted job counts in its class and shows
+// its tenant's tier and class, and its class's running count falls back
+// when it ends.
+func TestAdoptShowsTierAndClass(t *testing.T) {
+	d, _, _ := newDispatcher(t, dispatch.Config{Backends: []dispatch.BackendConfig{{Name: "gpu-1"}}})
+	l, err := d.Adopt("gpu-1", dispatch.Request{Tenant: "acme", Tier: "vip", Class: tenant.High})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := d.Stats()
+	if len(st.Tenants) != 1 || st.Tenants[0].Tier != "vip" || st.Tenants[0].Class != tenant.High || st.Tenants[0].Running != 1 ||
+		st.Classes[tenant.High].Running != 1 || st.Classes[tenant.Low].Running != 0 || l.Class() != tenant.High {
+		t.Fatalf("after the adoption: %+v", st)
+	}
+	l.Release(0)
+	if st := d.Stats(); st.Classes[tenant.High].Running != 0 || len(st.Tenants) != 0 {
+		t.Fatalf("after the release: %+v", st)
 	}
 }

@@ -56,7 +56,13 @@ type Progress struct {
 
 // Spec describes a job to Submit.
 type Spec struct {
+	// Tenant is who the job bills: an identified caller's tenant, or an
+	// anonymous caller's origin.
 	Tenant string
+	// Origin is the caller's origin (its address, or IPv6 prefix), kept
+	// apart from Tenant so that a job taken up after a restart is counted
+	// as its caller was: by tenant when identified, by origin when not.
+	Origin string
 	// Tier is the caller's service tier, shown in the job's record.
 	Tier     string
 	Resource string
@@ -116,8 +122,11 @@ type RunFunc func(ctx context.Context, report Report) (Result, error)
 
 // Job is a snapshot of a job's record.
 type Job struct {
-	ID       string    `json:"id"`
-	Tenant   string    `json:"-"`
+	ID     string `json:"id"`
+	Tenant string `json:"-"`
+	// Origin is the caller's origin (see Spec.Origin); kept from the job's
+	// view like its tenant.
+	Origin   string    `json:"-"`
 	Tier     string    `json:"tier,omitempty"`
 	Resource string    `json:"resource"`
 	Params   Params    `json:"params"`
@@ -147,6 +156,22 @@ type Job struct {
 
 	// resultKey names the job's result in the ResultStore once stored.
 	resultKey string
+}
+
+// Caller is who submitted the job, as an engine call takes it: the origin
+// it came from and its identified tenant, empty for an anonymous job
+// (whose Tenant is its origin). A record kept before origins were has
+// none: its tenant is taken for its origin when its tier is the anonymous
+// one (or unset), and for an identified tenant of unknown origin
+// otherwise.
+func (j Job) Caller() (origin, tenantName string) {
+	switch {
+	case j.Origin != "" && j.Origin != j.Tenant:
+		return j.Origin, j.Tenant
+	case j.Origin != "" || j.Tier == "" || j.Tier == tenant.AnonymousTier:
+		return j.Tenant, ""
+	}
+	return "", j.Tenant
 }
 
 // EventType says what an Event reports.
@@ -346,7 +371,7 @@ func (m *Manager) Submit(spec Spec, run RunFunc) (Job, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &record{
 		job: Job{
-			ID: uuid.NewString(), Tenant: spec.Tenant, Tier: spec.Tier, Resource: spec.Resource, Params: spec.Params, Webhook: spec.Webhook,
+			ID: uuid.NewString(), Tenant: spec.Tenant, Origin: spec.Origin, Tier: spec.Tier, Resource: spec.Resource, Params: spec.Params, Webhook: spec.Webhook,
 			State: Queued, Created: m.cfg.Clock.Now(), Ticket: spec.Ticket,
 		},
 		cancel: cancel,

@@ -14,6 +14,7 @@ import (
 type storedJob struct {
 	ID          string    `json:"id"`
 	Tenant      string    `json:"tenant"`
+	Origin      string    `json:"origin,omitempty"`
 	Tier        string    `json:"tier,omitempty"`
 	Resource    string    `json:"resource"`
 	Params      Params    `json:"params"`
@@ -40,7 +41,7 @@ func MarshalRecord(j Job) ([]byte, error) {
 		ticket = &j.Ticket
 	}
 	return json.Marshal(storedJob{
-		ID: j.ID, Tenant: j.Tenant, Tier: j.Tier, Ticket: ticket, Resource: j.Resource, Params: j.Params, Webhook: j.Webhook,
+		ID: j.ID, Tenant: j.Tenant, Origin: j.Origin, Tier: j.Tier, Ticket: ticket, Resource: j.Resource, Params: j.Params, Webhook: j.Webhook,
 		Backend: j.Backend, PromptID: j.PromptID, State: j.State,
 		Created: j.Created, Started: j.Started, Finished: j.Finished, Progress: j.Progress,
 		Error: j.Error, ContentType: j.ContentType, ResultKey: j.resultKey,
@@ -72,7 +73,7 @@ func UnmarshalRecord(b []byte) (Job, error) {
 		ticket = *s.Ticket
 	}
 	return Job{
-		ID: s.ID, Tenant: s.Tenant, Tier: s.Tier, Ticket: ticket, Resource: s.Resource, Params: s.Params, Webhook: s.Webhook,
+		ID: s.ID, Tenant: s.Tenant, Origin: s.Origin, Tier: s.Tier, Ticket: ticket, Resource: s.Resource, Params: s.Params, Webhook: s.Webhook,
 		Backend: s.Backend, PromptID: s.PromptID, State: s.State,
 		Created: s.Created, Started: s.Started, Finished: s.Finished, Progress: s.Progress,
 		Error: s.Error, ContentType: s.ContentType, resultKey: s.ResultKey,
