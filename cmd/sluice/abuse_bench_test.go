@@ -85,7 +85,11 @@ import (
 // load per scenario, default 20) and SLUICE_ABUSE_BACKENDS (default 2) set
 // the scale; SLUICE_ABUSE_PER_IP (default 0.2) the rate set's per-IP rate
 // as a share of the capacity, SLUICE_ABUSE_INFLIGHT (default the slots + 1)
-// the farm's --tenant-inflight.
+// the farm's --tenant-inflight and, in the fair and rate sets, the
+// anonymous tier's in_flight: a job carries its tier's cap, which the farm
+// applies instead of its own, so these sets run with the built-in tiers but
+// that cap (the built-in 1 lets a client alone use one slot; 1 reproduces
+// it). The tiers set uses the built-in tiers unchanged.
 func BenchmarkAbuse(b *testing.B) {
 	sc, err := abuseScaleFromEnv()
 	if err != nil {
@@ -103,7 +107,7 @@ func BenchmarkAbuse(b *testing.B) {
 		for _, ips := range rs.ips {
 			b.Run(fmt.Sprintf("%s/ips=%d", rs.name, ips), func(b *testing.B) {
 				if rs.tiers && store == nil {
-					if store, err = startAbuseEtcd(b.TempDir()); err != nil {
+					if store, err = startAbuseEtcd(); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -142,7 +146,7 @@ type abuseScale struct {
 	window   time.Duration
 	backends int
 	perIP    float64 // the rate set's per-IP rate, as a share of the capacity
-	inFlight int     // the farm's --tenant-inflight
+	inFlight int     // the farm's --tenant-inflight, the anonymous tier's in_flight in fair and rate
 }
 
 func abuseScaleFromEnv() (abuseScale, error) {
@@ -211,6 +215,9 @@ type abuseRules struct {
 	yaml           string
 	tenantInFlight int
 	queueWait      time.Duration // real
+	// anonInFlight, when not 0, is the anonymous tier's in_flight; the
+	// other tiers are the built-in ones.
+	anonInFlight int
 	// ips are the abuser's numbers of IPs to run the set with.
 	ips []int
 	// tiers: the well-behaved clients are registered, with API keys; the
@@ -248,8 +255,8 @@ concurrency: 128
 ban: {blocks: 20, within: %s, for: %s}
 `, sc.perIP, perIP, perIP, time.Duration(sc.factor*float64(time.Second)), perIP, ms(10*time.Second), ms(time.Minute))
 	return []abuseRules{
-		{name: "fair", file: recommendedRules, tenantInFlight: inFlight, queueWait: queueWait, ips: []int{1, 20}},
-		{name: "rate", yaml: rate, tenantInFlight: inFlight, queueWait: queueWait, ips: []int{1, 20}},
+		{name: "fair", file: recommendedRules, tenantInFlight: inFlight, anonInFlight: inFlight, queueWait: queueWait, ips: []int{1, 20}},
+		{name: "rate", yaml: rate, tenantInFlight: inFlight, anonInFlight: inFlight, queueWait: queueWait, ips: []int{1, 20}},
 		// The tiers' in-flight caps (anonymous 1, registered 2) come with
 		// each job; the farm's own applies to none.
 		{name: "tiers", file: recommendedRules, tenantInFlight: inFlight, queueWait: queueWait, ips: []int{abuseTiersIPs}, tiers: true},
@@ -316,7 +323,11 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 	if rulesUsed == "" {
 		rulesUsed = "\n" + rs.yaml
 	}
-	fmt.Fprintf(w, "farm: --tenant-inflight %d --queue-max %d --queue-wait %s; rules: %s\n", rs.tenantInFlight, abuseQueueMax, rs.queueWait, rulesUsed)
+	tiers := "built-in"
+	if rs.anonInFlight > 0 {
+		tiers = fmt.Sprintf("built-in, anonymous in_flight %d", rs.anonInFlight)
+	}
+	fmt.Fprintf(w, "farm: --tenant-inflight %d --queue-max %d --queue-wait %s; tiers: %s; rules: %s\n", rs.tenantInFlight, abuseQueueMax, rs.queueWait, tiers, rulesUsed)
 	for _, n := range r.notes {
 		fmt.Fprintln(w, n)
 	}
@@ -346,7 +357,7 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 	}
 	fmt.Fprintf(w, "%s within deadline %.1f%% (goal ≥ 99%%), GPU busy %.1f%% (≥ 90%%), useful %.1f%% (≥ 95%%), Jain %.3f\n",
 		well, r.wellPct, r.busyPct, r.usefulPct, r.jain)
-	fmt.Fprintf(w, "late: deadline passed in the gateway; notime: refused, Retry-After past the deadline; retry: attempts sent again; refused: status/problem kind\n")
+	fmt.Fprintf(w, "late: deadline passed in the gateway; notime: refused, Retry-After past the deadline; retry: attempts sent again; refused: status/problem kind[@Retry-After]\n")
 	fmt.Fprintf(w, "a prompt ran %s on average; a backend stood %s idle between two prompts (median)\n",
 		r.meanRun.Round(100*time.Microsecond), r.handoff.Round(100*time.Microsecond))
 	fmt.Fprintf(w, "timers fired up to %s late (p99)", r.lag.Round(100*time.Microsecond))
@@ -497,6 +508,12 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int, store *
 		}
 		cfg.Identity, cfg.Quota, cfg.Tiers = tn.resolver, tn.quota, tn
 		keys = tn.keys
+	} else if rs.anonInFlight > 0 {
+		ts, err := tiersWithAnonymousInFlight(rs.anonInFlight)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Tiers = fixedTiers{ts}
 	}
 	api, err := httpapi.New(cfg)
 	if err != nil {
@@ -595,7 +612,11 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int, store *
 				return
 			}
 			if status != 0 && status != http.StatusOK {
-				refused(client, strings.TrimSuffix(strconv.Itoa(status)+"/"+kind, "/"))
+				what := strings.TrimSuffix(strconv.Itoa(status)+"/"+kind, "/")
+				if retries {
+					what += "@" + retry.String() // the Retry-After a well-behaved client was told
+				}
+				refused(client, what)
 			}
 			if !retries || retry == 0 || time.Since(start)+retry >= deadline {
 				mu.Lock()
@@ -750,7 +771,11 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int, store *
 
 	res := abuseResult{clients: cr, refusals: refusals}
 	if tn != nil {
-		if res.notes, err = tn.report(abuserIPs); err != nil {
+		attempts := 0
+		for _, c := range cr {
+			attempts += c.asked + c.retried
+		}
+		if res.notes, err = tn.report(abuserIPs, attempts); err != nil {
 			b.Error(err)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -25,29 +26,47 @@ const abuseTiersIPs = 20
 // abuseEtcd is the embedded etcd of BenchmarkAbuse's tiers scenario, one
 // for the whole benchmark; each run works under a fresh prefix.
 type abuseEtcd struct {
+	dir    string
 	server *etcd.Embedded
 	client *clientv3.Client
 	runs   atomic.Int64
 }
 
-// startAbuseEtcd starts an embedded etcd with its data in dir, on a free
-// loopback port.
-func startAbuseEtcd(dir string) (*abuseEtcd, error) {
+// startAbuseEtcd starts an embedded etcd with its data in a new temporary
+// folder (close removes it), on a free loopback port. (A sub-benchmark's
+// TempDir would go at the end of its first run.)
+func startAbuseEtcd() (*abuseEtcd, error) {
+	dir, err := os.MkdirTemp("", "sluice-abuse-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("abuse bench: %w", err)
+	}
 	e, err := etcd.StartEmbedded(etcd.EmbeddedConfig{Dir: dir, ClientURL: "http://127.0.0.1:0"})
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("abuse bench: %w", err)
 	}
 	c, err := etcd.NewClient(etcd.ClientConfig{Endpoints: e.Endpoints()})
 	if err != nil {
 		e.Close()
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("abuse bench: %w", err)
 	}
-	return &abuseEtcd{server: e, client: c}, nil
+	return &abuseEtcd{dir: dir, server: e, client: c}, nil
+}
+
+// revision is etcd's current revision.
+func (s *abuseEtcd) revision(ctx context.Context) (int64, error) {
+	resp, err := s.client.Get(ctx, "/sluice-abuse-bench/revision", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("abuse bench: reading etcd's revision: %w", err)
+	}
+	return resp.Header.Revision, nil
 }
 
 func (s *abuseEtcd) close() {
 	s.client.Close()
 	s.server.Close()
+	os.RemoveAll(s.dir)
 }
 
 // abuseTenancy is one tiers run's identity, quota and tiers: a running
@@ -60,13 +79,17 @@ type abuseTenancy struct {
 	tenants  []string // their tenants
 	resolver *identity.Resolver
 	quota    *etcd.Quota
+	client   *abuseEtcd
 	// bound is the most jobs one anonymous tenant can be charged in the
 	// modelled window; raised says the anonymous quota was raised above
 	// it (from the built-in quota).
 	bound  int64
 	raised int64
-	stop   context.CancelFunc
-	done   chan struct{}
+	// rev is etcd's revision once the keys are written: the quota's writes
+	// during the run come after it.
+	rev  int64
+	stop context.CancelFunc
+	done chan struct{}
 }
 
 // Tiers gives the tiers in force: it is the server's httpapi.TierSource.
@@ -98,6 +121,10 @@ func (s *abuseEtcd) tenancy(sc abuseScale, abuserIPs, registered int, log *slog.
 		return nil, fmt.Errorf("abuse bench: %w", err)
 	}
 	t.resolver = r
+	if t.rev, err = s.revision(ctx); err != nil {
+		return nil, err
+	}
+	t.client = s
 	t.quota = etcd.NewQuota(s.client, t.prefix, nil)
 	rctx, stop := context.WithCancel(context.Background())
 	t.stop = stop
@@ -117,6 +144,25 @@ func (s *abuseEtcd) tenancy(sc abuseScale, abuserIPs, registered int, log *slog.
 func (t *abuseTenancy) close() {
 	t.stop()
 	<-t.done
+}
+
+// fixedTiers is a TierSource of fixed tiers.
+type fixedTiers struct{ ts *rules.Tiers }
+
+func (f fixedTiers) Tiers() *rules.Tiers { return f.ts }
+
+// tiersWithAnonymousInFlight is the built-in tiers with the anonymous
+// tier's in_flight set to n.
+func tiersWithAnonymousInFlight(n int) (*rules.Tiers, error) {
+	ts := rules.DefaultTiers()
+	ts.Tiers = slices.Clone(ts.Tiers)
+	for i := range ts.Tiers {
+		if ts.Tiers[i].Name == tenant.AnonymousTier {
+			ts.Tiers[i].InFlight = n
+			return ts, nil
+		}
+	}
+	return nil, errors.New("abuse bench: the built-in tiers have no anonymous tier")
 }
 
 // anonymousQuotaBound is the most jobs one of the abuser's IPs (an
@@ -152,10 +198,16 @@ func abuseTiers(bound int64) (ts *rules.Tiers, raised int64) {
 }
 
 // report tells the tiers in force and the daily quotas used: the most any
-// abuser IP used against the bound, and each registered tenant's.
-func (t *abuseTenancy) report(abuserIPs int) ([]string, error) {
+// abuser IP used against the bound, each registered tenant's, and the
+// writes to etcd during the run (the quota's charges and refunds) per
+// request sent (attempts).
+func (t *abuseTenancy) report(abuserIPs, attempts int) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	rev, err := t.client.revision(ctx)
+	if err != nil {
+		return nil, err
+	}
 	loc := t.tiers.Location
 	if loc == nil {
 		loc = time.UTC
@@ -200,5 +252,7 @@ func (t *abuseTenancy) report(abuserIPs int) ([]string, error) {
 		used = append(used, fmt.Sprintf("%s %d", name, u.Used))
 	}
 	lines = append(lines, fmt.Sprintf("registered daily quota %d used: %s", reg.DailyQuota, strings.Join(used, ", ")))
+	lines = append(lines, fmt.Sprintf("etcd writes during the run (quota charges and refunds): %d, %.2f per request sent (%d)",
+		rev-t.rev, float64(rev-t.rev)/float64(max(attempts, 1)), attempts))
 	return lines, nil
 }
