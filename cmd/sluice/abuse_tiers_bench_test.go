@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -255,4 +256,36 @@ func (t *abuseTenancy) report(abuserIPs, attempts int) ([]string, error) {
 	lines = append(lines, fmt.Sprintf("etcd writes during the run (quota charges and refunds): %d, %.2f per request sent (%d)",
 		rev-t.rev, float64(rev-t.rev)/float64(max(attempts, 1)), attempts))
 	return lines, nil
+}
+
+func TestAnonymousQuotaBound(t *testing.T) {
+	// 200 s modelled on 2 backends of 2 s jobs: 200 jobs, 10 per IP of 20,
+	// and 7 deadlines of 30 s.
+	sc := abuseScale{factor: 10, window: 20 * time.Second, backends: 2}
+	if got := anonymousQuotaBound(sc, 20); got != 17 {
+		t.Errorf("bound = %d, want 17", got)
+	}
+	// The built-in quota (50) stands below it...
+	ts, raised := abuseTiers(17)
+	if anon, _ := ts.Tier(tenant.AnonymousTier); raised != 0 || anon.DailyQuota != 50 {
+		t.Errorf("bound 17: anonymous quota %d (raised %d), want the built-in 50", anon.DailyQuota, raised)
+	}
+	// ...and is raised to twice a bound that reaches it, the other tiers
+	// and the built-in document untouched.
+	ts, raised = abuseTiers(50)
+	anon, _ := ts.Tier(tenant.AnonymousTier)
+	reg, _ := ts.Tier("registered")
+	if raised != 100 || anon.DailyQuota != 100 || reg.DailyQuota != 200 {
+		t.Errorf("bound 50: anonymous %d (raised %d), registered %d; want 100, 100, 200", anon.DailyQuota, raised, reg.DailyQuota)
+	}
+	if builtIn, _ := rules.DefaultTiers().Tier(tenant.AnonymousTier); builtIn.DailyQuota != 50 {
+		t.Errorf("built-in anonymous quota changed to %d", builtIn.DailyQuota)
+	}
+	in, err := tiersWithAnonymousInFlight(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if anon, _ := in.Tier(tenant.AnonymousTier); anon.InFlight != 3 {
+		t.Errorf("anonymous in_flight %d, want 3", anon.InFlight)
+	}
 }
