@@ -37,7 +37,7 @@ bench:
 bench-overload:
 	$(GO) test -run '^$$' -bench Overload -benchtime 1x ./cmd/sluice
 
-## bench-abuse: an abuser at 20x a farm's capacity, from 1 IP and from 20, beside three well-behaved clients, through the HTTP server, engine and farm (about 1.5 min; SLUICE_ABUSE_SECONDS=5 for a quick look)
+## bench-abuse: an abuser at 20x a farm's capacity, from 1 IP and from 20, beside three well-behaved clients, through the HTTP server, engine and farm; and, with API keys, tiers and daily quotas in an embedded etcd, an anonymous abuser from 20 IPs beside three registered clients (about 2 min; SLUICE_ABUSE_SECONDS=5 for a quick look)
 bench-abuse:
 	$(GO) test -run '^$$' -bench Abuse -benchtime 1x -timeout 15m ./cmd/sluice
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -50,8 +51,23 @@ import (
 // on the modelled farm; and the fake's own work on a prompt (the image it
 // writes, a few ms) runs on top of the scaled job time, counted as busy.
 //
+// The scenario tiers (tiers/ips=20) adds client identity and the service
+// tiers: the three well-behaved clients are registered, each with its own
+// API key (made with identity.CreateKey in an embedded etcd, sent as
+// Authorization: Bearer), and the abuser is anonymous from 20 IPs. The
+// server then has a running identity.Resolver, daily quotas in that etcd
+// (etcd.NewQuota), and the built-in tiers (anonymous: low priority, 1 job
+// in flight, 50 jobs a day; registered: medium, 2, 200), their rates in the
+// engine; the farm serves the tiers' priority classes and in-flight caps.
+// One etcd serves the whole benchmark, each run under a fresh prefix, so
+// every quota starts at zero. A day's quota is a count of jobs, which the
+// scale does not change: the run charges what the modelled window would.
+// If an anonymous tenant could reach its daily quota in the modelled
+// window, the run says so and uses a larger anonymous quota.
+//
 // Per scenario it reports:
-//   - well-%: well-behaved requests answered 200 within their deadline;
+//   - well-%: well-behaved (in tiers: registered) requests answered 200
+//     within their deadline;
 //   - busy-%: the time the backends' slots executed prompts, as the fake
 //     backends saw it, over the slots' time in the load's window;
 //   - useful-%: of that, the GPU time of prompts whose image reached a
@@ -69,19 +85,35 @@ import (
 // load per scenario, default 20) and SLUICE_ABUSE_BACKENDS (default 2) set
 // the scale; SLUICE_ABUSE_PER_IP (default 0.2) the rate set's per-IP rate
 // as a share of the capacity, SLUICE_ABUSE_INFLIGHT (default the slots + 1)
-// the farm's --tenant-inflight.
+// the farm's --tenant-inflight and, in the fair and rate sets, the
+// anonymous tier's in_flight: a job carries its tier's cap, which the farm
+// applies instead of its own, so these sets run with the built-in tiers but
+// that cap (the built-in 1 lets a client alone use one slot; 1 reproduces
+// it). The tiers set uses the built-in tiers unchanged.
 func BenchmarkAbuse(b *testing.B) {
 	sc, err := abuseScaleFromEnv()
 	if err != nil {
 		b.Fatal(err)
 	}
 	gin.SetMode(gin.ReleaseMode)
+	// The embedded etcd of the tiers scenario, started when it first runs.
+	var store *abuseEtcd
+	b.Cleanup(func() {
+		if store != nil {
+			store.close()
+		}
+	})
 	for _, rs := range abuseRuleSets(sc) {
-		for _, ips := range []int{1, 20} {
+		for _, ips := range rs.ips {
 			b.Run(fmt.Sprintf("%s/ips=%d", rs.name, ips), func(b *testing.B) {
+				if rs.tiers && store == nil {
+					if store, err = startAbuseEtcd(); err != nil {
+						b.Fatal(err)
+					}
+				}
 				var sum abuseResult
 				for range b.N {
-					r := runAbuse(b, sc, rs, ips)
+					r := runAbuse(b, sc, rs, ips, store)
 					sum.add(r)
 					r.print(os.Stdout, b.Name(), sc, rs)
 				}
@@ -114,7 +146,7 @@ type abuseScale struct {
 	window   time.Duration
 	backends int
 	perIP    float64 // the rate set's per-IP rate, as a share of the capacity
-	inFlight int     // the farm's --tenant-inflight
+	inFlight int     // the farm's --tenant-inflight, the anonymous tier's in_flight in fair and rate
 }
 
 func abuseScaleFromEnv() (abuseScale, error) {
@@ -183,18 +215,29 @@ type abuseRules struct {
 	yaml           string
 	tenantInFlight int
 	queueWait      time.Duration // real
+	// anonInFlight, when not 0, is the anonymous tier's in_flight; the
+	// other tiers are the built-in ones.
+	anonInFlight int
+	// ips are the abuser's numbers of IPs to run the set with.
+	ips []int
+	// tiers: the well-behaved clients are registered, with API keys; the
+	// server identifies callers, charges daily quotas and serves the
+	// built-in tiers (see BenchmarkAbuse).
+	tiers bool
 }
 
 // recommendedRules is the README's recommended rule set for such a farm;
 // it has no time quantity to scale.
 const recommendedRules = "../../testdata/rules/recommended"
 
-// abuseRuleSets are the two rule sets the issue compares, on the same farm
+// abuseRuleSets are the rule sets the issue compares, on the same farm
 // (its fair queue, a client's jobs in flight capped at the slots + 1, a job
 // waiting at most the deadline less one job): "fair" is the recommended
 // rules, which add nothing to the farm; "rate" adds a per-IP rate (0.2 of
 // the capacity per IP, twice a well-behaved client's mean, over a 1 s real
-// window) and a ban, as the built-in rules do.
+// window) and a ban, as the built-in rules do; "tiers" is the recommended
+// rules with the well-behaved clients registered (API keys) and the tiers'
+// priority classes, in-flight caps and daily quotas.
 func abuseRuleSets(sc abuseScale) []abuseRules {
 	ms := func(u time.Duration) string { return strconv.FormatInt(sc.d(u).Milliseconds(), 10) + "ms" }
 	perIP := max(1, int(math.Round(sc.perIP*sc.capacity()))) // per 1 s real
@@ -212,8 +255,11 @@ concurrency: 128
 ban: {blocks: 20, within: %s, for: %s}
 `, sc.perIP, perIP, perIP, time.Duration(sc.factor*float64(time.Second)), perIP, ms(10*time.Second), ms(time.Minute))
 	return []abuseRules{
-		{name: "fair", file: recommendedRules, tenantInFlight: inFlight, queueWait: queueWait},
-		{name: "rate", yaml: rate, tenantInFlight: inFlight, queueWait: queueWait},
+		{name: "fair", file: recommendedRules, tenantInFlight: inFlight, anonInFlight: inFlight, queueWait: queueWait, ips: []int{1, 20}},
+		{name: "rate", yaml: rate, tenantInFlight: inFlight, anonInFlight: inFlight, queueWait: queueWait, ips: []int{1, 20}},
+		// The tiers' in-flight caps (anonymous 1, registered 2) come with
+		// each job; the farm's own applies to none.
+		{name: "tiers", file: recommendedRules, tenantInFlight: inFlight, queueWait: queueWait, ips: []int{abuseTiersIPs}, tiers: true},
 	}
 }
 
@@ -234,7 +280,9 @@ type abuseResult struct {
 	// lag is the 99th percentile of how late a 10 ms timer fired.
 	lag      time.Duration
 	clients  []abuseClientResult
-	refusals map[string]map[int]int // client → status → count
+	refusals map[string]map[string]int // client → status[/problem kind] → count
+	// notes are the scenario's own lines (tiers: the daily quotas).
+	notes []string
 }
 
 type abuseClientResult struct {
@@ -275,7 +323,14 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 	if rulesUsed == "" {
 		rulesUsed = "\n" + rs.yaml
 	}
-	fmt.Fprintf(w, "farm: --tenant-inflight %d --queue-max %d --queue-wait %s; rules: %s\n", rs.tenantInFlight, abuseQueueMax, rs.queueWait, rulesUsed)
+	tiers := "built-in"
+	if rs.anonInFlight > 0 {
+		tiers = fmt.Sprintf("built-in, anonymous in_flight %d", rs.anonInFlight)
+	}
+	fmt.Fprintf(w, "farm: --tenant-inflight %d --queue-max %d --queue-wait %s; tiers: %s; rules: %s\n", rs.tenantInFlight, abuseQueueMax, rs.queueWait, tiers, rulesUsed)
+	for _, n := range r.notes {
+		fmt.Fprintln(w, n)
+	}
 	fmt.Fprintf(w, "%-8s %6s %6s %6s %6s %6s %8s %8s %8s %6s %8s  %s\n", "client", "asked", "ok", "late", "notime", "retry", "demand", "served", "fair", "x", "p99", "refused (status=count)")
 	for _, c := range r.clients {
 		slices.Sort(c.latencies)
@@ -289,16 +344,20 @@ func (r abuseResult) print(w io.Writer, name string, sc abuseScale, rs abuseRule
 		}
 		var refused []string
 		for status, n := range r.refusals[c.name] {
-			refused = append(refused, fmt.Sprintf("%d=%d", status, n))
+			refused = append(refused, fmt.Sprintf("%s=%d", status, n))
 		}
 		slices.Sort(refused)
 		fmt.Fprintf(w, "%-8s %6d %6d %6d %6d %6d %8s %8s %8s %6.2f %8s  %s\n", c.name, c.asked, c.ok, c.late, c.noTime, c.retried,
 			c.demand.Round(time.Millisecond), c.served.Round(time.Millisecond), c.fair.Round(time.Millisecond), x,
 			p99.Round(time.Millisecond), strings.Join(refused, " "))
 	}
-	fmt.Fprintf(w, "well-behaved within deadline %.1f%% (goal ≥ 99%%), GPU busy %.1f%% (≥ 90%%), useful %.1f%% (≥ 95%%), Jain %.3f\n",
-		r.wellPct, r.busyPct, r.usefulPct, r.jain)
-	fmt.Fprintf(w, "late: deadline passed in the gateway; notime: refused, Retry-After past the deadline; retry: attempts sent again\n")
+	well := "well-behaved"
+	if rs.tiers {
+		well = "registered"
+	}
+	fmt.Fprintf(w, "%s within deadline %.1f%% (goal ≥ 99%%), GPU busy %.1f%% (≥ 90%%), useful %.1f%% (≥ 95%%), Jain %.3f\n",
+		well, r.wellPct, r.busyPct, r.usefulPct, r.jain)
+	fmt.Fprintf(w, "late: deadline passed in the gateway; notime: refused, Retry-After past the deadline; retry: attempts sent again; refused: status/problem kind[@Retry-After]\n")
 	fmt.Fprintf(w, "a prompt ran %s on average; a backend stood %s idle between two prompts (median)\n",
 		r.meanRun.Round(100*time.Microsecond), r.handoff.Round(100*time.Microsecond))
 	fmt.Fprintf(w, "timers fired up to %s late (p99)", r.lag.Round(100*time.Microsecond))
@@ -397,7 +456,9 @@ type abuseRequest struct {
 	latency time.Duration
 }
 
-func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseResult {
+// runAbuse runs one scenario; store is the embedded etcd of a tiers set
+// (nil otherwise).
+func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int, store *abuseEtcd) abuseResult {
 	b.Helper()
 	quiet := slog.New(slog.DiscardHandler)
 	jobTime := sc.d(abuseJobTime)
@@ -432,8 +493,29 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 		b.Fatal(err)
 	}
 	defer eng.Close()
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: f, Logger: quiet,
-		TrustedProxies: []string{"127.0.0.1"}, JobTimeout: deadline})
+	cfg := httpapi.Config{Engine: eng, Runner: f, Logger: quiet,
+		TrustedProxies: []string{"127.0.0.1"}, JobTimeout: deadline}
+	// The well-behaved clients' API keys (tiers only).
+	keys := make([]string, abuseWellCount)
+	var tn *abuseTenancy
+	if rs.tiers {
+		if tn, err = store.tenancy(sc, abuserIPs, abuseWellCount, quiet); err != nil {
+			b.Fatal(err)
+		}
+		defer tn.close()
+		if err := eng.SetTierRates(tn.tiers.Rates()); err != nil {
+			b.Fatal(err)
+		}
+		cfg.Identity, cfg.Quota, cfg.Tiers = tn.resolver, tn.quota, tn
+		keys = tn.keys
+	} else if rs.anonInFlight > 0 {
+		ts, err := tiersWithAnonymousInFlight(rs.anonInFlight)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Tiers = fixedTiers{ts}
+	}
+	api, err := httpapi.New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -447,7 +529,11 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 	// The clients: three well-behaved, then the abuser.
 	names := make([]string, 0, abuseWellCount+1)
 	for i := range abuseWellCount {
-		names = append(names, fmt.Sprintf("well-%d", i+1))
+		if rs.tiers {
+			names = append(names, fmt.Sprintf("reg-%d", i+1))
+		} else {
+			names = append(names, fmt.Sprintf("well-%d", i+1))
+		}
 	}
 	names = append(names, "abuser")
 	abuser := abuseWellCount
@@ -456,7 +542,7 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 		seed     atomic.Int64
 		mu       sync.Mutex
 		results  []abuseRequest
-		refusals = make(map[string]map[int]int)
+		refusals = make(map[string]map[string]int)
 		retried  = make([]int, len(names))
 		late     = make([]int, len(names))
 		noTime   = make([]int, len(names))
@@ -466,54 +552,71 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 		results = append(results, r)
 		mu.Unlock()
 	}
-	refused := func(client, status int) {
+	refused := func(client int, status string) {
 		mu.Lock()
 		defer mu.Unlock()
 		m := refusals[names[client]]
 		if m == nil {
-			m = make(map[int]int)
+			m = make(map[string]int)
 			refusals[names[client]] = m
 		}
 		m[status]++
 	}
-	// send makes one attempt; it returns the status (0 on a transport error
-	// or the deadline) and the Retry-After.
-	send := func(ctx context.Context, ip string, s int64) (int, time.Duration) {
+	// send makes one attempt, with key as its bearer when set; it returns
+	// the status (0 on a transport error or the deadline), the problem's
+	// kind on a refusal, and the Retry-After.
+	send := func(ctx context.Context, ip, key string, s int64) (int, string, time.Duration) {
 		body := fmt.Sprintf(`{"prompt":"abuse bench","width":256,"height":256,"steps":1,"seed":%d}`, s)
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, ts.URL+"/v1/generate", strings.NewReader(body))
 		if err != nil {
 			b.Error(err)
-			return 0, 0
+			return 0, "", 0
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("X-Forwarded-For", ip)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
 		resp, err := hc.Do(req)
 		if err != nil {
-			return 0, 0
+			return 0, "", 0
 		}
 		defer resp.Body.Close()
 		var buf bytes.Buffer
 		if _, err := io.Copy(&buf, resp.Body); err != nil {
-			return 0, 0
+			return 0, "", 0
+		}
+		var kind string
+		if resp.StatusCode != http.StatusOK {
+			var p struct {
+				Kind string `json:"kind"`
+			}
+			if json.Unmarshal(buf.Bytes(), &p) == nil {
+				kind = p.Kind
+			}
 		}
 		retry, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
-		return resp.StatusCode, time.Duration(retry) * time.Second
+		return resp.StatusCode, kind, time.Duration(retry) * time.Second
 	}
 	// ask is one request of a client: sent, and for a well-behaved client
 	// sent again after Retry-After while its deadline allows.
-	ask := func(client int, ip string, retries bool) {
+	ask := func(client int, ip, key string, retries bool) {
 		s := seed.Add(1)
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), deadline)
 		defer cancel()
 		for {
-			status, retry := send(ctx, ip, s)
+			status, kind, retry := send(ctx, ip, key, s)
 			if status == http.StatusOK && time.Since(start) < deadline {
 				record(abuseRequest{client: client, seed: s, ok: true, latency: time.Since(start)})
 				return
 			}
 			if status != 0 && status != http.StatusOK {
-				refused(client, status)
+				what := strings.TrimSuffix(strconv.Itoa(status)+"/"+kind, "/")
+				if retries {
+					what += "@" + retry.String() // the Retry-After a well-behaved client was told
+				}
+				refused(client, what)
 			}
 			if !retries || retry == 0 || time.Since(start)+retry >= deadline {
 				mu.Lock()
@@ -565,7 +668,7 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 	for i := range abuseWellCount {
 		rate := abuseWellShare * sc.capacity()
 		rng := rand.New(rand.NewPCG(uint64(i+1), 8)) // the same arrivals every run
-		ip := fmt.Sprintf("198.51.100.%d", i+1)
+		ip, key := fmt.Sprintf("198.51.100.%d", i+1), keys[i]
 		loaders.Go(func() {
 			for {
 				t := time.NewTimer(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
@@ -575,7 +678,7 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 					return
 				case <-t.C:
 				}
-				running.Go(func() { ask(i, ip, true) })
+				running.Go(func() { ask(i, ip, key, true) })
 			}
 		})
 	}
@@ -593,7 +696,7 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 			}
 			for due := int(time.Since(begin).Seconds() * rate); n < due; n++ {
 				ip := fmt.Sprintf("203.0.113.%d", n%abuserIPs+1)
-				running.Go(func() { ask(abuser, ip, false) })
+				running.Go(func() { ask(abuser, ip, "", false) })
 			}
 		}
 	})
@@ -667,6 +770,15 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int) abuseRe
 	}
 
 	res := abuseResult{clients: cr, refusals: refusals}
+	if tn != nil {
+		attempts := 0
+		for _, c := range cr {
+			attempts += c.asked + c.retried
+		}
+		if res.notes, err = tn.report(abuserIPs, attempts); err != nil {
+			b.Error(err)
+		}
+	}
 	var wellAsked, wellOK int
 	xs := make([]float64, 0, len(cr))
 	for _, c := range cr {

@@ -246,7 +246,7 @@ func (d *Dispatcher) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	}
 	t := d.tenant(req.Tenant)
 	if t.running+t.waiting >= d.inFlight(&req) {
-		r := d.refusal(ReasonTenantBusy)
+		r := d.busyRefusal(req.class())
 		d.forgetIdle(t)
 		d.mu.Unlock()
 		return nil, r
@@ -292,7 +292,7 @@ func (d *Dispatcher) Check(req Request) *Refusal {
 		return d.refusal(ReasonNoBackend)
 	}
 	if t := d.tenants[req.Tenant]; t != nil && t.running+t.waiting >= d.inFlight(&req) {
-		return d.refusal(ReasonTenantBusy)
+		return d.busyRefusal(req.class())
 	}
 	if d.waiting >= d.maxQueue && d.displaceable(req.class()) == nil {
 		return d.refusal(ReasonQueueFull)
@@ -512,10 +512,28 @@ func (d *Dispatcher) measure(jobTime time.Duration) {
 // one job) times the average job time, over the healthy slots (all slots
 // when none is healthy).
 func (d *Dispatcher) refusal(reason Reason) *Refusal {
+	return d.refusalAhead(reason, d.waiting)
+}
+
+// busyRefusal is the ReasonTenantBusy refusal of a job of class cls: only
+// the jobs waiting in its class and above would be served before its
+// retry, not the lower classes' (a registered client at its cap behind a
+// queue of anonymous jobs is told to come back after one job, not after
+// all of theirs).
+func (d *Dispatcher) busyRefusal(cls tenant.Class) *Refusal {
+	ahead := 0
+	for c := int(cls); c < classes; c++ {
+		ahead += d.queued[c]
+	}
+	return d.refusalAhead(ReasonTenantBusy, ahead)
+}
+
+// refusalAhead builds a refusal whose RetryAfter is ahead jobs (at least
+// one) times the average job time, over the healthy slots.
+func (d *Dispatcher) refusalAhead(reason Reason, ahead int) *Refusal {
 	job := cmp.Or(d.avgJob, DefaultJobTime)
 	slots := max(cmp.Or(d.healthySlots, d.totalSlots), 1)
-	ahead := max(d.waiting, 1)
-	return &Refusal{Reason: reason, RetryAfter: time.Duration(ahead) * job / time.Duration(slots)}
+	return &Refusal{Reason: reason, RetryAfter: time.Duration(max(ahead, 1)) * job / time.Duration(slots)}
 }
 
 // SetHealthy marks a backend healthy or not. An unhealthy backend gets no

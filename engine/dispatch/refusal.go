@@ -26,7 +26,9 @@ const (
 type Refusal struct {
 	Reason Reason
 	// RetryAfter estimates when a retry could get a slot: the jobs queued
-	// ahead times the average job time, over the healthy slots.
+	// ahead times the average job time, over the healthy slots. For
+	// ReasonTenantBusy, the jobs queued ahead are those of the job's class
+	// and the higher ones only.
 	RetryAfter time.Duration
 }
 
