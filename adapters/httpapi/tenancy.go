@@ -48,13 +48,12 @@ type TierSource interface {
 }
 
 // refundTimeout bounds one refund's write to the quota store, usageTimeout
-// a read of the usage for an answer's fields, takeTimeout a charge: past
-// it (etcd unreachable or half-open) the call is admitted uncharged, so
-// that the quota store never holds a request up longer.
+// a read of the usage for an answer's fields. A charge is bounded by
+// quotaTakeTimeout (quotaguard.go): past it (etcd unreachable or
+// half-open) the call is admitted uncharged.
 const (
 	refundTimeout = 5 * time.Second
 	usageTimeout  = time.Second
-	takeTimeout   = 500 * time.Millisecond
 )
 
 // caller is who a request on a guarded endpoint comes from, and its tier.
@@ -369,9 +368,9 @@ func (s *Server) take(c *gin.Context, who *caller, call engine.Call, tok *engine
 	if who.tier.QuotaUnit == "cost" {
 		units = int64(max(tok.Cost, 1))
 	}
-	ctx, cancel := context.WithTimeout(c.Request.Context(), takeTimeout)
-	defer cancel()
-	u, ticket, err := s.quota.Take(ctx, who.id.Tenant, who.tier.DailyQuota, units, who.loc)
+	// s.quota is guarded: the charge is bounded (quotaTakeTimeout) and a
+	// store that failed is left alone a while (guardedQuota).
+	u, ticket, err := s.quota.Take(c.Request.Context(), who.id.Tenant, who.tier.DailyQuota, units, who.loc)
 	var ex *tenant.QuotaExceeded
 	switch {
 	case errors.As(err, &ex):
