@@ -2,14 +2,12 @@ package etcd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/sluicehq/sluice/engine/clock"
@@ -136,12 +134,6 @@ func NewTiersWatcher(cfg TiersWatcherConfig) *TiersWatcher {
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
-	if w.min <= 0 {
-		w.min = 100 * time.Millisecond
-	}
-	if w.max < w.min {
-		w.max = max(5*time.Second, w.min)
-	}
 	w.tiers.Store(rules.DefaultTiers())
 	w.status.Source = "built-in"
 	return w
@@ -187,28 +179,12 @@ func (w *TiersWatcher) WaitRevision(ctx context.Context, rev int64) (TiersStatus
 
 // Run reads the tiers document and watches it until ctx ends. Failures
 // never stop it: it reads again with backoff while the tiers in force
-// stay.
+// stay; a watch silent past its window (a half-open connection) is made
+// again (see Follower).
 func (w *TiersWatcher) Run(ctx context.Context) error {
-	backoff := w.min
-	for ctx.Err() == nil {
-		rev, err := w.sync(ctx)
-		if err == nil {
-			started := time.Now()
-			err = w.watch(ctx, rev+1)
-			if time.Since(started) >= w.max {
-				backoff = w.min
-			}
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		w.log.Warn("tiers watch failed; reading again, the tiers in force stay", slog.Any("error", err), slog.Duration("retry_in", backoff))
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(backoff*2, w.max)
-	}
+	f := Follower{Client: w.store.Client(), Key: w.store.TiersKey(), Name: "tiers", Logger: w.log, Clock: w.clock,
+		MinBackoff: w.min, MaxBackoff: w.max, List: w.sync, Apply: w.apply}
+	f.Run(ctx)
 	return nil
 }
 
@@ -227,29 +203,15 @@ func (w *TiersWatcher) sync(ctx context.Context) (int64, error) {
 	return d.Revision, nil
 }
 
-func (w *TiersWatcher) watch(ctx context.Context, from int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	key := w.store.TiersKey()
-	for resp := range w.store.Client().Watch(wctx, key, clientv3.WithRev(from)) {
-		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-			return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
+// apply takes the changes of the document after the listing.
+func (w *TiersWatcher) apply(events []*clientv3.Event) {
+	for _, ev := range events {
+		var value []byte
+		if ev.Type != clientv3.EventTypeDelete {
+			value = ev.Kv.Value
 		}
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		for _, ev := range resp.Events {
-			var value []byte
-			if ev.Type != clientv3.EventTypeDelete {
-				value = ev.Kv.Value
-			}
-			w.update(ev.Kv.ModRevision, ev.Kv.ModRevision, value)
-		}
+		w.update(ev.Kv.ModRevision, ev.Kv.ModRevision, value)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return errors.New("watch channel closed")
 }
 
 // update validates value (nil: no document, the built-in tiers) seen at

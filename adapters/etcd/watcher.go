@@ -3,7 +3,6 @@ package etcd
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/sluicehq/sluice/engine/clock"
@@ -160,47 +158,13 @@ func (w *Watcher) WaitRevision(ctx context.Context, rev int64) (Status, error) {
 	}
 }
 
-var errCompacted = errors.New("watch revision compacted")
-
 // Run lists the rules and watches them until ctx ends. Failures never stop
 // it: it lists again with backoff while the engine keeps its last good rules.
 func (w *Watcher) Run(ctx context.Context) error {
-	backoff := w.min
-	for ctx.Err() == nil {
-		rev, err := w.sync(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			w.log.Warn("cannot list rules in etcd; keeping the rules in force", slog.Any("error", err), slog.Duration("retry_in", backoff))
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			backoff = min(backoff*2, w.max)
-			continue
-		}
-		if w.beforeWatch != nil {
-			w.beforeWatch(rev)
-		}
-		started := time.Now()
-		err = w.watch(ctx, rev)
-		if ctx.Err() != nil {
-			break
-		}
-		w.log.Warn("rule watch ended; listing again", slog.Any("error", err))
-		if time.Since(started) < w.max {
-			// A watch that fails soon after it starts (etcd refusing it)
-			// must not turn the relisting into a busy loop.
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			backoff = min(backoff*2, w.max)
-		} else {
-			backoff = w.min
-		}
-	}
+	f := Follower{Client: w.store.Client(), Key: w.store.rulesPrefix(), Prefix: true, Name: "rules",
+		Logger: w.log, Clock: w.clock, ProgressInterval: w.interval, SilenceWindow: w.window,
+		MinBackoff: w.min, MaxBackoff: w.max, List: w.sync, Apply: w.apply, Heard: func(int64) { w.heard() }, BeforeWatch: w.beforeWatch}
+	f.Run(ctx)
 	return nil
 }
 
@@ -219,72 +183,8 @@ func (w *Watcher) sync(ctx context.Context) (int64, error) {
 	return snap.Revision, nil
 }
 
-// errSilent ends a watch that has heard nothing for the silence window.
-var errSilent = errors.New("the watch heard nothing from etcd (no change, no progress notification) within its window")
-
-// watch follows the changes after revision listed, until the watch fails
-// or falls silent. A quiet watch asks etcd for progress every interval;
-// one that has heard nothing for the silence window is dropped.
-//
-// The watch starts at listed itself, not listed+1, and skips the events
-// the listing already holds: etcd sends no progress notification to a
-// watch whose start revision is still in the future, so a watch from
-// listed+1 on a quiet etcd would hear nothing and be dropped again and
-// again.
-func (w *Watcher) watch(ctx context.Context, listed int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	ch := w.store.Client().Watch(wctx, w.store.rulesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(listed), clientv3.WithProgressNotify())
-	for {
-		tick, stop := clock.NewTimer(w.clock, w.interval)
-		select {
-		case resp, ok := <-ch:
-			stop()
-			if !ok {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				return errors.New("watch channel closed")
-			}
-			if err := w.handle(resp, listed); err != nil {
-				return err
-			}
-		case <-tick:
-			quiet := w.clock.Now().Sub(w.Status().HeardAt)
-			if quiet >= w.window {
-				return fmt.Errorf("%w (quiet for %s)", errSilent, quiet.Round(time.Millisecond))
-			}
-			// Answered on the watch channel; a broken connection leaves it
-			// unanswered and the window runs out.
-			rctx, rcancel := context.WithTimeout(wctx, w.interval)
-			if err := w.store.Client().RequestProgress(rctx); err != nil && wctx.Err() == nil {
-				w.log.Debug("rule watch: progress request failed", slog.Any("error", err))
-			}
-			rcancel()
-		case <-wctx.Done():
-			stop()
-			return ctx.Err()
-		}
-	}
-}
-
-// handle takes one watch response: a failure, a progress notification or
-// changes. Events at or before revision listed are in the listing already.
-func (w *Watcher) handle(resp clientv3.WatchResponse, listed int64) error {
-	if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-		return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, listed, resp.CompactRevision)
-	}
-	if err := resp.Err(); err != nil {
-		return err
-	}
-	w.heard()
-	events := resp.Events
-	for len(events) > 0 && events[0].Kv.ModRevision <= listed {
-		events = events[1:]
-	}
-	if len(events) == 0 {
-		return nil // progress notification, or only what was listed
-	}
+// apply takes the changes after the listing.
+func (w *Watcher) apply(events []*clientv3.Event) {
 	keys := make([]string, 0, len(events))
 	for _, ev := range events {
 		k := string(ev.Kv.Key)
@@ -296,7 +196,6 @@ func (w *Watcher) handle(resp clientv3.WatchResponse, listed int64) error {
 		keys = append(keys, k)
 	}
 	w.update(events[len(events)-1].Kv.ModRevision, strings.Join(slices.Compact(keys), ", "))
-	return nil
 }
 
 // heard records that etcd answered.

@@ -14,8 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/sluicehq/sluice/adapters/etcd"
 
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/tenant"
@@ -147,47 +148,11 @@ func (r *Resolver) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	backoff := r.min
-	for ctx.Err() == nil {
-		rev, err := r.list(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			r.log.Warn("cannot list API keys in etcd; keeping the keys last seen", slog.Any("error", err), slog.Duration("retry_in", backoff))
-			r.wait(ctx, backoff)
-			backoff = min(backoff*2, r.max)
-			continue
-		}
-		r.markReady()
-		if r.beforeWatch != nil {
-			r.beforeWatch(rev)
-		}
-		started := time.Now()
-		err = r.watch(ctx, rev)
-		if ctx.Err() != nil {
-			break
-		}
-		r.log.Warn("API key watch ended; listing again", slog.Any("error", err))
-		if time.Since(started) < r.max {
-			r.wait(ctx, backoff)
-			backoff = min(backoff*2, r.max)
-		} else {
-			backoff = r.min
-		}
-	}
+	f := etcd.Follower{Client: r.client, Key: r.prefix, Prefix: true, Name: "API keys", Logger: r.log,
+		Clock: r.clock, ProgressInterval: r.interval, MinBackoff: r.min, MaxBackoff: r.max,
+		List: r.list, Apply: r.apply, Heard: r.heardAt, BeforeWatch: r.beforeWatch}
+	f.Run(ctx)
 	return nil
-}
-
-// wait waits d of real time, as adapters/etcd's watcher does: the backoff
-// paces calls to etcd, so a test's fake clock must not hold it up.
-func (r *Resolver) wait(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }
 
 // list reads every key and replaces the table; it returns the listing's
@@ -214,6 +179,7 @@ func (r *Resolver) list(ctx context.Context) (int64, error) {
 	t.revoked = revoked.m
 	r.swap(t, resp.Header.Revision)
 	r.log.Info("API keys loaded from etcd", slog.Int("keys", len(t.byID)), slog.Int64("revision", resp.Header.Revision))
+	r.markReady()
 	return resp.Header.Revision, nil
 }
 
@@ -259,77 +225,9 @@ func (r *Resolver) WaitRevision(ctx context.Context, rev int64) error {
 	}
 }
 
-var errCompacted = errors.New("watch revision compacted")
-
-// errSilent ends a watch that heard nothing for the silence window.
-var errSilent = errors.New("the key watch heard nothing from etcd (no change, no progress notification) within its window")
-
-// watch follows the changes after revision listed, until the watch fails
-// or falls silent: a quiet watch asks etcd for progress every
-// ProgressInterval, and one that has heard nothing for three of them is
-// dropped (a half-open connection would otherwise hide revocations). It
-// starts at listed itself and skips what the listing holds: etcd answers
-// no progress request of a watch whose start revision is in the future,
-// so from listed+1 a quiet etcd would leave it silent.
-func (r *Resolver) watch(ctx context.Context, from int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	ch := r.client.Watch(wctx, r.prefix, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
-	tick := time.NewTicker(r.interval)
-	defer tick.Stop()
-	heard := time.Now()
-	for {
-		select {
-		case resp, ok := <-ch:
-			if !ok {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				return errors.New("watch channel closed")
-			}
-			if err := r.handle(resp, from); err != nil {
-				return err
-			}
-			heard = time.Now()
-			r.heard.Add(1)
-		case <-tick.C:
-			if quiet := time.Since(heard); quiet >= 3*r.interval {
-				return fmt.Errorf("%w (quiet for %s)", errSilent, quiet.Round(time.Millisecond))
-			}
-			rctx, rcancel := context.WithTimeout(wctx, r.interval)
-			if err := r.client.RequestProgress(rctx); err != nil && wctx.Err() == nil {
-				r.log.Debug("key watch: progress request failed", slog.Any("error", err))
-			}
-			rcancel()
-		case <-wctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// handle takes one watch response: a failure, a progress notification or
-// changes, applied to a copy of the table that then replaces it.
-func (r *Resolver) handle(resp clientv3.WatchResponse, from int64) error {
-	if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-		return fmt.Errorf("%w: revision %d is gone (compacted at %d)", errCompacted, from, resp.CompactRevision)
-	}
-	if err := resp.Err(); err != nil {
-		return err
-	}
-	events := resp.Events
-	for len(events) > 0 && events[0].Kv.ModRevision <= from {
-		events = events[1:] // in the listing already
-	}
-	if len(events) == 0 {
-		r.mu.Lock()
-		if rev := resp.Header.Revision; rev > r.rev {
-			r.rev = rev
-			close(r.changed)
-			r.changed = make(chan struct{})
-		}
-		r.mu.Unlock()
-		return nil
-	}
+// apply takes the key changes after the listing, on a copy of the table
+// that then replaces it.
+func (r *Resolver) apply(events []*clientv3.Event) {
 	old := r.keys.Load()
 	t := &keyTable{byID: make(map[string]*keyEntry, len(old.byID)+len(events))}
 	revoked := revokedSet{m: old.revoked}
@@ -351,7 +249,19 @@ func (r *Resolver) handle(resp clientv3.WatchResponse, from int64) error {
 	}
 	t.revoked = revoked.m
 	r.swap(t, events[len(events)-1].Kv.ModRevision)
-	return nil
+}
+
+// heardAt records an answer of the watch at etcd revision rev: a quiet
+// watch's progress moves the table's revision on (WaitRevision).
+func (r *Resolver) heardAt(rev int64) {
+	r.heard.Add(1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rev > r.rev {
+		r.rev = rev
+		close(r.changed)
+		r.changed = make(chan struct{})
+	}
 }
 
 // revokedSet is the revoked IDs of a table being built: copied from the
