@@ -397,24 +397,34 @@ type writeResult struct {
 	Revision int64  `json:"revision"`
 }
 
-func (a *api) put(c *gin.Context) {
-	name := c.Param("resource")
+// readDocument reads a document sent as a request's body (at most
+// rules.MaxSourceBytes), or answers why not (413, 400; an empty body is
+// told to send what) and returns false.
+func (a *api) readDocument(c *gin.Context, what string) ([]byte, bool) {
 	if c.Request.ContentLength > rules.MaxSourceBytes {
 		a.tooLarge(c)
-		return
+		return nil, false
 	}
 	doc, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, rules.MaxSourceBytes))
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
 		a.tooLarge(c)
-		return
+		return nil, false
 	case err != nil:
 		writeProblem(c, http.StatusBadRequest, "bad-request", "reading the body: "+err.Error(), nil)
-		return
+		return nil, false
 	case len(strings.TrimSpace(string(doc))) == 0:
-		writeProblem(c, http.StatusBadRequest, "bad-request",
-			fmt.Sprintf("the body is empty: send the rule document of %s (YAML or JSON), or DELETE it", name), nil)
+		writeProblem(c, http.StatusBadRequest, "bad-request", "the body is empty: send "+what, nil)
+		return nil, false
+	}
+	return doc, true
+}
+
+func (a *api) put(c *gin.Context) {
+	name := c.Param("resource")
+	doc, ok := a.readDocument(c, fmt.Sprintf("the rule document of %s (YAML or JSON), or DELETE it", name))
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), writeTimeout)

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -58,21 +56,8 @@ func (a *api) mountTiers(reads, r gin.IRouter, src TierSource) {
 }
 
 func (a *api) putTiers(c *gin.Context, src TierSource) {
-	if c.Request.ContentLength > rules.MaxSourceBytes {
-		a.tooLarge(c)
-		return
-	}
-	doc, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, rules.MaxSourceBytes))
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
-		a.tooLarge(c)
-		return
-	case err != nil:
-		writeProblem(c, http.StatusBadRequest, "bad-request", "reading the body: "+err.Error(), nil)
-		return
-	case len(strings.TrimSpace(string(doc))) == 0:
-		writeProblem(c, http.StatusBadRequest, "bad-request", "the body is empty: send the tiers document (YAML or JSON)", nil)
+	doc, ok := a.readDocument(c, "the tiers document (YAML or JSON)")
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), writeTimeout)
