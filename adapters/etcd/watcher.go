@@ -109,12 +109,6 @@ func NewWatcher(cfg WatcherConfig) *Watcher {
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
-	if w.min <= 0 {
-		w.min = 100 * time.Millisecond
-	}
-	if w.max < w.min {
-		w.max = max(5*time.Second, w.min)
-	}
 	if w.interval <= 0 {
 		w.interval = 5 * time.Second
 	}

@@ -106,15 +106,6 @@ func New(cfg Config) (*Resolver, error) {
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
-	if r.min <= 0 {
-		r.min = 100 * time.Millisecond
-	}
-	if r.max < r.min {
-		r.max = max(5*time.Second, r.min)
-	}
-	if r.interval <= 0 {
-		r.interval = 5 * time.Second
-	}
 	if cfg.JWT != nil {
 		v, err := newVerifier(*cfg.JWT, r.clock, r.log)
 		if err != nil {
