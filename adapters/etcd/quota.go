@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math/rand/v2"
 	"net/url"
 	"strconv"
 	"strings"
@@ -75,10 +76,20 @@ const (
 	// QuotaUsageTTL is how old a count Usage may answer from memory.
 	QuotaUsageTTL = time.Second
 
-	quotaStripes     = 64
-	quotaCacheSize   = 1 << 16
-	quotaMaxAttempts = 32
+	quotaStripes   = 64
+	quotaCacheSize = 1 << 16
+	// quotaMaxAttempts bounds the compare-and-swap rounds of one charge or
+	// refund; each lost round waits a random while (contended), so that
+	// replicas racing on one tenant take turns instead of one losing
+	// every round.
+	quotaMaxAttempts = 128
 )
+
+// contended waits a random while after the attempt-th lost round (up to
+// about 2 ms), or until ctx ends.
+func contended(ctx context.Context, attempt int) {
+	sleep(ctx, rand.N(time.Duration(min(attempt+1, 8))*250*time.Microsecond))
+}
 
 // quotaEntry is the last count this replica saw for a key.
 type quotaEntry struct {
@@ -150,7 +161,7 @@ func (q *Quota) Take(ctx context.Context, tenantName string, limit, units int64,
 		usage.Used = e.used
 		return usage, tenant.Ticket{}, &QuotaExceeded{Usage: usage}
 	}
-	for range quotaMaxAttempts {
+	for attempt := range quotaMaxAttempts {
 		fits := limit == tenant.Unlimited || e.used+units <= limit
 		var then []clientv3.Op
 		if fits {
@@ -178,6 +189,7 @@ func (q *Quota) Take(ctx context.Context, tenantName string, limit, units int64,
 			if e, err = entryOf(resp); err != nil {
 				return usage, tenant.Ticket{}, fmt.Errorf("quota: %s: %w", key, err)
 			}
+			contended(ctx, attempt)
 			continue
 		}
 		if !fits {
@@ -207,7 +219,7 @@ func (q *Quota) Refund(ctx context.Context, t tenant.Ticket) error {
 	}
 	defer release()
 	e, _ := q.cache.Get(key)
-	for range quotaMaxAttempts {
+	for attempt := range quotaMaxAttempts {
 		var then []clientv3.Op
 		if e.modRev != 0 {
 			then = []clientv3.Op{clientv3.OpPut(key, strconv.FormatInt(max(e.used-t.Units, 0), 10), clientv3.WithIgnoreLease())}
@@ -220,6 +232,7 @@ func (q *Quota) Refund(ctx context.Context, t tenant.Ticket) error {
 			if e, err = entryOf(resp); err != nil {
 				return fmt.Errorf("quota: %s: %w", key, err)
 			}
+			contended(ctx, attempt)
 			continue
 		}
 		if e.modRev == 0 {
