@@ -330,6 +330,10 @@ func TestTwoGatewaysShareTheDailyQuota(t *testing.T) {
 			a := callAs(t, context.Background(), http.MethodPost, base+"/v1/generate", key, generate256)
 			switch {
 			case a.status == http.StatusOK:
+				if img, err := png.Decode(bytes.NewReader(a.body)); err != nil || img.Bounds() != image.Rect(0, 0, 256, 256) {
+					odd <- fmt.Sprintf("200 without a 256x256 PNG: %v", err)
+					return
+				}
 				ok.Add(1)
 			case a.status == http.StatusTooManyRequests && a.problemRule() == "daily quota":
 				no.Add(1)
@@ -512,6 +516,9 @@ func TestJWTThroughServe(t *testing.T) {
 	a := callAs(t, context.Background(), http.MethodPost, g.base+"/v1/generate", good, generate256)
 	if a.status != http.StatusOK || a.header.Get("Content-Type") != "image/png" {
 		t.Fatalf("a call with the token: %d %s", a.status, a.body)
+	}
+	if img, err := png.Decode(bytes.NewReader(a.body)); err != nil || img.Bounds() != image.Rect(0, 0, 256, 256) {
+		t.Fatalf("the image: %v; want a 256x256 PNG", err)
 	}
 	if p, l := field(a.header, "RateLimit-Policy"), field(a.header, "RateLimit"); strings.Contains(p, "daily") || strings.Contains(l, "daily") {
 		t.Fatalf("an unlimited tier's answer has a daily item: RateLimit-Policy %q, RateLimit %q", p, l)
