@@ -575,25 +575,37 @@ func TestAsyncRefundOnFailure(t *testing.T) {
 
 // An async job refused before it is taken (the farm is full) is refunded
 // at once, and its answer says so.
-func TestAsyncRefusedBeforeAcceptedIsRefunded(t *testing.T) {
-	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
-	eng := testEngine(t, tenantRules, clk)
-	q := newFakeQuota(clk)
-	busy := &httpapi.BusyError{Reason: "2 jobs of this client already running or waiting", RetryAfter: time.Second, OverShare: true}
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: fullFarm{busyRunner{busy}}, Clock: clk,
-		Identity: testIdentity(), Quota: q, Tiers: staticTiers{testTiers(10)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer api.Close()
-	req := asyncGenerate(`{"prompt": "a lighthouse"}`)
-	req.Header.Set("Authorization", "Bearer "+acmeKey)
-	rec := serve(api, req, "192.0.2.1:1")
-	if _, l := rateFields(rec); rec.Code != 429 || len(l) != 1 || l[0] != `"daily";r=10;t=43200` {
-		t.Fatalf("%d %q %s", rec.Code, l, rec.Body)
-	}
-	if used, refunds := q.state("acme"); used != 0 || refunds != 1 {
-		t.Fatalf("used %d refunds %d", used, refunds)
+// A farm that would refuse the caller (its in-flight share is full) is
+// asked before the daily quota is charged: the refused call, sync or
+// async, costs no quota write, and its answer still carries the daily
+// items.
+func TestRefusedByTheFarmBeforeTheQuotaIsCharged(t *testing.T) {
+	for _, async := range []bool{false, true} {
+		clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+		eng := testEngine(t, tenantRules, clk)
+		q := newFakeQuota(clk)
+		busy := &httpapi.BusyError{Reason: "2 jobs of this client already running or waiting", RetryAfter: time.Second, OverShare: true}
+		api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: fullFarm{busyRunner{busy}}, Clock: clk,
+			Identity: testIdentity(), Quota: q, Tiers: staticTiers{testTiers(10)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := generateRequest(`{"prompt": "a lighthouse"}`)
+		if async {
+			req = asyncGenerate(`{"prompt": "a lighthouse"}`)
+		}
+		req.Header.Set("Authorization", "Bearer "+acmeKey)
+		rec := serve(api, req, "192.0.2.1:1")
+		api.Close()
+		if _, l := rateFields(rec); rec.Code != 429 || len(l) != 1 || l[0] != `"daily";r=10;t=43200` {
+			t.Fatalf("async %v: %d %q %s", async, rec.Code, l, rec.Body)
+		}
+		if used, refunds := q.state("acme"); used != 0 || refunds != 0 || q.takes != 0 {
+			t.Fatalf("async %v: used %d, %d refunds, %d takes; want none", async, used, refunds, q.takes)
+		}
+		if st := eng.Stats()[2]; st.InFlight != 0 {
+			t.Fatalf("async %v: token not exited: %+v", async, st)
+		}
 	}
 }
 
