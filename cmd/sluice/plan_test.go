@@ -206,3 +206,39 @@ func TestPlanUnreachableGateway(t *testing.T) {
 		}
 	}
 }
+
+// TestServeServesThePlan: `sluice serve` wires the planner: a plan from
+// --job-estimate before any job, the job's slot time after one.
+func TestServeServesThePlan(t *testing.T) {
+	g := startServe(t, "--job-estimate", "2s", "--slots", "2")
+	get := func() plan.Plan {
+		t.Helper()
+		var out bytes.Buffer
+		if err := planMain(context.Background(), planOptions{Server: g.base, Output: "json"}, &out); err != nil {
+			t.Fatal(err)
+		}
+		var p plan.Plan
+		if err := json.Unmarshal(out.Bytes(), &p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p := get()
+	z := planResource(t, p, rules.ResourceZImageGenerate)
+	if p.SlotsTotal != 2 || z.Measured || z.JobTimeMillis != 2000 || z.SustainablePerSec != 1 ||
+		!strings.Contains(strings.Join(p.Notes, "\n"), "estimate of 2s per job (--job-estimate)") {
+		t.Fatalf("before any job: %d slots, zimage_generate %+v, notes %q", p.SlotsTotal, z, p.Notes)
+	}
+	resp, err := http.Post(g.base+"/v1/generate", "application/json", strings.NewReader(`{"prompt": "a lighthouse", "width": 256, "height": 256}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("generate: %s", resp.Status)
+	}
+	if z := planResource(t, get(), rules.ResourceZImageGenerate); !z.Measured || z.Samples != 1 || z.JobTimeMillis <= 0 || len(z.Sizes) != 1 || z.Sizes[0].Size != 256 {
+		t.Errorf("after one job: zimage_generate %+v", z)
+	}
+}
