@@ -46,8 +46,12 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
 	var configs []comfyui.Config
 	for range backends {
-		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration {
-			clk.Advance(jobTime)
+		srv := comfyuitest.NewServer(comfyuitest.Options{JobTime: func(p comfyuitest.Prompt) time.Duration {
+			if w, _ := p.Int("EmptySD3LatentImage", "width"); w > 256 {
+				clk.Advance(2 * jobTime) // a bigger image: twice the time
+			} else {
+				clk.Advance(jobTime)
+			}
 			return 0
 		}})
 		t.Cleanup(srv.Close)
@@ -102,18 +106,24 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 		t.Fatalf("before any job, zimage_generate is %+v, notes %q", z, before.Notes)
 	}
 
-	for i := range jobs {
-		body := fmt.Sprintf(`{"prompt": "a lighthouse", "width": 256, "height": 256, "seed": %d}`, i+1)
-		resp, err := http.Post(gw.URL+"/v1/generate", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("job %d: %s", i+1, resp.Status)
+	seed := 0
+	load := func(side, n int) {
+		t.Helper()
+		for range n {
+			seed++ // a new prompt each time: ComfyUI serves a repeated one from its cache
+			body := fmt.Sprintf(`{"prompt": "a lighthouse", "width": %d, "height": %d, "seed": %d}`, side, side, seed)
+			resp, err := http.Post(gw.URL+"/v1/generate", "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("job %d: %s", seed, resp.Status)
+			}
 		}
 	}
+	load(256, jobs)
 
 	out.Reset()
 	if err := planMain(context.Background(), planOptions{Server: gw.URL, Token: testPlanToken, Output: "json"}, &out); err != nil {
@@ -162,6 +172,24 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 		if !strings.Contains(text, s) {
 			t.Errorf("-o text --shadow lacks %q:\n%s", s, text)
 		}
+	}
+
+	// As many jobs of twice the time at size 512: a mean of 4.5 s, and 512
+	// costs 2.
+	load(512, jobs)
+	out.Reset()
+	if err := planMain(context.Background(), planOptions{Server: gw.URL, Token: testPlanToken, Output: "json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	p = plan.Plan{}
+	if err := json.Unmarshal(out.Bytes(), &p); err != nil {
+		t.Fatal(err)
+	}
+	z = planResource(t, p, rules.ResourceZImageGenerate)
+	want = backends * slots / 4.5
+	if z.Samples != 2*jobs || z.JobTimeMillis != 4500 || math.Abs(z.SustainablePerSec-want) > 0.1*want ||
+		z.Proposed.Cost["256"] != 1 || z.Proposed.Cost["512"] != 2 || len(z.Sizes) != 2 || z.Sizes[1].JobTimeMillis != 6000 {
+		t.Errorf("with two sizes, zimage_generate: %+v; want %.2f jobs/s within 10%%, 512 costing 2", z, want)
 	}
 
 	// The token is needed here: without it, a refusal (exit 1).
