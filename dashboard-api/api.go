@@ -62,6 +62,9 @@ type Config struct {
 	// Keys manages the API keys (/api/keys, admin token needed for reads
 	// too); nil: those routes answer 404.
 	Keys Keys
+	// Planner serves GET /api/plan, the capacity plan (a read); nil: it
+	// answers 404.
+	Planner Planner
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -159,6 +162,10 @@ func Register(r gin.IRouter, cfg Config) error {
 	}
 	if cfg.Backends != nil {
 		reads.GET("/backends", func(c *gin.Context) { c.JSON(http.StatusOK, backendsBody(cfg.Backends())) })
+	}
+
+	if cfg.Planner != nil {
+		reads.GET("/plan", a.plan)
 	}
 
 	if cfg.Keys != nil {
