@@ -101,6 +101,25 @@ type Resource struct {
 	Ban             *BanRule  `json:"ban,omitempty" yaml:"ban,omitempty"`
 }
 
+// HasShadow reports whether any rule of r is in mode shadow; false for a
+// nil r.
+func (r *Resource) HasShadow() bool {
+	if r == nil {
+		return false
+	}
+	for _, f := range r.Flow {
+		if f.Mode.IsShadow() {
+			return true
+		}
+	}
+	for _, h := range r.Hotspot {
+		if h.Mode.IsShadow() {
+			return true
+		}
+	}
+	return r.Concurrency > 0 && r.ConcurrencyMode.IsShadow() || r.Ban != nil && r.Ban.Mode.IsShadow()
+}
+
 // concurrencyForm is the mapping form of a resource's concurrency.
 type concurrencyForm struct {
 	Limit int  `json:"limit" yaml:"limit"`
