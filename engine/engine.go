@@ -389,14 +389,15 @@ func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU,
 	}
 	mine := func(m rules.Mode) bool { return m.IsShadow() == shadow }
 	if gpu != nil && gpu.Action == rules.GPUTighten && mine(gpu.Mode) {
-		// The GPU rule tightens the enforcing flow rules, whose admissions
-		// the real resource's node counts, in either mode.
+		// The GPU rule tightens the enforcing flow rules, over the
+		// admissions of its mode: the real ones, or in shadow those the
+		// shadow rules would have made.
 		for i, f := range r.Flow {
 			if f.Mode.IsShadow() {
 				continue
 			}
 			rs.flowChecks = append(rs.flowChecks, flowCheck{
-				stat: windowStat(e.res[name].node, time.Duration(f.Window)),
+				stat: windowStat(rs.node, time.Duration(f.Window)),
 				tightRule: &ownRule{id: "system/gpu", resource: name, kind: KindGPU,
 					threshold: f.Threshold * gpu.Factor, window: time.Duration(f.Window), tightened: fmt.Sprintf("%s/flow[%d]", name, i)},
 			})
