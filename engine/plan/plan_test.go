@@ -270,6 +270,20 @@ func TestComputeShadowMarksTheProposal(t *testing.T) {
 	if !strings.Contains(person, "hotspot:") || !strings.Contains(person, "ban:") {
 		t.Errorf("the rules in force are lost:\n%s", person)
 	}
+	// The shadow YAML is rules the gateway takes, with the proposal in
+	// shadow and the rule in force still enforcing.
+	docs, err := rules.Parse("plan.yaml", []byte(p.YAML))
+	if err != nil {
+		t.Fatalf("the shadow plan does not parse: %v\n%s", err, p.YAML)
+	}
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatalf("the shadow plan does not build: %v", err)
+	}
+	r := set.Resources[rules.ResourceDDColorPerson]
+	if len(r.Flow) != 2 || r.Flow[0].Mode.IsShadow() || !r.Flow[1].Mode.IsShadow() || r.Concurrency != 8 || !r.ConcurrencyMode.IsShadow() {
+		t.Errorf("parsed shadow plan: flow %+v, concurrency %d %q", r.Flow, r.Concurrency, r.ConcurrencyMode)
+	}
 	// Without shadow: no mark at all.
 	if y := Compute(Input{Backends: farm(4, 2), Rules: inForce(t)}).YAML; strings.Contains(y, "shadow") {
 		t.Errorf("a plan without shadow marks rules shadow:\n%s", y)
