@@ -65,7 +65,9 @@ func (w *fakeWriter) Put(context.Context, string, []byte) (int64, error) {
 	return int64(w.puts), nil
 }
 
-func (w *fakeWriter) Delete(context.Context, string) (int64, error) { return 0, dashboardapi.ErrNotFound }
+func (w *fakeWriter) Delete(context.Context, string) (int64, error) {
+	return 0, dashboardapi.ErrNotFound
+}
 
 func (w *fakeWriter) count() int {
 	w.mu.Lock()
