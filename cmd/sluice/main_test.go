@@ -43,7 +43,7 @@ func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{}, {"frobnicate"}, {"serve", "--no-such-flag"}, {"serve", "extra"}, {"serve", "--log-level", "loud"},
 		{"serve", "--ipv6-prefix", "0"}, {"serve", "--ipv6-prefix", "129"}, {"serve", "--upload-min-rate", "0"}, {"serve", "--upload-grace", "0s"}, {"serve", "--tenant-inflight", "-1"}, {"serve", "--image-memory", "-1"}} {
 		err := run(context.Background(), args, io.Discard, io.Discard)
-		if err == nil || exitCode(err) != 2 {
+		if err == nil || exitCode(err) != exitUsage {
 			t.Errorf("run(%q) = %v (exit %d), want a usage error", args, err, exitCode(err))
 		}
 	}
