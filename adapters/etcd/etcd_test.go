@@ -338,3 +338,106 @@ var engineSeq atomic.Int64
 func testPrefix(t testing.TB) string {
 	return fmt.Sprintf("/test/%s#%d", t.Name(), engineSeq.Add(1))
 }
+
+// TestDeleteTouchesOnlyItsKey: a delete succeeds while another key holds
+// an invalid document, removes only its own key, and leaves the invalid
+// one as it was.
+func TestDeleteTouchesOnlyItsKey(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	ctx := context.Background()
+	docs, err := rules.Parse("good.yaml", []byte("resource: zimage_generate\nflow: [{threshold: 2}]\n---\nsystem: {load: 8}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.Apply(ctx, docs); err != nil {
+		t.Fatal(err)
+	}
+	// Written by hand, past the store's validation: an invalid document.
+	bad := "resource: ddcolor_person\nflow: [{threshold: -1}]\n"
+	if _, err := shared.client.Put(ctx, store.Key("ddcolor_person"), bad); err != nil {
+		t.Fatal(err)
+	}
+	// Before the fix: "ddcolor_person: flow[0].threshold: must be > 0" refused this.
+	if _, err := store.Delete(ctx, "zimage_generate"); err != nil {
+		t.Fatalf("delete beside an invalid document: %v", err)
+	}
+	snap, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := snap.Values[store.Key("zimage_generate")]; ok {
+		t.Fatal("zimage_generate is still there")
+	}
+	if len(snap.Values) != 2 || string(snap.Values[store.Key("ddcolor_person")]) != bad || snap.Values[store.Key("system")] == nil {
+		t.Fatalf("the delete touched other keys: %q", snap.Values)
+	}
+	// Deleting the invalid document itself is fine too.
+	if _, err := store.Delete(ctx, "ddcolor_person"); err != nil {
+		t.Fatalf("delete of the invalid document: %v", err)
+	}
+}
+
+// TestNewProblemsOnlyCountsTheChange: newProblems reports a problem the
+// change brings and ignores those the set had before.
+func TestNewProblemsOnlyCountsTheChange(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	bad := []byte("resource: ddcolor_person\nflow: [{threshold: -1}]\n")
+	good := []byte("resource: zimage_generate\nflow: [{threshold: 2}]\n")
+	before := map[string][]byte{store.Key("ddcolor_person"): bad, store.Key("zimage_generate"): good}
+	if err := store.newProblems(before, map[string][]byte{store.Key("ddcolor_person"): bad}); err != nil {
+		t.Fatalf("an old problem counted: %v", err)
+	}
+	err := store.newProblems(map[string][]byte{store.Key("zimage_generate"): good}, before)
+	var list rules.Errors
+	if !errors.As(err, &list) || len(list) != 1 || !strings.Contains(list[0].Error(), "flow[0].threshold: must be > 0") {
+		t.Fatalf("a new problem was not reported: %v", err)
+	}
+}
+
+// TestPutProblemsCarryTheDocumentsLines: a rejected Put locates its
+// problems in the document sent, not in the form etcd would store.
+func TestPutProblemsCarryTheDocumentsLines(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	doc := "# a comment first\nresource: ddcolor_person\nflow:\n\n  - {window: 1s, threshold: -1}\n"
+	_, err := store.Put(context.Background(), "ddcolor_person", []byte(doc))
+	var list rules.Errors
+	if !errors.As(err, &list) || len(list) != 1 || list[0].Path != "flow[0].threshold" || list[0].Line != 5 || list[0].Column != 29 {
+		t.Fatalf("err = %v (at %d:%d)", err, list[0].Line, list[0].Column)
+	}
+}
+
+// TestApplySinceRefusesAChangedDocument: a document written after the
+// snapshot it was compared with is not replaced.
+func TestApplySinceRefusesAChangedDocument(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	ctx := context.Background()
+	v1, _ := rules.Parse("a.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 2}]\n"))
+	if _, _, err := store.Apply(ctx, v1); err != nil {
+		t.Fatal(err)
+	}
+	seen, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another writer adds a ban meanwhile.
+	other, _ := rules.Parse("b.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 2}]\nban: {blocks: 3, within: 10s, for: 1m}\n"))
+	if _, _, err := store.Apply(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := rules.Parse("c.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 3}]\n"))
+	if _, _, err := store.ApplySince(ctx, v2, seen); !errors.Is(err, ErrChangedSince) {
+		t.Fatalf("err = %v, want ErrChangedSince", err)
+	}
+	snap, _ := store.Load(ctx)
+	if !strings.Contains(string(snap.Values[store.Key("ddcolor_person")]), "ban:") {
+		t.Fatalf("the other writer's document was replaced: %q", snap.Values[store.Key("ddcolor_person")])
+	}
+	// A key not in docs may change: only what is replaced is checked.
+	z, _ := rules.Parse("z.yaml", []byte("resource: zimage_generate\nflow: [{threshold: 1}]\n"))
+	if _, _, err := store.ApplySince(ctx, z, snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.ApplySince(ctx, v2, snap); err != nil {
+		t.Fatalf("with a fresh snapshot: %v", err)
+	}
+}

@@ -251,12 +251,20 @@ func (s *Store) Put(ctx context.Context, resource string, doc []byte) (int64, er
 		}
 		return 0, rules.Errors{{File: key, Msg: err.Error()}}
 	}
+	// On its own first, so that its problems carry their lines in doc
+	// (Apply judges the form it would store).
+	if _, err := rules.Build([]rules.Document{d}); err != nil {
+		return 0, err
+	}
 	_, rev, err := s.Apply(ctx, []rules.Document{d})
 	return rev, err
 }
 
 // Delete removes a resource's document (or the system document): its rules
-// stop applying.
+// stop applying. It touches that key only: another key holding an invalid
+// document does not stop it (the gateway keeps its last good rules until
+// that one is fixed, with or without this document). Only a problem the
+// delete itself would bring is refused.
 func (s *Store) Delete(ctx context.Context, resource string) (int64, error) {
 	key := s.Key(resource)
 	_, rev, err := s.write(ctx, func(snap *Snapshot) ([]clientv3.Op, []Change, error) {
@@ -265,12 +273,40 @@ func (s *Store) Delete(ctx context.Context, resource string) (int64, error) {
 		}
 		next := maps.Clone(snap.Values)
 		delete(next, key)
-		if _, err := s.Build(next); err != nil {
+		if err := s.newProblems(snap.Values, next); err != nil {
 			return nil, nil, err
 		}
 		return []clientv3.Op{clientv3.OpDelete(key)}, []Change{{Name: resource, Key: key, Action: "deleted"}}, nil
 	})
 	return rev, err
+}
+
+// newProblems validates the rule set after a change, and returns the
+// problems it has that the set before did not have (nil when none): those
+// the change brings.
+func (s *Store) newProblems(before, after map[string][]byte) error {
+	_, err := s.Build(after)
+	var now rules.Errors
+	if err == nil || !errors.As(err, &now) {
+		return err
+	}
+	_, err = s.Build(before)
+	var was rules.Errors
+	errors.As(err, &was)
+	old := make(map[string]bool, len(was))
+	for _, e := range was {
+		old[e.Error()] = true
+	}
+	var added rules.Errors
+	for _, e := range now {
+		if !old[e.Error()] {
+			added = append(added, e)
+		}
+	}
+	if len(added) == 0 {
+		return nil
+	}
+	return added
 }
 
 // ErrNotFound is returned when deleting a document that is not there.
@@ -280,7 +316,27 @@ var ErrNotFound = errors.New("no such rule document")
 // they make together with the other documents in etcd. Documents equal to
 // what etcd holds are left alone. It returns what changed.
 func (s *Store) Apply(ctx context.Context, docs []rules.Document) ([]Change, int64, error) {
+	return s.ApplySince(ctx, docs, nil)
+}
+
+// ErrChangedSince is ApplySince's refusal: a document's key changed in
+// etcd after the snapshot it was compared with.
+var ErrChangedSince = errors.New("changed in etcd since it was compared")
+
+// ApplySince is Apply, refusing with ErrChangedSince (writing nothing)
+// when the key of any of docs was written or deleted after seen: what an
+// operator confirmed, compared with seen, is what is replaced. nil seen
+// checks nothing.
+func (s *Store) ApplySince(ctx context.Context, docs []rules.Document, seen *Snapshot) ([]Change, int64, error) {
 	return s.write(ctx, func(snap *Snapshot) ([]clientv3.Op, []Change, error) {
+		if seen != nil {
+			for _, d := range docs {
+				key := s.Key(d.Name())
+				if was, now := seen.ModRevisions[key], snap.ModRevisions[key]; was != now {
+					return nil, nil, fmt.Errorf("%s: %w (mod revision %d, now %d); nothing was written", key, ErrChangedSince, was, now)
+				}
+			}
+		}
 		next := maps.Clone(snap.Values)
 		var (
 			ops     []clientv3.Op
