@@ -24,6 +24,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/adapters/identity"
+	"github.com/sluicehq/sluice/adapters/openapi"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
@@ -358,7 +359,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if f.adminToken == "" {
 		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply) and simulator control")
 	}
-	api.Router().GET("/metrics", gin.WrapH(metrics.Handler()))
+	if err := mountDocs(api.Router(), metrics.Handler()); err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -407,6 +410,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			slog.Duration("grace", f.shutdownGrace))
 	}
 	return nil
+}
+
+// mountDocs serves the metrics at /metrics and the OpenAPI document at
+// /openapi.json, both open.
+func mountDocs(r gin.IRouter, metrics http.Handler) error {
+	r.GET("/metrics", gin.WrapH(metrics))
+	return openapi.Register(r)
 }
 
 // simulator is sim for the operator API: nil (no simulator control) when
