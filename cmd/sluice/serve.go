@@ -311,10 +311,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer async.Close() // before etcd and the backends close
 
-	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
+	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo, Backends: backends.Stats})
 	api, err := httpapi.New(httpapi.Config{
 		Jobs:           metrics,
 		Refusals:       metrics,
+		Clients:        metrics,
 		Engine:         eng,
 		Runner:         backends,
 		Logger:         log,
