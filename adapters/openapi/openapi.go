@@ -16,9 +16,6 @@ const Path = "/openapi.json"
 //go:embed openapi.yaml
 var source []byte
 
-// YAML returns the document as it is written, in YAML.
-func YAML() []byte { return append([]byte(nil), source...) }
-
 // JSON returns the document in JSON, anchors and aliases resolved.
 func JSON() ([]byte, error) {
 	var doc any
