@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/jobs"
@@ -139,7 +140,9 @@ func testTiers(registeredQuota int64) *rules.Tiers {
 // and quota on a fake clock at 2026-11-30 12:00 UTC: 43200 s before the
 // quota day ends.
 type tenantStack struct {
-	api    *httpapi.Server
+	api *httpapi.Server
+	// h serves api, checking every answer against the OpenAPI document.
+	h      http.Handler
 	eng    *engine.Engine
 	runner *funcRunner
 	quota  *fakeQuota
@@ -160,7 +163,7 @@ func newTenantStack(t *testing.T, src string, tiers *rules.Tiers, cfg httpapi.Co
 		t.Fatal(err)
 	}
 	t.Cleanup(api.Close)
-	ts.api = api
+	ts.api, ts.h = api, openapitest.Handler(t, api)
 	return ts
 }
 
@@ -168,7 +171,7 @@ func (ts *tenantStack) do(req *http.Request, key, peer string) *httptest.Respons
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	return serve(ts.api, req, peer)
+	return serve(ts.h, req, peer)
 }
 
 const testPNGSide = 24
@@ -794,7 +797,7 @@ func TestResumedJobKeepsItsTicket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &tenantStack{api: api1, quota: q}
+	ts := &tenantStack{api: api1, h: openapitest.Handler(t, api1), quota: q}
 	id := ts.submit(t, asyncGenerate(`{"prompt": "a lighthouse"}`), acmeKey, "192.0.2.1:1")
 	<-parked
 	first.Close()
@@ -827,7 +830,7 @@ func TestResumedJobKeepsItsTicket(t *testing.T) {
 	if err := second.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ts.api = api2
+	ts.api, ts.h = api2, openapitest.Handler(t, api2)
 	if j := ts.job(t, id, acmeKey, "198.51.100.1:1"); j.State != jobs.Failed || j.Tier != "registered" {
 		t.Fatalf("resumed job %+v", j)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/adapters/identity"
+	"github.com/sluicehq/sluice/adapters/openapi"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
@@ -363,10 +364,11 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 	}
 	defer async.Close() // before etcd and the backends close
 
-	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
+	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo, Backends: backends.Stats})
 	api, err := httpapi.New(httpapi.Config{
 		Jobs:           metrics,
 		Refusals:       metrics,
+		Clients:        metrics,
 		Engine:         eng,
 		Runner:         backends,
 		Logger:         log,
@@ -425,7 +427,9 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 	if f.adminToken == "" {
 		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply) and simulator control; the dashboard is read-only")
 	}
-	api.Router().GET("/metrics", gin.WrapH(metrics.Handler()))
+	if err := mountDocs(api.Router(), metrics.Handler()); err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -476,6 +480,13 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 			slog.Duration("grace", f.shutdownGrace))
 	}
 	return nil
+}
+
+// mountDocs serves the metrics at /metrics and the OpenAPI document at
+// /openapi.json, both open.
+func mountDocs(r gin.IRouter, metrics http.Handler) error {
+	r.GET("/metrics", gin.WrapH(metrics))
+	return openapi.Register(r)
 }
 
 // simulator is sim for the operator API: nil (no simulator control) when
