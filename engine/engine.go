@@ -46,8 +46,8 @@ type Options struct {
 	// time need distinct namespaces (New refuses a namespace in use). Empty
 	// in production.
 	Namespace string
-	// BlockedLog is how many recent refusals Blocked can return (default
-	// DefaultBlockedLog).
+	// BlockedLog is how many recent refusals Blocked keeps (default
+	// DefaultBlockedLog), and as many shadow would-refusals apart.
 	BlockedLog int
 }
 

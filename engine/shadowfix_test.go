@@ -136,3 +136,49 @@ func TestShadowRefusedCallHoldsNoShadowPlace(t *testing.T) {
 		t.Errorf("would refuse %v, want 2 by flow and 1 by concurrency", s.Shadow)
 	}
 }
+
+// A flood of shadow would-refusals does not push the real refusals out of
+// the log: each has a ring of its own, and Blocked merges them newest
+// first.
+func TestBlockedShadowFloodKeepsRealRefusals(t *testing.T) {
+	c := clock.NewFake(t0)
+	e := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 1, window: 10s}, {threshold: 2, window: 10s, mode: shadow}]\n---\n"+
+		"resource: ddcolor_building\nflow: [{threshold: 1, window: 10s, mode: shadow}]\n", engine.Options{Clock: c, BlockedLog: 4})
+	person := engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1"}
+	building := engine.Call{Resource: "ddcolor_building", Origin: "192.0.2.2"}
+	toks, _ := burst(t, e, 1, person)
+	defer exitAll(toks)
+	c.Advance(time.Millisecond)
+	if _, refs := burst(t, e, 2, person); len(refs) != 2 { // two real refusals
+		t.Fatalf("refused %d, want 2", len(refs))
+	}
+	for range 10 { // a flood of would-refusals, more than the ring holds
+		c.Advance(time.Millisecond)
+		more, refs := burst(t, e, 1, building)
+		exitAll(more)
+		if len(refs) != 0 {
+			t.Fatal("a shadow rule refused a call")
+		}
+	}
+	got := e.Blocked(0)
+	var real, shadow int
+	for i, b := range got {
+		if i > 0 && b.Time.After(got[i-1].Time) {
+			t.Errorf("entry %d (%v) newer than entry %d (%v): not newest first", i, b.Time, i-1, got[i-1].Time)
+		}
+		if b.Shadow {
+			shadow++
+		} else {
+			real++
+		}
+	}
+	if real != 2 || shadow != 4 {
+		t.Fatalf("held %d real and %d shadow entries, want 2 (the flood must not push them out) and 4", real, shadow)
+	}
+	if got[0].Resource != "ddcolor_building" || !got[0].Shadow || got[len(got)-1].Shadow {
+		t.Errorf("newest %+v, oldest %+v: want the last would-refusal first and a real refusal last", got[0], got[len(got)-1])
+	}
+	if lim := e.Blocked(3); len(lim) != 3 || !lim[2].Shadow {
+		t.Errorf("Blocked(3) = %+v, want the 3 newest (all shadow)", lim)
+	}
+}
