@@ -71,13 +71,15 @@ type Engine struct {
 	// runs two admissions of a resource under different locks or counters.
 	res map[string]*resource
 	// shadowRes holds, per resource, what its shadow rules count: their
-	// own sentinel-golang resource (flow windows, hotspot buckets), jobs in
-	// flight and pacing, as if they were enforced. Its admissions run
-	// under the real resource's lock.
+	// own sentinel-golang resource (flow windows, hotspot buckets) and
+	// pacing, as if they were enforced; their jobs in flight are the real
+	// ones less those they would have refused (resource.shadowOut). Its
+	// admissions run under the real resource's lock.
 	shadowRes map[string]*resource
 	// inbound is the engine's own figure of every admitted job, per job,
 	// for the system rules; shadowInbound the same of the jobs the shadow
-	// rules would have admitted, for the shadow system rules.
+	// rules would have admitted, for the shadow system rules' rate and
+	// response time (their concurrency is inbound's less shadowOut).
 	inbound, shadowInbound *stat.ResourceNode
 	// shadowOut counts the jobs in flight the shadow rules would have
 	// refused, over every resource (see resource.shadowOut).
@@ -673,8 +675,8 @@ func (e *Engine) admit(r *resource, tok *Token, c *Call) (rs *resState, res *bas
 
 // admitShadow runs the slot chain of the shadow rules srs for a call the
 // enforcing rules admitted (tok), as if they were enforced: their windows,
-// buckets, jobs in flight, pacing and bans count only the calls they would
-// admit. It returns the refusal they would make, or nil and keeps their
+// buckets, pacing and bans count only the calls they would admit, their
+// jobs in flight every real one but those they would have refused. It returns the refusal they would make, or nil and keeps their
 // admission in tok.shadow until the call ends. The caller holds the real
 // resource's lock.
 func (e *Engine) admitShadow(srs *resState, tok *Token, c *Call) *Refusal {
