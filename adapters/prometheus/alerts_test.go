@@ -2,6 +2,7 @@ package prometheus_test
 
 import (
 	"bufio"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -174,5 +175,22 @@ sluice_rules_watch_live ` + live + "\n"
 				t.Error(err)
 			}
 		})
+	}
+}
+
+// A client that keeps calling stays remembered however many new origins
+// come after it: it is counted once.
+func TestSteadyClientCountedOnce(t *testing.T) {
+	exp := prometheus.New(prometheus.Config{})
+	exp.ObserveClient("192.0.2.1")
+	const others = 70_000 // more than the 65536 remembered
+	for i := range others {
+		exp.ObserveClient(fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255))
+		if i%1000 == 0 {
+			exp.ObserveClient("192.0.2.1")
+		}
+	}
+	if got := value(t, exp.Registry(), "sluice_client_origins_new_total"); got != others+1 {
+		t.Fatalf("new origins %v, want %d: the steady client was counted again", got, others+1)
 	}
 }

@@ -89,6 +89,12 @@ func newClientCounter() *clientCounter {
 
 // observe counts origin when it was not seen recently.
 func (c *clientCounter) observe(origin string) {
+	// Get refreshes a known origin, so a steady client stays among the
+	// remembered (ContainsOrAdd alone would not, and would count it again
+	// after enough newer origins).
+	if _, ok := c.seen.Get(origin); ok {
+		return
+	}
 	if ok, _ := c.seen.ContainsOrAdd(origin, struct{}{}); !ok {
 		c.newTotal.Inc()
 	}
