@@ -391,9 +391,9 @@ func (s *Store) Seed(ctx context.Context, set *rules.Set) (bool, error) {
 	return seeded, err
 }
 
-// errConflict means another writer changed the documents between our read
+// ErrConflict means another writer changed the documents between our read
 // and our write.
-var errConflict = errors.New("etcd: the rules changed while writing; try again")
+var ErrConflict = errors.New("etcd: the rules changed while writing; try again")
 
 // write reads a snapshot, lets plan decide the operations, and commits them
 // only if none of the keys changed since the snapshot (nor appeared),
@@ -427,7 +427,7 @@ func (s *Store) write(ctx context.Context, plan func(*Snapshot) ([]clientv3.Op, 
 			return changes, resp.Header.Revision, nil
 		}
 	}
-	return nil, 0, errConflict
+	return nil, 0, ErrConflict
 }
 
 // sameDocument reports whether old, as stored under key, means the same as

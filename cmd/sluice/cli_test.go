@@ -83,6 +83,9 @@ func TestExitCodes(t *testing.T) {
 		{"unknown resource", []string{"rules", "delete", "ddcolor_cat", "--endpoints", ep}, exitInvalid, `unknown resource "ddcolor_cat"`},
 		{"etcd unreachable", append([]string{"rules", "get"}, unreachableEtcd...), exitUnreachable, "context deadline exceeded"},
 		{"etcd unreachable, keys", append([]string{"keys", "list"}, unreachableEtcd...), exitUnreachable, ""},
+		// With --user clientv3 authenticates while it dials: still unreachable, not invalid.
+		{"etcd unreachable, with a user", append([]string{"rules", "get", "--user", "root:pw"}, unreachableEtcd...), exitUnreachable, ""},
+		{"etcd unreachable, with a user, tiers", append([]string{"tiers", "get", "--user", "root:pw"}, unreachableEtcd...), exitUnreachable, ""},
 		{"declined: no terminal", []string{"rules", "apply", "-f", filepath.Join(dir, "narrow.yaml"), "--endpoints", ep}, exitAborted,
 			"would lose ddcolor_person hotspot[0] (param origin), ddcolor_person ban: not applied (no terminal"},
 	} {

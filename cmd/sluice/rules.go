@@ -16,6 +16,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/rules"
@@ -63,12 +65,27 @@ func (f *etcdFlags) clientConfig() etcd.ClientConfig {
 		InsecureSkipVerify: f.insecure, Username: user, Password: password}
 }
 
+// clientError sorts a failure to open the etcd client: a bad TLS file or
+// setting is invalid input (exit 1); a timeout or an etcd that does not
+// answer — clientv3 authenticates while it dials when --user is given —
+// cannot be reached (exit 2).
+func clientError(err error) error {
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Unavailable:
+		return unreachable(err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return unreachable(err)
+	}
+	return invalid(err)
+}
+
 // withStore connects to etcd, runs fn with a context bounded by
 // --command-timeout, and closes the connection.
 func (f *etcdFlags) withStore(ctx context.Context, fn func(context.Context, *etcd.Store) error) error {
 	c, err := etcd.NewClient(f.clientConfig())
 	if err != nil {
-		return invalid(err)
+		return clientError(err)
 	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, f.commandTimeout)
@@ -80,7 +97,7 @@ func (f *etcdFlags) withStore(ctx context.Context, fn func(context.Context, *etc
 func (f *etcdFlags) connect() (*etcd.Store, func(), error) {
 	c, err := etcd.NewClient(f.clientConfig())
 	if err != nil {
-		return nil, nil, invalid(err)
+		return nil, nil, clientError(err)
 	}
 	return etcd.NewStore(c, f.prefix), func() { c.Close() }, nil
 }
@@ -534,7 +551,7 @@ func rulesWatch(ctx context.Context, ef *etcdFlags, stdout io.Writer) error {
 // reached or refused the request.
 func classify(err error) error {
 	var list rules.Errors
-	if errors.As(err, &list) || errors.Is(err, etcd.ErrNotFound) || errors.Is(err, etcd.ErrChangedSince) {
+	if errors.As(err, &list) || errors.Is(err, etcd.ErrNotFound) || errors.Is(err, etcd.ErrChangedSince) || errors.Is(err, etcd.ErrConflict) {
 		return invalid(err)
 	}
 	return unreachable(err)
