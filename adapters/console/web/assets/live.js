@@ -1,0 +1,214 @@
+// The live feed: one snapshot a second from GET /api/live (Server-Sent
+// Events, shared by every viewer), or, where the gateway has no stream, the
+// same figures polled from /api/resources, /api/system and /api/backends.
+// The Live page draws a uPlot chart per resource from it.
+
+import uPlot from './vendor/uplot/uPlot.esm.js';
+import {$, el, fill, fmt, ms, setStatus} from './dom.js';
+import {get} from './api.js';
+
+const windowPoints = 120; // two minutes at one snapshot a second
+const subscribers = new Set();
+let latest = null;
+let source = null;
+let pollTimer = 0;
+let mode = '';
+
+/** subscribe calls fn with every snapshot (and the latest one at once). */
+export function subscribe(fn) {
+  subscribers.add(fn);
+  if (latest) fn(latest);
+  return () => subscribers.delete(fn);
+}
+
+function publish(snap) {
+  latest = snap;
+  for (const fn of subscribers) fn(snap);
+}
+
+/** startFeed opens the stream (again, after a login). */
+export function startFeed() {
+  stopFeed();
+  mode = 'connecting';
+  status();
+  source = new EventSource('/api/live');
+  source.addEventListener('stats', (e) => {
+    if (mode !== 'stream') { mode = 'stream'; status(); }
+    try { publish(JSON.parse(e.data)); } catch (err) { console.error('bad /api/live event', err); }
+  });
+  source.onerror = () => {
+    if (source && source.readyState === EventSource.CLOSED) {
+      source = null;
+      startPolling();
+    } else {
+      mode = 'reconnecting';
+      status();
+    }
+  };
+}
+
+/** stopFeed closes the stream and stops polling. */
+export function stopFeed() {
+  if (source) source.close();
+  source = null;
+  clearInterval(pollTimer);
+  pollTimer = 0;
+}
+
+function startPolling() {
+  mode = 'polling';
+  status();
+  const tick = async () => {
+    const [res, sys, back] = await Promise.all([get('/api/resources'), get('/api/system'), get('/api/backends')]);
+    if (!res.ok) {
+      mode = res.status === 401 || res.status === 403 ? 'login' : 'down';
+      status();
+      return;
+    }
+    if (mode !== 'polling') { mode = 'polling'; status(); }
+    publish({time: new Date().toISOString(), resources: res.body.resources || [],
+      system: sys.ok ? sys.body : null, backends: back.ok ? back.body : null});
+  };
+  tick();
+  pollTimer = setInterval(tick, 1000);
+}
+
+function status() {
+  const n = $('live-status');
+  if (!n) return;
+  const text = {
+    connecting: ['Connecting to the live stream…', ''],
+    stream: ['Live: one update a second from /api/live.', 'ok'],
+    reconnecting: ['The live stream dropped: reconnecting…', 'warn'],
+    polling: ['The live stream (/api/live) is not available on this gateway: polling /api/resources every second.', 'warn'],
+    login: ['Log in to see the live figures.', 'warn'],
+    down: ['The gateway does not answer.', 'error'],
+  }[mode] || ['', ''];
+  setStatus(n, text[0], text[1]);
+}
+
+// ---- the Live page ----
+
+const palette = {
+  passed: '#2563eb', completed: '#16a34a', shadow: '#9333ea',
+  flow: '#dc2626', hotspot: '#ea580c', concurrency: '#ca8a04', ban: '#7f1d1d', system: '#db2777',
+  cpu: '#be123c', gpu: '#b45309', tier_rate: '#0f766e',
+};
+const extra = ['#64748b', '#0891b2', '#4d7c0f', '#a21caf'];
+const colour = (k, i) => palette[k] || extra[i % extra.length];
+const sum = (m) => Object.values(m || {}).reduce((a, b) => a + (Number(b) || 0), 0);
+
+/** Chart is one resource's card: its figures and two uPlot charts. */
+class Chart {
+  constructor(name, kinds) {
+    this.name = name;
+    this.kinds = kinds;
+    this.xs = [];
+    this.cols = [];
+    this.tcols = [[], [], [], []];
+    const id = cssId(name);
+    this.figs = el('dl', {class: 'kpis'});
+    this.rate = el('div', {id: 'live-chart-' + id, class: 'chart', role: 'img', 'data-resource': name, 'data-points': 0,
+      'aria-label': `${name}: admissions, refusals and completions per second over the last two minutes`});
+    this.times = el('div', {id: 'live-time-' + id, class: 'chart', role: 'img',
+      'aria-label': `${name}: job time (average and p95), jobs in flight and waiting`});
+    this.card = el('article', {class: 'card', id: 'live-' + id}, el('h2', {}, name), this.figs, this.rate, this.times);
+    const w = 560;
+    const rateSeries = [{}, {label: 'passed/s', stroke: colour('passed'), width: 2},
+      {label: 'completed/s', stroke: colour('completed'), width: 2},
+      {label: 'shadow would refuse/s', stroke: colour('shadow'), dash: [6, 4], width: 2},
+      ...kinds.map((k, i) => ({label: `refused ${k}/s`, stroke: colour(k, i), width: 1.5}))];
+    this.cols = rateSeries.slice(1).map(() => []);
+    this.u = new uPlot({width: w, height: 200, series: rateSeries, legend: {live: false},
+      scales: {x: {time: true}, y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
+      axes: [{}, {label: 'per second', size: 56}]}, [this.xs, ...this.cols], this.rate);
+    this.t = new uPlot({width: w, height: 160, legend: {live: false},
+      series: [{}, {label: 'avg job time', stroke: '#0369a1', width: 2, scale: 'ms', value: (u, v) => ms(v)},
+        {label: 'p95 job time', stroke: '#0ea5e9', dash: [4, 3], width: 2, scale: 'ms', value: (u, v) => ms(v)},
+        {label: 'in flight', stroke: '#15803d', width: 1.5, scale: 'n'},
+        {label: 'waiting', stroke: '#b91c1c', width: 1.5, scale: 'n'}],
+      scales: {x: {time: true}, ms: {range: (u, min, max) => [0, Math.max(10, max * 1.1)]}, n: {range: (u, min, max) => [0, Math.max(1, max * 1.2)]}},
+      axes: [{}, {scale: 'ms', label: 'ms', size: 56}, {scale: 'n', side: 1, label: 'jobs', grid: {show: false}}]},
+    [this.xs, ...this.tcols], this.times);
+    new ResizeObserver(() => this.resize()).observe(this.card);
+  }
+
+  resize() {
+    const w = Math.max(280, Math.floor(this.card.clientWidth - 24));
+    if (this.card.clientWidth > 0 && w !== this.u.width) {
+      this.u.setSize({width: w, height: 200});
+      this.t.setSize({width: w, height: 160});
+    }
+  }
+
+  push(x, r) {
+    const refused = r.refused_per_sec || {};
+    const vals = [r.passed_per_sec || 0, r.completed_per_sec || 0, sum(r.shadow_per_sec),
+      ...this.kinds.map((k) => refused[k] || 0)];
+    this.xs.push(x);
+    vals.forEach((v, i) => this.cols[i].push(v));
+    const tv = [r.avg_rt_ms || null, r.p95_rt_ms || null, r.in_flight || 0, r.waiting ?? null];
+    tv.forEach((v, i) => this.tcols[i].push(v));
+    if (this.xs.length > windowPoints) {
+      this.xs.shift();
+      for (const c of this.cols) c.shift();
+      for (const c of this.tcols) c.shift();
+    }
+    this.u.setData([this.xs, ...this.cols]);
+    this.t.setData([this.xs, ...this.tcols]);
+    this.rate.dataset.points = String(this.xs.length);
+    this.rate.dataset.passedTotal = String(r.passed_total || 0);
+    this.rate.dataset.maxPassed = String(Math.max(...this.cols[0]));
+    this.rate.dataset.lastTime = String(x);
+    this.figures(r, vals);
+  }
+
+  figures(r, vals) {
+    const dd = (label, value, cls) => [el('dt', {}, label), el('dd', {class: cls}, value)];
+    fill(this.figs,
+      dd('passed/s', fmt(vals[0])), dd('refused/s', fmt(sum(r.refused_per_sec)), sum(r.refused_per_sec) > 0 ? 'bad' : ''),
+      dd('shadow/s', fmt(vals[2]), vals[2] > 0 ? 'shadow' : ''), dd('completed/s', fmt(vals[1])),
+      dd('avg job', ms(r.avg_rt_ms)), dd('p95 job', r.p95_rt_ms === undefined ? 'n/a' : ms(r.p95_rt_ms)),
+      dd('in flight', fmt(r.in_flight || 0)), dd('waiting', r.waiting === undefined ? 'n/a' : fmt(r.waiting)),
+      dd('passed', fmt(r.passed_total || 0)), dd('refused', fmt(sum(r.refused_total))));
+  }
+}
+
+/** cssId makes a resource name safe for an element id. */
+export function cssId(name) {
+  return String(name).replace(/[^A-Za-z0-9_-]/g, '_');
+}
+
+const charts = new Map();
+
+/** initLive draws every snapshot on the Live page. */
+export function initLive() {
+  subscribe((snap) => {
+    const x = Math.floor(new Date(snap.time || Date.now()).getTime() / 1000);
+    const box = $('live-charts');
+    const names = new Set();
+    for (const r of snap.resources || []) {
+      names.add(r.resource);
+      const kinds = Object.keys({...(r.refused_per_sec || {}), ...(r.shadow_per_sec || {})}).sort();
+      let c = charts.get(r.resource);
+      if (c && kinds.join() !== c.kinds.join()) { c.card.remove(); c = null; }
+      if (!c) {
+        c = new Chart(r.resource, kinds);
+        charts.set(r.resource, c);
+        box.append(c.card);
+        c.resize();
+      }
+      c.push(x, r);
+    }
+    for (const [name, c] of charts) {
+      if (!names.has(name)) { c.card.remove(); charts.delete(name); }
+    }
+    if (charts.size === 0) fill(box, el('p', {class: 'empty'}, 'No resources have rules yet.'));
+    else box.querySelector(':scope > p.empty')?.remove();
+  });
+}
+
+/** resizeCharts fits the charts after their page became visible. */
+export function resizeCharts() {
+  for (const c of charts.values()) c.resize();
+}
