@@ -62,6 +62,11 @@ type Config struct {
 	// Keys manages the API keys (/api/keys, admin token needed for reads
 	// too); nil: those routes answer 404.
 	Keys Keys
+	// Session, when set, lets a request through wherever the admin token
+	// would (writes, and reads under ProtectReads): the web console's
+	// login cookie plus, for writes, its CSRF header. nil: only the
+	// bearer token.
+	Session Session
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -183,7 +188,8 @@ func writeProblem(c *gin.Context, status int, code, detail string, errs []string
 }
 
 // authorize lets a request through only with the admin token as its bearer
-// credentials. The token is compared in constant time (over its SHA-256,
+// credentials, or without any Authorization header, with a Config.Session
+// that authorizes it. The token is compared in constant time (over its SHA-256,
 // so its length does not leak either) and never logged.
 func (a *api) authorize(c *gin.Context) {
 	if a.tokenHash == nil {
@@ -193,6 +199,12 @@ func (a *api) authorize(c *gin.Context) {
 	}
 	const scheme = "Bearer "
 	h := c.GetHeader("Authorization")
+	if h == "" && a.cfg.Session != nil {
+		if a.sessionAuthorized(c) {
+			c.Next()
+		}
+		return
+	}
 	if len(h) <= len(scheme) || !strings.EqualFold(h[:len(scheme)], scheme) || strings.TrimSpace(h[len(scheme):]) == "" {
 		c.Header("WWW-Authenticate", `Bearer realm="sluice"`)
 		writeProblem(c, http.StatusUnauthorized, "unauthorized",

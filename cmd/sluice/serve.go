@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
+	"github.com/sluicehq/sluice/adapters/console"
 	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/adapters/farm"
 	"github.com/sluicehq/sluice/adapters/httpapi"
@@ -338,6 +339,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	restoreJobs(api.Resume) // before serving: recovered jobs hold their slots first
+	// The web console: its page, login and live feed; its session
+	// authorizes the operator API's writes from the page.
+	con, err := console.Register(api.Router(), console.Config{Engine: eng, Backends: backends.Stats,
+		AdminToken: f.adminToken, ProtectReads: f.protectReads, TrustedProxies: f.trustedProxies, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer con.Close()
 	if err := dashboardapi.Register(api.Router(), dashboardapi.Config{
 		Engine:       eng,
 		Source:       rs.desc,
@@ -352,6 +361,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Build:        buildInfo(),
 		Tiers:        who.tiers,
 		Keys:         identity.NewAdmin(rs.store.Client(), rs.store.Prefix(), nil),
+		Session:      con,
 	}); err != nil {
 		return err
 	}
@@ -376,9 +386,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(con.Close) // live streams end at once: Shutdown waits for no viewer
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("sluice serving", slog.String("addr", "http://"+ln.Addr().String()),
+		slog.String("dashboard", "http://"+ln.Addr().String()+"/dashboard"),
 		slog.Any("comfyui", urls), slog.Any("trusted_proxies", []string(f.trustedProxies)))
 
 	select {
