@@ -10,6 +10,11 @@ import {hideRefusals, initRefusals, setResources, showRefusals} from './refusals
 import {drawGPUs} from './gpus.js';
 import {initPlanner, loadPlan} from './planner.js';
 
+// A blocked inline style or script, or a request elsewhere, is a bug: say so.
+document.addEventListener('securitypolicyviolation', (e) => {
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || 'inline code'} (${e.sourceFile || ''}:${e.lineNumber || ''})`);
+});
+
 const pages = ['live', 'rules', 'refusals', 'gpus', 'planner'];
 let current = '';
 

@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+)
+
+// The web console's end-to-end tests drive a headless Chromium (Debian's
+// chromium package; SLUICE_CHROMIUM names another binary) against a real
+// `sluice serve`. With SLUICE_SCREENSHOTS=1 (make screenshots) they write
+// docs/screenshots/<page>.png.
+
+const (
+	browserTimeout = 3 * time.Minute  // the whole browser session
+	domTimeout     = 20 * time.Second // one DOM condition
+)
+
+// chromiumPath finds the browser, or fails saying how to install it.
+func chromiumPath(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("SLUICE_CHROMIUM"); p != "" {
+		return p
+	}
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Fatal("the console's browser tests need Chromium: install it (Debian/Ubuntu: apt-get install -y chromium; .ci/run does so), or set SLUICE_CHROMIUM to a Chrome binary")
+	return ""
+}
+
+// browser is a headless Chromium tab with what its page reported.
+type browser struct {
+	ctx    context.Context
+	mu     sync.Mutex
+	errors []string // uncaught exceptions and console.error calls (CSP violations among them)
+}
+
+// newBrowser starts Chromium headless with a user-data-dir of its own; it
+// ends with the test.
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	path := chromiumPath(t)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.WindowSize(1360, 900))
+	ctx, cancelTimeout := context.WithTimeout(context.Background(), browserTimeout)
+	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	b := &browser{}
+	bctx, cancelBrowser := chromedp.NewContext(actx, chromedp.WithListener(b.listen))
+	t.Cleanup(func() {
+		cancelBrowser()
+		cancelAlloc()
+		cancelTimeout()
+	})
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("starting %s: %v", path, err)
+	}
+	b.ctx = bctx
+	return b
+}
+
+func (b *browser) listen(ev any) {
+	var msg string
+	switch ev := ev.(type) {
+	case *runtime.EventExceptionThrown:
+		msg = "exception: " + ev.ExceptionDetails.Text
+		if ev.ExceptionDetails.Exception != nil {
+			msg += " " + ev.ExceptionDetails.Exception.Description
+		}
+	case *runtime.EventConsoleAPICalled:
+		if ev.Type != runtime.ConsoleAPICalledTypeError {
+			return
+		}
+		parts := []string{"console.error:"}
+		for _, a := range ev.Args {
+			if a.Description != "" {
+				parts = append(parts, a.Description)
+			} else {
+				parts = append(parts, string(a.Value))
+			}
+		}
+		msg = strings.Join(parts, " ")
+	default:
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.errors = append(b.errors, msg)
+}
+
+// pageErrors are the exceptions and console errors seen so far.
+func (b *browser) pageErrors() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.errors...)
+}
+
+// do runs steps, failing the test with what for context.
+func (b *browser) do(t *testing.T, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	if err := chromedp.Do(b.ctx, steps...); err != nil {
+		t.Fatalf("%s: %v (page errors: %q)", what, err, b.pageErrors())
+	}
+}
+
+// wait polls a JavaScript condition until it holds (bounded by domTimeout).
+func (b *browser) wait(t *testing.T, what, expr string) {
+	t.Helper()
+	_, err := chromedp.Run(b.ctx, chromedp.Poll[chromedp.Void](expr,
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(domTimeout)))
+	if err != nil {
+		text, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`document.querySelector('main').innerText.slice(0, 1500)`))
+		t.Fatalf("waiting for %s (%s): %v\npage errors: %q\npage: %s", what, expr, err, b.pageErrors(), text)
+	}
+}
+
+// eval evaluates a JavaScript expression.
+func eval[T any](t *testing.T, b *browser, expr string) T {
+	t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		t.Fatalf("evaluating %s: %v", expr, err)
+	}
+	return v
+}
+
+// setEditor replaces the rule editor's text as typing would (an input event).
+func (b *browser) setEditor(t *testing.T, text string) {
+	t.Helper()
+	js, _ := json.Marshal(text)
+	b.do(t, "editing the rule document", chromedp.Evaluate[chromedp.Void](fmt.Sprintf(
+		`(() => { const e = document.getElementById('rules-editor'); e.value = %s; e.dispatchEvent(new Event('input')); })()`, js)))
+}
+
+// choose picks a value in a select as a person would (a change event).
+func (b *browser) choose(t *testing.T, id, value string) {
+	t.Helper()
+	b.do(t, "choosing "+value+" in #"+id, chromedp.Evaluate[chromedp.Void](fmt.Sprintf(
+		`(() => { const s = document.getElementById(%q); s.value = %q; s.dispatchEvent(new Event('change')); })()`, id, value)))
+}
+
+// screenshot writes docs/screenshots/<page>.png when SLUICE_SCREENSHOTS=1.
+func (b *browser) screenshot(t *testing.T, page string) {
+	t.Helper()
+	if os.Getenv("SLUICE_SCREENSHOTS") != "1" {
+		return
+	}
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot of %s: %v", page, err)
+	}
+	dir := filepath.Join("..", "..", "docs", "screenshots")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, page+".png"), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %s", filepath.Join(dir, page+".png"))
+}
+
+// refusal is a gateway's answer to one colourisation request.
+type refusal struct {
+	status int
+	rule   string // the problem's "rule", for a refusal
+}
+
+// postPerson posts the test portrait to /api/ddcolorize/person.
+func postPerson(base string) (refusal, error) {
+	img, err := os.ReadFile("../../testdata/images/person.png")
+	if err != nil {
+		return refusal{}, err
+	}
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	fw, _ := mw.CreateFormFile("image", "person.png")
+	fw.Write(img)
+	mw.Close()
+	resp, err := http.Post(base+"/api/ddcolorize/person", mw.FormDataContentType(), &body)
+	if err != nil {
+		return refusal{}, fmt.Errorf("POST /api/ddcolorize/person: %w", err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return refusal{}, fmt.Errorf("reading the answer: %w", err)
+	}
+	var p struct {
+		Rule string `json:"rule"`
+	}
+	if resp.StatusCode != http.StatusOK {
+		json.Unmarshal(out, &p)
+	}
+	return refusal{status: resp.StatusCode, rule: p.Rule}, nil
+}
+
+// colorizePerson is postPerson failing the test on an error.
+func colorizePerson(t *testing.T, base string) refusal {
+	t.Helper()
+	a, err := postPerson(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TestConsoleBrowser walks an operator through the console in Chromium: log
+// in, watch the live chart move under load, edit a rule with an error and
+// see it at its field, fix and apply it and see the next request refused,
+// switch the rule to shadow, and lift a ban.
+func TestConsoleBrowser(t *testing.T) {
+	b := newBrowser(t)
+	g := startServe(t, "--admin-token", "s3cret")
+	base := g.base
+
+	// The page opens read-only for a visitor, with the login form.
+	b.do(t, "opening the console", chromedp.Navigate(base+"/dashboard#/live"))
+	b.wait(t, "the page to start", `document.body.dataset.ready === 'true' && document.body.dataset.session === 'viewer'`)
+	if !eval[bool](t, b, `document.getElementById('rules-apply').disabled && !document.getElementById('login-form').hidden`) {
+		t.Fatal("a visitor who has not logged in can apply rules, or sees no login form")
+	}
+
+	// A wrong token is refused, the right one logs in.
+	b.do(t, "a wrong token", chromedp.SendKeys(chromedp.CSS("#login-token"), "nope"), chromedp.Click(chromedp.CSS("#login-submit")))
+	b.wait(t, "the wrong token's message", `document.getElementById('login-error').textContent.includes('Wrong token')`)
+	b.do(t, "logging in", chromedp.SendKeys(chromedp.CSS("#login-token"), "s3cret"), chromedp.Click(chromedp.CSS("#login-submit")))
+	b.wait(t, "the session", `document.body.dataset.session === 'admin' && !document.getElementById('rules-apply').disabled`)
+
+	// Live: under load the chart of ddcolor_person takes a point a second
+	// and its admissions rise.
+	stop := make(chan struct{})
+	var load sync.WaitGroup
+	load.Add(1)
+	go func() {
+		defer load.Done()
+		tick := time.NewTicker(400 * time.Millisecond) // 2.5/s: under the origin's 3/s
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				postPerson(base) // what it answers does not matter: the chart shows it
+			}
+		}
+	}()
+	chart := `document.getElementById('live-chart-ddcolor_person')`
+	b.wait(t, "the chart of ddcolor_person", chart+` && Number(`+chart+`.dataset.points) >= 1`)
+	first := eval[int](t, b, `Number(`+chart+`.dataset.points)`)
+	b.wait(t, "the chart to move under load", fmt.Sprintf(`Number(%[1]s.dataset.points) >= %[2]d && Number(%[1]s.dataset.maxPassed) > 0 && Number(%[1]s.dataset.passedTotal) > 0`, chart, first+2))
+	b.wait(t, "its canvas", chart+`.querySelector('canvas') !== null`)
+	b.screenshot(t, "live")
+	close(stop)
+	load.Wait()
+
+	// Rules: an invalid threshold is shown at its field and line.
+	b.do(t, "the Rules page", chromedp.Click(chromedp.CSS("#nav-rules")))
+	b.wait(t, "the documents", `document.querySelector('#rules-resource option[value="ddcolor_person"]') !== null`)
+	b.choose(t, "rules-resource", "ddcolor_person")
+	b.wait(t, "ddcolor_person's document", `document.getElementById('rules-editor').value.includes('resource: ddcolor_person')`)
+	b.setEditor(t, "resource: ddcolor_person\nflow:\n  - threshold: -1\n    window: 10s\n")
+	b.do(t, "Check", chromedp.Click(chromedp.CSS("#rules-check")))
+	fieldErr := `document.querySelector('#rules-errors .field-error[data-path="flow[0].threshold"]')`
+	b.wait(t, "the error at flow[0].threshold", fieldErr+` !== null && `+fieldErr+`.textContent.includes('must be > 0')`)
+	b.wait(t, "line 3 marked", `document.querySelector('#rules-gutter [data-line="3"]').classList.contains('err')`)
+	b.screenshot(t, "rules")
+
+	// Fixed and applied, it is in force: the next request is refused.
+	b.setEditor(t, "resource: ddcolor_person\nflow:\n  - threshold: 1\n    window: 10s\nban: {blocks: 2, within: 10s, for: 1m}\n")
+	b.do(t, "Check", chromedp.Click(chromedp.CSS("#rules-check")))
+	b.wait(t, "the valid check", `document.getElementById('rules-errors').children.length === 0 && /Valid|not available/.test(document.getElementById('rules-status').textContent)`)
+	b.do(t, "Apply", chromedp.Click(chromedp.CSS("#rules-apply")))
+	b.wait(t, "the apply", `document.getElementById('rules-status').textContent.startsWith('Applied')`)
+	var doc struct {
+		Rules struct {
+			Flow []struct {
+				Threshold float64 `json:"threshold"`
+				Window    string  `json:"window"`
+			} `json:"flow"`
+		} `json:"rules"`
+	}
+	getJSON(t, base+"/api/rules/ddcolor_person", &doc)
+	if len(doc.Rules.Flow) != 1 || doc.Rules.Flow[0].Threshold != 1 || doc.Rules.Flow[0].Window != "10s" {
+		t.Fatalf("the applied document is not in force: %+v", doc)
+	}
+	if a := colorizePerson(t, base); a.status != http.StatusOK {
+		t.Fatalf("the first request under 1 per 10s: %+v, want 200", a)
+	}
+	if a := colorizePerson(t, base); a.status != http.StatusTooManyRequests || a.rule != "ddcolor_person/flow[0]" {
+		t.Fatalf("the next request: %+v, want 429 by ddcolor_person/flow[0]", a)
+	}
+
+	// A second refusal bans the client (blocks: 2); the Refusals page lists
+	// the ban, and Unban lifts it.
+	if a := colorizePerson(t, base); a.status != http.StatusTooManyRequests {
+		t.Fatalf("the third request: %+v, want 429", a)
+	}
+	if a := colorizePerson(t, base); a.status != http.StatusTooManyRequests || !strings.Contains(a.rule, "ban") {
+		t.Fatalf("a banned client's request: %+v, want 429 by the ban", a)
+	}
+	b.do(t, "the Refusals page", chromedp.Click(chromedp.CSS("#nav-refusals")))
+	b.wait(t, "the refusals of flow[0]", `[...document.querySelectorAll('#refusals-table tbody tr')].some(r => r.textContent.includes('ddcolor_person/flow[0]'))`)
+	unban := `document.querySelector('#bans-table button.unban[data-who="127.0.0.1"]')`
+	b.wait(t, "the ban of 127.0.0.1", unban+` !== null && !`+unban+`.disabled`)
+	b.screenshot(t, "refusals")
+	b.do(t, "Unban", chromedp.Click(chromedp.CSS(`#bans-table button.unban[data-who="127.0.0.1"]`)))
+	b.wait(t, "the ban lifted", unban+` === null && document.getElementById('bans-status').textContent.startsWith('Lifted')`)
+	var bans struct {
+		Bans []struct {
+			Who string `json:"who"`
+		} `json:"bans"`
+	}
+	getJSON(t, base+"/api/bans", &bans)
+	if len(bans.Bans) != 0 {
+		t.Fatalf("/api/bans after Unban: %+v", bans)
+	}
+	if a := colorizePerson(t, base); strings.Contains(a.rule, "ban") {
+		t.Fatalf("after Unban the client is still banned: %+v", a)
+	}
+
+	// Shadow: the same flow rule in shadow refuses nothing and is counted
+	// as would-refuse, marked shadow in the refusals.
+	b.do(t, "the Rules page", chromedp.Click(chromedp.CSS("#nav-rules")))
+	b.wait(t, "the editor", `document.getElementById('rules-editor').value.includes('threshold: 1')`)
+	b.setEditor(t, "resource: ddcolor_person\nflow:\n  - threshold: 1\n    window: 10s\n    mode: shadow\n")
+	b.do(t, "Apply in shadow", chromedp.Click(chromedp.CSS("#rules-apply")))
+	b.wait(t, "the apply", `document.getElementById('rules-status').textContent.startsWith('Applied')`)
+	for i := range 3 {
+		if a := colorizePerson(t, base); a.status != http.StatusOK {
+			t.Fatalf("request %d under a shadow rule: %+v, want 200", i, a)
+		}
+	}
+	b.do(t, "the Refusals page", chromedp.Click(chromedp.CSS("#nav-refusals")))
+	b.choose(t, "f-shadow", "only")
+	b.wait(t, "the shadow refusals", `[...document.querySelectorAll('#refusals-table tbody tr.shadow')].some(r => r.textContent.includes('ddcolor_person/flow[0]'))`)
+
+	// GPUs and backends, and the planner, draw what the gateway reports.
+	b.do(t, "the GPUs page", chromedp.Click(chromedp.CSS("#nav-gpus")))
+	b.wait(t, "the backend", `document.querySelector('#backends-table tbody code') !== null && document.querySelector('#gpus-list meter') !== null && document.querySelectorAll('#queue-table tbody tr').length === 3`)
+	b.screenshot(t, "gpus")
+	b.do(t, "the Planner page", chromedp.Click(chromedp.CSS("#nav-planner")))
+	b.wait(t, "the plan", `document.querySelectorAll('#plan-table tbody tr:not(.empty)').length >= 3 && document.getElementById('plan-yaml').textContent.includes('resource:')`)
+	b.screenshot(t, "planner")
+
+	if errs := b.pageErrors(); len(errs) > 0 {
+		t.Fatalf("the page reported errors: %q", errs)
+	}
+	// Everything the page loaded came from the gateway itself.
+	if ext := eval[[]string](t, b, `performance.getEntriesByType('resource').map(e => e.name).filter(u => !u.startsWith(location.origin))`); len(ext) > 0 {
+		t.Fatalf("the page made requests elsewhere: %q", ext)
+	}
+}
