@@ -93,7 +93,7 @@ func (s *sessions) parse(value string) (session, bool) {
 	if !ok {
 		return session{}, false
 	}
-	enc := base64.RawURLEncoding
+	enc := base64.RawURLEncoding.Strict()
 	payload, err1 := enc.DecodeString(p)
 	sig, err2 := enc.DecodeString(m)
 	if err1 != nil || err2 != nil || len(payload) != payloadBytes || !hmac.Equal(sig, s.mac("session", payload)) {

@@ -1,0 +1,110 @@
+package httpapi_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sluicehq/sluice/adapters/console"
+)
+
+// BenchmarkRouteWithDashboards serves the refused route of BenchmarkRoute
+// (the whole request path: Gin, the engine's rules, the problem answer)
+// with the web console mounted and 0 or 100 dashboards watching /api/live,
+// each reading every event over its own loopback connection, as browsers
+// do. The console samples once per second and every viewer writes the same
+// encoded event, so the request path's ns/op should not move:
+//
+//	go test ./adapters/httpapi -run '^$' -bench RouteWithDashboards -benchmem -benchtime 5s
+//
+// events/s is what the viewers received together: 100 dashboards at one
+// event per second each.
+func BenchmarkRouteWithDashboards(b *testing.B) {
+	s := newStack(b, refuseAll, stackOptions{})
+	for _, peer := range []string{"192.0.2.1:1", "127.0.0.1:1"} { // spend the one admission, as refusingStack does
+		req := httptest.NewRequest(http.MethodPost, "/v1/generate", strings.NewReader(`{"prompt": "warm", "width": 256, "height": 256}`))
+		req.Header.Set("Content-Type", "application/json")
+		s.do(req, peer)
+	}
+	con, err := console.Register(s.api.Router(), console.Config{Engine: s.eng})
+	if err != nil {
+		b.Fatal(err)
+	}
+	live := httptest.NewServer(s.api)
+	defer live.Close()
+	defer con.Close() // before live.Close: the streams end
+	for _, n := range []int{0, 100} {
+		for _, mode := range []string{"loopback", "in-process"} {
+			b.Run(fmt.Sprintf("dashboards=%d/refused/%s", n, mode), func(b *testing.B) {
+				events, stop := openDashboards(b, live.URL, n)
+				defer stop()
+				before := events.Load()
+				if mode == "loopback" {
+					benchLoopback(b, s.api)
+				} else {
+					benchInProcess(b, s.api)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(events.Load()-before)/b.Elapsed().Seconds(), "events/s")
+			})
+		}
+	}
+}
+
+// openDashboards opens n /api/live streams that read every event, once
+// each has had its first; events counts the events they read.
+func openDashboards(b *testing.B, base string, n int) (*atomic.Int64, func()) {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var (
+		events atomic.Int64
+		wg     sync.WaitGroup
+		ready  sync.WaitGroup
+	)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n + 1}}
+	for range n {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/live", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ready.Add(1)
+		wg.Go(func() {
+			defer resp.Body.Close()
+			r := bufio.NewReader(resp.Body)
+			first := true
+			for {
+				line, err := r.ReadBytes('\n')
+				if err != nil {
+					if first {
+						ready.Done()
+					}
+					return
+				}
+				if bytes.HasPrefix(line, []byte("event: stats")) {
+					events.Add(1)
+					if first {
+						first = false
+						ready.Done()
+					}
+				}
+			}
+		})
+	}
+	ready.Wait()
+	return &events, func() {
+		cancel()
+		wg.Wait()
+		client.CloseIdleConnections()
+	}
+}
