@@ -1,6 +1,9 @@
 package engine
 
 import (
+	"cmp"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -170,4 +173,62 @@ func (b *banTable) dropExpired(now time.Time) {
 		}
 		b.bans.Remove(k)
 	}
+}
+
+// Ban is an active ban, as Bans lists it.
+type Ban struct {
+	Resource string `json:"resource"`
+	// Subject is what Who is: "origin" (an anonymous caller's address) or
+	// "tenant" (an identified caller).
+	Subject string    `json:"subject"`
+	Who     string    `json:"who"`
+	Until   time.Time `json:"until"`
+	// RemainingS is how long the ban still runs, in seconds, by the
+	// engine's clock.
+	RemainingS float64 `json:"remaining_s"`
+	// Shadow marks a ban a shadow ban rule would have imposed: it refuses
+	// nothing.
+	Shadow bool `json:"shadow,omitempty"`
+}
+
+// Bans lists the bans in force (those of shadow ban rules marked), by
+// resource, then subject and who.
+func (e *Engine) Bans() []Ban {
+	out := e.bans.active()
+	slices.SortFunc(out, func(a, b Ban) int {
+		return cmp.Or(cmp.Compare(a.Resource, b.Resource), cmp.Compare(a.Subject, b.Subject),
+			cmp.Compare(a.Who, b.Who), compareBool(a.Shadow, b.Shadow))
+	})
+	return out
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case b:
+		return -1
+	}
+	return 1
+}
+
+// active returns the bans not yet ended.
+func (b *banTable) active() []Ban {
+	out := []Ban{}
+	if b.size.Load() == 0 {
+		return out
+	}
+	now := b.clock.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, k := range b.bans.Keys() {
+		until, ok := b.bans.Peek(k)
+		if !ok || !now.Before(until) {
+			continue
+		}
+		res, shadow := strings.CutSuffix(k.resource, shadowSuffix)
+		out = append(out, Ban{Resource: res, Subject: k.param(), Who: k.who, Until: until,
+			RemainingS: until.Sub(now).Seconds(), Shadow: shadow})
+	}
+	return out
 }

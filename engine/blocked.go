@@ -28,6 +28,9 @@ type Blocked struct {
 	// Value is the hot value of a hotspot refusal, or the banned or
 	// rate-limited caller (tenant or origin).
 	Value string `json:"value,omitempty"`
+	// Shadow marks a refusal a shadow rule would have made: the call was
+	// not refused for it.
+	Shadow bool `json:"shadow,omitempty"`
 }
 
 // blockedLog is a ring of the most recent refusals. Refusals are the path a

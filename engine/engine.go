@@ -70,9 +70,15 @@ type Engine struct {
 	// statistics: built once, kept across Apply, so that a rule swap never
 	// runs two admissions of a resource under different locks or counters.
 	res map[string]*resource
+	// shadowRes holds, per resource, what its shadow rules count: their
+	// own sentinel-golang resource (flow windows, hotspot buckets), jobs in
+	// flight and pacing, as if they were enforced. Its admissions run
+	// under the real resource's lock.
+	shadowRes map[string]*resource
 	// inbound is the engine's own figure of every admitted job, per job,
-	// for the system rules.
-	inbound *stat.ResourceNode
+	// for the system rules; shadowInbound the same of the jobs the shadow
+	// rules would have admitted, for the shadow system rules.
+	inbound, shadowInbound *stat.ResourceNode
 
 	gpu gpus
 
@@ -104,17 +110,25 @@ type resource struct {
 	inFlight atomic.Int64
 	// pace is, per throttle rule (by its index in the resource's flow
 	// list), the time in Unix nanoseconds of the last paced admission.
-	// Guarded by mu.
+	// Guarded by mu (the real resource's, for a shadow one).
 	pace map[int]int64
+	// banName is the resource's key in the ban table: its name, with
+	// shadowSuffix for the bans a shadow ban rule would impose.
+	banName string
+	// rt holds the job times of the last 10 s, for the p95; nil for a
+	// shadow resource.
+	rt *rtHistogram
 }
+
+// shadowSuffix marks the sentinel-golang resource and ban table key of a
+// resource's shadow rules.
+const shadowSuffix = "(shadow)"
 
 // state is one compiled rule set: everything Guard needs, built at Apply.
 type state struct {
-	set      *rules.Set
-	res      map[string]*resState
-	cpuLimit float64
-	cpuRule  *ownRule
-	gpuRule  *ownRule // the GPU rule under reject; nil without one
+	set     *rules.Set
+	res     map[string]*resState
+	gpuRule *ownRule // the GPU rule under reject; nil without one
 }
 
 // resState is one resource's compiled rules.
@@ -127,6 +141,21 @@ type resState struct {
 	hasSystem, hasHotspot bool
 
 	system []*system.Rule // the system document's rules but CPU, shared by every resource
+	// inbound is what the system rules read: the engine's figure of the
+	// jobs admitted, or for a shadow state of those the shadow rules would
+	// have admitted.
+	inbound *stat.ResourceNode
+	// cpuLimit is the system document's cpu_usage (0 is off), cpuRule its
+	// rule, set in the state of the system document's mode.
+	cpuLimit float64
+	cpuRule  *ownRule
+
+	// shadow is the resource's shadow rules (and the shadow system and GPU
+	// rules), evaluated on each call the enforcing rules admit; nil when
+	// there are none: the call then costs nothing more. isShadow marks the
+	// shadow state itself.
+	shadow   *resState
+	isShadow bool
 
 	concurrency     int64 // jobs in flight; 0 is off
 	concurrencyRule *ownRule
@@ -167,17 +196,19 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		log:      opts.Logger,
-		clock:    opts.Clock,
-		ns:       opts.Namespace,
-		bans:     newBanTable(opts.Clock, banTableSize),
-		blocked:  newBlockedLog(opts.BlockedLog),
-		res:      make(map[string]*resource, len(rules.Resources)),
-		inbound:  stat.NewResourceNode(opts.Namespace+"(inbound)", base.ResTypeCommon),
-		cpuSrc:   opts.CPU,
-		cpuEvery: opts.CPUInterval,
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		log:           opts.Logger,
+		clock:         opts.Clock,
+		ns:            opts.Namespace,
+		bans:          newBanTable(opts.Clock, banTableSize),
+		blocked:       newBlockedLog(opts.BlockedLog),
+		res:           make(map[string]*resource, len(rules.Resources)),
+		inbound:       stat.NewResourceNode(opts.Namespace+"(inbound)", base.ResTypeCommon),
+		shadowRes:     make(map[string]*resource, len(rules.Resources)),
+		shadowInbound: stat.NewResourceNode(opts.Namespace+"(inbound)"+shadowSuffix, base.ResTypeCommon),
+		cpuSrc:        opts.CPU,
+		cpuEvery:      opts.CPUInterval,
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
 	}
 	for i, name := range rules.Resources {
 		sname := e.sentinelName(name)
@@ -189,6 +220,19 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 			jobs:    stat.NewResourceNode(sname+"(jobs)", base.ResTypeCommon),
 			stats:   newResStats(),
 			pace:    make(map[int]int64),
+			banName: name,
+			rt:      newRTHistogram(),
+		}
+		shadow := e.shadowName(name)
+		e.shadowRes[name] = &resource{
+			idx:     i,
+			name:    name,
+			wrapper: base.NewResourceWrapper(shadow, base.ResTypeCommon, base.Inbound),
+			node:    stat.GetOrCreateResourceNode(shadow, base.ResTypeCommon),
+			jobs:    stat.NewResourceNode(shadow+"(jobs)", base.ResTypeCommon),
+			stats:   e.res[name].stats, // shadow refusals are counted apart there
+			pace:    make(map[int]int64),
+			banName: name + shadowSuffix,
 		}
 	}
 	e.gpu.sources = make(map[string]*gpuSourceState)
@@ -255,6 +299,9 @@ func (e *Engine) buildChain() *base.SlotChain {
 
 func (e *Engine) sentinelName(resource string) string { return e.ns + resource }
 
+// shadowName is the sentinel-golang resource of a resource's shadow rules.
+func (e *Engine) shadowName(resource string) string { return e.ns + resource + shadowSuffix }
+
 // Apply replaces the rule set. set must come from rules.Build, so every rule
 // is valid; Apply compiles everything first and then switches each rule
 // kind, keeping the previous rules if sentinel-golang refuses any. Each
@@ -265,19 +312,36 @@ func (e *Engine) Apply(set *rules.Set) error {
 	defer e.applyMu.Unlock()
 	st := &state{set: set, res: make(map[string]*resState, len(rules.Resources))}
 	s := set.Sentinel(e.sentinelName)
-	for _, name := range rules.Resources {
-		rs := e.compileResource(name, set.Resources[name], set.GPU)
-		rs.system = s.System
-		rs.hasSystem = len(s.System) > 0
-		st.res[name] = rs
-	}
+	sh := set.SentinelOf(rules.Shadow, e.shadowName)
+	var cpuRule *ownRule
 	if cpu := set.System.CPUUsage; cpu > 0 {
-		st.cpuLimit = cpu
-		st.cpuRule = &ownRule{id: "system/cpu_usage", kind: KindCPU, threshold: cpu}
+		cpuRule = &ownRule{id: "system/cpu_usage", kind: KindCPU, threshold: cpu}
+	}
+	sysShadow := set.System.Mode.IsShadow()
+	// The system and GPU rules in shadow are every resource's.
+	allShadow := len(sh.System) > 0 || sysShadow && cpuRule != nil || set.GPU != nil && set.GPU.Mode.IsShadow()
+	for _, name := range rules.Resources {
+		r := set.Resources[name]
+		rs := e.compileResource(name, r, set.GPU, false)
+		rs.system, rs.hasSystem, rs.inbound = s.System, len(s.System) > 0, e.inbound
+		if cpuRule != nil && !sysShadow {
+			rs.cpuLimit, rs.cpuRule = cpuRule.threshold, cpuRule
+		}
+		if allShadow || r.HasShadow() {
+			srs := e.compileResource(name, r, set.GPU, true)
+			srs.system, srs.hasSystem, srs.inbound = sh.System, len(sh.System) > 0, e.shadowInbound
+			if cpuRule != nil && sysShadow {
+				srs.cpuLimit, srs.cpuRule = cpuRule.threshold, cpuRule
+			}
+			rs.shadow = srs
+		}
+		st.res[name] = rs
 	}
 	if g := set.GPU; g != nil {
 		st.gpuRule = &ownRule{id: "system/gpu", kind: KindGPU, threshold: g.MemoryUsedRatio}
 	}
+	s.Flow = append(s.Flow, sh.Flow...)
+	s.Hotspot = append(s.Hotspot, sh.Hotspot...)
 	// No admission runs while sentinel-golang's rules and the engine's own
 	// change: every call sees the old rules or the new, never a mix (a flow
 	// rule going from reject to throttle would otherwise be in force in
@@ -296,6 +360,7 @@ func (e *Engine) Apply(set *rules.Set) error {
 	if prev := e.state.Load(); prev != nil {
 		for name, rs := range st.res {
 			e.res[name].resetPacingLocked(prev.res[name].throttles, rs.throttles)
+			e.shadowRes[name].resetPacingLocked(prev.res[name].shadow.throttlesOrNil(), rs.shadow.throttlesOrNil())
 		}
 	}
 	e.state.Store(st)
@@ -303,13 +368,34 @@ func (e *Engine) Apply(set *rules.Set) error {
 	return nil
 }
 
-func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU) *resState {
-	rs := &resState{resource: e.res[name], rules: r}
+// throttlesOrNil is rs's throttles; none for a nil rs.
+func (rs *resState) throttlesOrNil() []throttle {
+	if rs == nil {
+		return nil
+	}
+	return rs.throttles
+}
+
+// compileResource compiles the rules of r in one mode: the enforcing ones,
+// or (shadow) the shadow ones, on the resource's shadow counterpart. The
+// cost rule weighs the calls in both.
+func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU, shadow bool) *resState {
+	rs := &resState{resource: e.res[name], rules: r, isShadow: shadow}
+	if shadow {
+		rs.resource = e.shadowRes[name]
+	}
 	if r == nil {
 		return rs
 	}
-	if gpu != nil && gpu.Action == rules.GPUTighten {
+	mine := func(m rules.Mode) bool { return m.IsShadow() == shadow }
+	if gpu != nil && gpu.Action == rules.GPUTighten && mine(gpu.Mode) {
+		// The GPU rule tightens the enforcing flow rules, over the
+		// admissions of its mode: the real ones, or in shadow those the
+		// shadow rules would have made.
 		for i, f := range r.Flow {
+			if f.Mode.IsShadow() {
+				continue
+			}
 			rs.flowChecks = append(rs.flowChecks, flowCheck{
 				stat: windowStat(rs.node, time.Duration(f.Window)),
 				tightRule: &ownRule{id: "system/gpu", resource: name, kind: KindGPU,
@@ -318,17 +404,19 @@ func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU)
 		}
 	}
 	for i, f := range r.Flow {
-		if f.Behavior == rules.BehaviorThrottle {
+		if f.Behavior == rules.BehaviorThrottle && mine(f.Mode) {
 			rs.throttles = append(rs.throttles, newThrottle(name, i, f))
 		}
 	}
-	rs.needArgs = len(r.Hotspot) > 0 || r.Ban != nil
-	rs.hasHotspot = len(r.Hotspot) > 0
-	if r.Concurrency > 0 {
+	for _, h := range r.Hotspot {
+		rs.hasHotspot = rs.hasHotspot || mine(h.Mode)
+	}
+	rs.needArgs = rs.hasHotspot || r.Ban != nil && mine(r.Ban.Mode)
+	if r.Concurrency > 0 && mine(r.ConcurrencyMode) {
 		rs.concurrency = int64(r.Concurrency)
 		rs.concurrencyRule = &ownRule{id: name + "/concurrency", resource: name, kind: KindConcurrency, threshold: float64(r.Concurrency)}
 	}
-	if r.Ban != nil {
+	if r.Ban != nil && mine(r.Ban.Mode) {
 		rs.ban = r.Ban
 		rs.banRule = &ownRule{id: name + "/ban", resource: name, kind: KindBan, threshold: float64(r.Ban.Blocks), window: time.Duration(r.Ban.Within)}
 	}
@@ -460,6 +548,10 @@ type Token struct {
 	// is not admitted spends no one's bucket.
 	debits   []hotspotDebit
 	debitBuf [3]hotspotDebit
+	// shadow is the call's admission by the resource's shadow rules, which
+	// would have admitted it too: it ends with the call. nil when there
+	// are no shadow rules, or they would have refused the call.
+	shadow *Token
 	// Cost is the weight the call was admitted with.
 	Cost int
 }
@@ -478,6 +570,13 @@ func (t *Token) Exit(err error) {
 	}
 	t.res.stats.completed.Add(1)
 	t.entry.Exit()
+	if s := t.shadow; s != nil {
+		s.res.inFlight.Add(-1)
+		if err != nil {
+			s.entry.SetError(err)
+		}
+		s.entry.Exit()
+	}
 }
 
 // Guard decides whether a call may go ahead. It returns a Token to Exit
@@ -494,12 +593,15 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 		return nil, fmt.Errorf("%w %q", ErrUnknownResource, c.Resource)
 	}
 	tok := &Token{}
-	rs, res, entry := e.admit(r, tok, &c)
+	rs, res, entry, shadowRef := e.admit(r, tok, &c)
 	if blocked(res) {
 		ref := e.refusal(rs, c, res.BlockError())
 		entry.Exit()
 		e.refused(rs, c, ref)
 		return nil, ref
+	}
+	if shadowRef != nil {
+		e.shadowRefused(rs.shadow, c, shadowRef)
 	}
 	tok.entry = entry
 	if tok.wait > 0 {
@@ -508,6 +610,9 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 		}
 	}
 	tok.start = e.clock.Now()
+	if tok.shadow != nil {
+		tok.shadow.start = tok.start
+	}
 	r.stats.passed.Add(1)
 	r.stats.tier(c.tier()).passed.Add(1)
 	return tok, nil
@@ -515,19 +620,60 @@ func (e *Engine) Guard(ctx context.Context, c Call) (*Token, error) {
 
 // admit runs the slot chain under the resource's lock, with the rules in
 // force once the lock is held, and counts an admitted call in flight before
-// letting go. The result is valid until entry exits.
-func (e *Engine) admit(r *resource, tok *Token, c *Call) (*resState, *base.TokenResult, *base.SentinelEntry) {
+// letting go. An admitted call then goes through the resource's shadow
+// rules, if it has any: shadowRef is their refusal, which refuses nothing.
+// The result is valid until entry exits.
+func (e *Engine) admit(r *resource, tok *Token, c *Call) (rs *resState, res *base.TokenResult, entry *base.SentinelEntry, shadowRef *Refusal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rs := e.state.Load().res[r.name]
+	rs = e.state.Load().res[r.name]
 	sctx, entry := e.newEntry(r, rs, tok, c)
-	res := e.chain.Entry(sctx)
+	res = e.chain.Entry(sctx)
 	if blocked(res) {
 		tok.refund()
-	} else {
-		r.inFlight.Add(1)
+		return rs, res, entry, nil
 	}
-	return rs, res, entry
+	r.inFlight.Add(1)
+	if rs.shadow != nil {
+		shadowRef = e.admitShadow(rs.shadow, tok, c)
+	}
+	return rs, res, entry, shadowRef
+}
+
+// admitShadow runs the slot chain of the shadow rules srs for a call the
+// enforcing rules admitted (tok), as if they were enforced: their windows,
+// buckets, jobs in flight, pacing and bans count only the calls they would
+// admit. It returns the refusal they would make, or nil and keeps their
+// admission in tok.shadow until the call ends. The caller holds the real
+// resource's lock.
+func (e *Engine) admitShadow(srs *resState, tok *Token, c *Call) *Refusal {
+	st := &Token{res: srs, who: tok.who, Cost: tok.Cost, args: tok.args}
+	if srs.needArgs {
+		if st.who.tenant {
+			st.args[rules.ArgTenant] = st.who.who
+		} else {
+			st.args[rules.ArgOrigin] = c.Origin
+		}
+		st.args[rules.ArgSize] = srs.sizeArg(c.Size)
+	}
+	st.args[argToken] = st
+	sctx := e.chain.GetPooledContext()
+	sctx.Resource = srs.wrapper
+	sctx.Input.BatchCount = uint32(tok.Cost)
+	sctx.Input.Args = st.args[:]
+	entry := base.NewSentinelEntry(sctx, srs.wrapper, e.chain)
+	sctx.SetEntry(entry)
+	st.entry = entry
+	res := e.chain.Entry(sctx)
+	if blocked(res) {
+		st.refund()
+		ref := e.refusal(srs, *c, res.BlockError())
+		entry.Exit()
+		return ref
+	}
+	srs.inFlight.Add(1)
+	tok.shadow = st
+	return nil
 }
 
 // newEntry prepares sentinel-golang's entry of a call to r under the rules
@@ -581,7 +727,7 @@ func (e *Engine) Precheck(c Call) *Refusal {
 	if rs == nil || rs.ban == nil || who.who == "" {
 		return nil
 	}
-	left, banned := e.bans.banned(rs.name, who)
+	left, banned := e.bans.banned(rs.banName, who)
 	if !banned {
 		return nil
 	}
@@ -589,6 +735,14 @@ func (e *Engine) Precheck(c Call) *Refusal {
 		Threshold: rs.banRule.threshold, Window: rs.banRule.window, RetryAfter: left}
 	e.refused(rs, c, ref)
 	return ref
+}
+
+// shadowBan is the shadow ban rule of rs's resource; nil when it has none.
+func (rs *resState) shadowBan() *resState {
+	if rs.shadow == nil || rs.shadow.ban == nil {
+		return nil
+	}
+	return rs.shadow
 }
 
 // Strike counts a refusal that the caller of c caused outside the engine
@@ -599,7 +753,13 @@ func (e *Engine) Precheck(c Call) *Refusal {
 func (e *Engine) Strike(c Call) bool {
 	rs := e.state.Load().res[c.Resource]
 	who := c.subject()
-	if rs == nil || rs.ban == nil || who.who == "" {
+	if rs == nil || who.who == "" {
+		return false
+	}
+	if srs := rs.shadowBan(); srs != nil {
+		e.strike(srs, who)
+	}
+	if rs.ban == nil {
 		return false
 	}
 	return e.strike(rs, who)
@@ -618,6 +778,10 @@ func (e *Engine) Unban(resource, who string) int {
 			if e.bans.lift(name, s) {
 				n++
 				e.log.Info("ban lifted", slog.String("resource", name), slog.String(s.param(), s.who))
+			}
+			if e.bans.lift(name+shadowSuffix, s) {
+				n++
+				e.log.Info("ban lifted", slog.String("resource", name), slog.String(s.param(), s.who), slog.Bool("shadow", true))
 			}
 		}
 	}
@@ -664,24 +828,66 @@ func (e *Engine) refused(rs *resState, c Call, ref *Refusal) {
 	// CPU, system, concurrency) hit honest clients too.
 	own := ref.Kind == KindTierRate ||
 		ref.Kind == KindHotspot && (ref.Param == rules.ParamOrigin || ref.Param == rules.ParamTenant)
-	if who := c.subject(); rs.ban != nil && who.who != "" && own {
+	who := c.subject()
+	if who.who == "" || !own {
+		return
+	}
+	if rs.ban != nil {
 		e.strike(rs, who)
+	}
+	// A shadow ban counts the refusals the enforcing rules make too: it
+	// would ban whom they refuse often enough.
+	if srs := rs.shadowBan(); srs != nil {
+		e.strike(srs, who)
 	}
 }
 
-// strike counts one refusal of who toward its ban and logs a ban it
-// starts.
+// shadowRefused counts a refusal the shadow rules srs would have made of
+// an admitted call: in the statistics (apart from the refusals), the log
+// of recent refusals (marked shadow) and the log; the caller's own excess
+// counts toward the shadow ban.
+func (e *Engine) shadowRefused(srs *resState, c Call, ref *Refusal) {
+	srs.stats.shadowRefuse(ref.Kind)
+	tier := c.tier()
+	ref.Tenant, ref.Tier = c.tenant(), tier
+	e.blocked.add(Blocked{
+		Time: e.clock.Now(), Origin: c.Origin, Tenant: ref.Tenant, Tier: tier, Resource: srs.name, Size: c.Size,
+		Rule: ref.Rule, Kind: ref.Kind, Value: ref.Value, Shadow: true,
+	})
+	e.log.LogAttrs(context.Background(), slog.LevelInfo, "shadow rule would refuse",
+		slog.Bool("shadow", true),
+		slog.String("ip", c.Origin),
+		slog.String("tenant", ref.Tenant),
+		slog.String("tier", tier),
+		slog.String("resource", srs.name),
+		slog.Int("size", c.Size),
+		slog.String("rule", ref.Rule),
+		slog.String("kind", string(ref.Kind)),
+		slog.Float64("threshold", ref.Threshold))
+	own := ref.Kind == KindHotspot && (ref.Param == rules.ParamOrigin || ref.Param == rules.ParamTenant)
+	if who := c.subject(); srs.ban != nil && who.who != "" && own {
+		e.strike(srs, who)
+	}
+}
+
+// strike counts one refusal of who toward its ban (in rs's mode) and logs
+// a ban it starts.
 func (e *Engine) strike(rs *resState, who banSubject) bool {
-	if !e.bans.refused(rs.name, who, rs.ban) {
+	if !e.bans.refused(rs.banName, who, rs.ban) {
 		return false
 	}
-	e.log.Warn(who.param()+" banned",
+	msg := who.param() + " banned"
+	if rs.isShadow {
+		msg = who.param() + " would be banned (shadow ban rule)"
+	}
+	e.log.Warn(msg,
+		slog.Bool("shadow", rs.isShadow),
 		slog.String("resource", rs.name),
 		slog.String(who.param(), who.who),
 		slog.Int("refusals", rs.ban.Blocks),
 		slog.Duration("within", time.Duration(rs.ban.Within)),
 		slog.Duration("for", time.Duration(rs.ban.For)))
-	return true
+	return !rs.isShadow
 }
 
 // Close stops the engine's sampling and takes its rules out of

@@ -65,6 +65,9 @@ type GPUPressure struct {
 	// Factor scales flow thresholds while a tighten pressure is active; 1
 	// otherwise.
 	Factor float64 `json:"factor"`
+	// Shadow says the GPU rule is in mode shadow: an active pressure only
+	// counts what it would refuse.
+	Shadow bool `json:"shadow,omitempty"`
 	// Devices lists the GPUs under pressure, whether or not the pressure
 	// is active.
 	Devices []string `json:"devices"`
@@ -114,6 +117,10 @@ type gpuPressure struct {
 	tighten bool
 	factor  float64
 	rule    *ownRule
+	// shadow says the GPU rule is in mode shadow: its pressure refuses
+	// nothing and keeps no backend from the farm; only the shadow rules'
+	// slot counts what it would refuse.
+	shadow  bool
 	devices []string
 	// backends are the ComfyUI backends with a GPU under pressure.
 	backends map[string]bool
@@ -249,7 +256,7 @@ func (e *Engine) evaluateGPUsLocked(st *state) {
 	// gateway as a whole protects the GPUs when this host's GPUs are under
 	// pressure or every backend is.
 	active := hostPressed || len(seen) > 0 && len(backends) == len(seen)
-	p := &gpuPressure{active: active, factor: 1, devices: pressed, backends: backends}
+	p := &gpuPressure{active: active, factor: 1, devices: pressed, backends: backends, shadow: rule != nil && rule.Mode.IsShadow()}
 	if active {
 		p.rule = st.gpuRule
 		p.tighten = rule.Action == rules.GPUTighten
@@ -260,7 +267,7 @@ func (e *Engine) evaluateGPUsLocked(st *state) {
 	switch wasActive := prev != nil && prev.active; {
 	case active && !wasActive:
 		e.gpu.since = now
-		e.log.Warn("GPU pressure: protecting the GPUs", slog.Any("gpus", pressed), slog.String("action", rule.Action), slog.Float64("factor", p.factor))
+		e.log.Warn("GPU pressure: protecting the GPUs", slog.Any("gpus", pressed), slog.String("action", rule.Action), slog.Float64("factor", p.factor), slog.Bool("shadow", p.shadow))
 	case !active && wasActive:
 		e.gpu.since = time.Time{}
 		e.log.Info("GPU pressure over: normal admission again")
@@ -307,6 +314,7 @@ func (e *Engine) System() SystemStatus {
 		slices.Sort(out.Pressure.Backends)
 		if p.active {
 			out.Pressure.Active, out.Pressure.Since, out.Pressure.Factor = true, e.gpu.since, p.factor
+			out.Pressure.Shadow = p.shadow
 		}
 	}
 	return out
@@ -317,7 +325,7 @@ func (e *Engine) System() SystemStatus {
 // samples: the farm then sends that backend no new job.
 func (e *Engine) BackendPressure(backend string) bool {
 	p := e.gpu.pressure.Load()
-	return p != nil && p.backends[backend]
+	return p != nil && !p.shadow && p.backends[backend]
 }
 
 // gpuSlot refuses calls, or holds them to tightened flow thresholds, while
@@ -335,8 +343,8 @@ func (s *gpuSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 		return nil
 	}
 	tok := tokenOf(ctx)
-	if tok == nil {
-		return nil
+	if tok == nil || tok.res.isShadow != p.shadow {
+		return nil // the GPU rule is checked only in its own mode
 	}
 	rs := tok.res
 	if !p.tighten {

@@ -116,17 +116,32 @@ func (t *Token) abandon() {
 	r.inFlight.Add(-1)
 	t.abandoned = true
 	t.entry.Exit()
+	if s := t.shadow; s != nil {
+		s.res.inFlight.Add(-1)
+		s.abandoned = true
+		s.entry.Exit()
+	}
 }
 
 // giveBack returns the pacing slots of t that are still the last booked,
-// and its hotspot tokens.
+// and its hotspot tokens, and those of its shadow admission.
 func (r *resource) giveBack(t *Token) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	t.giveBackLocked()
+	if s := t.shadow; s != nil {
+		s.giveBackLocked()
+	}
+}
+
+// giveBackLocked does giveBack's work for one Token; the caller holds the
+// real resource's lock.
+func (t *Token) giveBackLocked() {
 	t.refund()
+	pace := t.res.pace
 	for _, p := range t.paced {
-		if r.pace[p.index] == p.slot {
-			r.pace[p.index] = p.prev
+		if pace[p.index] == p.slot {
+			pace[p.index] = p.prev
 		}
 	}
 }

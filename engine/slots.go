@@ -90,7 +90,7 @@ func (s *banSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	if tok.who.who == "" {
 		return nil
 	}
-	left, banned := s.e.bans.banned(tok.res.name, tok.who)
+	left, banned := s.e.bans.banned(tok.res.banName, tok.who)
 	if !banned {
 		return nil
 	}
@@ -109,7 +109,7 @@ func (s *systemSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	if tok == nil || !tok.res.hasSystem {
 		return nil
 	}
-	in := s.e.inbound
+	in := tok.res.inbound
 	for _, r := range tok.res.system {
 		var v float64
 		var over bool
@@ -141,15 +141,15 @@ type cpuSlot struct{ e *Engine }
 func (s *cpuSlot) Order() uint32 { return cpuSlotOrder }
 
 func (s *cpuSlot) Check(ctx *base.EntryContext) *base.TokenResult {
-	st := s.e.state.Load()
-	if st.cpuLimit <= 0 {
+	tok := tokenOf(ctx)
+	if tok == nil || tok.res.cpuLimit <= 0 {
 		return nil
 	}
 	usage := math.Float64frombits(s.e.cpuBits.Load())
-	if usage <= st.cpuLimit {
+	if usage <= tok.res.cpuLimit {
 		return nil
 	}
-	return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "gateway cpu usage", st.cpuRule, usage)
+	return base.NewTokenResultBlockedWithCause(base.BlockTypeSystemFlow, "gateway cpu usage", tok.res.cpuRule, usage)
 }
 
 // concurrencySlot refuses a call while the resource has its concurrency in
@@ -183,8 +183,8 @@ func (s *statSlot) OnEntryPassed(ctx *base.EntryContext) {
 	}
 	tok.res.node.AddCount(base.MetricEventPass, int64(ctx.Input.BatchCount))
 	tok.res.jobs.AddCount(base.MetricEventPass, 1)
-	s.e.inbound.AddCount(base.MetricEventPass, 1)
-	s.e.inbound.IncreaseConcurrency()
+	tok.res.inbound.AddCount(base.MetricEventPass, 1)
+	tok.res.inbound.IncreaseConcurrency()
 	tok.counted = true
 }
 
@@ -200,13 +200,17 @@ func (s *statSlot) OnCompleted(ctx *base.EntryContext) {
 		// call without this slot's OnEntryPassed: nothing to take back.
 		return
 	}
-	s.e.inbound.DecreaseConcurrency()
+	tok.res.inbound.DecreaseConcurrency()
 	if tok.abandoned {
 		return
 	}
-	rt := int64(max(s.e.clock.Now().Sub(tok.start), 0) / time.Millisecond)
+	now := s.e.clock.Now()
+	rt := int64(max(now.Sub(tok.start), 0) / time.Millisecond)
 	completed(tok.res.jobs, rt, ctx.Err())
-	completed(s.e.inbound, rt, ctx.Err())
+	completed(tok.res.inbound, rt, ctx.Err())
+	if h := tok.res.rt; h != nil {
+		h.record(now, rt)
+	}
 }
 
 // completed records one job's completion in n.

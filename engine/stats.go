@@ -19,6 +19,10 @@ type resStats struct {
 	refusedTotal              [len(kindIndex)]atomic.Uint64
 	refusedWin                [len(kindIndex)]*sbase.SlidingWindowMetric
 	refusedArr                [len(kindIndex)]*sbase.BucketLeapArray
+	// shadow* count the refusals shadow rules would have made, apart.
+	shadowTotal [len(kindIndex)]atomic.Uint64
+	shadowWin   [len(kindIndex)]*sbase.SlidingWindowMetric
+	shadowArr   [len(kindIndex)]*sbase.BucketLeapArray
 	// tiers are the admissions and refusals by the callers' tier.
 	tiersMu sync.Mutex // serialises adding a tier
 	tiers   atomic.Pointer[map[string]*tierStats]
@@ -82,14 +86,20 @@ func newResStats() *resStats {
 	// them begin at zero rather than at the first call.
 	s.tiers.Store(&map[string]*tierStats{tenant.AnonymousTier: {}})
 	for i := range kindIndex {
-		s.refusedArr[i] = sbase.NewBucketLeapArray(rateSamples, rateIntervalMs)
-		m, err := sbase.NewSlidingWindowMetric(rateSamples, rateIntervalMs, s.refusedArr[i])
-		if err != nil {
-			panic("engine: refusal window: " + err.Error()) // constant arguments: cannot happen
-		}
-		s.refusedWin[i] = m
+		s.refusedArr[i], s.refusedWin[i] = rateWindow()
+		s.shadowArr[i], s.shadowWin[i] = rateWindow()
 	}
 	return s
+}
+
+// rateWindow is a one-second window of refusals.
+func rateWindow() (*sbase.BucketLeapArray, *sbase.SlidingWindowMetric) {
+	a := sbase.NewBucketLeapArray(rateSamples, rateIntervalMs)
+	m, err := sbase.NewSlidingWindowMetric(rateSamples, rateIntervalMs, a)
+	if err != nil {
+		panic("engine: refusal window: " + err.Error()) // constant arguments: cannot happen
+	}
+	return a, m
 }
 
 func kindPos(k Kind) int {
@@ -107,6 +117,13 @@ func (s *resStats) refuse(k Kind) {
 	s.refusedArr[i].AddCount(base.MetricEventBlock, 1)
 }
 
+// shadowRefuse counts a refusal a shadow rule would have made.
+func (s *resStats) shadowRefuse(k Kind) {
+	i := kindPos(k)
+	s.shadowTotal[i].Add(1)
+	s.shadowArr[i].AddCount(base.MetricEventBlock, 1)
+}
+
 // ResourceStats is a snapshot of one resource's live statistics.
 type ResourceStats struct {
 	Resource string `json:"resource"`
@@ -118,7 +135,17 @@ type ResourceStats struct {
 	// AvgRTMillis is the average time from admission to Exit, in
 	// milliseconds, over the last second: the real job time.
 	AvgRTMillis float64 `json:"avg_rt_ms"`
+	// P95RTMillis is the 95th percentile of the same job times over the
+	// last 10 s of the engine's clock (0 when no job ended then), within
+	// its bucket (bucket bounds grow by 20 %).
+	P95RTMillis float64 `json:"p95_rt_ms"`
 	InFlight    int64   `json:"in_flight"`
+	// ShadowPerSec and Shadow count the calls shadow rules would have
+	// refused, by kind: per second over the last second, and since the
+	// engine started. Those calls were admitted (unless an enforcing rule
+	// refused them, which Refused counts).
+	ShadowPerSec map[Kind]float64 `json:"shadow_per_sec"`
+	Shadow       map[Kind]uint64  `json:"shadow_total"`
 	// Since the engine started.
 	Passed    uint64          `json:"passed_total"`
 	Refused   map[Kind]uint64 `json:"refused_total"`
@@ -140,6 +167,7 @@ type TierStats struct {
 // rules.Resources.
 func (e *Engine) Stats() []ResourceStats {
 	st := e.state.Load()
+	now := e.clock.Now()
 	out := make([]ResourceStats, 0, len(rules.Resources))
 	for _, name := range rules.Resources {
 		rs := st.res[name]
@@ -150,6 +178,9 @@ func (e *Engine) Stats() []ResourceStats {
 			CompletedPerSec: jobs.GetQPS(base.MetricEventComplete),
 			FailedPerSec:    jobs.GetQPS(base.MetricEventError),
 			AvgRTMillis:     jobs.AvgRT(),
+			P95RTMillis:     rs.rt.p95(now),
+			ShadowPerSec:    make(map[Kind]float64, len(kindIndex)),
+			Shadow:          make(map[Kind]uint64, len(kindIndex)),
 			InFlight:        rs.inFlight.Load(),
 			RefusedPerSec:   make(map[Kind]float64, len(kindIndex)),
 			Refused:         make(map[Kind]uint64, len(kindIndex)),
@@ -160,6 +191,8 @@ func (e *Engine) Stats() []ResourceStats {
 		for i, k := range kindIndex {
 			r.RefusedPerSec[k] = s.refusedWin[i].GetQPS(base.MetricEventBlock)
 			r.Refused[k] = s.refusedTotal[i].Load()
+			r.ShadowPerSec[k] = s.shadowWin[i].GetQPS(base.MetricEventBlock)
+			r.Shadow[k] = s.shadowTotal[i].Load()
 		}
 		tiers := *s.tiers.Load()
 		r.Tiers = make(map[string]TierStats, len(tiers))

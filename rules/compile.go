@@ -29,10 +29,20 @@ const (
 	ArgTenant = 3
 )
 
-// Sentinel converts the set. name maps a resource to its sentinel-golang
-// resource name (identity in production; tests namespace them).
+// Sentinel converts the set's enforcing rules. name maps a resource to its
+// sentinel-golang resource name (identity in production; tests namespace
+// them).
 func (s *Set) Sentinel(name func(resource string) string) *Sentinel {
+	return s.SentinelOf(Enforce, name)
+}
+
+// SentinelOf converts the set's rules of mode m: Enforce (rules without a
+// mode too) or Shadow. Each rule keeps the ID of its place in its document
+// ("ddcolor_person/flow[1]"), whichever rules of the other mode surround
+// it.
+func (s *Set) SentinelOf(m Mode, name func(resource string) string) *Sentinel {
 	out := &Sentinel{}
+	shadow := m.IsShadow()
 	for _, res := range Resources {
 		r, ok := s.Resources[res]
 		if !ok {
@@ -40,11 +50,18 @@ func (s *Set) Sentinel(name func(resource string) string) *Sentinel {
 		}
 		sres := name(res)
 		for i, f := range r.Flow {
-			out.Flow = append(out.Flow, flowRule(fmt.Sprintf("%s/flow[%d]", res, i), sres, f))
+			if f.Mode.IsShadow() == shadow {
+				out.Flow = append(out.Flow, flowRule(fmt.Sprintf("%s/flow[%d]", res, i), sres, f))
+			}
 		}
 		for i, h := range r.Hotspot {
-			out.Hotspot = append(out.Hotspot, hotspotRule(fmt.Sprintf("%s/hotspot[%d]", res, i), sres, h))
+			if h.Mode.IsShadow() == shadow {
+				out.Hotspot = append(out.Hotspot, hotspotRule(fmt.Sprintf("%s/hotspot[%d]", res, i), sres, h))
+			}
 		}
+	}
+	if s.System.Mode.IsShadow() != shadow {
+		return out
 	}
 	sys := func(id string, m system.MetricType, v float64) {
 		out.System = append(out.System, &system.Rule{ID: "system/" + id, MetricType: m, TriggerCount: v, Strategy: system.NoAdaptive})

@@ -218,6 +218,10 @@ func decodeInto(c *errs, n *yaml.Node, v reflect.Value, at string) {
 				c.add(p, "unknown field; known fields are %s", fields.names)
 				continue
 			}
+			if v.Type() == resourceType && key == "concurrency" && n.Content[i+1].Kind == yaml.MappingNode {
+				decodeConcurrency(c, n.Content[i+1], v.Addr().Interface().(*Resource), p)
+				continue
+			}
 			decodeInto(c, n.Content[i+1], v.Field(idx), p)
 		}
 	case reflect.Slice:
@@ -290,6 +294,24 @@ func decodeInto(c *errs, n *yaml.Node, v reflect.Value, at string) {
 		v.SetFloat(f)
 	default:
 		c.add(at, "internal: cannot decode into %s", v.Type())
+	}
+}
+
+var resourceType = reflect.TypeFor[Resource]()
+
+// decodeConcurrency decodes the mapping form of a resource's concurrency,
+// {limit: 8, mode: shadow}.
+func decodeConcurrency(c *errs, n *yaml.Node, r *Resource, at string) {
+	var f concurrencyForm
+	decodeInto(c, n, reflect.ValueOf(&f).Elem(), at)
+	if mappingValue(n, "limit") == nil {
+		c.add(at+".limit", "missing: write concurrency: {limit: N, mode: enforce|shadow}, or concurrency: N")
+	}
+	r.Concurrency, r.ConcurrencyMode = f.Limit, f.Mode
+	if r.ConcurrencyMode == "" {
+		// The mapping form keeps its mode explicit, so that it encodes
+		// back to a mapping.
+		r.ConcurrencyMode = Enforce
 	}
 }
 

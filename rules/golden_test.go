@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/alibaba/sentinel-golang/core/flow"
+	"github.com/alibaba/sentinel-golang/core/hotspot"
 	"github.com/alibaba/sentinel-golang/core/system"
 
 	"github.com/sluicehq/sluice/rules"
@@ -77,6 +78,31 @@ type goldenView struct {
 	Own      map[string]ownRules `json:"own"`
 	CPUUsage float64             `json:"cpu_usage"`
 	GPU      *rules.GPU          `json:"gpu"`
+	// Shadow holds the rules in mode shadow, apart; absent when none.
+	Shadow *shadowView `json:"shadow,omitempty"`
+}
+
+type shadowView struct {
+	Flow        []*flow.Rule   `json:"flow,omitempty"`
+	Hotspot     []hotspotView  `json:"hotspot,omitempty"`
+	System      []*system.Rule `json:"system,omitempty"`
+	Concurrency map[string]int `json:"concurrency,omitempty"`
+}
+
+func hotspotViews(hs []*hotspot.Rule) []hotspotView {
+	var out []hotspotView
+	for _, h := range hs {
+		items := make(map[string]int64, len(h.SpecificItems))
+		for k, n := range h.SpecificItems {
+			items[k.(string)] = n
+		}
+		out = append(out, hotspotView{
+			ID: h.ID, Resource: h.Resource, MetricType: h.MetricType.String(), ControlBehavior: h.ControlBehavior.String(),
+			ParamIndex: h.ParamIndex, ParamKey: h.ParamKey, Threshold: h.Threshold, MaxQueueingTimeMs: h.MaxQueueingTimeMs,
+			BurstCount: h.BurstCount, DurationInSec: h.DurationInSec, ParamsMaxCapacity: h.ParamsMaxCapacity, SpecificItems: items,
+		})
+	}
+	return out
 }
 
 type ownRules struct {
@@ -95,16 +121,16 @@ func compileForGolden(name string, input []byte) string {
 	}
 	s := set.Sentinel(func(r string) string { return r })
 	v := goldenView{Flow: s.Flow, System: s.System, Own: map[string]ownRules{}, CPUUsage: set.System.CPUUsage, GPU: set.GPU}
-	for _, h := range s.Hotspot {
-		items := make(map[string]int64, len(h.SpecificItems))
-		for k, n := range h.SpecificItems {
-			items[k.(string)] = n
+	v.Hotspot = hotspotViews(s.Hotspot)
+	sh := set.SentinelOf(rules.Shadow, func(r string) string { return r + "(shadow)" })
+	shadow := &shadowView{Flow: sh.Flow, Hotspot: hotspotViews(sh.Hotspot), System: sh.System, Concurrency: map[string]int{}}
+	for n, r := range set.Resources {
+		if r.ConcurrencyMode.IsShadow() {
+			shadow.Concurrency[n] = r.Concurrency
 		}
-		v.Hotspot = append(v.Hotspot, hotspotView{
-			ID: h.ID, Resource: h.Resource, MetricType: h.MetricType.String(), ControlBehavior: h.ControlBehavior.String(),
-			ParamIndex: h.ParamIndex, ParamKey: h.ParamKey, Threshold: h.Threshold, MaxQueueingTimeMs: h.MaxQueueingTimeMs,
-			BurstCount: h.BurstCount, DurationInSec: h.DurationInSec, ParamsMaxCapacity: h.ParamsMaxCapacity, SpecificItems: items,
-		})
+	}
+	if len(shadow.Flow)+len(shadow.Hotspot)+len(shadow.System)+len(shadow.Concurrency) > 0 {
+		v.Shadow = shadow
 	}
 	names := make([]string, 0, len(set.Resources))
 	for n := range set.Resources {

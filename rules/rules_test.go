@@ -2,6 +2,7 @@ package rules_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"reflect"
@@ -118,5 +119,71 @@ func TestEncodeRoundTrip(t *testing.T) {
 		if len(back) != 1 || !reflect.DeepEqual(back[0].Resource, d.Resource) || !reflect.DeepEqual(back[0].System, d.System) {
 			t.Fatalf("%s: round trip changed the document:\n%s", d.Name(), b)
 		}
+	}
+}
+
+// TestShadowModeRoundTrip checks that every rule's mode survives Encode,
+// and JSON, and parses back to the same document: concurrency with a mode
+// is written in its mapping form, without one as a plain number.
+func TestShadowModeRoundTrip(t *testing.T) {
+	src := `resource: ddcolor_person
+flow: [{threshold: 4, mode: shadow}, {threshold: 9}]
+hotspot: [{param: origin, threshold: 2, mode: shadow}]
+concurrency: {limit: 3, mode: shadow}
+ban: {blocks: 2, within: 10s, for: 1m, mode: shadow}
+---
+resource: ddcolor_building
+concurrency: 5
+---
+system: {mode: shadow, inbound_qps: 3}
+gpu: {mode: shadow, memory_used_ratio: 0.9}
+`
+	docs, err := rules.Parse("shadow.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := docs[0].Resource
+	if r.Concurrency != 3 || r.ConcurrencyMode != rules.Shadow || !r.Flow[0].Mode.IsShadow() || r.Flow[1].Mode.IsShadow() ||
+		!r.Hotspot[0].Mode.IsShadow() || !r.Ban.Mode.IsShadow() || !docs[2].System.Mode.IsShadow() || !docs[2].GPU.Mode.IsShadow() {
+		t.Fatalf("modes not decoded: %+v system %+v gpu %+v", r, docs[2].System, docs[2].GPU)
+	}
+	if docs[1].Resource.Concurrency != 5 || docs[1].Resource.ConcurrencyMode != "" {
+		t.Fatalf("plain concurrency: %+v", docs[1].Resource)
+	}
+	for _, d := range docs {
+		b, err := rules.Encode(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Name() == "ddcolor_person" && !strings.Contains(string(b), "concurrency:\n  limit: 3\n  mode: shadow\n") {
+			t.Errorf("concurrency not in its mapping form:\n%s", b)
+		}
+		if d.Name() == "ddcolor_building" && !strings.Contains(string(b), "concurrency: 5\n") {
+			t.Errorf("plain concurrency not a number:\n%s", b)
+		}
+		back, err := rules.Parse("encoded", b)
+		if err != nil {
+			t.Fatalf("%s: encoded form does not parse: %v\n%s", d.Name(), err, b)
+		}
+		if !reflect.DeepEqual(back[0].Resource, d.Resource) || !reflect.DeepEqual(back[0].System, d.System) || !reflect.DeepEqual(back[0].GPU, d.GPU) {
+			t.Fatalf("%s: round trip changed the document:\n%s", d.Name(), b)
+		}
+		if d.Resource == nil {
+			continue
+		}
+		j, err := json.Marshal(d.Resource)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err = rules.Parse("encoded.json", j)
+		if err != nil {
+			t.Fatalf("%s: JSON form does not parse: %v\n%s", d.Name(), err, j)
+		}
+		if !reflect.DeepEqual(back[0].Resource, d.Resource) {
+			t.Fatalf("%s: JSON round trip changed the document:\n%s", d.Name(), j)
+		}
+	}
+	if _, err := rules.Build(docs); err != nil {
+		t.Fatal(err)
 	}
 }

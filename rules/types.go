@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"encoding/json"
 	"fmt"
 	"time"
 )
@@ -48,6 +49,22 @@ const (
 	BehaviorThrottle Behavior = "throttle"
 )
 
+// Mode says whether a rule refuses (enforce) or only counts the calls it
+// would refuse (shadow). The empty Mode is enforce.
+type Mode string
+
+const (
+	// Enforce refuses calls over the rule: the default.
+	Enforce Mode = "enforce"
+	// Shadow evaluates the rule on the same traffic and counts the calls
+	// it would refuse ("would refuse"), never refusing one: a threshold is
+	// tried on real traffic before it is switched to enforce.
+	Shadow Mode = "shadow"
+)
+
+// IsShadow reports whether m is shadow.
+func (m Mode) IsShadow() bool { return m == Shadow }
+
 // Duration is a time.Duration written as a Go duration string ("500ms",
 // "60s") in YAML and JSON.
 type Duration time.Duration
@@ -74,11 +91,70 @@ type Resource struct {
 	Flow     []FlowRule    `json:"flow,omitempty" yaml:"flow,omitempty"`
 	Hotspot  []HotspotRule `json:"hotspot,omitempty" yaml:"hotspot,omitempty"`
 	// Concurrency caps the resource's jobs in flight, whatever their cost
-	// (0 is off).
-	Concurrency int       `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
-	Cost        *CostRule `json:"cost,omitempty" yaml:"cost,omitempty"`
-	Ban         *BanRule  `json:"ban,omitempty" yaml:"ban,omitempty"`
+	// (0 is off). It is written concurrency: 8, or with its mode as
+	// concurrency: {limit: 8, mode: shadow}.
+	Concurrency int `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
+	// ConcurrencyMode is the mode of Concurrency: the mode key of the
+	// concurrency mapping form ("" when written as a plain number).
+	ConcurrencyMode Mode      `json:"-" yaml:"-"`
+	Cost            *CostRule `json:"cost,omitempty" yaml:"cost,omitempty"`
+	Ban             *BanRule  `json:"ban,omitempty" yaml:"ban,omitempty"`
 }
+
+// HasShadow reports whether any rule of r is in mode shadow; false for a
+// nil r.
+func (r *Resource) HasShadow() bool {
+	if r == nil {
+		return false
+	}
+	for _, f := range r.Flow {
+		if f.Mode.IsShadow() {
+			return true
+		}
+	}
+	for _, h := range r.Hotspot {
+		if h.Mode.IsShadow() {
+			return true
+		}
+	}
+	return r.Concurrency > 0 && r.ConcurrencyMode.IsShadow() || r.Ban != nil && r.Ban.Mode.IsShadow()
+}
+
+// concurrencyForm is the mapping form of a resource's concurrency.
+type concurrencyForm struct {
+	Limit int  `json:"limit" yaml:"limit"`
+	Mode  Mode `json:"mode,omitempty" yaml:"mode,omitempty"`
+}
+
+// resourceForm is a Resource as written: concurrency a number, or a
+// mapping when it carries its mode.
+type resourceForm struct {
+	Resource    string        `json:"resource" yaml:"resource"`
+	Flow        []FlowRule    `json:"flow,omitempty" yaml:"flow,omitempty"`
+	Hotspot     []HotspotRule `json:"hotspot,omitempty" yaml:"hotspot,omitempty"`
+	Concurrency any           `json:"concurrency,omitempty" yaml:"concurrency,omitempty"`
+	Cost        *CostRule     `json:"cost,omitempty" yaml:"cost,omitempty"`
+	Ban         *BanRule      `json:"ban,omitempty" yaml:"ban,omitempty"`
+}
+
+func (r Resource) form() resourceForm {
+	f := resourceForm{Resource: r.Resource, Flow: r.Flow, Hotspot: r.Hotspot, Cost: r.Cost, Ban: r.Ban}
+	switch {
+	case r.ConcurrencyMode != "":
+		f.Concurrency = concurrencyForm{Limit: r.Concurrency, Mode: r.ConcurrencyMode}
+	case r.Concurrency != 0:
+		f.Concurrency = r.Concurrency
+	}
+	return f
+}
+
+// MarshalYAML writes concurrency as a number, or as {limit, mode} when it
+// has a mode.
+func (r Resource) MarshalYAML() (any, error) { return r.form(), nil }
+
+// MarshalJSON writes concurrency as MarshalYAML does, so that the JSON
+// form parses back to the same document.
+func (r Resource) MarshalJSON() ([]byte, error) { return json.Marshal(r.form()) }
 
 // FlowRule limits a resource's admissions per sliding window.
 type FlowRule struct {
@@ -96,6 +172,8 @@ type FlowRule struct {
 	// WarmUp starts the threshold low after idleness and raises it over a
 	// period; behavior reject only.
 	WarmUp *WarmUp `json:"warm_up,omitempty" yaml:"warm_up,omitempty"`
+	// Mode is enforce (default) or shadow.
+	Mode Mode `json:"mode,omitempty" yaml:"mode,omitempty"`
 }
 
 // WarmUp ramps a flow threshold from Threshold/ColdFactor to Threshold over
@@ -122,6 +200,8 @@ type HotspotRule struct {
 	Items map[string]int64 `json:"items,omitempty" yaml:"items,omitempty"`
 	// Capacity bounds how many distinct values are tracked (default 20000).
 	Capacity int64 `json:"capacity,omitempty" yaml:"capacity,omitempty"`
+	// Mode is enforce (default) or shadow.
+	Mode Mode `json:"mode,omitempty" yaml:"mode,omitempty"`
 }
 
 // CostRule weighs a request by one parameter's value: with
@@ -139,6 +219,10 @@ type BanRule struct {
 	Blocks int      `json:"blocks" yaml:"blocks"`
 	Within Duration `json:"within" yaml:"within"`
 	For    Duration `json:"for" yaml:"for"`
+	// Mode is enforce (default) or shadow: a shadow ban counts the
+	// refusals it would make and records the bans it would impose, and
+	// refuses nothing.
+	Mode Mode `json:"mode,omitempty" yaml:"mode,omitempty"`
 }
 
 // System holds the rules that protect the whole gateway. Zero fields are
@@ -157,6 +241,8 @@ type System struct {
 	// requests are refused: its cgroup v2's CPU time over the CPUs the
 	// cgroup may use, or the process's over the CPUs it may run on.
 	CPUUsage float64 `json:"cpu_usage,omitempty" yaml:"cpu_usage,omitempty"`
+	// Mode is enforce (default) or shadow, for every rule above.
+	Mode Mode `json:"mode,omitempty" yaml:"mode,omitempty"`
 }
 
 // GPU protects the GPUs themselves: it is the gpu section of the system
@@ -181,6 +267,11 @@ type GPU struct {
 	// Devices override the thresholds for single GPUs, by GPU id
 	// ("nvml:0") or by backend (a ComfyUI base URL: all its GPUs).
 	Devices map[string]GPUThresholds `json:"devices,omitempty" yaml:"devices,omitempty"`
+	// Mode is enforce (default) or shadow: a shadow GPU rule shows the
+	// pressure and counts the calls it would refuse (or hold to tightened
+	// thresholds), refuses none, and keeps the farm sending jobs to every
+	// backend.
+	Mode Mode `json:"mode,omitempty" yaml:"mode,omitempty"`
 }
 
 // GPUThresholds are the thresholds of one GPU or backend.

@@ -94,6 +94,7 @@ func validateResource(c *errs, r *Resource) {
 	if r.Concurrency < 0 {
 		c.add("concurrency", "must be >= 0 (0 is off), got %d", r.Concurrency)
 	}
+	mode(c, "concurrency.mode", r.ConcurrencyMode)
 	if r.Cost != nil {
 		validateCost(c, r.Cost)
 		costWithinThresholds(c, r)
@@ -104,11 +105,13 @@ func validateResource(c *errs, r *Resource) {
 		}
 		positiveDuration(c, "ban.within", b.Within)
 		positiveDuration(c, "ban.for", b.For)
+		mode(c, "ban.mode", b.Mode)
 	}
 }
 
 func validateFlow(c *errs, at string, f *FlowRule) {
 	threshold(c, at+".threshold", f.Threshold)
+	mode(c, at+".mode", f.Mode)
 	if f.Window == 0 {
 		f.Window = Duration(DefaultWindow)
 	}
@@ -151,6 +154,7 @@ func validateHotspot(c *errs, at string, h *HotspotRule) {
 		c.add(at+".param", "unknown parameter %q; known parameters are %s", h.Param, strings.Join(Params, ", "))
 	}
 	threshold(c, at+".threshold", float64(h.Threshold))
+	mode(c, at+".mode", h.Mode)
 	if h.Window == 0 {
 		h.Window = Duration(DefaultWindow)
 	}
@@ -240,6 +244,7 @@ func validateSystem(c *errs, s *System) {
 			c.add("system."+field, "must be >= 0 (0 is off), got %v", v)
 		}
 	}
+	mode(c, "system.mode", s.Mode)
 	nonNegative("load", s.Load)
 	nonNegative("inbound_qps", s.InboundQPS)
 	nonNegative("concurrency", float64(s.Concurrency))
@@ -263,6 +268,7 @@ func validateGPU(c *errs, g *GPU) {
 		}
 		return true
 	}
+	mode(c, "gpu.mode", g.Mode)
 	memOK, utilOK := fraction("memory_used_ratio", g.MemoryUsedRatio), fraction("utilization", g.Utilization)
 	if g.MemoryUsedRatio == 0 && g.Utilization == 0 && len(g.Devices) == 0 {
 		c.add("gpu", "sets no threshold: give memory_used_ratio, utilization or devices")
@@ -316,6 +322,15 @@ func cloneGPU(g *GPU) *GPU {
 	c := *g
 	c.Devices = maps.Clone(g.Devices)
 	return &c
+}
+
+// mode checks a rule's mode: empty (enforce), enforce or shadow.
+func mode(c *errs, at string, m Mode) {
+	switch m {
+	case "", Enforce, Shadow:
+	default:
+		c.add(at, "must be enforce or shadow, got %q", string(m))
+	}
 }
 
 func threshold(c *errs, at string, v float64) {

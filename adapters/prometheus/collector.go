@@ -19,7 +19,7 @@ type engineCollector struct {
 	eng   *engine.Engine
 	rules func() RulesInfo
 
-	requests, inFlight                          *prom.Desc
+	requests, inFlight, shadow                  *prom.Desc
 	gpuUsed, gpuTotal, gpuUtil, gpuPressure     *prom.Desc
 	pressureActive, tightenFactor, sourceUp     *prom.Desc
 	cpuUsage, load1, rulesRevision, rulesReject *prom.Desc
@@ -33,7 +33,10 @@ func newEngineCollector(eng *engine.Engine, rulesInfo func() RulesInfo) *engineC
 		requests: desc("requests_total",
 			"Requests decided by the engine: admitted, or refused by a rule of kind rule_kind; by the caller's tier (anonymous callers: anonymous).",
 			"resource", "outcome", "rule_kind", "tier"),
-		inFlight:       desc("jobs_in_flight", "Admitted requests whose work has not ended.", "resource"),
+		inFlight: desc("jobs_in_flight", "Admitted requests whose work has not ended.", "resource"),
+		shadow: desc("shadow_refusals_total",
+			"Requests a rule in mode shadow would have refused, by the kind of that rule; they were not refused for it.",
+			"resource", "kind"),
 		gpuUsed:        desc("gpu_memory_used_bytes", "GPU memory in use, as its source last saw it.", gpu...),
 		gpuTotal:       desc("gpu_memory_total_bytes", "GPU memory in all.", gpu...),
 		gpuUtil:        desc("gpu_utilization_ratio", "GPU busy fraction, 0–1, where the source reports it (NVML).", gpu...),
@@ -55,7 +58,7 @@ func desc(name, help string, labels ...string) *prom.Desc {
 func (c *engineCollector) Describe(ch chan<- *prom.Desc) {
 	if c.eng != nil {
 		for _, d := range []*prom.Desc{
-			c.requests, c.inFlight, c.gpuUsed, c.gpuTotal, c.gpuUtil, c.gpuPressure,
+			c.requests, c.inFlight, c.shadow, c.gpuUsed, c.gpuTotal, c.gpuUtil, c.gpuPressure,
 			c.pressureActive, c.tightenFactor, c.sourceUp, c.cpuUsage, c.load1,
 		} {
 			ch <- d
@@ -90,6 +93,9 @@ func (c *engineCollector) collectStats(ch chan<- prom.Metric) {
 			}
 		}
 		send(ch, c.inFlight, prom.GaugeValue, float64(s.InFlight), s.Resource)
+		for _, k := range engine.Kinds {
+			send(ch, c.shadow, prom.CounterValue, float64(s.Shadow[k]), s.Resource, string(k))
+		}
 	}
 }
 
