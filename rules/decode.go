@@ -115,8 +115,9 @@ func ParseFS(fsys fs.FS, name string) ([]Document, error) {
 }
 
 func decodeDocument(file string, n int, root *yaml.Node) (Document, error) {
-	c := &errs{file: file, doc: n}
-	doc := Document{File: file, Index: n}
+	c := &errs{file: file, doc: n, pos: positions{}}
+	doc := Document{File: file, Index: n, pos: c.pos}
+	c.mark("", root)
 	if root.Kind != yaml.MappingNode {
 		c.add("", "a document must be a mapping with a resource key, or system and gpu keys, got %s", describe(root))
 		return doc, c.err()
@@ -129,6 +130,7 @@ func decodeDocument(file string, n int, root *yaml.Node) (Document, error) {
 		c.resource = "system"
 		for i := 0; i+1 < len(root.Content); i += 2 {
 			if k := root.Content[i].Value; k != "system" && k != "gpu" {
+				c.mark(k, root.Content[i+1])
 				c.add(k, "unknown field in the system document; it holds system and gpu")
 			}
 		}
@@ -167,6 +169,9 @@ type scalarWant interface{ want() string }
 
 // decodeInto decodes n into v strictly, recording problems with their path.
 func decodeInto(c *errs, n *yaml.Node, v reflect.Value, at string) {
+	if _, ok := c.pos[at]; !ok {
+		c.mark(at, n)
+	}
 	if n.Kind == yaml.AliasNode {
 		// Aliases could expand exponentially or refer to themselves; rule
 		// documents are small enough to write out.
@@ -208,6 +213,7 @@ func decodeInto(c *errs, n *yaml.Node, v reflect.Value, at string) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			key := n.Content[i].Value
 			p := join(at, key)
+			c.mark(p, n.Content[i+1])
 			if seen[key] {
 				c.add(p, "appears twice")
 				continue
@@ -243,6 +249,7 @@ func decodeInto(c *errs, n *yaml.Node, v reflect.Value, at string) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k := n.Content[i]
 			p := fmt.Sprintf("%s[%q]", at, k.Value)
+			c.mark(p, n.Content[i+1])
 			if k.Kind != yaml.ScalarNode {
 				c.add(at, "keys must be plain values, got %s", describe(k))
 				continue

@@ -3,6 +3,8 @@ package rules
 import (
 	"fmt"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Error is one problem in a rule source. Its message names the file, the
@@ -15,6 +17,10 @@ type Error struct {
 	Resource string // the document's resource, "system", or "" when unknown
 	Path     string // field path, e.g. "flow[0].threshold"; "" for the whole document
 	Msg      string // what is wrong, with the value seen
+	// Line and Column locate the field in the source (1-based; 0 when
+	// unknown): the value the error is about, or the nearest enclosing
+	// one the source has (a missing field points at its mapping).
+	Line, Column int
 }
 
 func (e *Error) Error() string {
@@ -59,6 +65,7 @@ type errs struct {
 	file     string
 	doc      int
 	resource string
+	pos      positions // where the document's fields are; nil when unknown
 	list     Errors
 }
 
@@ -66,7 +73,53 @@ func (c *errs) add(path, format string, args ...any) {
 	if len(c.list) >= maxErrors {
 		return
 	}
-	c.list = append(c.list, &Error{File: c.file, Doc: c.doc, Resource: c.resource, Path: path, Msg: fmt.Sprintf(format, args...)})
+	p := c.pos.of(path)
+	c.list = append(c.list, &Error{File: c.file, Doc: c.doc, Resource: c.resource, Path: path, Msg: fmt.Sprintf(format, args...),
+		Line: p.line, Column: p.column})
+}
+
+// mark records where path's value n is.
+func (c *errs) mark(path string, n *yaml.Node) {
+	if c.pos == nil {
+		c.pos = positions{}
+	}
+	c.pos[path] = position{n.Line, n.Column}
+}
+
+// position is a place in a source, 1-based.
+type position struct{ line, column int }
+
+// positions maps a document's field paths ("flow[0].threshold", "" for the
+// document) to where their values are in the source.
+type positions map[string]position
+
+// of finds path's position, or its nearest enclosing field's: a missing
+// field is reported where its mapping is.
+func (ps positions) of(path string) position {
+	for ps != nil {
+		if p, ok := ps[path]; ok {
+			return p
+		}
+		if path == "" {
+			break
+		}
+		path = parentPath(path)
+	}
+	return position{}
+}
+
+// parentPath strips path's last step: "flow[0].threshold" → "flow[0]" →
+// "flow" → "".
+func parentPath(path string) string {
+	if strings.HasSuffix(path, "]") {
+		if i := strings.LastIndex(path, "["); i >= 0 {
+			return path[:i]
+		}
+	}
+	if i := strings.LastIndex(path, "."); i >= 0 {
+		return path[:i]
+	}
+	return ""
 }
 
 func (c *errs) err() error {

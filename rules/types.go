@@ -294,6 +294,8 @@ type Document struct {
 	Resource *Resource
 	System   *System
 	GPU      *GPU
+
+	pos positions // where each field is in File; nil when not decoded from a source
 }
 
 // Name is the document's resource, or "system".

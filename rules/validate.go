@@ -49,7 +49,7 @@ func Build(docs []Document) (*Set, error) {
 	var all Errors
 	seen := make(map[string]Document)
 	for _, d := range docs {
-		c := &errs{file: d.File, doc: d.Index, resource: d.Name()}
+		c := &errs{file: d.File, doc: d.Index, resource: d.Name(), pos: d.pos}
 		if prev, dup := seen[d.Name()]; dup && d.Name() != "" {
 			c.add("", "%s is defined twice: here and in %s", d.Name(), prev.Source())
 			all = append(all, c.list...)

@@ -338,3 +338,58 @@ var engineSeq atomic.Int64
 func testPrefix(t testing.TB) string {
 	return fmt.Sprintf("/test/%s#%d", t.Name(), engineSeq.Add(1))
 }
+
+// TestDeleteTouchesOnlyItsKey: a delete succeeds while another key holds
+// an invalid document, removes only its own key, and leaves the invalid
+// one as it was.
+func TestDeleteTouchesOnlyItsKey(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	ctx := context.Background()
+	docs, err := rules.Parse("good.yaml", []byte("resource: zimage_generate\nflow: [{threshold: 2}]\n---\nsystem: {load: 8}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.Apply(ctx, docs); err != nil {
+		t.Fatal(err)
+	}
+	// Written by hand, past the store's validation: an invalid document.
+	bad := "resource: ddcolor_person\nflow: [{threshold: -1}]\n"
+	if _, err := shared.client.Put(ctx, store.Key("ddcolor_person"), bad); err != nil {
+		t.Fatal(err)
+	}
+	// Before the fix: "ddcolor_person: flow[0].threshold: must be > 0" refused this.
+	if _, err := store.Delete(ctx, "zimage_generate"); err != nil {
+		t.Fatalf("delete beside an invalid document: %v", err)
+	}
+	snap, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := snap.Values[store.Key("zimage_generate")]; ok {
+		t.Fatal("zimage_generate is still there")
+	}
+	if len(snap.Values) != 2 || string(snap.Values[store.Key("ddcolor_person")]) != bad || snap.Values[store.Key("system")] == nil {
+		t.Fatalf("the delete touched other keys: %q", snap.Values)
+	}
+	// Deleting the invalid document itself is fine too.
+	if _, err := store.Delete(ctx, "ddcolor_person"); err != nil {
+		t.Fatalf("delete of the invalid document: %v", err)
+	}
+}
+
+// TestNewProblemsOnlyCountsTheChange: newProblems reports a problem the
+// change brings and ignores those the set had before.
+func TestNewProblemsOnlyCountsTheChange(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	bad := []byte("resource: ddcolor_person\nflow: [{threshold: -1}]\n")
+	good := []byte("resource: zimage_generate\nflow: [{threshold: 2}]\n")
+	before := map[string][]byte{store.Key("ddcolor_person"): bad, store.Key("zimage_generate"): good}
+	if err := store.newProblems(before, map[string][]byte{store.Key("ddcolor_person"): bad}); err != nil {
+		t.Fatalf("an old problem counted: %v", err)
+	}
+	err := store.newProblems(map[string][]byte{store.Key("zimage_generate"): good}, before)
+	var list rules.Errors
+	if !errors.As(err, &list) || len(list) != 1 || !strings.Contains(list[0].Error(), "flow[0].threshold: must be > 0") {
+		t.Fatalf("a new problem was not reported: %v", err)
+	}
+}

@@ -256,7 +256,10 @@ func (s *Store) Put(ctx context.Context, resource string, doc []byte) (int64, er
 }
 
 // Delete removes a resource's document (or the system document): its rules
-// stop applying.
+// stop applying. It touches that key only: another key holding an invalid
+// document does not stop it (the gateway keeps its last good rules until
+// that one is fixed, with or without this document). Only a problem the
+// delete itself would bring is refused.
 func (s *Store) Delete(ctx context.Context, resource string) (int64, error) {
 	key := s.Key(resource)
 	_, rev, err := s.write(ctx, func(snap *Snapshot) ([]clientv3.Op, []Change, error) {
@@ -265,12 +268,40 @@ func (s *Store) Delete(ctx context.Context, resource string) (int64, error) {
 		}
 		next := maps.Clone(snap.Values)
 		delete(next, key)
-		if _, err := s.Build(next); err != nil {
+		if err := s.newProblems(snap.Values, next); err != nil {
 			return nil, nil, err
 		}
 		return []clientv3.Op{clientv3.OpDelete(key)}, []Change{{Name: resource, Key: key, Action: "deleted"}}, nil
 	})
 	return rev, err
+}
+
+// newProblems validates the rule set after a change, and returns the
+// problems it has that the set before did not have (nil when none): those
+// the change brings.
+func (s *Store) newProblems(before, after map[string][]byte) error {
+	_, err := s.Build(after)
+	var now rules.Errors
+	if err == nil || !errors.As(err, &now) {
+		return err
+	}
+	_, err = s.Build(before)
+	var was rules.Errors
+	errors.As(err, &was)
+	old := make(map[string]bool, len(was))
+	for _, e := range was {
+		old[e.Error()] = true
+	}
+	var added rules.Errors
+	for _, e := range now {
+		if !old[e.Error()] {
+			added = append(added, e)
+		}
+	}
+	if len(added) == 0 {
+		return nil
+	}
+	return added
 }
 
 // ErrNotFound is returned when deleting a document that is not there.
