@@ -67,6 +67,9 @@ type Config struct {
 	// login cookie plus, for writes, its CSRF header. nil: only the
 	// bearer token.
 	Session Session
+	// Planner serves GET /api/plan, the capacity plan (a read); nil: it
+	// answers 404.
+	Planner Planner
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -164,6 +167,10 @@ func Register(r gin.IRouter, cfg Config) error {
 	}
 	if cfg.Backends != nil {
 		reads.GET("/backends", func(c *gin.Context) { c.JSON(http.StatusOK, backendsBody(cfg.Backends())) })
+	}
+
+	if cfg.Planner != nil {
+		reads.GET("/plan", a.plan)
 	}
 
 	if cfg.Keys != nil {

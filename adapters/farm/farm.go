@@ -14,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/dispatch"
+	"github.com/sluicehq/sluice/engine/plan"
 )
 
 // Defaults for the zero fields of Config.
@@ -57,7 +58,13 @@ type Config struct {
 	// without a sign of progress before it is interrupted there and run
 	// elsewhere (default DefaultStall).
 	Stall time.Duration
-	// Clock times probes and stalls; nil means the system clock.
+	// JobTimes, if set, is told each job's slot time: from its grant of a
+	// slot until ComfyUI has executed it (never its wait in the queue), by
+	// resource and size (*plan.Recorder, for the capacity planner). A job
+	// that did not execute is not told.
+	JobTimes JobTimes
+	// Clock times probes, stalls and slot times; nil means the system
+	// clock.
 	Clock clock.Clock
 	// Logger logs the farm's decisions; nil discards them.
 	Logger *slog.Logger
@@ -73,6 +80,13 @@ type Monitor interface {
 
 var _ Monitor = (*engine.Engine)(nil)
 
+// JobTimes records how long jobs held a slot: *plan.Recorder is one.
+type JobTimes interface {
+	Record(resource string, size int, held time.Duration)
+}
+
+var _ JobTimes = (*plan.Recorder)(nil)
+
 // Farm shares the ComfyUI backends between tenants and runs jobs on them.
 type Farm struct {
 	d       *dispatch.Dispatcher
@@ -82,6 +96,7 @@ type Farm struct {
 	log     *slog.Logger
 	clk     clock.Clock
 	monitor Monitor
+	times   JobTimes
 
 	interval, probeTimeout, stall time.Duration
 
@@ -169,6 +184,7 @@ func (f *Farm) init(cfg Config, backends []backend) error {
 	}
 	f.clk = clock.Or(cfg.Clock)
 	f.monitor = cfg.Monitor
+	f.times = cfg.JobTimes
 	f.interval = cmp.Or(cfg.Interval, DefaultInterval)
 	f.probeTimeout = cmp.Or(cfg.ProbeTimeout, DefaultProbeTimeout)
 	f.stall = cmp.Or(cfg.Stall, DefaultStall)
@@ -306,7 +322,11 @@ func (f *Farm) runOn(ctx context.Context, lease *dispatch.Lease, job httpapi.Job
 	}
 	cj.OnExecuted = func() {
 		sign(true, true)
-		lease.Release(f.clk.Now().Sub(start))
+		held := f.clk.Now().Sub(start)
+		lease.Release(held)
+		if f.times != nil {
+			f.times.Record(job.Resource, cmp.Or(job.Size, max(job.Width, job.Height)), held)
+		}
 	}
 	cj.OnQueuePosition = job.OnPosition
 	cj.OnQueued = nil
