@@ -98,79 +98,125 @@ const extra = ['#64748b', '#0891b2', '#4d7c0f', '#a21caf'];
 const colour = (k, i) => palette[k] || extra[i % extra.length];
 const sum = (m) => Object.values(m || {}).reduce((a, b) => a + (Number(b) || 0), 0);
 
-/** Chart is one resource's card: its figures and two uPlot charts. */
+const timeAxis = {space: 80, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300], values: (u, splits) => splits.map((v) => new Date(v * 1000).toLocaleTimeString('en-GB'))};
+
+/**
+ * Chart is one resource's card: its figures and two uPlot charts. It keeps
+ * two minutes of history itself, so that the rate chart can be rebuilt with
+ * a series for each kind of refusal that happened in that window.
+ */
 class Chart {
-  constructor(name, kinds) {
+  constructor(name) {
     this.name = name;
-    this.kinds = kinds;
     this.xs = [];
-    this.cols = [];
-    this.tcols = [[], [], [], []];
+    this.hist = {passed: [], completed: [], shadow: [], avg: [], p95: [], inflight: [], waiting: []};
+    this.refused = {}; // kind → per-second values, aligned with xs
+    this.kinds = null;
     const id = cssId(name);
     this.figs = el('dl', {class: 'kpis'});
     this.rate = el('div', {id: 'live-chart-' + id, class: 'chart', role: 'img', 'data-resource': name, 'data-points': 0,
-      'aria-label': `${name}: admissions, refusals and completions per second over the last two minutes`});
+      'aria-label': `${name}: admissions, refusals by kind, shadow would-refuse and completions per second over the last two minutes`});
     this.times = el('div', {id: 'live-time-' + id, class: 'chart', role: 'img',
       'aria-label': `${name}: job time (average and p95), jobs in flight and waiting`});
     this.card = el('article', {class: 'card', id: 'live-' + id}, el('h2', {}, name), this.figs, this.rate, this.times);
-    const w = 560;
-    const rateSeries = [{}, {label: 'passed/s', stroke: colour('passed'), width: 2},
-      {label: 'completed/s', stroke: colour('completed'), width: 2},
-      {label: 'shadow would refuse/s', stroke: colour('shadow'), dash: [6, 4], width: 2},
-      ...kinds.map((k, i) => ({label: `refused ${k}/s`, stroke: colour(k, i), width: 1.5}))];
-    this.cols = rateSeries.slice(1).map(() => []);
-    this.u = new uPlot({width: w, height: 200, series: rateSeries, legend: {live: false},
-      scales: {x: {time: true}, y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
-      axes: [{}, {label: 'per second', size: 56}]}, [this.xs, ...this.cols], this.rate);
-    this.t = new uPlot({width: w, height: 160, legend: {live: false},
-      series: [{}, {label: 'avg job time', stroke: '#0369a1', width: 2, scale: 'ms', value: (u, v) => ms(v)},
-        {label: 'p95 job time', stroke: '#0ea5e9', dash: [4, 3], width: 2, scale: 'ms', value: (u, v) => ms(v)},
+    this.u = null;
+    this.t = new uPlot({width: 560, height: 130, legend: {live: false},
+      series: [{}, {label: 'avg job time', stroke: '#0369a1', width: 2, scale: 'ms'},
+        {label: 'p95 job time', stroke: '#0ea5e9', dash: [4, 3], width: 2, scale: 'ms'},
         {label: 'in flight', stroke: '#15803d', width: 1.5, scale: 'n'},
         {label: 'waiting', stroke: '#b91c1c', width: 1.5, scale: 'n'}],
       scales: {x: {time: true}, ms: {range: (u, min, max) => [0, Math.max(10, max * 1.1)]}, n: {range: (u, min, max) => [0, Math.max(1, max * 1.2)]}},
-      axes: [{}, {scale: 'ms', label: 'ms', size: 56}, {scale: 'n', side: 1, label: 'jobs', grid: {show: false}}]},
-    [this.xs, ...this.tcols], this.times);
+      axes: [timeAxis, {scale: 'ms', label: 'ms', size: 56}, {scale: 'n', side: 1, label: 'jobs', grid: {show: false}}]},
+    this.timeData(), this.times);
     new ResizeObserver(() => this.resize()).observe(this.card);
   }
 
+  width() {
+    return Math.max(280, Math.floor(this.card.clientWidth - 26));
+  }
+
   resize() {
-    const w = Math.max(280, Math.floor(this.card.clientWidth - 24));
-    if (this.card.clientWidth > 0 && w !== this.u.width) {
-      this.u.setSize({width: w, height: 200});
-      this.t.setSize({width: w, height: 160});
-    }
+    if (this.card.clientWidth === 0) return;
+    const w = this.width();
+    if (this.u && w !== this.u.width) this.u.setSize({width: w, height: 180});
+    if (w !== this.t.width) this.t.setSize({width: w, height: 130});
+  }
+
+  timeData() {
+    const h = this.hist;
+    return [this.xs, h.avg, h.p95, h.inflight, h.waiting];
+  }
+
+  /** activeKinds are the kinds of refusal seen in the window. */
+  activeKinds() {
+    return Object.keys(this.refused).filter((k) => this.refused[k].some((v) => v > 0)).sort();
+  }
+
+  rateData() {
+    const h = this.hist;
+    const refused = this.kinds.length ? this.kinds.map((k) => this.refused[k])
+      : [this.xs.map((_, i) => Object.values(this.refused).reduce((a, col) => a + (col[i] || 0), 0))];
+    return [this.xs, h.passed, h.completed, h.shadow, ...refused];
+  }
+
+  /** build (re)makes the rate chart for the kinds refused in the window. */
+  build() {
+    if (this.u) this.u.destroy();
+    const refused = this.kinds.length ? this.kinds.map((k, i) => ({label: `refused ${k}/s`, stroke: colour(k, i), width: 1.5}))
+      : [{label: 'refused/s', stroke: colour('flow'), width: 1.5}];
+    this.u = new uPlot({width: this.card.clientWidth ? this.width() : 560, height: 180, legend: {live: false},
+      series: [{}, {label: 'passed/s', stroke: colour('passed'), width: 2},
+        {label: 'completed/s', stroke: colour('completed'), width: 2, dash: [2, 2]},
+        {label: 'shadow would refuse/s', stroke: colour('shadow'), dash: [6, 4], width: 2}, ...refused],
+      scales: {x: {time: true}, y: {range: (u, min, max) => [0, Math.max(1, max * 1.1)]}},
+      axes: [timeAxis, {label: 'per second', size: 56}]}, this.rateData(), this.rate);
   }
 
   push(x, r) {
+    const h = this.hist;
     const refused = r.refused_per_sec || {};
-    const vals = [r.passed_per_sec || 0, r.completed_per_sec || 0, sum(r.shadow_per_sec),
-      ...this.kinds.map((k) => refused[k] || 0)];
+    const n = this.xs.length;
     this.xs.push(x);
-    vals.forEach((v, i) => this.cols[i].push(v));
-    const tv = [r.avg_rt_ms || null, r.p95_rt_ms || null, r.in_flight || 0, r.waiting ?? null];
-    tv.forEach((v, i) => this.tcols[i].push(v));
+    h.passed.push(r.passed_per_sec || 0);
+    h.completed.push(r.completed_per_sec || 0);
+    h.shadow.push(sum(r.shadow_per_sec));
+    h.avg.push(r.avg_rt_ms || null);
+    h.p95.push(r.p95_rt_ms || null);
+    h.inflight.push(r.in_flight || 0);
+    h.waiting.push(r.waiting ?? null);
+    for (const k of Object.keys(refused)) if (!this.refused[k]) this.refused[k] = new Array(n).fill(0);
+    for (const [k, col] of Object.entries(this.refused)) col.push(refused[k] || 0);
     if (this.xs.length > windowPoints) {
       this.xs.shift();
-      for (const c of this.cols) c.shift();
-      for (const c of this.tcols) c.shift();
+      for (const col of Object.values(h)) col.shift();
+      for (const col of Object.values(this.refused)) col.shift();
     }
-    this.u.setData([this.xs, ...this.cols]);
-    this.t.setData([this.xs, ...this.tcols]);
+    const kinds = this.activeKinds();
+    if (!this.kinds || kinds.join() !== this.kinds.join()) {
+      this.kinds = kinds;
+      this.build();
+    } else {
+      this.u.setData(this.rateData());
+    }
+    this.t.setData(this.timeData());
     this.rate.dataset.points = String(this.xs.length);
     this.rate.dataset.passedTotal = String(r.passed_total || 0);
-    this.rate.dataset.maxPassed = String(Math.max(...this.cols[0]));
+    this.rate.dataset.maxPassed = String(Math.max(...h.passed));
     this.rate.dataset.lastTime = String(x);
-    this.figures(r, vals);
+    this.figures(r);
   }
 
-  figures(r, vals) {
-    const dd = (label, value, cls) => [el('dt', {}, label), el('dd', {class: cls}, value)];
+  figures(r) {
+    const item = (label, value, cls) => el('div', {}, el('dt', {}, label), el('dd', {class: cls}, value));
+    const refused = sum(r.refused_per_sec);
+    const shadow = sum(r.shadow_per_sec);
     fill(this.figs,
-      dd('passed/s', fmt(vals[0])), dd('refused/s', fmt(sum(r.refused_per_sec)), sum(r.refused_per_sec) > 0 ? 'bad' : ''),
-      dd('shadow/s', fmt(vals[2]), vals[2] > 0 ? 'shadow' : ''), dd('completed/s', fmt(vals[1])),
-      dd('avg job', ms(r.avg_rt_ms)), dd('p95 job', r.p95_rt_ms === undefined ? 'n/a' : ms(r.p95_rt_ms)),
-      dd('in flight', fmt(r.in_flight || 0)), dd('waiting', r.waiting === undefined ? 'n/a' : fmt(r.waiting)),
-      dd('passed', fmt(r.passed_total || 0)), dd('refused', fmt(sum(r.refused_total))));
+      item('passed/s', fmt(r.passed_per_sec || 0)), item('refused/s', fmt(refused), refused > 0 ? 'bad' : ''),
+      item('shadow/s', r.shadow_per_sec === undefined ? 'n/a' : fmt(shadow), shadow > 0 ? 'shadow' : ''),
+      item('completed/s', fmt(r.completed_per_sec || 0)), item('in flight', fmt(r.in_flight || 0)),
+      item('avg job', ms(r.avg_rt_ms)), item('p95 job', r.p95_rt_ms === undefined ? 'n/a' : ms(r.p95_rt_ms)),
+      item('waiting', r.waiting === undefined ? 'n/a' : fmt(r.waiting)),
+      item('passed', fmt(r.passed_total || 0)), item('refused', fmt(sum(r.refused_total))));
   }
 }
 
@@ -189,11 +235,9 @@ export function initLive() {
     const names = new Set();
     for (const r of snap.resources || []) {
       names.add(r.resource);
-      const kinds = Object.keys({...(r.refused_per_sec || {}), ...(r.shadow_per_sec || {})}).sort();
       let c = charts.get(r.resource);
-      if (c && kinds.join() !== c.kinds.join()) { c.card.remove(); c = null; }
       if (!c) {
-        c = new Chart(r.resource, kinds);
+        c = new Chart(r.resource);
         charts.set(r.resource, c);
         box.append(c.card);
         c.resize();

@@ -233,6 +233,8 @@ async function check() {
   setStatus($('rules-status'), 'Checking…');
   const a = await call('POST', `/api/rules/${encodeURIComponent(r)}/dry-run`, $('rules-editor').value, 'application/yaml');
   if (a.missing) {
+    clearResults();
+    gutter();
     setStatus($('rules-status'), 'The dry run is not available on this gateway (no POST /api/rules/:resource/dry-run): Apply still validates.', 'warn');
     return;
   }
