@@ -45,7 +45,10 @@
 // Writes always need Authorization: Bearer <AdminToken>; with no AdminToken
 // they are refused, never open: rule writes and the simulator's
 // PUT /api/simulator/vram alike. With ProtectReads the GET /api/ endpoints
-// need it too; /healthz and /readyz stay open. Errors are RFC 9457 problem
+// need it too; /healthz and /readyz stay open. Config.Session (the web
+// console, package adapters/console) authorizes a request without an
+// Authorization header in the token's stead: its login cookie, plus for
+// writes its X-CSRF-Token (a refused session gets 403). Errors are RFC 9457 problem
 // bodies (application/problem+json) written by the public API's writer
 // (package problem); JSON bodies are decoded with exact keys.
 //

@@ -366,7 +366,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if f.adminToken == "" {
-		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply) and simulator control")
+		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply) and simulator control; the dashboard is read-only")
 	}
 	api.Router().GET("/metrics", gin.WrapH(metrics.Handler()))
 
