@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -158,6 +157,8 @@ func Register(r gin.IRouter, cfg Config) error {
 	reads.GET("/rules/:resource", a.resourceRules)
 	reads.GET("/resources", a.resources)
 	reads.GET("/blocked", a.blocked)
+	reads.GET("/bans", a.bans)
+	r.DELETE("/api/bans", a.authorize, a.unban)
 	reads.GET("/system", a.system)
 	if cfg.Simulator != nil {
 		a.mountSimulator(r, cfg.Simulator)
@@ -382,20 +383,6 @@ func (a *api) system(c *gin.Context) {
 		engine.SystemStatus
 		Build Build `json:"build"`
 	}{a.cfg.Engine.System(), a.cfg.Build})
-}
-
-func (a *api) blocked(c *gin.Context) {
-	limit := defaultBlockedLimit
-	if s, ok := c.GetQuery("limit"); ok {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > maxBlockedLimit {
-			writeProblem(c, http.StatusBadRequest, "invalid-parameter",
-				fmt.Sprintf("limit must be an integer from 1 to %d; got %q", maxBlockedLimit, s), nil)
-			return
-		}
-		limit = n
-	}
-	c.JSON(http.StatusOK, gin.H{"blocked": a.cfg.Engine.Blocked(limit)})
 }
 
 func (a *api) ready(c *gin.Context) {

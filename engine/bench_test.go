@@ -127,3 +127,29 @@ func benchBareArgs(b *testing.B, src string) {
 		entry.Exit()
 	}
 }
+
+// shadowRules are fullRules with a shadow twin of each resource rule and
+// the system rules in shadow: every call is checked twice, the second time
+// only counted.
+const shadowRules = `resource: ddcolor_person
+flow: [{threshold: 1000000000}, {threshold: 1000000000, mode: shadow}]
+hotspot:
+  - {param: origin, threshold: 1000000000, window: 1s}
+  - {param: origin, threshold: 1000000000, window: 1s, mode: shadow}
+  - {param: size, threshold: 1000000000, window: 1s, mode: shadow}
+concurrency: {limit: 1000000, mode: shadow}
+ban: {blocks: 100, within: 10s, for: 1m, mode: shadow}
+---
+system: {mode: shadow, concurrency: 1000000, cpu_usage: 1}
+`
+
+// shadowRefuseRules is a shadow flow rule that would refuse every call.
+const shadowRefuseRules = "resource: ddcolor_person\nflow: [{threshold: 1, mode: shadow}]\n"
+
+// BenchmarkShadow measures a resource with shadow rules: passing them
+// (every rule kind), and one that would refuse each call (counted, logged
+// to a discarding logger and listed).
+func BenchmarkShadow(b *testing.B) {
+	b.Run("pass", func(b *testing.B) { benchGuard(b, shadowRules, true) })
+	b.Run("would-refuse", func(b *testing.B) { benchGuard(b, shadowRefuseRules, true) })
+}

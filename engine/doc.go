@@ -34,6 +34,14 @@
 // stays so across Apply: each resource keeps its lock, in-flight count and
 // pacing; only the rules change.
 //
+// Rules in mode shadow run in a second chain, on each call the enforcing
+// rules admitted, over a sentinel-golang resource of their own
+// ("<resource>(shadow)") and the engine's shadow counterparts of jobs in
+// flight, pacing, bans and the system figures: they count what they would
+// refuse (ResourceStats.Shadow, Blocked.Shadow, a log line with
+// shadow=true) exactly as if enforced, and refuse nothing. A resource with
+// no shadow rule (and no shadow system or GPU rule) skips that chain.
+//
 // sentinel-golang keeps rules and statistics in package state. The engine
 // loads the union of the rules of every live Engine, each under its own
 // Options.Namespace, so engines in one process each enforce their own; New

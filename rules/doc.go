@@ -24,6 +24,13 @@
 //	  cpu_usage: 0.85
 //	  avg_rt: 2s
 //
+// Every rule takes mode: enforce (the default) or mode: shadow: flow[i].mode,
+// hotspot[i].mode, ban.mode, concurrency as {limit: 8, mode: shadow},
+// system.mode (for all the system rules) and gpu.mode. A shadow rule is
+// evaluated on the same traffic and counts the calls it would refuse; it
+// refuses none. Sentinel converts the enforcing rules, SentinelOf either
+// mode's.
+//
 // Parse decodes one file, ParseFS a file or a folder, and Build validates a
 // whole set of documents and compiles it. Every error names the file, the
 // document, the field path and the offending value, and a source with one
