@@ -160,6 +160,7 @@ func Register(r gin.IRouter, cfg Config) error {
 	reads.GET("/bans", a.bans)
 	r.DELETE("/api/bans", a.authorize, a.unban)
 	reads.GET("/system", a.system)
+	reads.POST("/rules/:resource/dry-run", a.dryRun)
 	if cfg.Simulator != nil {
 		a.mountSimulator(r, cfg.Simulator)
 	}
@@ -467,12 +468,10 @@ func (a *api) answerWrite(c *gin.Context, op, name string, rev int64, err error)
 	switch {
 	case errors.As(err, &list):
 		a.log.Info("operator API: rules rejected", append(attrs, slog.Any("error", err))...)
-		writeProblem(c, http.StatusUnprocessableEntity, "invalid-rules",
-			fmt.Sprintf("the rules with this change are invalid (%s); nothing was written", problems(len(list))), list.Messages())
+		writeInvalid(c, fmt.Sprintf("the rules with this change are invalid (%s); nothing was written", problems(len(list))), list)
 	case errors.As(err, &one):
 		a.log.Info("operator API: rules rejected", append(attrs, slog.Any("error", err))...)
-		writeProblem(c, http.StatusUnprocessableEntity, "invalid-rules",
-			"the rules with this change are invalid (1 problem); nothing was written", []string{one.Error()})
+		writeInvalid(c, "the rules with this change are invalid (1 problem); nothing was written", rules.Errors{one})
 	case errors.Is(err, ErrNotFound):
 		writeProblem(c, http.StatusNotFound, "no-rule-document",
 			fmt.Sprintf("%s has no rule document to %s", name, op), nil)

@@ -6,6 +6,8 @@
 //	GET    /api/rules/:resource    one resource's rules, or "system"
 //	PUT    /api/rules/:resource    write one rule document (YAML or JSON, ≤ 1 MiB)
 //	DELETE /api/rules/:resource    remove one rule document
+//	POST   /api/rules/:resource/dry-run  check one rule document against the rules in force, writing nothing:
+//	                               {"resource", "valid", "diff", "lost"}, or 422 with "errors" and "fields" (a read)
 //	GET    /api/tiers              the service tiers in force, their source and the last rejected update (Config.Tiers)
 //	PUT    /api/tiers              write the tiers document (YAML or JSON, ≤ 1 MiB; 422 with every problem)
 //	GET    /api/resources          live statistics per resource
@@ -39,7 +41,8 @@
 //	                                   DELETE, no such document (ErrNotFound)
 //	405                                no Writer: the rules come from files
 //	413                                body over rules.MaxSourceBytes
-//	422 {"errors": [...]}              the rules with this change would be invalid
+//	422 {"errors": [...], "fields": [{"path", "line", "column", "message"}]}
+//	                                   the rules with this change would be invalid
 //	502, 504                           etcd failed, or did not answer in 10 s
 //
 // Writes always need Authorization: Bearer <AdminToken>; with no AdminToken

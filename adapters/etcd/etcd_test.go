@@ -393,3 +393,15 @@ func TestNewProblemsOnlyCountsTheChange(t *testing.T) {
 		t.Fatalf("a new problem was not reported: %v", err)
 	}
 }
+
+// TestPutProblemsCarryTheDocumentsLines: a rejected Put locates its
+// problems in the document sent, not in the form etcd would store.
+func TestPutProblemsCarryTheDocumentsLines(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	doc := "# a comment first\nresource: ddcolor_person\nflow:\n\n  - {window: 1s, threshold: -1}\n"
+	_, err := store.Put(context.Background(), "ddcolor_person", []byte(doc))
+	var list rules.Errors
+	if !errors.As(err, &list) || len(list) != 1 || list[0].Path != "flow[0].threshold" || list[0].Line != 5 || list[0].Column != 29 {
+		t.Fatalf("err = %v (at %d:%d)", err, list[0].Line, list[0].Column)
+	}
+}

@@ -251,6 +251,11 @@ func (s *Store) Put(ctx context.Context, resource string, doc []byte) (int64, er
 		}
 		return 0, rules.Errors{{File: key, Msg: err.Error()}}
 	}
+	// On its own first, so that its problems carry their lines in doc
+	// (Apply judges the form it would store).
+	if _, err := rules.Build([]rules.Document{d}); err != nil {
+		return 0, err
+	}
 	_, rev, err := s.Apply(ctx, []rules.Document{d})
 	return rev, err
 }

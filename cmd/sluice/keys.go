@@ -4,86 +4,86 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/adapters/identity"
 	"github.com/sluicehq/sluice/rules"
 )
 
-const keysUsage = `Usage: sluice keys COMMAND [flags]
+func newKeysCmd(s streams) *cobra.Command {
+	var ef etcdFlags
+	c := newGroupCmd("keys", "Create, list and revoke API keys in etcd",
+		`keys manages the API keys in etcd. A key names its tenant (who is billed: quotas and
+fair queueing are per tenant) and its tier. etcd keeps only a key's hash: the key is
+printed once, by create. A revoked key is refused by every gateway within a second.
 
-  create --tenant X --tier T [--name N]   make an API key; it is printed once, never again
-  list [-o table|json]                    list the keys: id, tenant, tier, name, created
-  revoke ID                               delete a key; every gateway refuses it within a second
+A tier not in the tiers in force (the tiers document in etcd, else the built-in tiers)
+is warned about on stderr; the key is made all the same.`,
+		`  sluice keys create --tenant acme --tier registered --name "ci runner"
+  sluice keys list -o json
+  sluice keys revoke 3f2a9c0d1b4e5f60`,
+		newKeysCreateCmd(s, &ef), newKeysListCmd(s, &ef), newKeysRevokeCmd(s, &ef))
+	ef.register(c.PersistentFlags())
+	return c
+}
 
-Flags, as etcdctl has them: --endpoints, --cacert, --cert, --key, --user, --password,
---insecure-skip-tls-verify, --dial-timeout, --command-timeout, and --prefix (default /sluice).
-A tier not in the tiers in force (the tiers document in etcd, else the built-in tiers) is
-warned about on stderr; the key is made all the same.
-Exit codes: 0 ok, 1 invalid input (or no such key), 2 etcd cannot be reached.
-`
+func newKeysCreateCmd(s streams, ef *etcdFlags) *cobra.Command {
+	var spec identity.KeySpec
+	c := &cobra.Command{
+		Use:   "create --tenant TENANT --tier TIER [--name NAME]",
+		Short: "Make an API key; it is printed once, never again",
+		Long: `create makes an API key for TENANT in TIER and prints it with its ID. Store it at once:
+etcd keeps only its hash. Call the API with it as Authorization: Bearer KEY or X-API-Key.`,
+		Example: `  sluice keys create --tenant acme --tier vip --name "batch colouring"`,
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return keysCreate(c.Context(), ef, spec, s.out, s.errOut)
+		},
+	}
+	c.Flags().StringVar(&spec.Tenant, "tenant", "", "tenant the key bills (a-z, 0-9, . _ @ -; never an IP address)")
+	c.Flags().StringVar(&spec.Tier, "tier", "", "service tier of the key (registered, vip, …)")
+	c.Flags().StringVar(&spec.Name, "name", "", "what the key is for")
+	return c
+}
 
-func keysCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, keysUsage)
-		return invalid(errors.New("keys: no command given"))
+func newKeysListCmd(s streams, ef *etcdFlags) *cobra.Command {
+	var output string
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "List the keys: id, tenant, tier, name, created",
+		Long:  `list shows every API key's ID, tenant, tier, name and creation time; never the key nor its hash.`,
+		Example: `  sluice keys list
+  sluice keys list -o json`,
+		Args: noArgs,
+		PreRunE: func(c *cobra.Command, _ []string) error {
+			return oneOf(c, "output", output, "table", "json")
+		},
+		RunE: func(c *cobra.Command, _ []string) error {
+			return keysList(c.Context(), ef, output, s.out)
+		},
 	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("sluice keys "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		ef     etcdFlags
-		spec   identity.KeySpec
-		output string
-	)
-	switch cmd {
-	case "create":
-		fs.StringVar(&spec.Tenant, "tenant", "", "tenant the key bills (a-z, 0-9, . _ @ -; never an IP address)")
-		fs.StringVar(&spec.Tier, "tier", "", "service tier of the key (registered, vip, …)")
-		fs.StringVar(&spec.Name, "name", "", "what the key is for")
-	case "list":
-		fs.StringVar(&output, "o", "table", "output format: table or json")
-	case "revoke":
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, keysUsage)
-		return nil
-	default:
-		fmt.Fprint(stderr, keysUsage)
-		return invalid(fmt.Errorf("keys: unknown command %q", cmd))
-	}
-	ef.register(fs)
-	if err := fs.Parse(interleave(args)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return invalid(err)
-	}
-	rest := fs.Args()
-	switch cmd {
-	case "create":
-		if len(rest) > 0 {
-			return invalid(fmt.Errorf("unexpected arguments %q", rest))
-		}
-		return keysCreate(ctx, &ef, spec, stdout, stderr)
-	case "list":
-		if len(rest) > 0 {
-			return invalid(fmt.Errorf("unexpected arguments %q", rest))
-		}
-		if output != "table" && output != "json" {
-			return invalid(fmt.Errorf("-o must be table or json, got %q", output))
-		}
-		return keysList(ctx, &ef, output, stdout)
-	default:
-		if len(rest) != 1 {
-			return invalid(errors.New("revoke takes one key ID (as `sluice keys list` shows it)"))
-		}
-		return keysRevoke(ctx, &ef, rest[0], stdout)
+	c.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return c
+}
+
+func newKeysRevokeCmd(s streams, ef *etcdFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "revoke ID",
+		Short:   "Delete a key; every gateway refuses it within a second",
+		Long:    `revoke deletes the key with ID (as 'sluice keys list' shows it). Calls with it get 401.`,
+		Example: `  sluice keys revoke 3f2a9c0d1b4e5f60`,
+		Args:    exactArgs(1, "one key ID (as `sluice keys list` shows it)"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return keysRevoke(c.Context(), ef, args[0], s.out)
+		},
 	}
 }
 
@@ -203,7 +203,7 @@ type jwtFlags struct {
 	tierClaim   string
 }
 
-func (f *jwtFlags) register(fs *flag.FlagSet) {
+func (f *jwtFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.jwksURL, "jwt-jwks-url", "", "JWKS URL of the JWT issuer (turns JWT on)")
 	fs.Var(&f.keyFiles, "jwt-key-file", "PEM public key or certificate of the JWT issuer (repeatable; turns JWT on)")
 	fs.StringVar(&f.algs, "jwt-alg", "RS256,ES256,EdDSA", "allowed JWT algorithms, comma-separated (never none or HS*)")

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
+	flag "github.com/spf13/pflag"
 	"net/http/httptest"
 	"regexp"
 	"strings"
@@ -87,7 +87,7 @@ func TestKeysCLI(t *testing.T) {
 	if _, errOut, code := sluice(t, "keys", "revoke", id, "--endpoints", ep); code != 1 || !strings.Contains(errOut, "no key with ID "+id) {
 		t.Fatalf("revoke twice: %d %q", code, errOut)
 	}
-	if _, errOut, code := sluice(t, "keys", "frobnicate"); code != 1 || !strings.Contains(errOut, "unknown command") {
+	if _, errOut, code := sluice(t, "keys", "frobnicate"); code != exitUsage || !strings.Contains(errOut, "unknown command") {
 		t.Fatalf("unknown command: %d %q", code, errOut)
 	}
 	if _, errOut, code := sluice(t, "keys", "list", "--endpoints", "127.0.0.1:1", "--dial-timeout", "200ms", "--command-timeout", "500ms"); code != 2 {

@@ -49,7 +49,7 @@ func TestKeysCreateWarnsOfUnknownTier(t *testing.T) {
     in_flight: 3
     priority: high
 `})
-	if out, errOut, code := sluice(t, "tiers", "apply", dir+"/tiers.yaml", "--endpoints", ep); code != 0 {
+	if out, errOut, code := sluice(t, "tiers", "apply", dir+"/tiers.yaml", "--yes", "--endpoints", ep); code != 0 {
 		t.Fatalf("tiers apply: %d %q %q", code, out, errOut)
 	}
 	if _, errOut, code := create("gold"); code != 0 || errOut != "" {

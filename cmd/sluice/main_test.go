@@ -43,7 +43,7 @@ func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{}, {"frobnicate"}, {"serve", "--no-such-flag"}, {"serve", "extra"}, {"serve", "--log-level", "loud"},
 		{"serve", "--ipv6-prefix", "0"}, {"serve", "--ipv6-prefix", "129"}, {"serve", "--upload-min-rate", "0"}, {"serve", "--upload-grace", "0s"}, {"serve", "--tenant-inflight", "-1"}, {"serve", "--image-memory", "-1"}} {
 		err := run(context.Background(), args, io.Discard, io.Discard)
-		if err == nil || exitCode(err) != 2 {
+		if err == nil || exitCode(err) != exitUsage {
 			t.Errorf("run(%q) = %v (exit %d), want a usage error", args, err, exitCode(err))
 		}
 	}
@@ -185,7 +185,7 @@ func TestServeWithDefaults(t *testing.T) {
 	// `sluice rules apply` from another terminal changes what a client gets.
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "person.yaml"), []byte("resource: ddcolor_person\nflow: [{threshold: 1, window: 10s}]\n"), 0o644)
-	if out, errOut, code := sluice(t, "rules", "apply", "-f", dir, "--endpoints", etcdEndpoint); code != 0 {
+	if out, errOut, code := sluice(t, "rules", "apply", "-f", dir, "--yes", "--endpoints", etcdEndpoint); code != 0 {
 		t.Fatalf("rules apply: %d %s %s", code, out, errOut)
 	}
 	var refused bool
@@ -302,7 +302,7 @@ func TestServeWithDefaults(t *testing.T) {
 	// transaction: while it is in etcd no candidate rule set validates.
 	os.WriteFile(filepath.Join(dir, "person.yaml"), []byte("resource: ddcolor_person\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "zimage.yaml"), []byte("resource: zimage_generate\n"), 0o644)
-	if _, errOut, code := sluice(t, "rules", "apply", "-f", dir, "--endpoints", etcdEndpoint); code != 0 {
+	if _, errOut, code := sluice(t, "rules", "apply", "-f", dir, "--yes", "--endpoints", etcdEndpoint); code != 0 {
 		t.Fatalf("rules apply: %s", errOut)
 	}
 	eventually(t, func() bool { code, _ := colorizeStatus(); return code == 200 })

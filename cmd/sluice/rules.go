@@ -4,51 +4,22 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/sluicehq/sluice/adapters/etcd"
 	"github.com/sluicehq/sluice/rules"
 )
-
-// Exit codes of `sluice rules`: 1 invalid input, 2 etcd cannot be reached.
-const (
-	exitInvalid     = 1
-	exitUnreachable = 2
-)
-
-// exitError carries a command's exit code.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-func invalid(err error) error     { return &exitError{exitInvalid, err} }
-func unreachable(err error) error { return &exitError{exitUnreachable, err} }
-
-const rulesUsage = `Usage: sluice rules COMMAND [flags]
-
-  get [RESOURCE] [-o yaml|json]   print the rule documents in etcd
-  apply -f FILE|DIR               validate, then write every document in one transaction
-  validate -f FILE|DIR            validate locally, without etcd
-  delete RESOURCE                 remove a resource's document ("system" for the system one)
-  watch                           print rule changes as they happen
-
-Flags, as etcdctl has them: --endpoints, --cacert, --cert, --key, --user, --password,
---insecure-skip-tls-verify, --dial-timeout, --command-timeout, and --prefix (default /sluice).
-Exit codes: 0 ok, 1 invalid input, 2 etcd cannot be reached.
-`
 
 // etcdFlags are the connection flags of every etcd command.
 type etcdFlags struct {
@@ -62,7 +33,9 @@ type etcdFlags struct {
 	commandTimeout time.Duration
 }
 
-func (f *etcdFlags) register(fs *flag.FlagSet) {
+// register defines the flags on fs: a group's persistent flags, so that
+// every subcommand takes them.
+func (f *etcdFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.endpoints, "endpoints", "127.0.0.1:2379", "comma-separated etcd endpoints")
 	fs.StringVar(&f.prefix, "prefix", etcd.DefaultPrefix, "key prefix of sluice's documents")
 	fs.StringVar(&f.cacert, "cacert", "", "CA bundle to verify etcd's certificate")
@@ -103,91 +76,194 @@ func (f *etcdFlags) withStore(ctx context.Context, fn func(context.Context, *etc
 	return fn(ctx, etcd.NewStore(c, f.prefix))
 }
 
-func rulesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, rulesUsage)
-		return invalid(errors.New("rules: no command given"))
+// connect opens a connection to etcd: the store, and its closing.
+func (f *etcdFlags) connect() (*etcd.Store, func(), error) {
+	c, err := etcd.NewClient(f.clientConfig())
+	if err != nil {
+		return nil, nil, invalid(err)
 	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("sluice rules "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		ef     etcdFlags
-		file   string
-		output string
-	)
-	switch cmd {
-	case "get", "apply", "delete", "watch":
-		ef.register(fs)
-	case "validate":
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, rulesUsage)
-		return nil
-	default:
-		fmt.Fprint(stderr, rulesUsage)
-		return invalid(fmt.Errorf("rules: unknown command %q", cmd))
-	}
-	switch cmd {
-	case "apply", "validate":
-		fs.StringVar(&file, "f", "", "rule file or folder")
-	case "get":
-		fs.StringVar(&output, "o", "yaml", "output format: yaml or json")
-	}
-	if err := fs.Parse(interleave(args)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return invalid(err)
-	}
-	rest := fs.Args()
-	switch cmd {
-	case "validate":
-		return rulesValidate(file, rest, stdout)
-	case "apply":
-		return rulesApply(ctx, &ef, file, rest, stdout)
-	case "get":
-		return rulesGet(ctx, &ef, output, rest, stdout)
-	case "delete":
-		return rulesDelete(ctx, &ef, rest, stdout)
-	default:
-		return rulesWatch(ctx, &ef, rest, stdout)
-	}
+	return etcd.NewStore(c, f.prefix), func() { c.Close() }, nil
 }
 
-// interleave moves positional arguments after the flags, so that
-// `rules get ddcolor_person -o json` works as it does in etcdctl.
-func interleave(args []string) []string {
-	var flags, pos []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
-		case a == "--":
-			pos = append(pos, args[i+1:]...)
-			i = len(args)
-		case strings.HasPrefix(a, "-"):
-			flags = append(flags, a)
-			if !strings.Contains(a, "=") && i+1 < len(args) && !isBoolFlag(a) {
-				flags = append(flags, args[i+1])
-				i++
+func newRulesCmd(s streams) *cobra.Command {
+	var ef etcdFlags
+	c := newGroupCmd("rules", "Read, check, diff, apply, delete and watch the rules in etcd",
+		`rules manages the rule documents in etcd: one per resource (ddcolor_person,
+ddcolor_building, zimage_generate) at <prefix>/rules/resources/<resource>, and the
+system document (system and gpu rules) at <prefix>/rules/system. A document written
+replaces the one in etcd whole: a one-rule file drops the resource's other rules, so
+apply shows what would be lost and asks first.
+
+Every gateway watching etcd enforces a change within a second; a change that makes
+the rule set invalid is refused before it is written.`,
+		`  # What is in force, as YAML or JSON
+  sluice rules get
+  sluice rules get ddcolor_person -o json
+
+  # Check a file, see what it changes, apply it
+  sluice rules validate -f rules/
+  sluice rules diff -f tight.yaml
+  sluice rules apply -f tight.yaml
+
+  # Against a TLS etcd with authentication
+  sluice rules get --endpoints https://etcd:2379 --cacert ca.pem --user sluice:s3cret`,
+		newRulesGetCmd(s, &ef), newRulesApplyCmd(s, &ef), newRulesValidateCmd(s), newRulesDiffCmd(s, &ef),
+		newRulesDeleteCmd(s, &ef), newRulesWatchCmd(s, &ef))
+	ef.register(c.PersistentFlags())
+	return c
+}
+
+func newRulesGetCmd(s streams, ef *etcdFlags) *cobra.Command {
+	var output string
+	c := &cobra.Command{
+		Use:   "get [RESOURCE]",
+		Short: "Print the rule documents in etcd",
+		Long: `get prints the rule documents in etcd, all of them or the one of RESOURCE ("system" for
+the system document), as stored (YAML) or as JSON with each key's mod revision.`,
+		Example: `  sluice rules get
+  sluice rules get zimage_generate
+  sluice rules get system -o json`,
+		Args: maxArgs(1, "one RESOURCE"),
+		PreRunE: func(c *cobra.Command, _ []string) error {
+			return oneOf(c, "output", output, "yaml", "json")
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			return rulesGet(c.Context(), ef, output, args, s.out)
+		},
+	}
+	c.Flags().StringVarP(&output, "output", "o", "yaml", "output format: yaml or json")
+	return c
+}
+
+func newRulesValidateCmd(s streams) *cobra.Command {
+	var file string
+	c := &cobra.Command{
+		Use:   "validate -f FILE|DIR",
+		Short: "Check rule files locally, without etcd",
+		Long: `validate reads a rule file, or every *.yaml, *.yml and *.json file of a folder, and checks
+them as one rule set, with the messages the gateway gives: each names the file, the
+document, the field and its line.`,
+		Example: `  sluice rules validate -f testdata/rules
+  sluice rules validate -f tight.yaml`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			docs, err := localDocs(file)
+			if err != nil {
+				return err
 			}
-		default:
-			pos = append(pos, a)
-		}
+			fmt.Fprintf(s.out, "%s: %d documents, valid\n", file, len(docs))
+			return nil
+		},
 	}
-	return append(flags, pos...)
+	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder")
+	return c
 }
 
-func isBoolFlag(a string) bool {
-	return strings.TrimLeft(a, "-") == "insecure-skip-tls-verify"
+func newRulesDiffCmd(s streams, ef *etcdFlags) *cobra.Command {
+	var file string
+	c := &cobra.Command{
+		Use:   "diff -f FILE|DIR",
+		Short: "Show what applying rule files would change in etcd",
+		Long: `diff validates the files, then prints, for each document, the unified diff between the
+document in etcd and the file's (both in the form etcd stores), and the rules the
+document would lose: its rules in etcd that the file's document does not have. It
+writes nothing.`,
+		Example: `  sluice rules diff -f tight.yaml
+  sluice rules diff -f rules/ --endpoints etcd:2379`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			docs, err := localDocs(file)
+			if err != nil {
+				return err
+			}
+			return ef.withStore(c.Context(), func(ctx context.Context, store *etcd.Store) error {
+				snap, err := store.Load(ctx)
+				if err != nil {
+					return classify(err)
+				}
+				changes, err := diffDocs(store, snap, docs)
+				if err != nil {
+					return invalid(err)
+				}
+				printChanges(s.out, changes)
+				return nil
+			})
+		},
+	}
+	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder")
+	return c
+}
+
+func newRulesApplyCmd(s streams, ef *etcdFlags) *cobra.Command {
+	var (
+		file        string
+		dryRun, yes bool
+	)
+	c := &cobra.Command{
+		Use:   "apply -f FILE|DIR",
+		Short: "Validate rule files, then write them to etcd in one transaction",
+		Long: `apply validates the files on their own, then together with the other documents in etcd,
+then writes every document in one transaction (conditional on nothing having changed
+meanwhile), and prints what it created, changed or left unchanged.
+
+Each document replaces the one in etcd whole. When one would lose rules (a flow rule,
+a hotspot rule, concurrency, cost, ban, a system or gpu rule), apply shows the diff and
+asks on the terminal first; --yes skips the question. Without a terminal and without
+--yes it refuses (exit 3), naming the rules that would be lost.
+
+--dry-run validates and prints the diff and the lost rules, and writes nothing.`,
+		Example: `  # Write a folder of rule documents
+  sluice rules apply -f testdata/rules
+
+  # See the change first, then apply it without a question (in a script)
+  sluice rules apply -f tight.yaml --dry-run
+  sluice rules apply -f tight.yaml --yes`,
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return rulesApply(c.Context(), s, ef, file, dryRun, yes)
+		},
+	}
+	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder")
+	c.Flags().BoolVar(&dryRun, "dry-run", false, "validate against etcd and show the diff; write nothing")
+	c.Flags().BoolVarP(&yes, "yes", "y", false, "apply without asking, even when documents lose rules")
+	return c
+}
+
+func newRulesDeleteCmd(s streams, ef *etcdFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete RESOURCE",
+		Short: "Remove one resource's rule document (or the system one)",
+		Long: `delete removes the rule document of RESOURCE ("system" for the system document): its
+rules stop applying. It touches that key only; another document being invalid does
+not stop it.`,
+		Example: `  sluice rules delete zimage_generate
+  sluice rules delete system`,
+		Args: exactArgs(1, "RESOURCE (or system)"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return rulesDelete(c.Context(), ef, args[0], s.out)
+		},
+	}
+}
+
+func newRulesWatchCmd(s streams, ef *etcdFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "watch",
+		Short: "Print rule changes as they happen, and whether the rules stay valid",
+		Long: `watch prints every change to the rule documents in etcd as it happens, with the verdict
+the gateways reach: the rules valid, or invalid (the gateways keep their last good
+rules) and why. It runs until interrupted.`,
+		Example: `  sluice rules watch --endpoints etcd:2379`,
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return rulesWatch(c.Context(), ef, s.out)
+		},
+	}
 }
 
 // localDocs reads and validates a file or folder on its own.
-func localDocs(file string, rest []string) ([]rules.Document, error) {
+func localDocs(file string) ([]rules.Document, error) {
 	if file == "" {
-		return nil, invalid(errors.New("-f FILE|DIR is required"))
-	}
-	if len(rest) > 0 {
-		return nil, invalid(fmt.Errorf("unexpected arguments %q", rest))
+		return nil, usagef("missing -f FILE|DIR")
 	}
 	set, _, err := loadRules(file, true)
 	if err != nil {
@@ -196,46 +272,139 @@ func localDocs(file string, rest []string) ([]rules.Document, error) {
 	return set.Docs, nil
 }
 
-func rulesValidate(file string, rest []string, stdout io.Writer) error {
-	docs, err := localDocs(file, rest)
+// docChange is what writing one document would change in etcd.
+type docChange struct {
+	name, key string
+	value     []byte   // the document as it would be stored
+	diff      string   // unified diff, etcd → file; "" when unchanged
+	lost      []string // rules in etcd the document lacks
+	created   bool
+}
+
+// diffDocs compares each document with the one etcd holds for it.
+func diffDocs(store *etcd.Store, snap *etcd.Snapshot, docs []rules.Document) ([]docChange, error) {
+	out := make([]docChange, 0, len(docs))
+	for _, d := range docs {
+		ch := docChange{name: d.Name(), key: store.Key(d.Name())}
+		value, err := rules.Encode(d)
+		if err != nil {
+			return nil, err
+		}
+		ch.value = value
+		old, ok := snap.Values[ch.key]
+		switch prev, perr := rules.Parse(ch.key, old); {
+		case !ok:
+			ch.created = true
+			ch.diff, err = rules.Diff(ch.name, nil, &d)
+		case perr == nil && len(prev) == 1:
+			ch.diff, err = rules.Diff(ch.name, &prev[0], &d)
+			ch.lost = rules.LostDocument(&prev[0], &d)
+		default: // what etcd holds does not parse: compare the text
+			ch.diff, err = rules.DiffText(ch.name+" (in etcd, invalid)", ch.name+" (candidate)", old, value)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
+// printChanges prints each document's diff and the rules it loses.
+func printChanges(w io.Writer, changes []docChange) {
+	for _, ch := range changes {
+		if ch.diff == "" {
+			fmt.Fprintf(w, "%s: unchanged\n", ch.name)
+			continue
+		}
+		fmt.Fprint(w, ch.diff)
+		if len(ch.lost) > 0 {
+			fmt.Fprintf(w, "%s loses: %s\n", ch.name, strings.Join(ch.lost, ", "))
+		}
+	}
+}
+
+// lostRules lists every document's lost rules, each named with its
+// document: "ddcolor_person ban".
+func lostRules(changes []docChange) []string {
+	var all []string
+	for _, ch := range changes {
+		for _, l := range ch.lost {
+			all = append(all, ch.name+" "+l)
+		}
+	}
+	return all
+}
+
+func rulesApply(ctx context.Context, s streams, ef *etcdFlags, file string, dryRun, yes bool) error {
+	docs, err := localDocs(file)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: %d documents, valid\n", file, len(docs))
+	store, closeStore, err := ef.connect()
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	// The question may take longer than --command-timeout: each etcd call
+	// gets its own.
+	lctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
+	snap, err := store.Load(lctx)
+	cancel()
+	if err != nil {
+		return classify(err)
+	}
+	changes, err := diffDocs(store, snap, docs)
+	if err != nil {
+		return invalid(err)
+	}
+	if dryRun {
+		printChanges(s.out, changes)
+		next := maps.Clone(snap.Values)
+		for _, ch := range changes {
+			next[ch.key] = ch.value
+		}
+		if _, err := store.Build(next); err != nil {
+			return invalid(err)
+		}
+		fmt.Fprintf(s.out, "dry run: valid with the rules in etcd (revision %d); nothing written\n", snap.Revision)
+		return nil
+	}
+	if lost := lostRules(changes); len(lost) > 0 && !yes {
+		if s.tty {
+			for _, ch := range changes {
+				if len(ch.lost) > 0 {
+					printChanges(s.errOut, []docChange{ch})
+				}
+			}
+		}
+		if err := confirm(s, yes, "applying "+file, lost); err != nil {
+			return err
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
+	defer cancel()
+	written, rev, err := store.Apply(wctx, docs)
+	if err != nil {
+		return classify(err)
+	}
+	for _, c := range written {
+		fmt.Fprintf(s.out, "%-18s %-10s %s\n", c.Name, c.Action, c.Key)
+	}
+	fmt.Fprintf(s.out, "revision %d\n", rev)
 	return nil
 }
 
-func rulesApply(ctx context.Context, ef *etcdFlags, file string, rest []string, stdout io.Writer) error {
-	docs, err := localDocs(file, rest)
-	if err != nil {
-		return err
-	}
-	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
-		changes, rev, err := store.Apply(ctx, docs)
-		if err != nil {
-			return classify(err)
-		}
-		for _, c := range changes {
-			fmt.Fprintf(stdout, "%-18s %-10s %s\n", c.Name, c.Action, c.Key)
-		}
-		fmt.Fprintf(stdout, "revision %d\n", rev)
-		return nil
-	})
-}
-
-func rulesDelete(ctx context.Context, ef *etcdFlags, rest []string, stdout io.Writer) error {
-	if len(rest) != 1 {
-		return invalid(errors.New("delete takes one RESOURCE (or system)"))
-	}
-	if name := rest[0]; name != "system" && !slices.Contains(rules.Resources, name) {
+func rulesDelete(ctx context.Context, ef *etcdFlags, name string, stdout io.Writer) error {
+	if name != "system" && !slices.Contains(rules.Resources, name) {
 		return invalid(fmt.Errorf("unknown resource %q; known resources are %s and system", name, strings.Join(rules.Resources, ", ")))
 	}
 	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
-		rev, err := store.Delete(ctx, rest[0])
+		rev, err := store.Delete(ctx, name)
 		if err != nil {
 			return classify(err)
 		}
-		fmt.Fprintf(stdout, "%s deleted\nrevision %d\n", rest[0], rev)
+		fmt.Fprintf(stdout, "%s deleted\nrevision %d\n", name, rev)
 		return nil
 	})
 }
@@ -251,12 +420,6 @@ type getDocument struct {
 }
 
 func rulesGet(ctx context.Context, ef *etcdFlags, output string, rest []string, stdout io.Writer) error {
-	if output != "yaml" && output != "json" {
-		return invalid(fmt.Errorf("-o must be yaml or json, got %q", output))
-	}
-	if len(rest) > 1 {
-		return invalid(errors.New("get takes at most one RESOURCE"))
-	}
 	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
 		snap, err := store.Load(ctx)
 		if err != nil {
@@ -301,10 +464,7 @@ func rulesGet(ctx context.Context, ef *etcdFlags, output string, rest []string, 
 	})
 }
 
-func rulesWatch(ctx context.Context, ef *etcdFlags, rest []string, stdout io.Writer) error {
-	if len(rest) > 0 {
-		return invalid(fmt.Errorf("unexpected arguments %q", rest))
-	}
+func rulesWatch(ctx context.Context, ef *etcdFlags, stdout io.Writer) error {
 	c, err := etcd.NewClient(ef.clientConfig())
 	if err != nil {
 		return invalid(err)

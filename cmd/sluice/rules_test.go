@@ -26,7 +26,8 @@ func startEtcd(t *testing.T) string {
 func sluice(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), args, &out, &errOut)
+	// No terminal: a confirmation cannot be asked.
+	err := runWith(context.Background(), args, streams{in: strings.NewReader(""), out: &out, errOut: &errOut})
 	code := 0
 	if err != nil {
 		code = exitCode(err)
@@ -114,10 +115,10 @@ func TestRulesCLIUnreachable(t *testing.T) {
 			t.Errorf("%v: exit %d (%s), want 2", args, code, errOut)
 		}
 	}
-	if _, _, code := sluice(t, "rules", "frobnicate"); code != 1 {
-		t.Errorf("unknown rules command: exit %d, want 1", code)
+	if _, _, code := sluice(t, "rules", "frobnicate"); code != exitUsage {
+		t.Errorf("unknown rules command: exit %d, want %d", code, exitUsage)
 	}
-	if _, _, code := sluice(t, "rules", "apply"); code != 1 {
-		t.Errorf("apply without -f: exit %d, want 1", code)
+	if _, _, code := sluice(t, "rules", "apply"); code != exitUsage {
+		t.Errorf("apply without -f: exit %d, want %d", code, exitUsage)
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/spf13/cobra"
+	flag "github.com/spf13/pflag"
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
@@ -83,10 +84,60 @@ type serveFlags struct {
 
 const defaultRulesPath = "testdata/rules"
 
+func newServeCmd(s streams) *cobra.Command {
+	f := &serveFlags{}
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the gateway",
+		Long: `serve runs the gateway: the public API (DDColor colouring, Z-Image generation, async
+jobs), the operator API under /api, /metrics, /healthz and /readyz.
+
+The rules come from etcd (--etcd-endpoints; none: an embedded etcd in --data-dir),
+seeded from --rules when etcd holds none; every gateway follows changes within a
+second. Jobs go to the ComfyUI servers given with --comfyui (none: the built-in
+simulator), at most --slots at once each, waiting in a fair queue.
+
+Secrets may come from the environment instead of the command line:
+$SLUICE_ADMIN_TOKEN (--admin-token), $SLUICE_ETCD_PASSWORD (--etcd-password),
+$SLUICE_WEBHOOK_SECRET (--webhook-secret).`,
+		Example: `  # What make run does: testdata/rules, an embedded etcd, the built-in simulator
+  sluice serve --rules testdata/rules
+
+  # Two ComfyUI servers running two jobs each, a shared etcd, rule writes through the API
+  SLUICE_ADMIN_TOKEN=s3cret sluice serve --listen :8080 \
+    --comfyui http://gpu1:8188 --comfyui http://gpu2:8188 --slots 2 \
+    --etcd-endpoints http://etcd:2379 --trusted-proxy 10.0.0.0/8`,
+		Args:    cobra.ArbitraryArgs, // check says serve takes none
+		PreRunE: func(_ *cobra.Command, args []string) error { return f.check(args) },
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runServe(c.Context(), f, c.Flags(), s.errOut)
+		},
+	}
+	f.register(c.Flags())
+	c.Flags().SortFlags = false
+	return c
+}
+
+// parseServe parses serve's command line on a flag set of its own.
 func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, error) {
 	f := &serveFlags{}
 	fs := flag.NewFlagSet("sluice serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, fs, err
+		}
+		return nil, fs, &usageError{err.Error()}
+	}
+	if err := f.check(fs.Args()); err != nil {
+		return nil, fs, err
+	}
+	return f, fs, nil
+}
+
+// register defines serve's flags on fs, filling f.
+func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address to serve the API on")
 	fs.StringVar(&f.rulesPath, "rules", defaultRulesPath, "rule file or folder (the built-in rules when left at its default and absent)")
 	fs.Var(&f.comfyui, "comfyui", "ComfyUI base URL, repeatable (none: the built-in simulator)")
@@ -135,14 +186,13 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 	fs.BoolVar(&f.protectReads, "protect-reads", false, "the operator API's reads need the admin token too")
 	fs.StringVar(&f.tiersPath, "tiers", "", "service tiers document to seed etcd with when it holds none (default: the built-in tiers)")
 	f.jwt.register(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, fs, err
-		}
-		return nil, fs, &usageError{err.Error()}
-	}
-	if fs.NArg() > 0 {
-		return nil, fs, &usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+}
+
+// check completes the parsed flags from the environment and checks them;
+// args are the arguments left (serve takes none).
+func (f *serveFlags) check(args []string) error {
+	if len(args) > 0 {
+		return usagef("serve takes no arguments, got %q", args)
 	}
 	if f.adminToken == "" {
 		f.adminToken = os.Getenv("SLUICE_ADMIN_TOKEN")
@@ -157,37 +207,37 @@ func parseServe(args []string, stderr io.Writer) (*serveFlags, *flag.FlagSet, er
 		f.resultsDir = filepath.Join(f.dataDir, "results")
 	}
 	if f.simVRAMUsed < 0 || f.simVRAMUsed > 1 {
-		return nil, fs, &usageError{fmt.Sprintf("--sim-vram-used: want a fraction between 0 and 1, got %v", f.simVRAMUsed)}
+		return usagef("--sim-vram-used: want a fraction between 0 and 1, got %v", f.simVRAMUsed)
 	}
 	if f.ipv6Prefix < 1 || f.ipv6Prefix > 128 {
-		return nil, fs, &usageError{fmt.Sprintf("--ipv6-prefix: want a prefix length from 1 to 128, got %d", f.ipv6Prefix)}
+		return usagef("--ipv6-prefix: want a prefix length from 1 to 128, got %d", f.ipv6Prefix)
 	}
 	if f.uploadTimeout == 0 {
-		return nil, fs, &usageError{"--upload-timeout must not be 0 (negative: no cap)"}
+		return usagef("--upload-timeout must not be 0 (negative: no cap)")
 	}
 	if f.uploadMinRate == 0 || f.uploadGrace <= 0 || f.uploadsPerClient < 0 {
-		return nil, fs, &usageError{fmt.Sprintf("--upload-min-rate must not be 0 (negative: no minimum), --upload-grace must be > 0, --max-uploads-per-client >= 0; got %d, %s, %d",
-			f.uploadMinRate, f.uploadGrace, f.uploadsPerClient)}
+		return usagef("--upload-min-rate must not be 0 (negative: no minimum), --upload-grace must be > 0, --max-uploads-per-client >= 0; got %d, %s, %d",
+			f.uploadMinRate, f.uploadGrace, f.uploadsPerClient)
 	}
 	if f.imageMemory < 0 || f.imageMemWait < 0 {
-		return nil, fs, &usageError{fmt.Sprintf("--image-memory and --image-memory-wait must be >= 0; got %d, %s", f.imageMemory, f.imageMemWait)}
+		return usagef("--image-memory and --image-memory-wait must be >= 0; got %d, %s", f.imageMemory, f.imageMemWait)
 	}
 	if f.gpuInterval <= 0 || f.probeTimeout <= 0 {
-		return nil, fs, &usageError{fmt.Sprintf("--gpu-interval and --probe-timeout must be > 0; got %s, %s", f.gpuInterval, f.probeTimeout)}
+		return usagef("--gpu-interval and --probe-timeout must be > 0; got %s, %s", f.gpuInterval, f.probeTimeout)
 	}
 	if f.tenantInFlight < 0 {
-		return nil, fs, &usageError{fmt.Sprintf("--tenant-inflight: want 1 or more (0: the farm's slots + 1), got %d", f.tenantInFlight)}
+		return usagef("--tenant-inflight: want 1 or more (0: the farm's slots + 1), got %d", f.tenantInFlight)
 	}
 	if f.protectReads && f.adminToken == "" {
-		return nil, fs, &usageError{"--protect-reads needs --admin-token or $SLUICE_ADMIN_TOKEN"}
+		return usagef("--protect-reads needs --admin-token or $SLUICE_ADMIN_TOKEN")
 	}
-	return f, fs, nil
+	return nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, &usageError{fmt.Sprintf("--log-level: want debug, info, warn or error, got %q", level)}
+		return nil, usagef("--log-level: want debug, info, warn or error, got %q", level)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
@@ -196,7 +246,7 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
-	return nil, &usageError{fmt.Sprintf("--log-format: want text or json, got %q", format)}
+	return nil, usagef("--log-format: want text or json, got %q", format)
 }
 
 // loadRules reads the rule file or folder. Left at its default and absent
@@ -236,11 +286,18 @@ func loadRules(path string, explicit bool) (*rules.Set, string, error) {
 	return set, path, nil
 }
 
+// serve runs `sluice serve args` until ctx ends.
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	f, fset, err := parseServe(args, stderr)
 	if err != nil {
 		return err
 	}
+	return runServe(ctx, f, fset, stderr)
+}
+
+// runServe runs the gateway with the flags f parsed from fset until ctx
+// ends.
+func runServe(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Writer) error {
 	log, err := newLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,87 +15,136 @@ import (
 	// distroless or scratch container) still knows Europe/Berlin.
 	_ "time/tzdata"
 
+	"github.com/spf13/cobra"
+
 	"github.com/sluicehq/sluice/adapters/etcd"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/rules"
 )
 
-const tiersUsage = `Usage: sluice tiers COMMAND [flags]
+func newTiersCmd(s streams) *cobra.Command {
+	var ef etcdFlags
+	c := newGroupCmd("tiers", "Read, check and apply the service tiers in etcd",
+		`tiers manages the service tiers document at <prefix>/tiers: each tier's daily quota,
+rate and priority, and the time zone the quota days start in. Without a document the
+built-in tiers apply. Every gateway follows a change within a second.`,
+		`  sluice tiers get
+  sluice tiers validate tiers.yaml
+  sluice tiers apply tiers.yaml`,
+		newTiersGetCmd(s, &ef), newTiersApplyCmd(s, &ef), newTiersValidateCmd(s))
+	ef.register(c.PersistentFlags())
+	return c
+}
 
-  get [-o yaml|json]     print the tiers document in etcd (or say the built-in tiers apply)
-  apply FILE             validate FILE, then write it as the tiers document
-  validate FILE          validate FILE locally, without etcd
+func newTiersGetCmd(s streams, ef *etcdFlags) *cobra.Command {
+	var output string
+	c := &cobra.Command{
+		Use:   "get",
+		Short: "Print the tiers document in etcd (or say the built-in tiers apply)",
+		Long: `get prints the tiers document in etcd as stored (YAML), or as JSON with its source ("etcd"
+or "built-in") and revision. Without a document it prints the built-in tiers.`,
+		Example: `  sluice tiers get
+  sluice tiers get -o json`,
+		Args: noArgs,
+		PreRunE: func(c *cobra.Command, _ []string) error {
+			return oneOf(c, "output", output, "yaml", "json")
+		},
+		RunE: func(c *cobra.Command, _ []string) error {
+			return tiersGet(c.Context(), ef, output, s.out)
+		},
+	}
+	c.Flags().StringVarP(&output, "output", "o", "yaml", "output format: yaml or json")
+	return c
+}
 
-Flags as for sluice rules: --endpoints, --cacert, --cert, --key, --user, --password,
---insecure-skip-tls-verify, --dial-timeout, --command-timeout, and --prefix (default /sluice);
-the document lives at <prefix>/tiers.
-Exit codes: 0 ok, 1 invalid input, 2 etcd cannot be reached.
-`
-
-func tiersCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, tiersUsage)
-		return invalid(errors.New("tiers: no command given"))
-	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet("sluice tiers "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		ef     etcdFlags
-		file   string
-		output string
-	)
-	switch cmd {
-	case "get", "apply":
-		ef.register(fs)
-	case "validate":
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, tiersUsage)
-		return nil
-	default:
-		fmt.Fprint(stderr, tiersUsage)
-		return invalid(fmt.Errorf("tiers: unknown command %q", cmd))
-	}
-	switch cmd {
-	case "apply", "validate":
-		fs.StringVar(&file, "f", "", "tiers file (or give it as the argument)")
-	case "get":
-		fs.StringVar(&output, "o", "yaml", "output format: yaml or json")
-	}
-	if err := fs.Parse(interleave(args)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return invalid(err)
-	}
-	rest := fs.Args()
-	switch cmd {
-	case "validate":
-		_, ts, err := readTiersFile(file, rest)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: %d tiers, valid (quota days start at midnight %s)\n", tiersFileName(file, rest), len(ts.Tiers), ts.Timezone)
-		return nil
-	case "apply":
-		doc, _, err := readTiersFile(file, rest)
-		if err != nil {
-			return err
-		}
-		return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
-			rev, err := store.PutTiers(ctx, doc)
+func newTiersValidateCmd(s streams) *cobra.Command {
+	var file string
+	c := &cobra.Command{
+		Use:   "validate FILE",
+		Short: "Check a tiers file locally, without etcd",
+		Long:  `validate checks a tiers file with the messages the gateway gives, without etcd.`,
+		Example: `  sluice tiers validate tiers.yaml
+  sluice tiers validate -f tiers.yaml`,
+		Args: maxArgs(1, "one FILE"),
+		RunE: func(_ *cobra.Command, args []string) error {
+			_, ts, err := readTiersFile(file, args)
 			if err != nil {
-				return classify(err)
+				return err
 			}
-			fmt.Fprintf(stdout, "tiers written to %s\nrevision %d\n", store.TiersKey(), rev)
+			fmt.Fprintf(s.out, "%s: %d tiers, valid (quota days start at midnight %s)\n", tiersFileName(file, args), len(ts.Tiers), ts.Timezone)
 			return nil
-		})
-	default:
-		if len(rest) > 0 {
-			return invalid(fmt.Errorf("unexpected arguments %q", rest))
-		}
-		return tiersGet(ctx, &ef, output, stdout)
+		},
 	}
+	c.Flags().StringVarP(&file, "filename", "f", "", "tiers file (or give it as the argument)")
+	return c
+}
+
+func newTiersApplyCmd(s streams, ef *etcdFlags) *cobra.Command {
+	var (
+		file string
+		yes  bool
+	)
+	c := &cobra.Command{
+		Use:   "apply FILE",
+		Short: "Validate a tiers file, then write it as the tiers document",
+		Long: `apply validates FILE, then writes it as the tiers document. The document replaces the
+tiers in force whole: when it lacks a tier they have (those of etcd's document, else
+the built-in ones), apply asks on the terminal first; --yes skips the question, and
+without a terminal and without --yes it refuses (exit 3), naming the tiers lost. Keys
+of a lost tier are refused (403) until a tier of that name is back.`,
+		Example: `  sluice tiers apply tiers.yaml
+  sluice tiers apply -f tiers.yaml --yes`,
+		Args: maxArgs(1, "one FILE"),
+		RunE: func(c *cobra.Command, args []string) error {
+			doc, ts, err := readTiersFile(file, args)
+			if err != nil {
+				return err
+			}
+			return tiersApply(c.Context(), s, ef, doc, ts, tiersFileName(file, args), yes)
+		},
+	}
+	c.Flags().StringVarP(&file, "filename", "f", "", "tiers file (or give it as the argument)")
+	c.Flags().BoolVarP(&yes, "yes", "y", false, "apply without asking, even when tiers are lost")
+	return c
+}
+
+// tiersApply writes doc (ts, read from name) as the tiers document, after
+// the confirmation when it loses tiers.
+func tiersApply(ctx context.Context, s streams, ef *etcdFlags, doc []byte, ts *rules.Tiers, name string, yes bool) error {
+	store, closeStore, err := ef.connect()
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	gctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
+	d, err := store.GetTiers(gctx)
+	cancel()
+	if err != nil {
+		return classify(err)
+	}
+	inForce := rules.DefaultTiers()
+	if len(d.Value) > 0 {
+		if inForce, err = rules.ParseTiers(store.TiersKey(), d.Value); err != nil {
+			inForce = &rules.Tiers{} // an invalid document: nothing is in force from it
+		}
+	}
+	var lost []string
+	for _, t := range inForce.Tiers {
+		if _, ok := ts.Tier(t.Name); !ok {
+			lost = append(lost, "tier "+t.Name)
+		}
+	}
+	if err := confirm(s, yes, "applying "+name, lost); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
+	defer cancel()
+	rev, err := store.PutTiers(wctx, doc)
+	if err != nil {
+		return classify(err)
+	}
+	fmt.Fprintf(s.out, "tiers written to %s\nrevision %d\n", store.TiersKey(), rev)
+	return nil
 }
 
 func tiersFileName(file string, rest []string) string {
@@ -111,7 +159,7 @@ func tiersFileName(file string, rest []string) string {
 func readTiersFile(file string, rest []string) ([]byte, *rules.Tiers, error) {
 	name := tiersFileName(file, rest)
 	if name == "" || (file != "" && len(rest) > 0) || len(rest) > 1 {
-		return nil, nil, invalid(errors.New("give one tiers FILE"))
+		return nil, nil, usagef("give one tiers FILE, as the argument or with -f")
 	}
 	doc, err := os.ReadFile(name)
 	if err != nil {
@@ -125,9 +173,6 @@ func readTiersFile(file string, rest []string) ([]byte, *rules.Tiers, error) {
 }
 
 func tiersGet(ctx context.Context, ef *etcdFlags, output string, stdout io.Writer) error {
-	if output != "yaml" && output != "json" {
-		return invalid(fmt.Errorf("-o must be yaml or json, got %q", output))
-	}
 	return ef.withStore(ctx, func(ctx context.Context, store *etcd.Store) error {
 		d, err := store.GetTiers(ctx)
 		if err != nil {

@@ -148,7 +148,7 @@ func createKey(t *testing.T, ep, tenantName, tier string) (key, id string) {
 // applyTiers runs `sluice tiers apply file` on etcd at ep.
 func applyTiers(t *testing.T, ep, file string) {
 	t.Helper()
-	if out, errOut, code := sluice(t, "tiers", "apply", file, "--endpoints", ep); code != 0 {
+	if out, errOut, code := sluice(t, "tiers", "apply", file, "--yes", "--endpoints", ep); code != 0 {
 		t.Fatalf("tiers apply %s: %d %q %q", file, code, out, errOut)
 	}
 }

@@ -38,7 +38,14 @@ func TestTiersCLI(t *testing.T) {
 	if _, errOut, code := sluice(t, "tiers", "apply", bad, "--endpoints", ep); code != 1 || !strings.Contains(errOut, "got \"lots\"") {
 		t.Fatalf("apply bad: %d %q", code, errOut)
 	}
-	out, errOut, code = sluice(t, "tiers", "apply", good, "--endpoints", ep)
+	// The file lacks two built-in tiers: without a terminal, refused.
+	if _, errOut, code := sluice(t, "tiers", "apply", good, "--endpoints", ep); code != exitAborted || !strings.Contains(errOut, "would lose tier registered, tier vip: not applied") {
+		t.Fatalf("apply losing tiers: %d %q", code, errOut)
+	}
+	if out, _, _ := sluice(t, "tiers", "get", "--endpoints", ep); !strings.Contains(out, "no tiers document") {
+		t.Fatalf("a refused apply wrote: %q", out)
+	}
+	out, errOut, code = sluice(t, "tiers", "apply", good, "--yes", "--endpoints", ep)
 	if code != 0 || !strings.Contains(out, "tiers written to /sluice/tiers") {
 		t.Fatalf("apply good: %d %q %q", code, out, errOut)
 	}
@@ -56,8 +63,8 @@ func TestTiersCLI(t *testing.T) {
 
 	// Misuse.
 	for _, args := range [][]string{{"tiers"}, {"tiers", "frobnicate"}, {"tiers", "validate"}, {"tiers", "get", "-o", "xml", "--endpoints", ep}} {
-		if _, _, code := sluice(t, args...); code != 1 {
-			t.Errorf("%q: exit %d, want 1", args, code)
+		if _, _, code := sluice(t, args...); code != exitUsage {
+			t.Errorf("%q: exit %d, want %d", args, code, exitUsage)
 		}
 	}
 	if _, _, code := sluice(t, "tiers", "get", "--endpoints", "127.0.0.1:1", "--dial-timeout", "200ms", "--command-timeout", "300ms"); code != 2 {
