@@ -36,6 +36,11 @@
 // backend is under pressure, or a GPU of this host (NVML) is. Sample probes
 // one backend at once, for a change that must show before a caller goes on.
 //
+// Slot times: each job that ComfyUI executed tells Config.JobTimes (the
+// capacity planner's plan.Recorder) how long it held its slot, from its
+// grant until ComfyUI had executed it, by resource and size: never its wait
+// in the queue.
+//
 // Recovered jobs: Claim makes a job that a restarted gateway follows on its
 // backend hold a slot there and an admission token of the engine.
 //

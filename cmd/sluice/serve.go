@@ -29,6 +29,7 @@ import (
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/plan"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -45,6 +46,7 @@ type serveFlags struct {
 	slots          int
 	queueMax       int
 	queueWait      time.Duration
+	jobEstimate    time.Duration
 	tenantInFlight int
 	workflows      string
 	jobTimeout     time.Duration
@@ -144,6 +146,7 @@ func (f *serveFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.slots, "slots", 1, "jobs each ComfyUI backend runs at once (ComfyUI runs one prompt at a time)")
 	fs.IntVar(&f.queueMax, "queue-max", 64, "jobs that may wait for a GPU slot, over all clients; beyond, 503")
 	fs.DurationVar(&f.queueWait, "queue-wait", 30*time.Second, "longest a job waits for a GPU slot; beyond, 503")
+	fs.DurationVar(&f.jobEstimate, "job-estimate", 0, "job time the capacity planner (sluice plan) assumes for a resource with no measured job yet (0: the simulator's --sim-job-time when it runs, else 3s)")
 	fs.IntVar(&f.tenantInFlight, "tenant-inflight", 0, "jobs one client may have running or waiting at once; beyond, 429 (0: the farm's slots + 1)")
 	fs.Var(&f.trustedProxies, "trusted-proxy", "CIDR or address of a proxy whose X-Forwarded-For is believed, repeatable (none by default)")
 	fs.StringVar(&f.simListen, "sim-listen", "127.0.0.1:0", "address of the built-in ComfyUI simulator (a fixed one lets a restarted gateway find the simulator's jobs by their backend URL)")
@@ -352,7 +355,8 @@ func runServe(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.
 	for _, u := range urls {
 		configs = append(configs, comfyui.Config{BaseURL: u, Logger: log, Workflows: workflows})
 	}
-	backends, err := farm.New(farm.Config{Backends: configs, Slots: f.slots, MaxQueue: f.queueMax,
+	jobTimes := &plan.Recorder{} // the slot times the capacity planner works from
+	backends, err := farm.New(farm.Config{Backends: configs, Slots: f.slots, MaxQueue: f.queueMax, JobTimes: jobTimes,
 		TenantInFlight: tenantCap(f.tenantInFlight, len(urls), f.slots), MaxWait: f.queueWait,
 		Monitor: eng, Interval: f.gpuInterval, ProbeTimeout: f.probeTimeout, Logger: log})
 	if err != nil {
@@ -404,6 +408,10 @@ func runServe(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.
 		return err
 	}
 	defer con.Close()
+	planner, err := newPlanner(f, sim != nil, backends.Stats, eng.Rules, jobTimes)
+	if err != nil {
+		return err
+	}
 	if err := dashboardapi.Register(api.Router(), dashboardapi.Config{
 		Engine:       eng,
 		Source:       rs.desc,
@@ -419,6 +427,7 @@ func runServe(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.
 		Tiers:        who.tiers,
 		Keys:         identity.NewAdmin(rs.store.Client(), rs.store.Prefix(), nil),
 		Session:      con,
+		Planner:      planner,
 	}); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -155,7 +156,7 @@ func Compute(in Input) Plan {
 		p.Resources = append(p.Resources, r)
 		if !r.Measured {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s: no job measured yet: planned with the configured estimate of %s per job (%s), as if it had the farm alone",
-				name, estimate, cmpOr(in.EstimateSource, "the dispatcher's default")))
+				name, estimate, cmp.Or(in.EstimateSource, "the dispatcher's default")))
 		}
 		if note != "" {
 			p.Notes = append(p.Notes, note)
@@ -178,13 +179,6 @@ func Compute(in Input) Plan {
 	}
 	p.YAML = y.String()
 	return p
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // planResource plans one resource: its figures, its rule document as YAML
