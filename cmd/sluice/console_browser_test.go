@@ -124,8 +124,14 @@ func (b *browser) do(t *testing.T, what string, steps ...chromedp.Action[chromed
 // wait polls a JavaScript condition until it holds (bounded by domTimeout).
 func (b *browser) wait(t *testing.T, what, expr string) {
 	t.Helper()
+	b.waitUpTo(t, domTimeout, what, expr)
+}
+
+// waitUpTo is wait with a bound of its own.
+func (b *browser) waitUpTo(t *testing.T, limit time.Duration, what, expr string) {
+	t.Helper()
 	_, err := chromedp.Run(b.ctx, chromedp.Poll[chromedp.Void](expr,
-		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(domTimeout)))
+		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(limit)))
 	if err != nil {
 		text, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`document.querySelector('main').innerText.slice(0, 1500)`))
 		t.Fatalf("waiting for %s (%s): %v\npage errors: %q\npage: %s", what, expr, err, b.pageErrors(), text)
@@ -271,11 +277,11 @@ func TestConsoleBrowser(t *testing.T) {
 	chart := `document.getElementById('live-chart-ddcolor_person')`
 	b.wait(t, "the chart of ddcolor_person", chart+` && Number(`+chart+`.dataset.points) >= 1`)
 	points := eval[int](t, b, `Number(`+chart+`.dataset.points)`)
-	more := 2
+	more, limit := 2, domTimeout
 	if os.Getenv("SLUICE_SCREENSHOTS") == "1" {
-		more = 20 // a chart worth a picture
+		more, limit = 20, 2*domTimeout // a chart worth a picture: 20 s of it
 	}
-	b.wait(t, "the chart to move under load", fmt.Sprintf(`Number(%[1]s.dataset.points) >= %[2]d && Number(%[1]s.dataset.maxPassed) > 0 && Number(%[1]s.dataset.passedTotal) > 0`, chart, points+more))
+	b.waitUpTo(t, limit, "the chart to move under load", fmt.Sprintf(`Number(%[1]s.dataset.points) >= %[2]d && Number(%[1]s.dataset.maxPassed) > 0 && Number(%[1]s.dataset.passedTotal) > 0`, chart, points+more))
 	b.wait(t, "its canvas", chart+`.querySelector('canvas') !== null`)
 	b.screenshot(t, "live")
 	close(stop)
@@ -379,6 +385,30 @@ func TestConsoleBrowser(t *testing.T) {
 	b.do(t, "the Planner page", chromedp.Click(chromedp.CSS("#nav-planner")))
 	b.wait(t, "the plan", `document.querySelectorAll('#plan-table tbody tr:not(.empty)').length >= 3 && document.getElementById('plan-yaml').textContent.includes('resource:')`)
 	b.screenshot(t, "planner")
+
+	// Apply in shadow puts the plan's documents in force with mode: shadow,
+	// after a second click where they remove rules in force.
+	b.do(t, "Apply in shadow", chromedp.Click(chromedp.CSS("#plan-apply-shadow")))
+	b.wait(t, "the apply or its confirmation", `/^Applied in shadow|Click again to confirm/.test(document.getElementById('plan-status').textContent)`)
+	if eval[bool](t, b, `document.getElementById('plan-status').textContent.includes('Click again')`) {
+		b.do(t, "Confirm", chromedp.Click(chromedp.CSS("#plan-apply-shadow")))
+	}
+	b.wait(t, "the plan in shadow", `document.getElementById('plan-status').textContent.startsWith('Applied in shadow')`)
+	var planned struct {
+		Rules struct {
+			Flow []struct {
+				Mode string `json:"mode"`
+			} `json:"flow"`
+		} `json:"rules"`
+	}
+	getJSON(t, base+"/api/rules/zimage_generate", &planned)
+	shadowed := false
+	for _, f := range planned.Rules.Flow {
+		shadowed = shadowed || f.Mode == "shadow"
+	}
+	if !shadowed {
+		t.Fatalf("zimage_generate after Apply in shadow: %+v, want the proposed flow rule in shadow", planned)
+	}
 
 	if errs := b.pageErrors(); len(errs) > 0 {
 		t.Fatalf("the page reported errors: %q", errs)

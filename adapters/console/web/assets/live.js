@@ -172,8 +172,11 @@ class Chart {
       axes: [timeAxis, {label: 'per second', size: 56}]}, this.rateData(), this.rate);
   }
 
-  push(x, r) {
+  push(x, r, farmWaiting) {
     const h = this.hist;
+    // Where the farm's queue does not tell resources apart, show its total.
+    this.farmWide = (r.waiting === null || r.waiting === undefined) && farmWaiting !== undefined && farmWaiting !== null;
+    if (this.farmWide) r = {...r, waiting: farmWaiting};
     const refused = r.refused_per_sec || {};
     const n = this.xs.length;
     this.xs.push(x);
@@ -215,7 +218,7 @@ class Chart {
       item('shadow/s', r.shadow_per_sec === undefined ? 'n/a' : fmt(shadow), shadow > 0 ? 'shadow' : ''),
       item('completed/s', fmt(r.completed_per_sec || 0)), item('in flight', fmt(r.in_flight || 0)),
       item('avg job', ms(r.avg_rt_ms)), item('p95 job', r.p95_rt_ms === undefined ? 'n/a' : ms(r.p95_rt_ms)),
-      item('waiting', r.waiting === undefined ? 'n/a' : fmt(r.waiting)),
+      item(this.farmWide ? 'waiting (farm)' : 'waiting', r.waiting === undefined || r.waiting === null ? 'n/a' : fmt(r.waiting)),
       item('passed', fmt(r.passed_total || 0)), item('refused', fmt(sum(r.refused_total))));
   }
 }
@@ -242,7 +245,7 @@ export function initLive() {
         box.append(c.card);
         c.resize();
       }
-      c.push(x, r);
+      c.push(x, r, snap.waiting);
     }
     for (const [name, c] of charts) {
       if (!names.has(name)) { c.card.remove(); charts.delete(name); }
