@@ -308,6 +308,12 @@ func TestConsoleBrowser(t *testing.T) {
 	b.setEditor(t, "resource: ddcolor_person\nhotspot:\n  - param: origin\n    threshold: 1\n    window: 10s\nban: {blocks: 2, within: 10s, for: 1m}\n")
 	b.do(t, "Check", chromedp.Click(chromedp.CSS("#rules-check")))
 	b.wait(t, "the valid check", `document.getElementById('rules-errors').children.length === 0 && /Valid|not available/.test(document.getElementById('rules-status').textContent)`)
+	if eval[bool](t, b, `document.getElementById('rules-status').textContent.startsWith('Valid')`) {
+		// The dry run shows what changes: the flow rule in force goes.
+		b.wait(t, "the diff", `document.querySelector('#rules-diff .add') !== null && document.getElementById('rules-diff').textContent.includes('threshold: 1')`)
+		b.wait(t, "the lost rules", `document.getElementById('rules-lost').textContent.includes('flow[0]')`)
+		b.screenshot(t, "rules-diff")
+	}
 	b.do(t, "Apply", chromedp.Click(chromedp.CSS("#rules-apply")))
 	b.wait(t, "the apply", `document.getElementById('rules-status').textContent.startsWith('Applied')`)
 	var doc struct {
@@ -416,5 +422,40 @@ func TestConsoleBrowser(t *testing.T) {
 	// Everything the page loaded came from the gateway itself.
 	if ext := eval[[]string](t, b, `performance.getEntriesByType('resource').map(e => e.name).filter(u => !u.startsWith(location.origin))`); len(ext) > 0 {
 		t.Fatalf("the page made requests elsewhere: %q", ext)
+	}
+}
+
+// TestConsoleBrowserAccess shows the console without an admin token (read
+// only: a banner, no login form, nothing to apply) and with --protect-reads
+// (nothing but the login form until the login).
+func TestConsoleBrowserAccess(t *testing.T) {
+	b := newBrowser(t)
+	t.Run("read-only", func(t *testing.T) {
+		g := startServe(t)
+		b.do(t, "opening the console", chromedp.Navigate(g.base+"/dashboard#/rules"))
+		b.wait(t, "the page to start", `document.body.dataset.ready === 'true'`)
+		b.wait(t, "the read-only banner", `document.body.dataset.session === 'read-only' && !document.getElementById('readonly-banner').hidden`)
+		b.wait(t, "the rules", `document.getElementById('rules-editor').value.includes('resource:')`)
+		if !eval[bool](t, b, `document.getElementById('login-form').hidden && document.getElementById('rules-apply').disabled && document.getElementById('plan-apply-shadow').disabled`) {
+			t.Fatal("a gateway without an admin token offers a login or a write")
+		}
+		if err := g.stop(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("protect-reads", func(t *testing.T) {
+		g := startServe(t, "--admin-token", "s3cret", "--protect-reads")
+		b.do(t, "opening the console", chromedp.Navigate(g.base+"/dashboard#/live"))
+		b.wait(t, "the page to start", `document.body.dataset.ready === 'true'`)
+		b.wait(t, "the login alone", `!document.getElementById('protect-banner').hidden && document.getElementById('nav').hidden && document.getElementById('page-live').hidden && !document.getElementById('login-form').hidden`)
+		b.do(t, "logging in", chromedp.SendKeys(chromedp.CSS("#login-token"), "s3cret"), chromedp.Click(chromedp.CSS("#login-submit")))
+		b.wait(t, "the live page", `document.body.dataset.session === 'admin' && !document.getElementById('page-live').hidden && document.getElementById('protect-banner').hidden`)
+		b.wait(t, "the live feed", `document.getElementById('live-chart-ddcolor_person') !== null`)
+		if err := g.stop(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if errs := b.pageErrors(); len(errs) > 0 {
+		t.Fatalf("the page reported errors: %q", errs)
 	}
 }
