@@ -431,3 +431,30 @@ func TestP95JobTime(t *testing.T) {
 		t.Fatalf("p95 %v ms 11 s after the last job, want 0", p)
 	}
 }
+
+// TestShadowRulesCostOthersNothing: a resource without shadow rules
+// allocates no more per call when another resource has some, and one with
+// shadow rules pays for its second check.
+func TestShadowRulesCostOthersNothing(t *testing.T) {
+	allocs := func(src, resource string) float64 {
+		e := newEngine(t, src, engine.Options{})
+		call := engine.Call{Resource: resource, Origin: "192.0.2.5", Size: 512}
+		return testing.AllocsPerRun(200, func() {
+			tok, err := e.Guard(context.Background(), call)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok.Exit(nil)
+		})
+	}
+	const plain = "resource: ddcolor_person\nflow: [{threshold: 1000000000}]\n"
+	none := allocs(plain, "ddcolor_person")
+	beside := allocs(plain+"---\nresource: ddcolor_building\nflow: [{threshold: 1000000000, mode: shadow}]\n", "ddcolor_person")
+	shadowed := allocs(plain+"---\nresource: ddcolor_building\nflow: [{threshold: 1000000000, mode: shadow}]\n", "ddcolor_building")
+	if beside != none {
+		t.Errorf("%v allocations per call beside a shadow resource, %v without: want the same", beside, none)
+	}
+	if shadowed <= none {
+		t.Errorf("%v allocations per call with a shadow rule, %v without: the shadow check must have run", shadowed, none)
+	}
+}

@@ -80,6 +80,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("resource: ddcolor_person\nhotspot: [{param: origin, threshold: 1, items: {\"::1\": 2}}]\n"))
 	f.Add([]byte("a: &x [*x]\n"))
 	f.Add([]byte("resource: ddcolor_person\nflow: &x [*x]\n"))
+	f.Add([]byte("resource: ddcolor_person\nconcurrency: {limit: 2, mode: shadow}\nban: {blocks: 1, within: 1s, for: 1s, mode: shadow}\n"))
+	f.Add([]byte("resource: ddcolor_person\nconcurrency: {limit: &x 2, mode: *x}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		docs, err := rules.Parse("fuzz.yaml", data)
 		if err == nil {
