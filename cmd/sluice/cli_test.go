@@ -77,6 +77,7 @@ func TestExitCodes(t *testing.T) {
 		{"missing argument", []string{"rules", "delete"}, exitUsage, "rules delete: missing RESOURCE"},
 		{"extra argument", []string{"keys", "list", "extra"}, exitUsage, "keys list takes no arguments"},
 		{"missing -f", []string{"rules", "diff"}, exitUsage, "missing -f FILE|DIR"},
+		{"missing required flag", []string{"keys", "create", "--tenant", "acme"}, exitUsage, "missing --tenant or --tier"},
 		{"bad -o", []string{"rules", "get", "-o", "xml"}, exitUsage, "--output must be yaml or json"},
 		{"invalid file", []string{"rules", "validate", "-f", filepath.Join(dir, "bad.yaml")}, exitInvalid, "flow[0].threshold: must be > 0, got -1"},
 		{"unknown resource", []string{"rules", "delete", "ddcolor_cat", "--endpoints", ep}, exitInvalid, `unknown resource "ddcolor_cat"`},

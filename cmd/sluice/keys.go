@@ -45,6 +45,9 @@ etcd keeps only its hash. Call the API with it as Authorization: Bearer KEY or X
 		Example: `  sluice keys create --tenant acme --tier vip --name "batch colouring"`,
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if !c.Flags().Changed("tenant") || !c.Flags().Changed("tier") {
+				return usagef("keys create: missing --tenant or --tier")
+			}
 			return keysCreate(c.Context(), ef, spec, s.out, s.errOut)
 		},
 	}

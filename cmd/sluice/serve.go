@@ -112,7 +112,7 @@ $SLUICE_WEBHOOK_SECRET (--webhook-secret).`,
 		Args:    cobra.ArbitraryArgs, // check says serve takes none
 		PreRunE: func(_ *cobra.Command, args []string) error { return f.check(args) },
 		RunE: func(c *cobra.Command, _ []string) error {
-			return runServe(c.Context(), f, c.Flags(), s.errOut)
+			return serve(c.Context(), f, c.Flags(), s.errOut)
 		},
 	}
 	f.register(c.Flags())
@@ -289,18 +289,9 @@ func loadRules(path string, explicit bool) (*rules.Set, string, error) {
 	return set, path, nil
 }
 
-// serve runs `sluice serve args` until ctx ends.
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
-	f, fset, err := parseServe(args, stderr)
-	if err != nil {
-		return err
-	}
-	return runServe(ctx, f, fset, stderr)
-}
-
-// runServe runs the gateway with the flags f parsed from fset until ctx
+// serve runs the gateway with the flags f, parsed from fset, until ctx
 // ends.
-func runServe(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Writer) error {
+func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Writer) error {
 	log, err := newLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		return err
