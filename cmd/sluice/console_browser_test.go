@@ -290,6 +290,19 @@ func TestConsoleBrowser(t *testing.T) {
 	// Rules: an invalid threshold is shown at its field and line.
 	b.do(t, "the Rules page", chromedp.Click(chromedp.CSS("#nav-rules")))
 	b.wait(t, "the documents", `document.querySelector('#rules-resource option[value="ddcolor_person"]') !== null`)
+	// Every document in force, as the editor writes it in YAML, checks
+	// valid and loses no rule ("Valid." says both; the diff may show the
+	// defaults spelled out).
+	for _, doc := range eval[[]string](t, b, `[...document.querySelectorAll('#rules-resource option')].map(o => o.value)`) {
+		b.choose(t, "rules-resource", doc)
+		mark := "resource: " + doc
+		if doc == "system" { // the system document holds system and gpu, no resource
+			mark = "gpu:"
+		}
+		b.wait(t, doc+"'s document", fmt.Sprintf(`document.getElementById('rules-editor').value.includes(%q)`, mark))
+		b.do(t, "Check "+doc, chromedp.Click(chromedp.CSS("#rules-check")))
+		b.wait(t, doc+" valid, losing nothing", `document.getElementById('rules-status').textContent === 'Valid.' && document.getElementById('rules-lost').textContent === ''`)
+	}
 	b.choose(t, "rules-resource", "ddcolor_person")
 	b.wait(t, "ddcolor_person's document", `document.getElementById('rules-editor').value.includes('resource: ddcolor_person')`)
 	b.setEditor(t, "resource: ddcolor_person\nhotspot:\n  - param: origin\n    threshold: -1\n    window: 10s\n")

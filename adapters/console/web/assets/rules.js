@@ -13,8 +13,10 @@ let errorLines = new Map();
 /** docYAML turns a document of GET /api/rules into the YAML one edits. */
 export function docYAML(d) {
   if (d.rules) return toYAML(d.rules);
+  // The system document holds system and gpu only: its name is its key.
   const rest = {...d};
   delete rest.source;
+  delete rest.resource;
   return toYAML(rest);
 }
 
