@@ -6,6 +6,8 @@ import {call, get, session} from './api.js';
 
 const kinds = ['flow', 'hotspot', 'concurrency', 'ban', 'system', 'cpu', 'gpu', 'tier_rate'];
 let timer = 0;
+let lastRefusals = ''; // what the tables show, to redraw only on a change
+let lastBans = '';
 
 /** initRefusals wires the filters. */
 export function initRefusals() {
@@ -60,9 +62,13 @@ async function refresh() {
   const [blocked, bans] = await Promise.all([get('/api/blocked?' + q), get('/api/bans')]);
   const table = $('refusals-table');
   if (!blocked.ok) {
+    lastRefusals = '';
     rows(table, [], null, `Cannot read the refusals: ${blocked.problem()}`);
   } else {
     const list = (blocked.body.blocked || []).filter((b) => matches(b, f));
+    const key = JSON.stringify(list);
+    if (key === lastRefusals) return showBans(bans); // unchanged: keep the rows (and the focus)
+    lastRefusals = key;
     rows(table, list, (b) => el('tr', {class: b.shadow ? 'shadow' : ''},
       el('td', {}, el('time', {datetime: b.time}, clock(b.time))), el('td', {}, b.resource), el('td', {}, el('code', {}, b.rule || '')),
       el('td', {}, b.kind), el('td', {}, b.origin || ''), el('td', {}, b.tenant || ''), el('td', {}, b.tier || ''),
@@ -85,10 +91,18 @@ function showBans(a) {
     return;
   }
   const list = a.body.bans || [];
+  const key = JSON.stringify([list.map((b) => [b.resource, b.who, b.until]), session.can_write]);
+  if (key === lastBans) { // the same bans: count their time down in place
+    for (const td of table.querySelectorAll('td[data-until]')) {
+      td.textContent = `${fmt(Math.max(0, (new Date(td.dataset.until) - Date.now()) / 1000), 0)} s`;
+    }
+    return;
+  }
+  lastBans = key;
   if ($('bans-status').className !== 'tone-ok') setStatus($('bans-status'), '');
   rows(table, list, (b) => el('tr', {},
     el('td', {}, b.resource || 'every resource'), el('td', {}, b.subject), el('td', {}, el('code', {}, b.who)),
-    el('td', {}, el('time', {datetime: b.until}, clock(b.until))), el('td', {class: 'num'}, `${fmt(b.remaining_s, 0)} s`),
+    el('td', {}, el('time', {datetime: b.until}, clock(b.until))), el('td', {class: 'num', 'data-until': b.until}, `${fmt(b.remaining_s, 0)} s`),
     el('td', {}, el('button', {type: 'button', class: 'unban', 'data-resource': b.resource || '', 'data-who': b.who,
       disabled: !session.can_write, title: session.can_write ? undefined : 'Log in with the admin token to lift bans',
       'aria-label': `Unban ${b.who}${b.resource ? ' on ' + b.resource : ''}`}, 'Unban'))),
