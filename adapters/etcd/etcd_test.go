@@ -405,3 +405,39 @@ func TestPutProblemsCarryTheDocumentsLines(t *testing.T) {
 		t.Fatalf("err = %v (at %d:%d)", err, list[0].Line, list[0].Column)
 	}
 }
+
+// TestApplySinceRefusesAChangedDocument: a document written after the
+// snapshot it was compared with is not replaced.
+func TestApplySinceRefusesAChangedDocument(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	ctx := context.Background()
+	v1, _ := rules.Parse("a.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 2}]\n"))
+	if _, _, err := store.Apply(ctx, v1); err != nil {
+		t.Fatal(err)
+	}
+	seen, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another writer adds a ban meanwhile.
+	other, _ := rules.Parse("b.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 2}]\nban: {blocks: 3, within: 10s, for: 1m}\n"))
+	if _, _, err := store.Apply(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := rules.Parse("c.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 3}]\n"))
+	if _, _, err := store.ApplySince(ctx, v2, seen); !errors.Is(err, ErrChangedSince) {
+		t.Fatalf("err = %v, want ErrChangedSince", err)
+	}
+	snap, _ := store.Load(ctx)
+	if !strings.Contains(string(snap.Values[store.Key("ddcolor_person")]), "ban:") {
+		t.Fatalf("the other writer's document was replaced: %q", snap.Values[store.Key("ddcolor_person")])
+	}
+	// A key not in docs may change: only what is replaced is checked.
+	z, _ := rules.Parse("z.yaml", []byte("resource: zimage_generate\nflow: [{threshold: 1}]\n"))
+	if _, _, err := store.ApplySince(ctx, z, snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.ApplySince(ctx, v2, snap); err != nil {
+		t.Fatalf("with a fresh snapshot: %v", err)
+	}
+}

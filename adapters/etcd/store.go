@@ -316,7 +316,27 @@ var ErrNotFound = errors.New("no such rule document")
 // they make together with the other documents in etcd. Documents equal to
 // what etcd holds are left alone. It returns what changed.
 func (s *Store) Apply(ctx context.Context, docs []rules.Document) ([]Change, int64, error) {
+	return s.ApplySince(ctx, docs, nil)
+}
+
+// ErrChangedSince is ApplySince's refusal: a document's key changed in
+// etcd after the snapshot it was compared with.
+var ErrChangedSince = errors.New("changed in etcd since it was compared")
+
+// ApplySince is Apply, refusing with ErrChangedSince (writing nothing)
+// when the key of any of docs was written or deleted after seen: what an
+// operator confirmed, compared with seen, is what is replaced. nil seen
+// checks nothing.
+func (s *Store) ApplySince(ctx context.Context, docs []rules.Document, seen *Snapshot) ([]Change, int64, error) {
 	return s.write(ctx, func(snap *Snapshot) ([]clientv3.Op, []Change, error) {
+		if seen != nil {
+			for _, d := range docs {
+				key := s.Key(d.Name())
+				if was, now := seen.ModRevisions[key], snap.ModRevisions[key]; was != now {
+					return nil, nil, fmt.Errorf("%s: %w (mod revision %d, now %d); nothing was written", key, ErrChangedSince, was, now)
+				}
+			}
+		}
 		next := maps.Clone(snap.Values)
 		var (
 			ops     []clientv3.Op

@@ -272,3 +272,48 @@ func TestPlanCommand(t *testing.T) {
 		t.Fatalf("a usage error: exit %d", got)
 	}
 }
+
+// answerAfter is an operator who, before answering, lets another writer
+// change etcd: write runs on the first read.
+type answerAfter struct {
+	write  func()
+	answer *strings.Reader
+}
+
+func (a *answerAfter) Read(p []byte) (int, error) {
+	if a.write != nil {
+		a.write()
+		a.write = nil
+	}
+	return a.answer.Read(p)
+}
+
+// TestApplyRefusesWhatChangedDuringTheQuestion: the operator confirmed a
+// diff; a document changed meanwhile is not replaced (exit 1).
+func TestApplyRefusesWhatChangedDuringTheQuestion(t *testing.T) {
+	ep := startEtcd(t)
+	dir := writeFiles(t, map[string]string{"full.yaml": fullPerson, "narrow.yaml": "resource: ddcolor_person\nflow: [{threshold: 6}]\n"})
+	if _, errOut, code := sluice(t, "rules", "apply", "-f", filepath.Join(dir, "full.yaml"), "--endpoints", ep); code != 0 {
+		t.Fatal(errOut)
+	}
+	c, err := etcd.NewClient(etcd.ClientConfig{Endpoints: []string{ep}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	meanwhile := "resource: ddcolor_person\nflow: [{threshold: 4}]\nconcurrency: 3\n"
+	in := &answerAfter{answer: strings.NewReader("y\n"), write: func() {
+		if _, err := c.Put(context.Background(), "/sluice/rules/resources/ddcolor_person", meanwhile); err != nil {
+			t.Error(err)
+		}
+	}}
+	var out, errOut bytes.Buffer
+	err = runWith(context.Background(), []string{"rules", "apply", "-f", filepath.Join(dir, "narrow.yaml"), "--endpoints", ep},
+		streams{in: in, out: &out, errOut: &errOut, tty: true})
+	if exitCode(err) != exitInvalid || !strings.Contains(errOut.String(), "changed in etcd since it was compared") {
+		t.Fatalf("exit %d: %v %q", exitCode(err), err, errOut.String())
+	}
+	if v, _ := etcdValue(t, ep, "/sluice/rules/resources/ddcolor_person"); v != meanwhile {
+		t.Fatalf("replaced what the operator never saw: %q", v)
+	}
+}

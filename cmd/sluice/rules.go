@@ -384,7 +384,9 @@ func rulesApply(ctx context.Context, s streams, ef *etcdFlags, file string, dryR
 	}
 	wctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
 	defer cancel()
-	written, rev, err := store.Apply(wctx, docs)
+	// Replace only what was compared: a document changed meanwhile is
+	// refused, and the operator runs the command again.
+	written, rev, err := store.ApplySince(wctx, docs, snap)
 	if err != nil {
 		return classify(err)
 	}
@@ -509,7 +511,7 @@ func rulesWatch(ctx context.Context, ef *etcdFlags, stdout io.Writer) error {
 // reached or refused the request.
 func classify(err error) error {
 	var list rules.Errors
-	if errors.As(err, &list) || errors.Is(err, etcd.ErrNotFound) {
+	if errors.As(err, &list) || errors.Is(err, etcd.ErrNotFound) || errors.Is(err, etcd.ErrChangedSince) {
 		return invalid(err)
 	}
 	return unreachable(err)
