@@ -4,7 +4,7 @@
 
 import {$, setStatus} from './dom.js';
 import {loadSession, login, logout, onSession, session} from './api.js';
-import {initLive, resizeCharts, startFeed, subscribe} from './live.js';
+import {initLive, latestSnapshot, resizeCharts, startFeed, subscribe} from './live.js';
 import {initRules, loadRules} from './rules.js';
 import {hideRefusals, initRefusals, setResources, showRefusals} from './refusals.js';
 import {drawGPUs} from './gpus.js';
@@ -38,6 +38,7 @@ function route() {
     if (page === 'rules') loadRules(false);
     if (page === 'refusals') showRefusals();
     if (page === 'planner') loadPlan();
+    if (page === 'gpus' && latestSnapshot()) drawGPUs(latestSnapshot().system, latestSnapshot().backends);
   }
 }
 

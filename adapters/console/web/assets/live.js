@@ -21,6 +21,11 @@ export function subscribe(fn) {
   return () => subscribers.delete(fn);
 }
 
+/** latestSnapshot is the last snapshot received, or null. */
+export function latestSnapshot() {
+  return latest;
+}
+
 function publish(snap) {
   latest = snap;
   for (const fn of subscribers) fn(snap);
