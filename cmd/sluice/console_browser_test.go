@@ -18,6 +18,8 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+
+	"github.com/sluicehq/sluice/adapters/etcd"
 )
 
 // The web console's end-to-end tests drive a headless Chromium (Debian's
@@ -434,6 +436,19 @@ func TestConsoleBrowser(t *testing.T) {
 	if !shadowed {
 		t.Fatalf("zimage_generate after Apply in shadow: %+v, want the proposed flow rule in shadow", planned)
 	}
+
+	// A bad document written straight into etcd (as with etcdctl) is
+	// refused by the watcher; the Rules page shows that push and why.
+	raw, err := etcd.NewClient(etcd.ClientConfig{Endpoints: []string{g.etcdEndpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if _, err := raw.Put(context.Background(), "/sluice/rules/resources/zimage_generate", "resource: zimage_generate\nflow: [{threshold: 2, window: 7s}]\n"); err != nil {
+		t.Fatal(err)
+	}
+	b.do(t, "the Rules page", chromedp.Click(chromedp.CSS("#nav-rules")))
+	b.wait(t, "the rejected push", `(document.getElementById('rules-reload').click(), document.getElementById('rules-rejection').textContent.includes('flow[0].window: must be one of'))`)
 
 	if errs := b.pageErrors(); len(errs) > 0 {
 		t.Fatalf("the page reported errors: %q", errs)
