@@ -9,6 +9,9 @@ import {toYAML} from './yaml.js';
 let docs = [];
 let loadedText = '';
 let errorLines = new Map();
+let autoTimer = 0; // the check that follows typing
+let seq = 0; // the latest check or apply: older answers are dropped
+let dryRunMissing = false;
 
 /** docYAML turns a document of GET /api/rules into the YAML one edits. */
 export function docYAML(d) {
@@ -23,7 +26,13 @@ export function docYAML(d) {
 /** initRules wires the page's controls. */
 export function initRules() {
   const ed = $('rules-editor');
-  ed.addEventListener('input', () => { gutter(); dirty(); });
+  ed.addEventListener('input', () => {
+    gutter();
+    dirty();
+    // Check as one types (the dry run is a read): 700 ms after the last key.
+    clearTimeout(autoTimer);
+    if (!dryRunMissing && isDirty()) autoTimer = setTimeout(check, 700);
+  });
   ed.addEventListener('scroll', () => { $('rules-gutter').scrollTop = ed.scrollTop; });
   ed.addEventListener('keydown', (e) => {
     if (e.key === 'Tab' && !e.shiftKey && !e.ctrlKey && !e.altKey && !e.metaKey) { // two spaces, as YAML wants
@@ -72,6 +81,8 @@ function rejection(r) {
 }
 
 function select(resource) {
+  clearTimeout(autoTimer);
+  seq++;
   const d = docs.find((x) => x.resource === resource);
   loadedText = d ? docYAML(d) : '';
   $('rules-editor').value = loadedText;
@@ -230,11 +241,15 @@ function showLost(lost) {
 }
 
 async function check() {
+  clearTimeout(autoTimer);
   const r = $('rules-resource').value;
   if (!r) return;
+  const mine = ++seq;
   setStatus($('rules-status'), 'Checking…');
   const a = await call('POST', `/api/rules/${encodeURIComponent(r)}/dry-run`, $('rules-editor').value, 'application/yaml');
+  if (mine !== seq) return; // the text changed, or Apply ran, since
   if (a.missing) {
+    dryRunMissing = true;
     clearResults();
     gutter();
     setStatus($('rules-status'), 'The dry run is not available on this gateway (no POST /api/rules/:resource/dry-run): Apply still validates.', 'warn');
@@ -261,6 +276,8 @@ async function check() {
 }
 
 async function apply() {
+  clearTimeout(autoTimer);
+  seq++;
   const r = $('rules-resource').value;
   if (!r) return;
   if (!session.can_write) {
