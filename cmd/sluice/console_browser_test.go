@@ -8,9 +8,11 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +20,9 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/adapters/console/web"
 	"github.com/sluicehq/sluice/adapters/etcd"
 )
 
@@ -140,10 +144,10 @@ func (b *browser) waitUpTo(t *testing.T, limit time.Duration, what, expr string)
 	}
 }
 
-// eval evaluates a JavaScript expression.
+// eval evaluates a JavaScript expression; a promise is awaited.
 func eval[T any](t *testing.T, b *browser, expr string) T {
 	t.Helper()
-	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](expr))
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatalf("evaluating %s: %v", expr, err)
 	}
@@ -492,4 +496,83 @@ func TestConsoleBrowserAccess(t *testing.T) {
 	if errs := b.pageErrors(); len(errs) > 0 {
 		t.Fatalf("the page reported errors: %q", errs)
 	}
+}
+
+// TestConsoleScripts runs the page's own modules in Chromium: the YAML the
+// editor writes reads back as the same data (go.yaml.in/yaml/v3), locate
+// finds the line of a field path, and fieldsOf reads the errors of a
+// gateway that gives no locations. The page's files come from the binary's
+// embedded copy, served as the console serves them.
+func TestConsoleScripts(t *testing.T) {
+	b := newBrowser(t)
+	mux := http.NewServeMux()
+	mux.Handle("/dashboard/", http.StripPrefix("/dashboard/", http.FileServerFS(web.Files)))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	b.do(t, "opening the page's files", chromedp.Navigate(srv.URL+"/dashboard/assets/vendor/uplot/LICENSE"))
+
+	docs := []string{
+		`{"resource":"ddcolor_person","flow":[{"threshold":6,"window":"1s","behavior":"reject"}],"hotspot":[{"param":"origin","threshold":3,"window":"1s","burst":1,"items":{"203.0.113.7":10}},{"param":"size","threshold":30,"items":{"1280":9}}],"concurrency":8,"cost":{"param":"size","default":1,"values":{"1024":2,"1280":3}},"ban":{"blocks":20,"within":"10s","for":"1m0s"}}`,
+		`{"system":{"avg_rt":"2m0s","concurrency":64},"gpu":{"memory_used_ratio":0.875,"action":"reject","mode":"shadow"}}`,
+		`{"odd":{"yes":"no","":"","a: b":"#x","1e3":"0x1F","list":["- a","[b]","{c}","d, e","true","null","~"," lead","trail ","multi\nline",7,-1.5,true,null],"nested":[[1,2],{"k":[]},{}],"deep":{"x":{"y":{"z":"w"}}}}}`,
+	}
+	for i, doc := range docs {
+		out := eval[string](t, b, fmt.Sprintf(`import('/dashboard/assets/yaml.js').then(m => m.toYAML(%s))`, doc))
+		var want, got any
+		if err := json.Unmarshal([]byte(doc), &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("doc %d: the YAML the editor writes does not parse: %v\n%s", i, err, out)
+		}
+		if !reflect.DeepEqual(normalise(got), normalise(want)) {
+			t.Errorf("doc %d: the YAML reads back as\n%#v\nwant\n%#v\nYAML:\n%s", i, normalise(got), normalise(want), out)
+		}
+	}
+
+	text := "resource: ddcolor_person\nflow:\n  - threshold: 6\n    window: 1s\nhotspot:\n  - param: origin\n    threshold: 3\n  - param: size\n    threshold: 30\n    items: {\"1280\": 9}\nconcurrency: 8\ncost:\n  param: size\n  values: {\"1024\": 2}\nban: {blocks: 20, within: 10s}\n"
+	for path, line := range map[string]int{"flow[0].threshold": 3, "flow[0].window": 4, "hotspot[1].threshold": 9, "hotspot[1].items": 10,
+		"hotspot[0].param": 6, "concurrency": 11, "cost.values": 14, "ban.within": 15, "flow[1]": 2, "nope": 0} {
+		js, _ := json.Marshal(text)
+		if got := eval[int](t, b, fmt.Sprintf(`import('/dashboard/assets/rules.js').then(m => m.locate(%s, %q))`, js, path)); got != line {
+			t.Errorf("locate(%s) = line %d, want %d", path, got, line)
+		}
+	}
+
+	fields := eval[[]map[string]string](t, b, `import('/dashboard/assets/rules.js').then(m => m.fieldsOf({errors: [
+		"/sluice/rules/resources/zimage_generate: document 1 (zimage_generate): flow[0].threshold: must be > 0, got -1",
+		"something else went wrong"]}))`)
+	want := []map[string]string{{"path": "flow[0].threshold", "message": "must be > 0, got -1"}, {"path": "", "message": "something else went wrong"}}
+	if !reflect.DeepEqual(fields, want) {
+		t.Errorf("fieldsOf = %q, want %q", fields, want)
+	}
+	if errs := b.pageErrors(); len(errs) > 0 {
+		t.Fatalf("the page reported errors: %q", errs)
+	}
+}
+
+// normalise makes decoded YAML and JSON comparable: numbers as float64,
+// maps keyed by strings.
+func normalise(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		out := map[string]any{}
+		for k, x := range v {
+			out[k] = normalise(x)
+		}
+		return out
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			out[i] = normalise(x)
+		}
+		return out
+	case int:
+		return float64(v)
+	case int64:
+		return float64(v)
+	case uint64:
+		return float64(v)
+	}
+	return v
 }
