@@ -266,6 +266,8 @@ func TestConsoleBrowser(t *testing.T) {
 	// and its admissions rise.
 	stop := make(chan struct{})
 	var load sync.WaitGroup
+	stopLoad := sync.OnceFunc(func() { close(stop); load.Wait() })
+	t.Cleanup(stopLoad) // on a failure too, before the gateway stops
 	load.Add(1)
 	go func() {
 		defer load.Done()
@@ -296,8 +298,7 @@ func TestConsoleBrowser(t *testing.T) {
 	b.waitUpTo(t, limit, "the chart to move under load", fmt.Sprintf(`Number(%[1]s.dataset.points) >= %[2]d && Number(%[1]s.dataset.maxPassed) > 0 && Number(%[1]s.dataset.passedTotal) > 0`, chart, points+more))
 	b.wait(t, "its canvas", chart+`.querySelector('canvas') !== null`)
 	b.screenshot(t, "live")
-	close(stop)
-	load.Wait()
+	stopLoad()
 
 	// Rules: an invalid threshold is shown at its field and line.
 	b.do(t, "the Rules page", chromedp.Click(chromedp.CSS("#nav-rules")))
