@@ -409,6 +409,12 @@ func TestConsoleBrowser(t *testing.T) {
 	b.do(t, "the Refusals page", chromedp.Click(chromedp.CSS("#nav-refusals")))
 	b.choose(t, "f-shadow", "only")
 	b.wait(t, "the shadow refusals", `[...document.querySelectorAll('#refusals-table tbody tr.shadow')].some(r => r.textContent.includes('hotspot[0]'))`)
+	if eval[bool](t, b, `[...document.querySelectorAll('#refusals-table tbody tr')].some(r => !r.classList.contains('shadow'))`) {
+		t.Fatal("Shadow: only lists refusals that are not shadow")
+	}
+	// Another client has none.
+	b.do(t, "the client filter", chromedp.SendKeys(chromedp.CSS("#f-client"), "192.0.2.99"), chromedp.Click(chromedp.CSS(`#refusals-filters button[type="submit"]`)))
+	b.wait(t, "no refusals of 192.0.2.99", `document.querySelector('#refusals-table tbody tr.empty') !== null`)
 
 	// GPUs and backends, and the planner, draw what the gateway reports.
 	b.do(t, "the GPUs page", chromedp.Click(chromedp.CSS("#nav-gpus")))
