@@ -209,6 +209,7 @@ class Chart {
     this.t.setData(this.timeData());
     this.rate.dataset.points = String(this.xs.length);
     this.rate.dataset.passedTotal = String(r.passed_total || 0);
+    this.rate.dataset.shadowTotal = String(sum(r.shadow_total));
     this.rate.dataset.maxPassed = String(Math.max(...h.passed));
     this.rate.dataset.lastTime = String(x);
     this.figures(r);
