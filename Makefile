@@ -13,8 +13,13 @@ run:
 	exec $(BIN) serve --rules testdata/rules $(ARGS)
 
 ## test: formatting, vet and every test with the race detector
-test: lint
+test: lint test-alerts
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## test-alerts: the Prometheus alerting rules (adapters/prometheus/alerts.yml) checked and unit-tested with promtool
+test-alerts:
+	@command -v promtool >/dev/null || { echo "make test-alerts needs promtool: apt-get install prometheus (Debian, Ubuntu), or a release from https://prometheus.io/download/"; exit 1; }
+	cd adapters/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml
 
 LDFLAGS := -s -w -X main.version=$(VERSION)
 

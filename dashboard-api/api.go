@@ -61,14 +61,14 @@ type Config struct {
 	// Keys manages the API keys (/api/keys, admin token needed for reads
 	// too); nil: those routes answer 404.
 	Keys Keys
+	// Planner serves GET /api/plan, the capacity plan (a read); nil: it
+	// answers 404.
+	Planner Planner
 	// Session, when set, lets a request through wherever the admin token
 	// would (writes, and reads under ProtectReads): the web console's
 	// login cookie plus, for writes, its CSRF header. nil: only the
 	// bearer token.
 	Session Session
-	// Planner serves GET /api/plan, the capacity plan (a read); nil: it
-	// answers 404.
-	Planner Planner
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/rules"
@@ -44,7 +45,9 @@ func newEngine(t *testing.T, src string, opts engine.Options) *engine.Engine {
 	return eng
 }
 
-func newRouter(t *testing.T, cfg dashboardapi.Config) *gin.Engine {
+// newRouter mounts the operator API on a router of its own, whose answers
+// are checked against the OpenAPI document.
+func newRouter(t *testing.T, cfg dashboardapi.Config) http.Handler {
 	t.Helper()
 	gin.SetMode(gin.TestMode)
 	if cfg.Engine == nil {
@@ -54,7 +57,7 @@ func newRouter(t *testing.T, cfg dashboardapi.Config) *gin.Engine {
 	if err := dashboardapi.Register(r, cfg); err != nil {
 		t.Fatal(err)
 	}
-	return r
+	return openapitest.Handler(t, r)
 }
 
 // request sends one request; auth is the Authorization header ("" for
@@ -535,10 +538,7 @@ func TestSystemEndpoint(t *testing.T) {
 	// A CPU-only ComfyUI: its device is shown apart, never as a GPU.
 	eng.ReportGPUs("comfyui http://cpu-1:8188", []engine.GPU{{ID: "http://cpu-1:8188#cpu", Source: "comfyui", Backend: "http://cpu-1:8188",
 		Type: "cpu", Index: -1, Name: "cpu", MemoryUsed: 31 << 30, MemoryTotal: 32 << 30, Utilization: -1, SampledAt: time.Now()}}, nil)
-	r := gin.New()
-	if err := dashboardapi.Register(r, dashboardapi.Config{Engine: eng}); err != nil {
-		t.Fatal(err)
-	}
+	r := newRouter(t, dashboardapi.Config{Engine: eng})
 	rec := httptest.NewRecorder()
 	r.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/system", nil))
 	var sys struct {
@@ -587,7 +587,7 @@ func TestSimulatorControl(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer eng.Close()
-	put := func(r *gin.Engine, token, body string) int {
+	put := func(r http.Handler, token, body string) int {
 		req := httptest.NewRequest(http.MethodPut, "/api/simulator/vram", strings.NewReader(body))
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
@@ -614,10 +614,7 @@ func TestSimulatorControl(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sim := &fakeSim{used: 0.3}
-			r := gin.New()
-			if err := dashboardapi.Register(r, dashboardapi.Config{Engine: eng, AdminToken: tc.adminToken, Simulator: sim}); err != nil {
-				t.Fatal(err)
-			}
+			r := newRouter(t, dashboardapi.Config{Engine: eng, AdminToken: tc.adminToken, Simulator: sim})
 			if got := put(r, tc.token, tc.body); got != tc.status || sim.used != tc.used {
 				t.Fatalf("status %d (want %d), used %v (want %v)", got, tc.status, sim.used, tc.used)
 			}

@@ -82,7 +82,7 @@ func TestDryRunProblemsCarryFields(t *testing.T) {
 		{"two problems", "zimage_generate", "resource: zimage_generate\nconcurrency: -2\nban: {blocks: 0, within: 10s, for: 1m}\n",
 			[]dashboardapi.FieldError{{Path: "concurrency", Line: 2, Column: 14, Message: "must be >= 0 (0 is off), got -2"}, {Path: "ban.blocks", Line: 3, Column: 15, Message: "must be > 0, got 0"}}},
 		{"unknown field in JSON", "ddcolor_person", "{\"resource\": \"ddcolor_person\",\n \"flow\": [{\"thresold\": 2}]}",
-			[]dashboardapi.FieldError{{Path: "flow[0].thresold", Line: 2, Column: 24, Message: "unknown field; known fields are behavior, max_queue, threshold, warm_up, window"}}},
+			[]dashboardapi.FieldError{{Path: "flow[0].thresold", Line: 2, Column: 24, Message: "unknown field; known fields are behavior, max_queue, mode, threshold, warm_up, window"}}},
 		{"another resource's document", "ddcolor_person", "resource: zimage_generate\n",
 			[]dashboardapi.FieldError{{Message: "send exactly one document, the one of ddcolor_person; got the document of zimage_generate"}}},
 	} {

@@ -90,7 +90,7 @@ func TestPlanEndpoint(t *testing.T) {
 		p.SustainablePerSec != 2.667 || len(p.Sizes) != 1 || p.Sizes[0].Size != 512 || p.Sizes[0].Samples != 10 || p.Sizes[0].Cost != 1 {
 		t.Errorf("ddcolor_person %+v", p)
 	}
-	if p.Proposed.FlowThreshold != 2.66 || p.Proposed.Window != "1s" || p.Proposed.Concurrency != 8 || p.Proposed.QueueWaitS != 9 || p.Proposed.Cost["512"] != 1 {
+	if p.Proposed.FlowThreshold != 5 || p.Proposed.Window != "2s" || p.Proposed.Concurrency != 32 || p.Proposed.QueueWaitS != 9 || p.Proposed.Cost["512"] != 1 {
 		t.Errorf("ddcolor_person's proposal %+v", p.Proposed)
 	}
 	b := body.Resources[1]
@@ -108,7 +108,7 @@ func TestPlanEndpoint(t *testing.T) {
 	if _, err := rules.Build(docs); err != nil {
 		t.Fatalf("the YAML does not validate: %v\n%s", err, body.YAML)
 	}
-	if d := docs[0].Resource; d.Flow[0].Threshold != 2.66 || len(d.Hotspot) != 1 {
+	if d := docs[0].Resource; d.Flow[0].Threshold != 5 || len(d.Hotspot) != 1 {
 		t.Errorf("ddcolor_person's document %+v: want the proposal and the hotspot rule in force", d)
 	}
 	if strings.Contains(body.YAML, "shadow") {
@@ -120,7 +120,7 @@ func TestPlanEndpoint(t *testing.T) {
 	if err := json.Unmarshal(res.Body.Bytes(), &shadow); err != nil || res.Code != http.StatusOK {
 		t.Fatalf("GET /api/plan?shadow=true: %d %s", res.Code, res.Body)
 	}
-	if !strings.Contains(shadow.YAML, "concurrency: {limit: 8, mode: shadow}") || strings.Count(shadow.YAML, "mode: shadow") != 2*len(rules.Resources) {
+	if !strings.Contains(shadow.YAML, "concurrency:\n  limit: 32\n  mode: shadow\n") || strings.Count(shadow.YAML, "mode: shadow") != 2*len(rules.Resources) {
 		t.Errorf("?shadow=true does not put the proposal in shadow:\n%s", shadow.YAML)
 	}
 	checkProblem(t, request(r, "GET", "/api/plan?shadow=maybe", "", nil), http.StatusBadRequest)

@@ -231,27 +231,31 @@ func (w *TiersWatcher) update(rev, modRev int64, value []byte) {
 	}
 	w.mu.Lock()
 	same := err == nil && w.status.AppliedRevision == modRev && w.status.Source == source && w.status.Revision > 0
+	w.mu.Unlock()
+	// The new tiers are handed over before the status says so: whoever
+	// waits for the revision (WaitRevision) finds them in force.
+	switch {
+	case err != nil:
+		w.log.Warn("tiers update rejected; keeping the tiers in force", slog.String("key", key), slog.Int64("revision", rev), slog.Any("errors", messages(err)))
+	case !same:
+		w.tiers.Store(next)
+		w.log.Info("tiers applied", slog.String("source", source), slog.Int64("revision", modRev), slog.Int("tiers", len(next.Tiers)))
+		if w.onChange != nil {
+			w.onChange(next)
+		}
+	}
+	w.mu.Lock()
 	w.status.Revision = rev
 	switch {
 	case err != nil:
 		w.status.LastRejection = &Rejection{Key: key, Revision: rev, Errors: messages(err), At: w.clock.Now()}
 		w.status.Rejections++
 	case !same:
-		w.tiers.Store(next)
 		w.status.Source, w.status.AppliedRevision, w.status.AppliedAt = source, modRev, w.clock.Now()
 	}
 	close(w.changed)
 	w.changed = make(chan struct{})
 	w.mu.Unlock()
-	switch {
-	case err != nil:
-		w.log.Warn("tiers update rejected; keeping the tiers in force", slog.String("key", key), slog.Int64("revision", rev), slog.Any("errors", messages(err)))
-	case !same:
-		w.log.Info("tiers applied", slog.String("source", source), slog.Int64("revision", modRev), slog.Int("tiers", len(next.Tiers)))
-		if w.onChange != nil {
-			w.onChange(next)
-		}
-	}
 	select {
 	case <-w.ready:
 	default:

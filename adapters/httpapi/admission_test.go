@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 )
@@ -50,8 +51,9 @@ func succeed(context.Context, httpapi.Job) (*comfyui.Result, error) {
 }
 
 // runnerStack is the API over a runner of the test's, for the paths a real
-// backend cannot be made to take (a panic).
-func runnerStack(t *testing.T, src string, cfg httpapi.Config) (*httpapi.Server, *engine.Engine, *funcRunner) {
+// backend cannot be made to take (a panic); its answers are checked against
+// the OpenAPI document.
+func runnerStack(t *testing.T, src string, cfg httpapi.Config) (http.Handler, *engine.Engine, *funcRunner) {
 	t.Helper()
 	eng := testEngine(t, src, clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)))
 	runner := &funcRunner{run: succeed}
@@ -64,7 +66,7 @@ func runnerStack(t *testing.T, src string, cfg httpapi.Config) (*httpapi.Server,
 		t.Fatal(err)
 	}
 	t.Cleanup(api.Close)
-	return api, eng, runner
+	return openapitest.Handler(t, api), eng, runner
 }
 
 func serve(api http.Handler, req *http.Request, peer string) *httptest.ResponseRecorder {

@@ -125,6 +125,17 @@ func (s *Server) admit(c *gin.Context, who *caller, call engine.Call, async bool
 			tok.Exit(jobs.ErrPanicked) // no-op after the job's own Exit
 		}
 	}()
+	// A farm that would refuse the caller now (its in-flight share is
+	// full) says so before the quota is charged: a refused call costs no
+	// quota write. The farm can still refuse later (a race), then the
+	// charge is refunded.
+	if pc, ok := s.runner.(Prechecker); ok {
+		if err := pc.Precheck(who.job(comfyui.Job{Resource: call.Resource, Size: call.Size}, max(tok.Cost, 1))); err != nil {
+			tok.Exit(nil) // never ran
+			s.jobError(c, call.Resource, who, err)
+			return
+		}
+	}
 	ch, ok := s.take(c, who, call, tok)
 	if !ok {
 		return

@@ -29,6 +29,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/rules"
@@ -42,7 +43,9 @@ func TestMain(m *testing.M) {
 // stack is the whole request path: Gin, the engine on sentinel-golang, and
 // a fake ComfyUI on loopback.
 type stack struct {
-	api    *httpapi.Server
+	api *httpapi.Server
+	// h serves api, checking every answer against the OpenAPI document.
+	h      http.Handler
 	eng    *engine.Engine
 	comfy  *comfyuitest.Server
 	client *comfyui.Client
@@ -90,7 +93,7 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &stack{api: api, eng: eng, comfy: comfy, client: client}
+	return &stack{api: api, h: openapitest.Handler(t, api), eng: eng, comfy: comfy, client: client}
 }
 
 // testEngine starts an engine enforcing the rules in src, with its own
@@ -125,7 +128,7 @@ func (idleCPU) CPUUsage() (float64, error) { return 0.1, nil }
 func (s *stack) do(req *http.Request, peer string) *httptest.ResponseRecorder {
 	req.RemoteAddr = peer
 	rec := httptest.NewRecorder()
-	s.api.ServeHTTP(rec, req)
+	s.h.ServeHTTP(rec, req)
 	return rec
 }
 
@@ -183,7 +186,7 @@ func problemOf(t testing.TB, body []byte) httpapi.Problem {
 
 func TestFlowAdmitsTwoOfTenSimultaneous(t *testing.T) {
 	s := newStack(t, "resource: ddcolor_person\nflow: [{threshold: 2, window: 1s}]\n", stackOptions{})
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 	img := pngBytes(t, 64, 48)
 

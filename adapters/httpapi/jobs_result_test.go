@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
@@ -35,7 +36,7 @@ func resultStack(t *testing.T, rules string, runner func(*stack) httpapi.Runner)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.api = api
+	s.api, s.h = api, openapitest.Handler(t, api)
 	return s, done
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/comfyui/comfyuitest"
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
@@ -41,7 +42,7 @@ func asyncStack(t *testing.T, o stackOptions, runner httpapi.Runner) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(api.Close)
-	s.api = api
+	s.api, s.h = api, openapitest.Handler(t, api)
 	return s
 }
 
@@ -172,7 +173,7 @@ func checkIdle(t *testing.T, s *stack) {
 func TestAsyncSubmitPollResult(t *testing.T) {
 	started, release := make(chan struct{}, 1), make(chan struct{})
 	s := asyncStack(t, stackOptions{comfy: comfyuitest.Options{JobTime: gatedJobTime(started, release, 5*time.Millisecond)}}, nil)
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 
 	req := colorizeRequest(t, "/api/ddcolorize/person?mode=async", pngBytes(t, 64, 48), map[string]string{"size": "256"})
@@ -216,7 +217,7 @@ func TestAsyncPreferHeader(t *testing.T) {
 	}
 	var sub struct{ ID string }
 	json.Unmarshal(rec.Body.Bytes(), &sub)
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 	finalState(t, openEvents(t, srv, sub.ID).until(t))
 	if j := getJob(t, s, sub.ID); j.Params.Prompt != "a kite" || j.Params.Seed != 7 || j.Params.Steps != 2 {
@@ -235,7 +236,7 @@ func TestAsyncPreferHeader(t *testing.T) {
 func TestAsyncEventsInOrder(t *testing.T) {
 	started, release := make(chan struct{}, 1), make(chan struct{})
 	s := asyncStack(t, stackOptions{comfy: comfyuitest.Options{JobTime: gatedJobTime(started, release, 50*time.Millisecond)}}, nil)
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
@@ -319,7 +320,7 @@ func (r stateRunner) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result,
 func TestAsyncStatesSayWhereTheJobIs(t *testing.T) {
 	r := newStateRunner()
 	s := asyncStack(t, stackOptions{}, r)
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 
 	id := submitAsync(t, s, asyncGenerate(`{"prompt": "x"}`))
@@ -362,7 +363,7 @@ func TestAsyncStatesSayWhereTheJobIs(t *testing.T) {
 
 func TestAsyncCancelRunning(t *testing.T) {
 	s := asyncStack(t, stackOptions{comfy: comfyuitest.Options{JobTime: func(comfyuitest.Prompt) time.Duration { return 4 * time.Second }}}, nil)
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 
 	// 20 steps of 200 ms: the first progress comes after 200 ms, the end
@@ -404,7 +405,7 @@ func (q queueRunner) Run(ctx context.Context, job httpapi.Job) (*comfyui.Result,
 func TestAsyncCancelQueued(t *testing.T) {
 	q := queueRunner{waiting: make(chan struct{}, 1)}
 	s := asyncStack(t, stackOptions{}, q)
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 
 	id := submitAsync(t, s, asyncGenerate(`{"prompt": "x"}`))
@@ -435,7 +436,7 @@ func TestAsyncCancelQueued(t *testing.T) {
 
 func TestAsyncOtherTenant(t *testing.T) {
 	s := asyncStack(t, stackOptions{}, nil)
-	srv := httptest.NewServer(s.api)
+	srv := httptest.NewServer(s.h)
 	defer srv.Close()
 	id := submitAsync(t, s, asyncGenerate(`{"prompt": "x", "width": 256, "height": 256, "steps": 1}`))
 	finalState(t, openEvents(t, srv, id).until(t))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	"github.com/sluicehq/sluice/engine/jobs"
 )
 
@@ -44,7 +45,7 @@ func TestAsyncColorizeResumesFromItsJournal(t *testing.T) {
 	}
 	req := colorizeRequest(t, "/api/ddcolorize/person", pngBytes(t, 64, 48), map[string]string{"size": "256"})
 	req.URL.RawQuery = "mode=async"
-	s.api = api1
+	s.api, s.h = api1, openapitest.Handler(t, api1)
 	id := submitAsyncID(t, s, req)
 	before := <-parked
 	first.Close() // the gateway stops with the job still waiting
@@ -64,7 +65,7 @@ func TestAsyncColorizeResumesFromItsJournal(t *testing.T) {
 		t.Fatalf("resumed as %s size %d tenant %q with %d image bytes; want %s size 256 tenant %q with the %d bytes prepared before",
 			after.Resource, after.Size, after.Tenant, len(after.Image), before.Resource, before.Tenant, len(before.Image))
 	}
-	s.api = api2
+	s.api, s.h = api2, openapitest.Handler(t, api2)
 	if j := wait2(t, second, id); j.State != jobs.Succeeded {
 		t.Fatalf("resumed job %s: %s", j.State, j.Error)
 	}

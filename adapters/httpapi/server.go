@@ -114,6 +114,13 @@ type RefusalObserver interface {
 	ObserveAuthFailure(credential string)
 }
 
+// ClientObserver is told the origin of every call to the public API
+// (its IPv4 address or IPv6 prefix, see Origin), to count distinct
+// clients. The Prometheus exporter is one.
+type ClientObserver interface {
+	ObserveClient(origin string)
+}
+
 // The kinds of credential RefusalObserver.ObserveAuthFailure is told.
 const (
 	// CredentialAPIKey: an API key (sk_…) was refused: unknown, revoked
@@ -144,6 +151,8 @@ type Config struct {
 	// Refusals, if set, is told of the daily quota refusals and refused
 	// credentials.
 	Refusals RefusalObserver
+	// Clients, if set, is told the origin of every call.
+	Clients ClientObserver
 	// MaxUploads bounds the uploads read, checked and prepared at once
 	// (default 16); beyond it a DDColor request gets 503 at once. A slot
 	// is held while its upload is read, checked and prepared, not while
@@ -202,6 +211,7 @@ type Server struct {
 	jobTimeout time.Duration
 	jobs       JobObserver
 	refusals   RefusalObserver
+	clients    ClientObserver
 	uploads    *uploadSlots
 	webhooks   bool
 	clock      clock.Clock
@@ -261,6 +271,7 @@ func New(cfg Config) (*Server, error) {
 		jobTimeout: cfg.JobTimeout,
 		jobs:       cfg.Jobs,
 		refusals:   cfg.Refusals,
+		clients:    cfg.Clients,
 		uploads:    newUploadSlots(cfg.MaxUploads, cfg.UploadsPerClient),
 		webhooks:   cfg.Webhooks,
 		clock:      clock.Or(cfg.Clock),

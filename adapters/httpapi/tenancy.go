@@ -123,6 +123,9 @@ func (s *Server) identify(c *gin.Context) (*caller, bool) {
 // 401, an identity check that could not be made 503; ok is then false.
 func (s *Server) identity(c *gin.Context) (id tenant.Identity, origin string, ok bool) {
 	origin = s.origin(c)
+	if s.clients != nil {
+		s.clients.ObserveClient(origin)
+	}
 	if s.identifier == nil {
 		return tenant.Identity{Tenant: origin, Tier: tenant.AnonymousTier, Kind: tenant.Anonymous}, origin, true
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/comfyui"
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/jobs"
@@ -139,7 +140,9 @@ func testTiers(registeredQuota int64) *rules.Tiers {
 // and quota on a fake clock at 2026-11-30 12:00 UTC: 43200 s before the
 // quota day ends.
 type tenantStack struct {
-	api    *httpapi.Server
+	api *httpapi.Server
+	// h serves api, checking every answer against the OpenAPI document.
+	h      http.Handler
 	eng    *engine.Engine
 	runner *funcRunner
 	quota  *fakeQuota
@@ -160,7 +163,7 @@ func newTenantStack(t *testing.T, src string, tiers *rules.Tiers, cfg httpapi.Co
 		t.Fatal(err)
 	}
 	t.Cleanup(api.Close)
-	ts.api = api
+	ts.api, ts.h = api, openapitest.Handler(t, api)
 	return ts
 }
 
@@ -168,7 +171,7 @@ func (ts *tenantStack) do(req *http.Request, key, peer string) *httptest.Respons
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	return serve(ts.api, req, peer)
+	return serve(ts.h, req, peer)
 }
 
 const testPNGSide = 24
@@ -575,25 +578,37 @@ func TestAsyncRefundOnFailure(t *testing.T) {
 
 // An async job refused before it is taken (the farm is full) is refunded
 // at once, and its answer says so.
-func TestAsyncRefusedBeforeAcceptedIsRefunded(t *testing.T) {
-	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
-	eng := testEngine(t, tenantRules, clk)
-	q := newFakeQuota(clk)
-	busy := &httpapi.BusyError{Reason: "2 jobs of this client already running or waiting", RetryAfter: time.Second, OverShare: true}
-	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: fullFarm{busyRunner{busy}}, Clock: clk,
-		Identity: testIdentity(), Quota: q, Tiers: staticTiers{testTiers(10)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer api.Close()
-	req := asyncGenerate(`{"prompt": "a lighthouse"}`)
-	req.Header.Set("Authorization", "Bearer "+acmeKey)
-	rec := serve(api, req, "192.0.2.1:1")
-	if _, l := rateFields(rec); rec.Code != 429 || len(l) != 1 || l[0] != `"daily";r=10;t=43200` {
-		t.Fatalf("%d %q %s", rec.Code, l, rec.Body)
-	}
-	if used, refunds := q.state("acme"); used != 0 || refunds != 1 {
-		t.Fatalf("used %d refunds %d", used, refunds)
+// A farm that would refuse the caller (its in-flight share is full) is
+// asked before the daily quota is charged: the refused call, sync or
+// async, costs no quota write, and its answer still carries the daily
+// items.
+func TestRefusedByTheFarmBeforeTheQuotaIsCharged(t *testing.T) {
+	for _, async := range []bool{false, true} {
+		clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+		eng := testEngine(t, tenantRules, clk)
+		q := newFakeQuota(clk)
+		busy := &httpapi.BusyError{Reason: "2 jobs of this client already running or waiting", RetryAfter: time.Second, OverShare: true}
+		api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: fullFarm{busyRunner{busy}}, Clock: clk,
+			Identity: testIdentity(), Quota: q, Tiers: staticTiers{testTiers(10)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := generateRequest(`{"prompt": "a lighthouse"}`)
+		if async {
+			req = asyncGenerate(`{"prompt": "a lighthouse"}`)
+		}
+		req.Header.Set("Authorization", "Bearer "+acmeKey)
+		rec := serve(api, req, "192.0.2.1:1")
+		api.Close()
+		if _, l := rateFields(rec); rec.Code != 429 || len(l) != 1 || l[0] != `"daily";r=10;t=43200` {
+			t.Fatalf("async %v: %d %q %s", async, rec.Code, l, rec.Body)
+		}
+		if used, refunds := q.state("acme"); used != 0 || refunds != 0 || q.takes != 0 {
+			t.Fatalf("async %v: used %d, %d refunds, %d takes; want none", async, used, refunds, q.takes)
+		}
+		if st := eng.Stats()[2]; st.InFlight != 0 {
+			t.Fatalf("async %v: token not exited: %+v", async, st)
+		}
 	}
 }
 
@@ -782,7 +797,7 @@ func TestResumedJobKeepsItsTicket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &tenantStack{api: api1, quota: q}
+	ts := &tenantStack{api: api1, h: openapitest.Handler(t, api1), quota: q}
 	id := ts.submit(t, asyncGenerate(`{"prompt": "a lighthouse"}`), acmeKey, "192.0.2.1:1")
 	<-parked
 	first.Close()
@@ -815,7 +830,7 @@ func TestResumedJobKeepsItsTicket(t *testing.T) {
 	if err := second.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ts.api = api2
+	ts.api, ts.h = api2, openapitest.Handler(t, api2)
 	if j := ts.job(t, id, acmeKey, "198.51.100.1:1"); j.State != jobs.Failed || j.Tier != "registered" {
 		t.Fatalf("resumed job %+v", j)
 	}

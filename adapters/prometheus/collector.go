@@ -23,6 +23,7 @@ type engineCollector struct {
 	gpuUsed, gpuTotal, gpuUtil, gpuPressure     *prom.Desc
 	pressureActive, tightenFactor, sourceUp     *prom.Desc
 	cpuUsage, load1, rulesRevision, rulesReject *prom.Desc
+	rulesLive, rulesHeard                       *prom.Desc
 }
 
 func newEngineCollector(eng *engine.Engine, rulesInfo func() RulesInfo) *engineCollector {
@@ -48,6 +49,8 @@ func newEngineCollector(eng *engine.Engine, rulesInfo func() RulesInfo) *engineC
 		load1:          desc("load1", "The machine's 1-minute load average."),
 		rulesRevision:  desc("rules_revision", "The etcd revision of the rules in force."),
 		rulesReject:    desc("rule_updates_rejected_total", "Rule updates refused as invalid; the last good rules stayed in force."),
+		rulesLive:      desc("rules_watch_live", "1 while the rule watch hears etcd; 0: etcd is unreachable and the rules in force may be stale."),
+		rulesHeard:     desc("rules_heard_timestamp_seconds", "When etcd last answered the rule watch, in Unix seconds; 0: never."),
 	}
 }
 
@@ -67,6 +70,8 @@ func (c *engineCollector) Describe(ch chan<- *prom.Desc) {
 	if c.rules != nil {
 		ch <- c.rulesRevision
 		ch <- c.rulesReject
+		ch <- c.rulesLive
+		ch <- c.rulesHeard
 	}
 }
 
@@ -79,6 +84,12 @@ func (c *engineCollector) Collect(ch chan<- prom.Metric) {
 		info := c.rules()
 		send(ch, c.rulesRevision, prom.GaugeValue, float64(info.Revision))
 		send(ch, c.rulesReject, prom.CounterValue, float64(info.Rejections))
+		send(ch, c.rulesLive, prom.GaugeValue, bit(info.Live))
+		heard := 0.0
+		if !info.HeardAt.IsZero() {
+			heard = float64(info.HeardAt.UnixNano()) / 1e9
+		}
+		send(ch, c.rulesHeard, prom.GaugeValue, heard)
 	}
 }
 

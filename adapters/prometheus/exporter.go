@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/dispatch"
 	"github.com/sluicehq/sluice/engine/tenant"
 	"github.com/sluicehq/sluice/rules"
 )
@@ -36,6 +37,11 @@ type RulesInfo struct {
 	Revision int64
 	// Rejections counts the rule updates refused since start.
 	Rejections uint64
+	// Live says the rule watch hears etcd (it has answered within the
+	// watch's window): false, the rules in force may be stale.
+	Live bool
+	// HeardAt is when etcd last answered the rule watch; zero: never.
+	HeardAt time.Time
 }
 
 // Config configures an Exporter.
@@ -45,6 +51,9 @@ type Config struct {
 	// Rules reports the rules' revision and rejected updates at every
 	// scrape; it must be safe for concurrent use. Nil exports neither.
 	Rules func() RulesInfo
+	// Backends reports the GPU farm at every scrape: each backend's health
+	// and slots, the jobs waiting, the average job time. Nil exports none.
+	Backends func() dispatch.Stats
 	// Logger receives the errors met while serving a scrape; they are
 	// discarded when nil (promhttp_metric_handler_errors_total counts them
 	// either way).
@@ -60,6 +69,7 @@ type Exporter struct {
 	queueWait     *prom.HistogramVec
 	quotaRefusals *prom.CounterVec
 	authFailures  *prom.CounterVec
+	clients       *clientCounter
 
 	// tiersMu guards tiers: the tiers counted apart in quotaRefusals.
 	tiersMu sync.Mutex
@@ -73,6 +83,7 @@ const maxTiers = 32
 var (
 	_ httpapi.JobObserver     = (*Exporter)(nil)
 	_ httpapi.RefusalObserver = (*Exporter)(nil)
+	_ httpapi.ClientObserver  = (*Exporter)(nil)
 )
 
 // New builds an exporter and its registry.
@@ -101,7 +112,8 @@ func New(cfg Config) *Exporter {
 			Name:      "auth_failures_total",
 			Help:      "Requests whose credential was refused (401), by the kind of credential sent: api_key, jwt or malformed.",
 		}, []string{"credential"}),
-		tiers: map[string]bool{tenant.AnonymousTier: true},
+		tiers:   map[string]bool{tenant.AnonymousTier: true},
+		clients: newClientCounter(),
 	}
 	// Every resource's series exist from the start, so rates over them
 	// begin at zero rather than at the first job.
@@ -121,7 +133,12 @@ func New(cfg Config) *Exporter {
 		e.queueWait,
 		e.quotaRefusals,
 		e.authFailures,
+		e.clients.newTotal,
+		e.clients.recent,
 	)
+	if cfg.Backends != nil {
+		e.reg.MustRegister(newFarmCollector(cfg.Backends))
+	}
 	if cfg.Engine != nil || cfg.Rules != nil {
 		e.reg.MustRegister(newEngineCollector(cfg.Engine, cfg.Rules))
 	}
@@ -190,6 +207,11 @@ func (e *Exporter) ObserveAuthFailure(credential string) {
 	}
 	e.authFailures.WithLabelValues(credential).Inc()
 }
+
+// ObserveClient counts origin (a client's IPv4 address or IPv6 prefix)
+// in sluice_client_origins_new_total when it is not among the last 65536
+// origins seen. The origin itself is never exported.
+func (e *Exporter) ObserveClient(origin string) { e.clients.observe(origin) }
 
 // seconds converts d, negative ones (clocks that disagree) counting as 0.
 func seconds(d time.Duration) float64 { return max(d, 0).Seconds() }

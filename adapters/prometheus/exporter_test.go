@@ -21,6 +21,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/prometheus"
 	"github.com/sluicehq/sluice/engine"
+	"github.com/sluicehq/sluice/engine/dispatch"
 	"github.com/sluicehq/sluice/rules"
 )
 
@@ -548,8 +549,12 @@ func fullExporter(t *testing.T) *prometheus.Exporter {
 	eng := newEngine(t, "resource: ddcolor_person\nflow: [{threshold: 1, window: 10s}]\n---\ngpu: {memory_used_ratio: 0.875}\n")
 	exp := prometheus.New(prometheus.Config{
 		Engine: eng,
-		Rules:  func() prometheus.RulesInfo { return prometheus.RulesInfo{Revision: 5, Rejections: 1} },
+		Rules: func() prometheus.RulesInfo {
+			return prometheus.RulesInfo{Revision: 5, Rejections: 1, Live: true, HeardAt: epoch}
+		},
+		Backends: func() dispatch.Stats { return farmStats },
 	})
+	exp.ObserveClient("192.0.2.1")
 	toks, _ := guard(t, eng, 2, engine.Call{Resource: "ddcolor_person", Origin: "192.0.2.1"})
 	for _, tok := range toks {
 		tok.Exit(nil)

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -40,12 +39,6 @@ const (
 	defaultPlanServer  = "http://127.0.0.1:8080"
 	defaultPlanTimeout = 10 * time.Second
 )
-
-// defaultPlanOptions are the flags' defaults, the token from
-// $SLUICE_ADMIN_TOKEN.
-func defaultPlanOptions() planOptions {
-	return planOptions{Server: defaultPlanServer, Token: os.Getenv("SLUICE_ADMIN_TOKEN"), Output: "text", Timeout: defaultPlanTimeout}
-}
 
 // errGatewayUnreachable marks a gateway that could not be reached (exit
 // code 2).

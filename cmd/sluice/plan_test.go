@@ -57,7 +57,7 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 		t.Cleanup(srv.Close)
 		configs = append(configs, comfyui.Config{BaseURL: srv.URL, Logger: quiet})
 	}
-	times := &plan.Recorder{}
+	times := &plan.Recorder{Clock: clk}
 	f, err := farm.New(farm.Config{Backends: configs, Slots: slots, JobTimes: times, Clock: clk, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +138,7 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 	if !z.Measured || z.Samples != jobs || z.Source != plan.SourceMeasured || math.Abs(z.SustainablePerSec-want) > 0.1*want {
 		t.Fatalf("zimage_generate: %+v; want %d jobs measured and %.2f jobs/s within 10%%", z, jobs, want)
 	}
-	if z.JobTimeMillis != 3000 || len(z.Sizes) != 1 || z.Sizes[0].Size != 256 || z.Proposed.Concurrency != backends*slots || p.SlotsTotal != backends*slots {
+	if z.JobTimeMillis != 3000 || len(z.Sizes) != 1 || z.Sizes[0].Size != 256 || z.Proposed.Concurrency != backends*slots*(1+plan.QueueJobTimes) || p.SlotsTotal != backends*slots {
 		t.Errorf("zimage_generate: %+v, farm of %d slots", z, p.SlotsTotal)
 	}
 
@@ -155,7 +155,7 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 		t.Fatalf("-o yaml: %v\n%s", err, out.String())
 	}
 	for _, d := range docs {
-		if d.Name() == rules.ResourceZImageGenerate && (d.Resource.Flow[0].Threshold != z.Proposed.FlowThreshold || d.Resource.Concurrency != 8) {
+		if d.Name() == rules.ResourceZImageGenerate && (d.Resource.Flow[0].Threshold != z.Proposed.FlowThreshold || d.Resource.Concurrency != 32) {
 			t.Errorf("-o yaml: %+v, want the proposal %+v", *d.Resource, z.Proposed)
 		}
 	}
@@ -168,7 +168,7 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 	text := out.String()
 	t.Logf("sluice plan --shadow:\n%s", text)
 	for _, s := range []string{"Farm: 4 backends, 8 slots", "zimage_generate   measured  12    3.00s  3.00s  2.67", "size 256",
-		"Notes:", "ddcolor_person: no job measured yet", "concurrency: {limit: 8, mode: shadow}"} {
+		"Notes:", "ddcolor_person: no job measured yet", "concurrency:\n  limit: 32\n  mode: shadow\n"} {
 		if !strings.Contains(text, s) {
 			t.Errorf("-o text --shadow lacks %q:\n%s", s, text)
 		}

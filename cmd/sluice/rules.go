@@ -147,7 +147,7 @@ document, the field and its line.`,
   sluice rules validate -f tight.yaml`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			docs, err := localDocs(file)
+			docs, err := localDocs(s, file)
 			if err != nil {
 				return err
 			}
@@ -155,7 +155,7 @@ document, the field and its line.`,
 			return nil
 		},
 	}
-	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder")
+	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder (- for standard input)")
 	return c
 }
 
@@ -172,7 +172,7 @@ writes nothing.`,
   sluice rules diff -f rules/ --endpoints etcd:2379`,
 		Args: noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			docs, err := localDocs(file)
+			docs, err := localDocs(s, file)
 			if err != nil {
 				return err
 			}
@@ -190,7 +190,7 @@ writes nothing.`,
 			})
 		},
 	}
-	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder")
+	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder (- for standard input)")
 	return c
 }
 
@@ -223,7 +223,7 @@ asks on the terminal first; --yes skips the question. Without a terminal and wit
 			return rulesApply(c.Context(), s, ef, file, dryRun, yes)
 		},
 	}
-	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder")
+	c.Flags().StringVarP(&file, "filename", "f", "", "rule file or folder (- for standard input)")
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "validate against etcd and show the diff; write nothing")
 	c.Flags().BoolVarP(&yes, "yes", "y", false, "apply without asking, even when documents lose rules")
 	return c
@@ -261,9 +261,26 @@ rules) and why. It runs until interrupted.`,
 }
 
 // localDocs reads and validates a file or folder on its own.
-func localDocs(file string) ([]rules.Document, error) {
+func localDocs(s streams, file string) ([]rules.Document, error) {
 	if file == "" {
 		return nil, usagef("missing -f FILE|DIR")
+	}
+	if file == "-" { // standard input: sluice plan -o yaml | sluice rules apply -f - --yes
+		data, err := io.ReadAll(io.LimitReader(s.in, maxStdinRules+1))
+		if err != nil {
+			return nil, invalid(fmt.Errorf("reading rules from standard input: %w", err))
+		}
+		if len(data) > maxStdinRules {
+			return nil, invalid(fmt.Errorf("standard input: more than %d bytes of rules", maxStdinRules))
+		}
+		docs, err := rules.Parse("stdin", data)
+		if err == nil {
+			_, err = rules.Build(docs)
+		}
+		if err != nil {
+			return nil, invalid(err)
+		}
+		return docs, nil
 	}
 	set, _, err := loadRules(file, true)
 	if err != nil {
@@ -271,6 +288,9 @@ func localDocs(file string) ([]rules.Document, error) {
 	}
 	return set.Docs, nil
 }
+
+// maxStdinRules bounds the rules read from standard input (-f -).
+const maxStdinRules = 8 << 20
 
 // docChange is what writing one document would change in etcd.
 type docChange struct {
@@ -337,7 +357,10 @@ func lostRules(changes []docChange) []string {
 }
 
 func rulesApply(ctx context.Context, s streams, ef *etcdFlags, file string, dryRun, yes bool) error {
-	docs, err := localDocs(file)
+	docs, err := localDocs(s, file)
+	if file == "-" {
+		s.tty = false // standard input held the rules: no answer can come from it
+	}
 	if err != nil {
 		return err
 	}

@@ -122,3 +122,33 @@ func TestRulesCLIUnreachable(t *testing.T) {
 		t.Errorf("apply without -f: exit %d, want %d", code, exitUsage)
 	}
 }
+
+// `-f -` reads the rules from standard input (sluice plan -o yaml | sluice
+// rules apply -f -): applied when nothing is lost, and, since standard
+// input held the rules, a document that loses rules needs --yes.
+func TestRulesApplyFromStandardInput(t *testing.T) {
+	ep := startEtcd(t)
+	stdin := func(in string, args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		err := runWith(context.Background(), args, streams{in: strings.NewReader(in), out: &out, errOut: &errOut, tty: true})
+		if err != nil {
+			return out.String(), errOut.String() + err.Error(), exitCode(err)
+		}
+		return out.String(), errOut.String(), 0
+	}
+	person := "resource: ddcolor_person\nflow: [{threshold: 2}]\nconcurrency: 4\n"
+	if out, errOut, code := stdin(person, "rules", "apply", "-f", "-", "--endpoints", ep); code != 0 || !strings.Contains(out, "ddcolor_person     created") {
+		t.Fatalf("apply from stdin: %d %q %q", code, out, errOut)
+	}
+	// Losing concurrency: no confirmation can be read from the rules' own input.
+	less := "resource: ddcolor_person\nflow: [{threshold: 3}]\n"
+	if _, errOut, code := stdin(less, "rules", "apply", "-f", "-", "--endpoints", ep); code != exitAborted || !strings.Contains(errOut, "concurrency") {
+		t.Fatalf("apply losing a rule from stdin without --yes: %d %q", code, errOut)
+	}
+	if out, _, code := stdin(less, "rules", "apply", "-f", "-", "--yes", "--endpoints", ep); code != 0 || !strings.Contains(out, "ddcolor_person     changed") {
+		t.Fatalf("apply from stdin with --yes: %d %q", code, out)
+	}
+	if _, errOut, code := stdin("resource: ddcolor_person\nflow: [{threshold: -1}]\n", "rules", "validate", "-f", "-"); code != 1 || !strings.Contains(errOut, "stdin: document 1 (ddcolor_person): flow[0].threshold: must be > 0, got -1") {
+		t.Fatalf("validate bad stdin: %d %q", code, errOut)
+	}
+}

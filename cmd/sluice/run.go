@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -295,11 +294,11 @@ the configured estimate.`,
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&o.Server, "server", "http://127.0.0.1:8080", "base URL of the running gateway")
+	f.StringVar(&o.Server, "server", defaultPlanServer, "base URL of the running gateway")
 	f.StringVar(&o.Token, "admin-token", "", "admin token, if the gateway protects its reads (or $SLUICE_ADMIN_TOKEN)")
 	f.StringVarP(&o.Output, "output", "o", "text", "output format: text, yaml or json")
 	f.BoolVar(&o.Shadow, "shadow", false, "the proposed rules carry mode: shadow (counted, never refusing)")
-	f.DurationVar(&o.Timeout, "timeout", 10*time.Second, "time the gateway has to answer")
+	f.DurationVar(&o.Timeout, "timeout", defaultPlanTimeout, "time the gateway has to answer")
 	return c
 }
 

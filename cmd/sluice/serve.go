@@ -26,6 +26,7 @@ import (
 	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/adapters/httpapi/imageinput"
 	"github.com/sluicehq/sluice/adapters/identity"
+	"github.com/sluicehq/sluice/adapters/openapi"
 	sluiceprom "github.com/sluicehq/sluice/adapters/prometheus"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
@@ -363,10 +364,11 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 	}
 	defer async.Close() // before etcd and the backends close
 
-	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo})
+	metrics := sluiceprom.New(sluiceprom.Config{Engine: eng, Logger: log, Rules: rs.rulesInfo, Backends: backends.Stats})
 	api, err := httpapi.New(httpapi.Config{
 		Jobs:           metrics,
 		Refusals:       metrics,
+		Clients:        metrics,
 		Engine:         eng,
 		Runner:         backends,
 		Logger:         log,
@@ -391,6 +393,10 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 		return err
 	}
 	restoreJobs(api.Resume) // before serving: recovered jobs hold their slots first
+	planner, err := newPlanner(f, sim != nil, backends.Stats, eng.Rules, jobTimes)
+	if err != nil {
+		return err
+	}
 	// The web console: its page, login and live feed; its session
 	// authorizes the operator API's writes from the page.
 	con, err := console.Register(api.Router(), console.Config{Engine: eng, Backends: backends.Stats,
@@ -399,10 +405,6 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 		return err
 	}
 	defer con.Close()
-	planner, err := newPlanner(f, sim != nil, backends.Stats, eng.Rules, jobTimes)
-	if err != nil {
-		return err
-	}
 	if err := dashboardapi.Register(api.Router(), dashboardapi.Config{
 		Engine:       eng,
 		Source:       rs.desc,
@@ -417,15 +419,17 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 		Build:        buildInfo(),
 		Tiers:        who.tiers,
 		Keys:         identity.NewAdmin(rs.store.Client(), rs.store.Prefix(), nil),
-		Session:      con,
 		Planner:      planner,
+		Session:      con,
 	}); err != nil {
 		return err
 	}
 	if f.adminToken == "" {
 		log.Warn("no --admin-token: the API refuses rule writes (use sluice rules apply) and simulator control; the dashboard is read-only")
 	}
-	api.Router().GET("/metrics", gin.WrapH(metrics.Handler()))
+	if err := mountDocs(api.Router(), metrics.Handler()); err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -476,6 +480,13 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 			slog.Duration("grace", f.shutdownGrace))
 	}
 	return nil
+}
+
+// mountDocs serves the metrics at /metrics and the OpenAPI document at
+// /openapi.json, both open.
+func mountDocs(r gin.IRouter, metrics http.Handler) error {
+	r.GET("/metrics", gin.WrapH(metrics))
+	return openapi.Register(r)
 }
 
 // simulator is sim for the operator API: nil (no simulator control) when

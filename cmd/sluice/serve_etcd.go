@@ -131,11 +131,12 @@ func (rs *ruleSource) status() dashboardapi.RulesStatus {
 	return out
 }
 
-// rulesInfo is what the metrics say of the rules: the revision in force and
-// the updates refused.
+// rulesInfo is what the metrics say of the rules: the revision in force,
+// the updates refused, and whether the watch still hears etcd.
 func (rs *ruleSource) rulesInfo() sluiceprom.RulesInfo {
 	st := rs.watcher.Status()
-	return sluiceprom.RulesInfo{Revision: st.AppliedRevision, Rejections: st.Rejections}
+	live, _ := rs.watcher.Live()
+	return sluiceprom.RulesInfo{Revision: st.AppliedRevision, Rejections: st.Rejections, Live: live, HeardAt: st.HeardAt}
 }
 
 // ruleWriter writes through the store and waits, briefly, until the watcher

@@ -23,5 +23,5 @@ func ExampleCompute() {
 	fmt.Printf("%s: %.2f jobs/s; flow %g per %s, concurrency %d, queue wait %gs\n",
 		r.Resource, r.SustainablePerSec, r.Proposed.FlowThreshold, r.Proposed.Window, r.Proposed.Concurrency, r.Proposed.QueueWaitSeconds)
 	// Output:
-	// ddcolor_person: 2.67 jobs/s; flow 2.66 per 1s, concurrency 8, queue wait 9s
+	// ddcolor_person: 2.67 jobs/s; flow 5 per 2s, concurrency 32, queue wait 9s
 }

@@ -1,18 +1,15 @@
 package plan
 
 import (
-	"bytes"
 	"cmp"
-	"errors"
 	"fmt"
 	"maps"
 	"math"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/engine/dispatch"
 	"github.com/sluicehq/sluice/rules"
@@ -99,8 +96,8 @@ type Input struct {
 	// Rules are the rules in force (nil: none); a proposal keeps their
 	// hotspot and ban rules.
 	Rules *rules.Set
-	// Shadow marks the proposed flow rule and concurrency mode: shadow,
-	// appended to the flow rules in force instead of replacing them.
+	// Shadow proposes the flow rule in mode: shadow next to every rule in
+	// force, kept as it is (see shadowDocument).
 	Shadow bool
 }
 
@@ -123,18 +120,17 @@ func Compute(in Input) Plan {
 	}
 	bySize := map[string][]Times{}
 	for _, t := range in.Times {
-		if len(t.Times) > 0 && slices.Contains(rules.Resources, t.Resource) {
+		if t.n() > 0 && slices.Contains(rules.Resources, t.Resource) {
 			bySize[t.Resource] = append(bySize[t.Resource], t)
 		}
 	}
-	// The measured resources share the slots by the slot time they used.
+	// The measured resources share the slots by the slot time they used
+	// over the recorder's span.
 	work := map[string]time.Duration{}
 	var totalWork time.Duration
 	for res, sizes := range bySize {
 		for _, s := range sizes {
-			for _, d := range s.Times {
-				work[res] += d
-			}
+			work[res] += s.total()
 		}
 		totalWork += work[res]
 	}
@@ -162,7 +158,9 @@ func Compute(in Input) Plan {
 			p.Notes = append(p.Notes, note)
 		}
 		queueWait = max(queueWait, r.Proposed.QueueWaitSeconds)
-		docs = append(docs, merged)
+		if merged != "" {
+			docs = append(docs, merged)
+		}
 	}
 	queueMax := QueueJobTimes * p.SlotsTotal
 	p.Notes = append(p.Notes, fmt.Sprintf("queue (flags of sluice serve, not rules): --queue-wait %s --queue-max %d: a job waits at most about %d job times",
@@ -182,20 +180,26 @@ func Compute(in Input) Plan {
 }
 
 // planResource plans one resource: its figures, its rule document as YAML
-// (with a comment line first) and a note when the document could not keep
-// the rules in force.
+// (with a comment line first; empty when no document that validates could
+// be made) and a note on what the document could not keep or propose.
 func planResource(name string, sizes []Times, current *rules.Resource, slotsTotal int, work, totalWork, estimate time.Duration, in Input) (Resource, string, string) {
 	r := Resource{Resource: name, Source: SourceEstimate, Sizes: []Size{}}
 	var all []time.Duration
+	var n int
+	var total time.Duration
 	for _, s := range sizes {
 		all = append(all, s.Times...)
+		n += s.n()
+		total += s.total()
 	}
 	jobTime := estimate
 	slots := float64(slotsTotal)
-	if len(all) > 0 {
-		r.Measured, r.Source, r.Samples = true, SourceMeasured, len(all)
-		jobTime = mean(all)
-		r.P95Millis = millis(p95(all))
+	if n > 0 {
+		r.Measured, r.Source, r.Samples = true, SourceMeasured, n
+		jobTime = total / time.Duration(n)
+		if len(all) > 0 {
+			r.P95Millis = millis(p95(all))
+		}
 		if totalWork > 0 {
 			slots = float64(slotsTotal) * float64(work) / float64(totalWork)
 		}
@@ -204,55 +208,37 @@ func planResource(name string, sizes []Times, current *rules.Resource, slotsTota
 	rate := slots / jobTime.Seconds()
 	r.SustainablePerSec = round(rate, 3)
 
-	cost := proposeCost(sizes, current)
-	costOf := func(size int) int {
-		if cost == nil {
-			return 1
+	var notes []string
+	existing := costInForce(current)
+	cost := proposeCost(sizes, existing)
+	if in.Shadow {
+		// A cost rule has no shadow mode: the one in force stays, and the
+		// shadow threshold counts with it.
+		if !reflect.DeepEqual(cost, existing) {
+			notes = append(notes, fmt.Sprintf("%s: shadow: the cost in force is kept (a cost rule has no shadow mode); the plan without --shadow proposes cost %s", name, costString(cost)))
 		}
-		if v, ok := cost.Values[strconv.Itoa(size)]; ok {
-			return v
-		}
-		return max(cost.Default, 1)
+		cost = existing
 	}
-	// The mean cost per job, over the measured mix.
-	avgCost, n := 0.0, 0
+	window, threshold, ok := flowFor(sizes, cost, rate)
+	capped := 0
+	for i := 0; !ok && !in.Shadow && i < 1000; i++ {
+		// A cost over the threshold would never pass (and does not
+		// validate): cap the costs at what the 10s threshold admits; that
+		// lowers the mean cost, so again until it holds.
+		capped = max(int(threshold), 1)
+		cost = capCost(cost, capped)
+		window, threshold, ok = flowFor(sizes, cost, rate)
+	}
+	if capped > 0 {
+		notes = append(notes, fmt.Sprintf("%s: the farm completes too few jobs per 10s for the costs measured or in force: costs capped at %d, so that every size can pass", name, capped))
+	}
 	for _, s := range sizes {
-		m := mean(s.Times)
-		r.Sizes = append(r.Sizes, Size{Size: s.Size, Samples: len(s.Times), JobTimeMillis: millis(m), Cost: costOf(s.Size)})
-		avgCost += float64(len(s.Times) * costOf(s.Size))
-		n += len(s.Times)
+		r.Sizes = append(r.Sizes, Size{Size: s.Size, Samples: s.n(), JobTimeMillis: millis(s.mean()), Cost: costOf(cost, s.Size)})
 	}
-	if n > 0 {
-		avgCost /= float64(n)
-	} else if cost != nil {
-		avgCost = float64(max(cost.Default, 1))
-	} else {
-		avgCost = 1
-	}
-	dearest := 1
-	if cost != nil {
-		dearest = max(dearest, cost.Default)
-		for _, v := range cost.Values {
-			dearest = max(dearest, v)
-		}
-	}
-	var note string
-	window, threshold := windows[len(windows)-1], 0.0
-	for _, w := range windows {
-		threshold = math.Floor(rate*avgCost*w.Seconds()*100) / 100
-		if window = w; threshold >= float64(dearest) {
-			break
-		}
-	}
-	threshold = max(threshold, 0.01)
-	if threshold < float64(dearest) {
-		note = fmt.Sprintf("%s: the farm sustains only %.2f cost per 10s, less than the dearest size's cost %d: such jobs could never pass", name, threshold, dearest)
-	}
-	concurrency := max(int(math.Ceil(slots-1e-9)), 1)
 	r.Proposed = Proposal{
 		FlowThreshold:    threshold,
 		Window:           window.String(),
-		Concurrency:      concurrency,
+		Concurrency:      concurrencyFor(slots),
 		Cost:             map[string]int{},
 		QueueWaitSeconds: max(math.Ceil(QueueJobTimes*jobTime.Seconds()), 1),
 	}
@@ -265,9 +251,18 @@ func planResource(name string, sizes []Times, current *rules.Resource, slotsTota
 		}
 	}
 
-	doc, docNote := document(name, current, r.Proposed, cost, in.Shadow)
+	var doc, docNote string
+	if in.Shadow {
+		doc, docNote = shadowDocument(name, current, r.Proposed)
+	} else {
+		doc, docNote = document(name, current, r.Proposed, cost)
+	}
 	if docNote != "" {
-		note = strings.TrimPrefix(note+"; "+docNote, "; ")
+		notes = append(notes, docNote)
+	}
+	note := strings.Join(notes, "; ")
+	if doc == "" {
+		return r, "", note
 	}
 	what := fmt.Sprintf("measured, %d jobs, mean %s, p95 %s", r.Samples, jobTime.Round(time.Millisecond), time.Duration(r.P95Millis*float64(time.Millisecond)).Round(time.Millisecond))
 	if !r.Measured {
@@ -277,18 +272,109 @@ func planResource(name string, sizes []Times, current *rules.Resource, slotsTota
 	return r, head + doc, note
 }
 
-// proposeCost is the cost rule a plan proposes: with two sizes or more
-// measured, each costs its job time over the cheapest's, rounded (the
-// cheapest costs 1), on top of the costs in force for the sizes not
-// measured; otherwise the cost rule in force.
-func proposeCost(sizes []Times, current *rules.Resource) *rules.CostRule {
-	var existing *rules.CostRule
-	if current != nil && current.Cost != nil && current.Cost.Param == rules.ParamSize {
-		existing = &rules.CostRule{Param: current.Cost.Param, Default: current.Cost.Default, Values: maps.Clone(current.Cost.Values)}
+// concurrencyFor is the concurrency of a resource with slots slots (its
+// share of the farm's). The engine counts a job from its admission to its
+// end, queue wait and output fetch included, so the concurrency is the
+// resource's slots plus its share of the proposed queue (--queue-max =
+// QueueJobTimes·S): a concurrency of only the slots would hold the
+// resource below what its slots complete and leave the queue empty.
+func concurrencyFor(slots float64) int {
+	return max(int(math.Ceil(slots-1e-9)), 1) + int(math.Ceil(QueueJobTimes*slots-1e-9))
+}
+
+// flowFor is the flow rule that admits rate jobs per second of sizes' mix
+// under cost: sentinel refuses a call when the window's count plus its cost
+// exceeds the threshold, and costs are whole numbers, so a threshold
+// admits its whole part only. It is the shortest window (1s, 2s, 5s, 10s)
+// whose whole capacity floor(rate·avgCost·w) is more than 90% of
+// rate·avgCost·w (so that what the engine admits stays within 10% of the
+// plan, exactly 90% being at the edge) and admits the dearest size; else 10s with its whole
+// capacity (at least 1). ok is false when even that does not admit the
+// dearest size.
+func flowFor(sizes []Times, cost *rules.CostRule, rate float64) (time.Duration, float64, bool) {
+	avgCost, n := 0.0, 0
+	for _, s := range sizes {
+		avgCost += float64(s.n() * costOf(cost, s.Size))
+		n += s.n()
 	}
+	if n > 0 {
+		avgCost /= float64(n)
+	} else {
+		avgCost = float64(costOf(cost, 0))
+	}
+	dearest := 1
+	if cost != nil {
+		dearest = max(dearest, cost.Default)
+		for _, v := range cost.Values {
+			dearest = max(dearest, v)
+		}
+	}
+	for _, w := range windows {
+		c := rate * avgCost * w.Seconds()
+		th := math.Floor(c + 1e-9)
+		if th >= float64(dearest) && th > 0.9*c+1e-9 {
+			return w, th, true
+		}
+	}
+	w := windows[len(windows)-1]
+	th := max(math.Floor(rate*avgCost*w.Seconds()+1e-9), 1)
+	return w, th, th >= float64(dearest)
+}
+
+// costOf is size's cost under cost (nil: 1).
+func costOf(cost *rules.CostRule, size int) int {
+	if cost == nil {
+		return 1
+	}
+	if v, ok := cost.Values[strconv.Itoa(size)]; ok {
+		return v
+	}
+	return max(cost.Default, 1)
+}
+
+// capCost is cost with every weight at most limit.
+func capCost(cost *rules.CostRule, limit int) *rules.CostRule {
+	if cost == nil {
+		return nil
+	}
+	out := &rules.CostRule{Param: cost.Param, Default: min(cost.Default, limit), Values: map[string]int{}}
+	for k, v := range cost.Values {
+		out.Values[k] = min(v, limit)
+	}
+	return out
+}
+
+// costString writes cost for a note.
+func costString(cost *rules.CostRule) string {
+	if cost == nil {
+		return "none"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(cost.Values)) {
+		parts = append(parts, fmt.Sprintf("%s: %d", k, cost.Values[k]))
+	}
+	if cost.Default > 0 {
+		parts = append(parts, fmt.Sprintf("default: %d", cost.Default))
+	}
+	return "{" + strings.Join(parts, ", ") + "}"
+}
+
+// costInForce is a copy of current's cost rule on size (nil: none).
+func costInForce(current *rules.Resource) *rules.CostRule {
+	if current == nil || current.Cost == nil || current.Cost.Param != rules.ParamSize {
+		return nil
+	}
+	return &rules.CostRule{Param: current.Cost.Param, Default: current.Cost.Default, Values: maps.Clone(current.Cost.Values)}
+}
+
+// proposeCost is the cost rule a plan proposes: with two sizes or more
+// measured, each costs its mean job time over the cheapest's, rounded (the
+// cheapest costs 1), on top of the cost rule in force (its default and the
+// sizes not measured); otherwise the cost rule in force.
+func proposeCost(sizes []Times, existing *rules.CostRule) *rules.CostRule {
 	var measured []Times
 	for _, s := range sizes {
-		if s.Size > 0 {
+		if s.Size > 0 && s.n() > 0 {
 			measured = append(measured, s)
 		}
 	}
@@ -297,28 +383,32 @@ func proposeCost(sizes []Times, current *rules.Resource) *rules.CostRule {
 	}
 	cheapest := time.Duration(math.MaxInt64)
 	for _, s := range measured {
-		cheapest = min(cheapest, mean(s.Times))
+		cheapest = min(cheapest, s.mean())
 	}
 	values := map[string]int{}
+	def := 0
 	if existing != nil {
 		maps.Copy(values, existing.Values)
+		def = existing.Default
 	}
 	for _, s := range measured {
-		c := int(math.Round(float64(mean(s.Times)) / float64(cheapest)))
+		c := int(math.Round(float64(s.mean()) / float64(max(cheapest, 1))))
 		values[strconv.Itoa(s.Size)] = min(max(c, 1), 1000)
 	}
-	maps.DeleteFunc(values, func(_ string, v int) bool { return v == 1 })
-	if len(values) == 0 {
+	// A size costing 1 needs no entry, unless the default is dearer.
+	maps.DeleteFunc(values, func(_ string, v int) bool { return v == 1 && def <= 1 })
+	if len(values) == 0 && def <= 1 {
 		return nil
 	}
-	return &rules.CostRule{Param: rules.ParamSize, Values: values}
+	return &rules.CostRule{Param: rules.ParamSize, Default: def, Values: values}
 }
 
 // document is the resource's proposed rule document as YAML: the document
 // in force with the proposed flow rule, concurrency and cost, its hotspot
 // and ban rules kept. When that would not validate, it is the proposal
-// alone, and the note says why.
-func document(name string, current *rules.Resource, p Proposal, cost *rules.CostRule, shadow bool) (string, string) {
+// alone, and the note says why; when that does not validate either, there
+// is no document, and the note says why.
+func document(name string, current *rules.Resource, p Proposal, cost *rules.CostRule) (string, string) {
 	w, _ := time.ParseDuration(p.Window)
 	flow := rules.FlowRule{Threshold: p.FlowThreshold, Window: rules.Duration(w)}
 	doc := &rules.Resource{Resource: name, Concurrency: p.Concurrency, Cost: cost}
@@ -327,85 +417,68 @@ func document(name string, current *rules.Resource, p Proposal, cost *rules.Cost
 		if len(current.Flow) > 0 && current.Flow[0].Behavior == rules.BehaviorThrottle {
 			flow.Behavior, flow.MaxQueue = rules.BehaviorThrottle, current.Flow[0].MaxQueue
 		}
-		if shadow {
-			doc.Flow = slices.Clone(current.Flow)
-		}
 	}
-	doc.Flow = append(doc.Flow, flow)
+	doc.Flow = []rules.FlowRule{flow}
 	var note string
 	if err := check(doc); err != nil {
 		note = fmt.Sprintf("%s: the rules in force could not be kept alongside the proposal (%v): the document holds the proposal alone", name, err)
 		doc = &rules.Resource{Resource: name, Flow: []rules.FlowRule{flow}, Concurrency: p.Concurrency, Cost: cost}
 		if err := check(doc); err != nil {
-			note = fmt.Sprintf("%s: the proposal does not validate: %v", name, err)
+			return "", fmt.Sprintf("%s: no document proposed: the proposal does not validate: %v", name, err)
 		}
 	}
-	out, err := rules.Encode(rules.Document{Resource: doc})
-	if err == nil && shadow {
-		out, err = markShadow(out)
+	return encode(name, doc, note)
+}
+
+// shadowDocument is the resource's document for a shadow plan: every rule
+// in force as it is (a cost rule has no shadow mode, and a resource has
+// one concurrency), its shadow flow rules (an earlier shadow plan's)
+// replaced by the proposed flow rule in mode shadow, and the proposed
+// concurrency in mode shadow where no enforcing concurrency is in force.
+// When that does not validate there is no document, and the note says why.
+func shadowDocument(name string, current *rules.Resource, p Proposal) (string, string) {
+	w, _ := time.ParseDuration(p.Window)
+	flow := rules.FlowRule{Threshold: p.FlowThreshold, Window: rules.Duration(w), Mode: rules.Shadow}
+	doc := &rules.Resource{Resource: name}
+	if current != nil {
+		c := *current
+		doc = &c
+		doc.Flow = nil
+		for _, f := range current.Flow {
+			if !f.Mode.IsShadow() {
+				doc.Flow = append(doc.Flow, f)
+			}
+		}
+		if len(doc.Flow) > 0 && doc.Flow[0].Behavior == rules.BehaviorThrottle {
+			flow.Behavior, flow.MaxQueue = rules.BehaviorThrottle, doc.Flow[0].MaxQueue
+		}
 	}
+	doc.Flow = append(doc.Flow, flow)
+	var note string
+	if doc.Concurrency == 0 || doc.ConcurrencyMode.IsShadow() {
+		doc.Concurrency, doc.ConcurrencyMode = p.Concurrency, rules.Shadow
+	} else if doc.Concurrency != p.Concurrency {
+		note = fmt.Sprintf("%s: shadow: the concurrency in force (%d) is kept; the plan proposes %d (a resource has one concurrency rule: try it with the plan without --shadow)", name, doc.Concurrency, p.Concurrency)
+	}
+	if err := check(doc); err != nil {
+		return "", fmt.Sprintf("%s: no shadow document proposed: the rules in force and the proposal do not validate together: %v", name, err)
+	}
+	return encode(name, doc, note)
+}
+
+// encode writes doc as YAML.
+func encode(name string, doc *rules.Resource, note string) (string, string) {
+	out, err := rules.Encode(rules.Document{Resource: doc})
 	if err != nil {
-		return "", fmt.Sprintf("%s: %v", name, err)
+		return "", fmt.Sprintf("%s: no document proposed: %v", name, err)
 	}
 	return string(out), note
 }
 
-// check validates doc as a rule set of its own. Only the enforcing form is
-// checked: the shadow marks are added to the text afterwards.
+// check validates doc as a rule set of its own.
 func check(doc *rules.Resource) error {
 	_, err := rules.Build([]rules.Document{{File: "plan", Index: 1, Resource: doc}})
 	return err
-}
-
-// markShadow adds mode: shadow to the last flow rule of an encoded
-// document and turns its concurrency into {limit: N, mode: shadow}.
-func markShadow(src []byte) ([]byte, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(src, &root); err != nil {
-		return nil, fmt.Errorf("shadow: %w", err)
-	}
-	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
-		return nil, errors.New("shadow: not a mapping")
-	}
-	m := root.Content[0]
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		k, v := m.Content[i].Value, m.Content[i+1]
-		switch {
-		case k == "flow" && v.Kind == yaml.SequenceNode && len(v.Content) > 0:
-			setKey(v.Content[len(v.Content)-1], "mode", "shadow")
-		case k == "concurrency" && v.Kind == yaml.ScalarNode:
-			m.Content[i+1] = &yaml.Node{Kind: yaml.MappingNode, Style: yaml.FlowStyle, Content: []*yaml.Node{
-				{Kind: yaml.ScalarNode, Value: "limit"}, {Kind: yaml.ScalarNode, Tag: "!!int", Value: v.Value},
-				{Kind: yaml.ScalarNode, Value: "mode"}, {Kind: yaml.ScalarNode, Value: "shadow"},
-			}}
-		case k == "concurrency" && v.Kind == yaml.MappingNode:
-			setKey(v, "mode", "shadow")
-		}
-	}
-	var buf bytes.Buffer
-	enc := yaml.NewEncoder(&buf)
-	enc.SetIndent(2)
-	if err := enc.Encode(&root); err != nil {
-		return nil, fmt.Errorf("shadow: %w", err)
-	}
-	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("shadow: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
-// setKey sets key to value in mapping m, adding it when absent.
-func setKey(m *yaml.Node, key, value string) {
-	if m.Kind != yaml.MappingNode {
-		return
-	}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == key {
-			m.Content[i+1] = &yaml.Node{Kind: yaml.ScalarNode, Value: value}
-			return
-		}
-	}
-	m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: key}, &yaml.Node{Kind: yaml.ScalarNode, Value: value})
 }
 
 func millis(d time.Duration) float64 { return round(float64(d)/float64(time.Millisecond), 3) }

@@ -42,8 +42,8 @@ func New(cfg Config) (*Planner, error) {
 	return &Planner{cfg: cfg}, nil
 }
 
-// Plan computes the plan now; shadow proposes the flow rule and
-// concurrency in mode: shadow.
+// Plan computes the plan now; shadow proposes the flow rule in mode:
+// shadow next to the rules in force, which stay as they are.
 func (p *Planner) Plan(shadow bool) Plan {
 	st := p.cfg.Farm()
 	in := Input{Times: p.cfg.Times.Snapshot(), Estimate: p.cfg.Estimate, EstimateSource: p.cfg.EstimateSource, Shadow: shadow}
