@@ -69,6 +69,12 @@ type Config struct {
 	// login cookie plus, for writes, its CSRF header. nil: only the
 	// bearer token.
 	Session Session
+	// IPv6Prefix is the prefix length that identifies an IPv6 client (sluice
+	// serve's --ipv6-prefix; 0 means 64): the client= filter of
+	// /api/blocked and the who= of DELETE /api/bans name an origin as the
+	// public API records it, so an IPv6 address is taken as its prefix
+	// and an IPv4-mapped one as the IPv4 address.
+	IPv6Prefix int
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -139,6 +145,12 @@ func Register(r gin.IRouter, cfg Config) error {
 	}
 	if cfg.ProtectReads && cfg.AdminToken == "" {
 		return errors.New("operator API: protecting reads needs an admin token")
+	}
+	if cfg.IPv6Prefix == 0 {
+		cfg.IPv6Prefix = 64
+	}
+	if cfg.IPv6Prefix < 1 || cfg.IPv6Prefix > 128 {
+		return fmt.Errorf("operator API: IPv6Prefix must be from 1 to 128, got %d", cfg.IPv6Prefix)
 	}
 	a := &api{cfg: cfg, log: cfg.Logger}
 	if a.log == nil {

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/sluicehq/sluice/adapters/httpapi"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/rules"
 )
@@ -27,14 +29,17 @@ type blockedFilter struct {
 	resource string
 	kind     engine.Kind
 	client   string
-	shadow   string
+	// origin is client as an origin: canonicalised as the public API
+	// records origins (see canonicalOrigin).
+	origin string
+	shadow string
 }
 
 func (f *blockedFilter) match(b engine.Blocked) bool {
 	switch {
 	case f.resource != "" && b.Resource != f.resource,
 		f.kind != "" && b.Kind != f.kind,
-		f.client != "" && b.Origin != f.client && b.Tenant != f.client,
+		f.client != "" && b.Origin != f.origin && b.Tenant != f.client,
 		f.shadow == shadowOnly && !b.Shadow,
 		f.shadow == shadowExclude && b.Shadow:
 		return false
@@ -44,7 +49,7 @@ func (f *blockedFilter) match(b engine.Blocked) bool {
 
 // parseBlockedFilter reads GET /api/blocked's query, or says what is wrong
 // with it.
-func parseBlockedFilter(c *gin.Context) (*blockedFilter, string) {
+func parseBlockedFilter(c *gin.Context, ipv6Bits int) (*blockedFilter, string) {
 	f := &blockedFilter{limit: defaultBlockedLimit, shadow: shadowInclude}
 	if s, ok := c.GetQuery("limit"); ok {
 		n, err := strconv.Atoi(s)
@@ -73,7 +78,7 @@ func parseBlockedFilter(c *gin.Context) (*blockedFilter, string) {
 		if s == "" {
 			return nil, "client must name an origin (an IP address or IPv6 prefix) or a tenant; got \"\""
 		}
-		f.client = s
+		f.client, f.origin = s, canonicalOrigin(s, ipv6Bits)
 	}
 	if s, ok := c.GetQuery("shadow"); ok {
 		switch s {
@@ -92,7 +97,7 @@ func parseBlockedFilter(c *gin.Context) (*blockedFilter, string) {
 //
 //	curl 'localhost:8080/api/blocked?resource=ddcolor_person&kind=hotspot&client=203.0.113.9&shadow=exclude&limit=20'
 func (a *api) blocked(c *gin.Context) {
-	f, bad := parseBlockedFilter(c)
+	f, bad := parseBlockedFilter(c, a.cfg.IPv6Prefix)
 	if bad != "" {
 		writeProblem(c, http.StatusBadRequest, "invalid-parameter", bad, nil)
 		return
@@ -137,7 +142,27 @@ func (a *api) unban(c *gin.Context) {
 		return
 	}
 	n := a.cfg.Engine.Unban(resource, who)
+	if origin := canonicalOrigin(who, a.cfg.IPv6Prefix); origin != who {
+		// who as written may still be a tenant's name; as an origin it
+		// is the form the engine keeps.
+		n += a.cfg.Engine.Unban(resource, origin)
+	}
 	a.log.Info("operator API: bans lifted", slog.String("who", who), slog.String("resource", resource),
 		slog.Int("lifted", n), slog.String("remote", c.ClientIP()))
 	c.JSON(http.StatusOK, gin.H{"lifted": n})
+}
+
+// canonicalOrigin is s as the public API records an origin (see
+// httpapi.Origin): an IPv4 address (IPv4-mapped IPv6 included) in
+// canonical form, an IPv6 address as its prefix of ipv6Bits bits, and an
+// IPv6 prefix in CIDR form masked and canonical. Anything else (a tenant)
+// is returned as it is.
+func canonicalOrigin(s string, ipv6Bits int) string {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return httpapi.Origin(s, ipv6Bits)
+	}
+	if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is6() && !p.Addr().Is4In6() {
+		return p.Masked().String()
+	}
+	return s
 }

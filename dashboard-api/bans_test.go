@@ -3,6 +3,7 @@ package dashboardapi_test
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +161,55 @@ func TestBansWritesNeedAToken(t *testing.T) {
 	checkProblem(t, request(protected, http.MethodGet, "/api/bans", "", nil), http.StatusUnauthorized)
 	if rec := request(protected, http.MethodGet, "/api/bans", "Bearer "+testToken, nil); rec.Code != http.StatusOK {
 		t.Errorf("GET /api/bans with the token: %d", rec.Code)
+	}
+}
+
+// An origin named by any of its forms — an IPv6 address inside the
+// recorded prefix, an IPv4-mapped IPv6 address — finds the refusals and
+// bans the engine keeps under the canonical origin, with the prefix length
+// of Config.IPv6Prefix.
+func TestBansAndBlockedCanonicaliseOrigins(t *testing.T) {
+	clock := &fixedClock{time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	eng := newEngine(t, `resource: ddcolor_building
+hotspot: [{param: origin, threshold: 1, window: 60s}]
+ban: {blocks: 1, within: 60s, for: 5m}
+`, engine.Options{Clock: clock})
+	// Origins as httpapi records them: IPv6 by /48 prefix here.
+	for _, origin := range []string{"2001:db8:1::/48", "192.0.2.7"} {
+		for range 2 {
+			if tok, err := eng.Guard(t.Context(), engine.Call{Resource: "ddcolor_building", Origin: origin, Size: 512}); err == nil {
+				tok.Exit(nil)
+			}
+		}
+	}
+	if n := len(eng.Bans()); n != 2 {
+		t.Fatalf("%d bans, want 2", n)
+	}
+	r := newRouter(t, dashboardapi.Config{Engine: eng, AdminToken: testToken, IPv6Prefix: 48})
+	for _, tc := range []struct{ client, want string }{
+		{"2001:db8:1:5::9", "2001:db8:1::/48"},
+		{"2001:0db8:0001:0000::/48", "2001:db8:1::/48"},
+		{"::ffff:192.0.2.7", "192.0.2.7"},
+		{"2001:db8:2::1", ""},
+	} {
+		rec := request(r, http.MethodGet, "/api/blocked?client="+url.QueryEscape(tc.client), "", nil)
+		var got []string
+		for _, b := range decode(t, rec)["blocked"].([]any) {
+			got = append(got, b.(map[string]any)["origin"].(string))
+		}
+		if len(got) != 1 || got[0] != tc.want {
+			if !(tc.want == "" && len(got) == 0) {
+				t.Errorf("client=%s: origins %v, want one refusal of %q", tc.client, got, tc.want)
+			}
+		}
+	}
+	for _, who := range []string{"2001:db8:1:ffff::abcd", "::ffff:192.0.2.7"} {
+		rec := request(r, http.MethodDelete, "/api/bans?who="+url.QueryEscape(who), "Bearer "+testToken, nil)
+		if rec.Code != http.StatusOK || rec.Body.String() != `{"lifted":1}` {
+			t.Errorf("DELETE who=%s: %d %s, want {\"lifted\":1}", who, rec.Code, rec.Body)
+		}
+	}
+	if b := eng.Bans(); len(b) != 0 {
+		t.Errorf("bans left: %+v", b)
 	}
 }

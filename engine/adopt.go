@@ -10,7 +10,7 @@ import (
 // the job was admitted before the restart and refusing it now would not
 // stop it. Until its Exit it counts as a job in flight of the resource (so
 // concurrency refuses new calls beyond it), in the statistics and in the
-// system rules. It returns nil (whose Exit does nothing) for a resource the
+// system rules, shadow ones included. It returns nil (whose Exit does nothing) for a resource the
 // engine does not know.
 func (e *Engine) Adopt(c Call) *Token {
 	r := e.res[c.Resource]

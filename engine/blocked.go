@@ -33,45 +33,81 @@ type Blocked struct {
 	Shadow bool `json:"shadow,omitempty"`
 }
 
-// blockedLog is a ring of the most recent refusals. Refusals are the path a
+// blockedLog holds the most recent refusals in two rings of the same size:
+// real refusals and shadow would-refusals, so that a flood of
+// would-refusals never pushes the real ones out. Refusals are the path a
 // flood takes, so add takes one lock and copies one struct into a slice
 // allocated up front.
 type blockedLog struct {
-	mu  sync.Mutex
-	buf []Blocked
+	mu           sync.Mutex
+	real, shadow blockedRing
+	seq          uint64 // entries recorded since the start, both rings: their order
+}
+
+// blockedRing is one ring of refusals, each with its place in the order of
+// both rings.
+type blockedRing struct {
+	buf []blockedEntry
 	n   uint64 // refusals recorded since the start; the next goes to buf[n%len(buf)]
+}
+
+type blockedEntry struct {
+	Blocked
+	seq uint64
 }
 
 func newBlockedLog(size int) *blockedLog {
 	if size <= 0 {
 		size = DefaultBlockedLog
 	}
-	return &blockedLog{buf: make([]Blocked, size)}
+	return &blockedLog{real: blockedRing{buf: make([]blockedEntry, size)}, shadow: blockedRing{buf: make([]blockedEntry, size)}}
 }
 
 func (l *blockedLog) add(b Blocked) {
 	l.mu.Lock()
-	l.buf[l.n%uint64(len(l.buf))] = b
-	l.n++
+	r := &l.real
+	if b.Shadow {
+		r = &l.shadow
+	}
+	r.buf[r.n%uint64(len(r.buf))] = blockedEntry{Blocked: b, seq: l.seq}
+	r.n++
+	l.seq++
 	l.mu.Unlock()
 }
 
-// recent returns up to limit entries, newest first; all it holds when limit
-// is 0 or less.
+// held is how many entries r holds.
+func (r *blockedRing) held() int { return int(min(r.n, uint64(len(r.buf)))) }
+
+// at is r's i-th newest entry (i < held).
+func (r *blockedRing) at(i int) *blockedEntry {
+	return &r.buf[(r.n-1-uint64(i))%uint64(len(r.buf))]
+}
+
+// recent returns up to limit entries of both rings, merged newest first;
+// all they hold when limit is 0 or less.
 func (l *blockedLog) recent(limit int) []Blocked {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	held := int(min(l.n, uint64(len(l.buf))))
-	if limit <= 0 || limit > held {
-		limit = held
+	hr, hs := l.real.held(), l.shadow.held()
+	if limit <= 0 || limit > hr+hs {
+		limit = hr + hs
 	}
-	out := make([]Blocked, limit)
-	for i := range out {
-		out[i] = l.buf[(l.n-1-uint64(i))%uint64(len(l.buf))]
+	out := make([]Blocked, 0, limit)
+	i, j := 0, 0
+	for len(out) < limit {
+		if j >= hs || i < hr && l.real.at(i).seq > l.shadow.at(j).seq {
+			out = append(out, l.real.at(i).Blocked)
+			i++
+		} else {
+			out = append(out, l.shadow.at(j).Blocked)
+			j++
+		}
 	}
 	return out
 }
 
-// Blocked returns up to limit of the most recent refusals, newest first
-// (every one held, up to Options.BlockedLog, when limit is 0 or less).
+// Blocked returns up to limit of the most recent refusals, real and shadow
+// merged newest first (every one held when limit is 0 or less: up to
+// Options.BlockedLog real refusals and as many shadow would-refusals, each
+// kept in a ring of its own).
 func (e *Engine) Blocked(limit int) []Blocked { return e.blocked.recent(limit) }

@@ -46,8 +46,8 @@ type Options struct {
 	// time need distinct namespaces (New refuses a namespace in use). Empty
 	// in production.
 	Namespace string
-	// BlockedLog is how many recent refusals Blocked can return (default
-	// DefaultBlockedLog).
+	// BlockedLog is how many recent refusals Blocked keeps (default
+	// DefaultBlockedLog), and as many shadow would-refusals apart.
 	BlockedLog int
 }
 
@@ -71,14 +71,19 @@ type Engine struct {
 	// runs two admissions of a resource under different locks or counters.
 	res map[string]*resource
 	// shadowRes holds, per resource, what its shadow rules count: their
-	// own sentinel-golang resource (flow windows, hotspot buckets), jobs in
-	// flight and pacing, as if they were enforced. Its admissions run
-	// under the real resource's lock.
+	// own sentinel-golang resource (flow windows, hotspot buckets) and
+	// pacing, as if they were enforced; their jobs in flight are the real
+	// ones less those they would have refused (resource.shadowOut). Its
+	// admissions run under the real resource's lock.
 	shadowRes map[string]*resource
 	// inbound is the engine's own figure of every admitted job, per job,
 	// for the system rules; shadowInbound the same of the jobs the shadow
-	// rules would have admitted, for the shadow system rules.
+	// rules would have admitted, for the shadow system rules' rate and
+	// response time (their concurrency is inbound's less shadowOut).
 	inbound, shadowInbound *stat.ResourceNode
+	// shadowOut counts the jobs in flight the shadow rules would have
+	// refused, over every resource (see resource.shadowOut).
+	shadowOut atomic.Int64
 
 	gpu gpus
 
@@ -108,6 +113,16 @@ type resource struct {
 	// inFlight counts admitted jobs not yet exited: checked and raised
 	// under mu, lowered once by Token.Exit.
 	inFlight atomic.Int64
+	// shadowOut counts, on a real resource, its jobs in flight that its
+	// shadow rules would have refused: the shadow concurrency rule counts
+	// inFlight less these, so jobs admitted before the shadow rules came
+	// (or adopted after a restart) count there too. Lowered at Exit.
+	shadowOut atomic.Int64
+	// sysShadowOut is the engine's count of such jobs over every resource,
+	// for the shadow system concurrency rule.
+	sysShadowOut *atomic.Int64
+	// real is, on a shadow resource, the real one; nil on a real one.
+	real *resource
 	// pace is, per throttle rule (by its index in the resource's flow
 	// list), the time in Unix nanoseconds of the last paced admission.
 	// Guarded by mu (the real resource's, for a shadow one).
@@ -223,6 +238,7 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 			banName: name,
 			rt:      newRTHistogram(),
 		}
+		e.res[name].sysShadowOut = &e.shadowOut
 		shadow := e.shadowName(name)
 		e.shadowRes[name] = &resource{
 			idx:     i,
@@ -233,6 +249,7 @@ func New(opts Options, set *rules.Set) (*Engine, error) {
 			stats:   e.res[name].stats, // shadow refusals are counted apart there
 			pace:    make(map[int]int64),
 			banName: name + shadowSuffix,
+			real:    e.res[name],
 		}
 	}
 	e.gpu.sources = make(map[string]*gpuSourceState)
@@ -388,12 +405,16 @@ func (e *Engine) compileResource(name string, r *rules.Resource, gpu *rules.GPU,
 		return rs
 	}
 	mine := func(m rules.Mode) bool { return m.IsShadow() == shadow }
-	if gpu != nil && gpu.Action == rules.GPUTighten && mine(gpu.Mode) {
-		// The GPU rule tightens the enforcing flow rules, over the
-		// admissions of its mode: the real ones, or in shadow those the
-		// shadow rules would have made.
+	if gpu != nil && gpu.Action == rules.GPUTighten && (shadow || !gpu.Mode.IsShadow()) {
+		// The GPU rule tightens the flow rules over the admissions of
+		// their state. The enforcing state tightens the enforcing flow
+		// rules under an enforcing GPU rule. The shadow state is what
+		// enforcing every shadow rule would do: it tightens the shadow
+		// flow rules under a GPU rule of either mode, and under a shadow
+		// GPU rule the enforcing flow rules too (over the admissions the
+		// shadow rules would have made).
 		for i, f := range r.Flow {
-			if f.Mode.IsShadow() {
+			if !shadow && f.Mode.IsShadow() || shadow && !f.Mode.IsShadow() && !gpu.Mode.IsShadow() {
 				continue
 			}
 			rs.flowChecks = append(rs.flowChecks, flowCheck{
@@ -552,6 +573,12 @@ type Token struct {
 	// would have admitted it too: it ends with the call. nil when there
 	// are no shadow rules, or they would have refused the call.
 	shadow *Token
+	// shadowOut says the shadow rules would have refused the call: it
+	// counts in its resource's shadowOut until it ends.
+	shadowOut bool
+	// selfInbound is, on a shadow admission, 1 when the enforcing chain
+	// has already counted the call in the engine's concurrency.
+	selfInbound int64
 	// Cost is the weight the call was admitted with.
 	Cost int
 }
@@ -564,6 +591,7 @@ func (t *Token) Exit(err error) {
 		return
 	}
 	t.res.inFlight.Add(-1)
+	t.res.shadowDone(t)
 	if err != nil {
 		t.entry.SetError(err)
 		t.res.stats.failed.Add(1)
@@ -571,7 +599,6 @@ func (t *Token) Exit(err error) {
 	t.res.stats.completed.Add(1)
 	t.entry.Exit()
 	if s := t.shadow; s != nil {
-		s.res.inFlight.Add(-1)
 		if err != nil {
 			s.entry.SetError(err)
 		}
@@ -633,21 +660,30 @@ func (e *Engine) admit(r *resource, tok *Token, c *Call) (rs *resState, res *bas
 		tok.refund()
 		return rs, res, entry, nil
 	}
-	r.inFlight.Add(1)
 	if rs.shadow != nil {
-		shadowRef = e.admitShadow(rs.shadow, tok, c)
+		// Before the call counts in flight: the shadow concurrency rules
+		// count the real jobs in flight.
+		if shadowRef = e.admitShadow(rs.shadow, tok, c); shadowRef != nil {
+			tok.shadowOut = true
+			r.shadowOut.Add(1)
+			e.shadowOut.Add(1)
+		}
 	}
+	r.inFlight.Add(1)
 	return rs, res, entry, shadowRef
 }
 
 // admitShadow runs the slot chain of the shadow rules srs for a call the
 // enforcing rules admitted (tok), as if they were enforced: their windows,
-// buckets, jobs in flight, pacing and bans count only the calls they would
-// admit. It returns the refusal they would make, or nil and keeps their
+// buckets, pacing and bans count only the calls they would admit, their
+// jobs in flight every real one but those they would have refused. It returns the refusal they would make, or nil and keeps their
 // admission in tok.shadow until the call ends. The caller holds the real
 // resource's lock.
 func (e *Engine) admitShadow(srs *resState, tok *Token, c *Call) *Refusal {
 	st := &Token{res: srs, who: tok.who, Cost: tok.Cost, args: tok.args}
+	if tok.counted {
+		st.selfInbound = 1
+	}
 	if srs.needArgs {
 		if st.who.tenant {
 			st.args[rules.ArgTenant] = st.who.who
@@ -671,7 +707,6 @@ func (e *Engine) admitShadow(srs *resState, tok *Token, c *Call) *Refusal {
 		entry.Exit()
 		return ref
 	}
-	srs.inFlight.Add(1)
 	tok.shadow = st
 	return nil
 }
@@ -900,4 +935,23 @@ func (e *Engine) Close() {
 		defer e.applyMu.Unlock()
 		sentinelRules.release(e.ns, e.log)
 	})
+}
+
+// shadowDone counts out of shadowOut an ending call t the shadow rules
+// would have refused.
+func (r *resource) shadowDone(t *Token) {
+	if t.shadowOut {
+		r.shadowOut.Add(-1)
+		r.sysShadowOut.Add(-1)
+	}
+}
+
+// inFlightOf is the jobs in flight the concurrency rule of rs counts: the
+// real ones, or for a shadow state the real ones the shadow rules would
+// have admitted.
+func (rs *resState) inFlightOf() int64 {
+	if r := rs.resource.real; r != nil {
+		return r.inFlight.Load() - r.shadowOut.Load()
+	}
+	return rs.inFlight.Load()
 }

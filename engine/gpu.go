@@ -343,8 +343,12 @@ func (s *gpuSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 		return nil
 	}
 	tok := tokenOf(ctx)
-	if tok == nil || tok.res.isShadow != p.shadow {
-		return nil // the GPU rule is checked only in its own mode
+	if tok == nil || p.shadow && !tok.res.isShadow {
+		// A shadow GPU rule refuses nothing. The shadow state sees the
+		// pressure of either mode: an enforcing pressure tightens the
+		// shadow flow rules, and under reject the enforcing state has
+		// refused the call before.
+		return nil
 	}
 	rs := tok.res
 	if !p.tighten {

@@ -114,10 +114,10 @@ func (t *Token) abandon() {
 	r := t.res.resource
 	r.giveBack(t)
 	r.inFlight.Add(-1)
+	r.shadowDone(t)
 	t.abandoned = true
 	t.entry.Exit()
 	if s := t.shadow; s != nil {
-		s.res.inFlight.Add(-1)
 		s.abandoned = true
 		s.entry.Exit()
 	}

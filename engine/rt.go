@@ -16,7 +16,8 @@ const (
 )
 
 // rtBounds are the buckets' upper bounds in milliseconds: 1, 1.2, 1.44,
-// ... (about 4 days at the last but one).
+// ..., 1.2^94 ≈ 2.8e7 (about 7.7 hours) at the last but one; the last is
+// unbounded.
 var rtBounds = func() [rtBuckets]float64 {
 	var b [rtBuckets]float64
 	for i := range b {

@@ -122,6 +122,12 @@ func (s *systemSlot) Check(ctx *base.EntryContext) *base.TokenResult {
 			over = v >= r.TriggerCount
 		case system.Concurrency:
 			v = float64(in.CurrentConcurrency())
+			if tok.res.isShadow {
+				// Every job in flight (admitted before the shadow rules
+				// came, adopted after a restart) but those the shadow
+				// rules would have refused, and this call itself.
+				v = float64(int64(s.e.inbound.CurrentConcurrency()) - s.e.shadowOut.Load() - tok.selfInbound)
+			}
 			over = v >= r.TriggerCount
 		case system.InboundQPS:
 			v = in.GetQPS(base.MetricEventPass)
@@ -162,7 +168,7 @@ func (concurrencySlot) Order() uint32 { return concurrencySlotOrder }
 
 func (concurrencySlot) Check(ctx *base.EntryContext) *base.TokenResult {
 	tok := tokenOf(ctx)
-	if tok == nil || tok.res.concurrency <= 0 || tok.res.inFlight.Load() < tok.res.concurrency {
+	if tok == nil || tok.res.concurrency <= 0 || tok.res.inFlightOf() < tok.res.concurrency {
 		return nil
 	}
 	return base.NewTokenResultBlockedWithCause(base.BlockTypeIsolation, "concurrency", tok.res.concurrencyRule, nil)

@@ -189,3 +189,16 @@ gpu: {mode: shadow, memory_used_ratio: 0.9}
 		t.Fatal(err)
 	}
 }
+
+// A shadow flow threshold below a cost is an error, as its enforcing
+// version is: enforced, it would refuse those requests always.
+func TestShadowThresholdBelowCostIsAnError(t *testing.T) {
+	docs, err := rules.Parse("rules.yaml", []byte("resource: ddcolor_person\nflow: [{threshold: 10}, {threshold: 2, mode: shadow}]\ncost: {param: size, values: {\"1024\": 3}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rules.Build(docs)
+	if err == nil || !strings.Contains(err.Error(), `cost.values["1024"]: costs 3 but flow[1].threshold is 2`) {
+		t.Fatalf("Build: %v, want the cost refused against the shadow flow[1]", err)
+	}
+}

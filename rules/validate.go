@@ -201,6 +201,9 @@ func validateCost(c *errs, r *CostRule) {
 
 // costWithinThresholds refuses a cost that no flow or hotspot rule could
 // ever admit: a request that costs more than a threshold is refused always.
+// Shadow rules are checked too: enforced, such a rule would refuse those
+// requests always, which is what an operator trying it out wants to hear
+// before, not after switching it to enforce.
 func costWithinThresholds(c *errs, r *Resource) {
 	costs := map[string]int{}
 	for k, v := range r.Cost.Values {

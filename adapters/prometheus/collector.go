@@ -22,6 +22,7 @@ type engineCollector struct {
 	requests, inFlight, shadow                  *prom.Desc
 	gpuUsed, gpuTotal, gpuUtil, gpuPressure     *prom.Desc
 	pressureActive, tightenFactor, sourceUp     *prom.Desc
+	shadowPressure                              *prom.Desc
 	cpuUsage, load1, rulesRevision, rulesReject *prom.Desc
 	rulesLive, rulesHeard                       *prom.Desc
 }
@@ -42,8 +43,9 @@ func newEngineCollector(eng *engine.Engine, rulesInfo func() RulesInfo) *engineC
 		gpuTotal:       desc("gpu_memory_total_bytes", "GPU memory in all.", gpu...),
 		gpuUtil:        desc("gpu_utilization_ratio", "GPU busy fraction, 0–1, where the source reports it (NVML).", gpu...),
 		gpuPressure:    desc("gpu_pressure", "1 while the GPU is over the GPU rule's thresholds (with hysteresis).", gpu...),
-		pressureActive: desc("gpu_pressure_active", "1 while the GPU rule refuses or tightens because a GPU is under pressure."),
-		tightenFactor:  desc("gpu_tighten_factor", "Factor flow thresholds are scaled by; 1 unless a tighten pressure is active."),
+		pressureActive: desc("gpu_pressure_active", "1 while the GPU rule refuses or tightens because a GPU is under pressure (an enforcing GPU rule only)."),
+		tightenFactor:  desc("gpu_tighten_factor", "Factor flow thresholds are scaled by; 1 unless a tighten pressure of an enforcing GPU rule is active."),
+		shadowPressure: desc("gpu_shadow_pressure_active", "1 while a GPU rule in mode shadow sees pressure: it would refuse or tighten, and does not."),
 		sourceUp:       desc("gpu_source_up", "1 when the GPU source's last read succeeded.", "source"),
 		cpuUsage:       desc("cpu_usage_ratio", "The gateway's own CPU busy fraction (its cgroup's or its process's), 0–1, as the engine last sampled it."),
 		load1:          desc("load1", "The machine's 1-minute load average."),
@@ -62,7 +64,7 @@ func (c *engineCollector) Describe(ch chan<- *prom.Desc) {
 	if c.eng != nil {
 		for _, d := range []*prom.Desc{
 			c.requests, c.inFlight, c.shadow, c.gpuUsed, c.gpuTotal, c.gpuUtil, c.gpuPressure,
-			c.pressureActive, c.tightenFactor, c.sourceUp, c.cpuUsage, c.load1,
+			c.pressureActive, c.tightenFactor, c.shadowPressure, c.sourceUp, c.cpuUsage, c.load1,
 		} {
 			ch <- d
 		}
@@ -136,8 +138,16 @@ func (c *engineCollector) collectSystem(ch chan<- prom.Metric) {
 	for _, s := range sys.Sources {
 		send(ch, c.sourceUp, prom.GaugeValue, bit(s.Available), s.Name)
 	}
-	send(ch, c.pressureActive, prom.GaugeValue, bit(sys.Pressure.Active))
-	send(ch, c.tightenFactor, prom.GaugeValue, sys.Pressure.Factor)
+	// A shadow GPU rule's pressure refuses and tightens nothing: it shows
+	// apart, so that an alert on the enforced pressure does not fire on it.
+	enforced := sys.Pressure.Active && !sys.Pressure.Shadow
+	factor := 1.0
+	if enforced {
+		factor = sys.Pressure.Factor
+	}
+	send(ch, c.pressureActive, prom.GaugeValue, bit(enforced))
+	send(ch, c.tightenFactor, prom.GaugeValue, factor)
+	send(ch, c.shadowPressure, prom.GaugeValue, bit(sys.Pressure.Active && sys.Pressure.Shadow))
 }
 
 // send sends a const metric, or an invalid one carrying the error (label

@@ -10,8 +10,9 @@
 //	sluice_gpu_memory_total_bytes{gpu, source, backend}
 //	sluice_gpu_utilization_ratio{gpu, source, backend}   (only where the source reports it)
 //	sluice_gpu_pressure{gpu, source, backend}            1 while the GPU is under pressure
-//	sluice_gpu_pressure_active                           1 while the GPU rule acts
+//	sluice_gpu_pressure_active                           1 while the (enforcing) GPU rule acts
 //	sluice_gpu_tighten_factor                            the factor flow thresholds are scaled by
+//	sluice_gpu_shadow_pressure_active                    1 while a shadow GPU rule would act
 //	sluice_gpu_source_up{source}                         0 while a GPU source cannot be read
 //	sluice_cpu_usage_ratio
 //	sluice_load1                                         (from the first load sample on)

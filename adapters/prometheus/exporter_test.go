@@ -260,7 +260,7 @@ sluice_gpu_memory_used_bytes{backend="http://gpu-1:8188",gpu="http://gpu-1:8188#
 sluice_gpu_pressure{backend="",gpu="nvml:0",source="nvml"} 0
 sluice_gpu_pressure{backend="http://gpu-1:8188",gpu="http://gpu-1:8188#0",source="comfyui"} 1
 sluice_gpu_pressure{backend="http://gpu-1:8188",gpu="http://gpu-1:8188#1",source="comfyui"} 0
-# HELP sluice_gpu_pressure_active 1 while the GPU rule refuses or tightens because a GPU is under pressure.
+# HELP sluice_gpu_pressure_active 1 while the GPU rule refuses or tightens because a GPU is under pressure (an enforcing GPU rule only).
 # TYPE sluice_gpu_pressure_active gauge
 sluice_gpu_pressure_active 1
 # HELP sluice_gpu_source_up 1 when the GPU source's last read succeeded.
@@ -268,7 +268,7 @@ sluice_gpu_pressure_active 1
 sluice_gpu_source_up{source="comfyui http://gpu-1:8188"} 1
 sluice_gpu_source_up{source="comfyui http://gpu-2:8188"} 0
 sluice_gpu_source_up{source="nvml"} 1
-# HELP sluice_gpu_tighten_factor Factor flow thresholds are scaled by; 1 unless a tighten pressure is active.
+# HELP sluice_gpu_tighten_factor Factor flow thresholds are scaled by; 1 unless a tighten pressure of an enforcing GPU rule is active.
 # TYPE sluice_gpu_tighten_factor gauge
 sluice_gpu_tighten_factor 1
 # HELP sluice_gpu_utilization_ratio GPU busy fraction, 0–1, where the source reports it (NVML).
@@ -300,11 +300,17 @@ func TestGPUPressureAndFactor(t *testing.T) {
 		active   float64
 		factor   float64
 		onTheGPU float64 // sluice_gpu_pressure of the GPU
+		shadow   float64 // sluice_gpu_shadow_pressure_active
 	}{
-		{"no rule", "system: {concurrency: 64}\n", 15.5, 0, 1, 0},
-		{"under the threshold", "gpu: {memory_used_ratio: 0.875}\n", 8, 0, 1, 0},
-		{"reject", "gpu: {memory_used_ratio: 0.875}\n", 15, 1, 1, 1},
-		{"tighten", "gpu: {memory_used_ratio: 0.875, action: tighten, factor: 0.25}\n", 15, 1, 0.25, 1},
+		{"no rule", "system: {concurrency: 64}\n", 15.5, 0, 1, 0, 0},
+		{"under the threshold", "gpu: {memory_used_ratio: 0.875}\n", 8, 0, 1, 0, 0},
+		{"reject", "gpu: {memory_used_ratio: 0.875}\n", 15, 1, 1, 1, 0},
+		{"tighten", "gpu: {memory_used_ratio: 0.875, action: tighten, factor: 0.25}\n", 15, 1, 0.25, 1, 0},
+		// A shadow GPU rule's pressure is not the enforced one: an alert on
+		// sluice_gpu_pressure_active must not fire for it.
+		{"shadow reject", "gpu: {mode: shadow, memory_used_ratio: 0.875}\n", 15, 0, 1, 1, 1},
+		{"shadow tighten", "gpu: {mode: shadow, memory_used_ratio: 0.875, action: tighten, factor: 0.25}\n", 15, 0, 1, 1, 1},
+		{"shadow under the threshold", "gpu: {mode: shadow, memory_used_ratio: 0.875}\n", 8, 0, 1, 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -317,6 +323,9 @@ func TestGPUPressureAndFactor(t *testing.T) {
 			}
 			if got := value(t, reg, "sluice_gpu_tighten_factor"); got != tt.factor {
 				t.Errorf("sluice_gpu_tighten_factor = %v, want %v", got, tt.factor)
+			}
+			if got := value(t, reg, "sluice_gpu_shadow_pressure_active"); got != tt.shadow {
+				t.Errorf("sluice_gpu_shadow_pressure_active = %v, want %v", got, tt.shadow)
 			}
 			if got := value(t, reg, "sluice_gpu_pressure", "gpu", "http://gpu-1:8188#0"); got != tt.onTheGPU {
 				t.Errorf("sluice_gpu_pressure = %v, want %v", got, tt.onTheGPU)

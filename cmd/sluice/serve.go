@@ -421,6 +421,7 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 		Keys:         identity.NewAdmin(rs.store.Client(), rs.store.Prefix(), nil),
 		Planner:      planner,
 		Session:      con,
+		IPv6Prefix:   f.ipv6Prefix,
 	}); err != nil {
 		return err
 	}
