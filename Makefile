@@ -5,7 +5,7 @@ PKGS    := ./...
 BIN     := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test build build-nonvml bench bench-overload bench-abuse fuzz lint clean
+.PHONY: run test build build-nonvml bench bench-overload bench-abuse fuzz lint clean vendor-ui screenshots
 
 ## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
 run:
@@ -59,6 +59,23 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+
+UPLOT_VERSION := 1.6.32
+UPLOT_DIR     := adapters/console/web/assets/vendor/uplot
+
+## vendor-ui: refresh the console's vendored uPlot (MIT) at UPLOT_VERSION from the npm registry (needs npm; make run does not)
+vendor-ui:
+	@command -v npm >/dev/null || { echo "make vendor-ui needs npm (Node.js) to fetch uplot@$(UPLOT_VERSION)"; exit 1; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null && tar xzf uplot-$(UPLOT_VERSION).tgz) && \
+	mkdir -p $(UPLOT_DIR) && \
+	cp "$$tmp/package/dist/uPlot.esm.js" "$$tmp/package/dist/uPlot.min.css" "$$tmp/package/LICENSE" $(UPLOT_DIR)/ && \
+	echo "uplot $(UPLOT_VERSION) (npm pack uplot@$(UPLOT_VERSION); make vendor-ui)" > $(UPLOT_DIR)/VERSION && \
+	echo "vendored uplot $(UPLOT_VERSION) into $(UPLOT_DIR)"
+
+## screenshots: run the console's browser tests and write docs/screenshots/<page>.png (needs chromium)
+screenshots:
+	SLUICE_SCREENSHOTS=1 $(GO) test -count=1 -run 'TestConsoleBrowser' -timeout 10m ./cmd/sluice
 
 clean:
 	rm -rf bin .sluice
