@@ -7,10 +7,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: run test build build-nonvml bench bench-overload bench-abuse fuzz lint clean vendor-ui screenshots
 
-## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator
+## run: the gateway with its defaults: embedded etcd seeded from testdata/rules, the built-in ComfyUI simulator, admin token $SLUICE_ADMIN_TOKEN or else "s3cret" (the dashboard login; loopback only)
 run:
 	@$(GO) build -o $(BIN) ./cmd/sluice
-	exec $(BIN) serve --rules testdata/rules $(ARGS)
+	SLUICE_ADMIN_TOKEN="$${SLUICE_ADMIN_TOKEN:-s3cret}" exec $(BIN) serve --rules testdata/rules $(ARGS)
 
 ## test: formatting, vet and every test with the race detector
 test: lint test-alerts

@@ -108,11 +108,18 @@ func (a *api) dryRun(c *gin.Context) {
 			set = append(set, d)
 		}
 	}
-	if _, err := rules.Build(append(slices.Clip(set), candidate)); err != nil {
+	built, err := rules.Build(append(slices.Clip(set), candidate))
+	if err != nil {
 		a.rejectDryRun(c, name, err)
 		return
 	}
-	diff, err := rules.Diff(name, inForce, &candidate)
+	// Both sides with their defaults filled in, as GET /api/rules shows
+	// them: a document read from there and sent back unchanged has no diff.
+	var before *rules.Document
+	if inForce != nil {
+		before = filled(a.cfg.Engine.Rules(), inForce)
+	}
+	diff, err := rules.Diff(name, before, filled(built, &candidate))
 	if err != nil {
 		writeProblem(c, http.StatusInternalServerError, "internal", err.Error(), nil)
 		return
@@ -133,4 +140,19 @@ func (a *api) rejectDryRun(c *gin.Context, name string, err error) {
 	}
 	a.log.Debug("operator API: dry run found problems", slog.String("resource", name), slog.Int("problems", len(list)))
 	writeInvalid(c, fmt.Sprintf("the rules with this document would be invalid (%s); nothing was written", problems(len(list))), list)
+}
+
+// filled is document d of set with the defaults the set filled in.
+func filled(set *rules.Set, d *rules.Document) *rules.Document {
+	out := rules.Document{File: d.File, Index: d.Index}
+	if d.Resource != nil {
+		out.Resource = set.Resources[d.Resource.Resource]
+		return &out
+	}
+	if d.System != nil {
+		sys := set.System
+		out.System = &sys
+	}
+	out.GPU = set.GPU
+	return &out
 }

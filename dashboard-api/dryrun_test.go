@@ -1,6 +1,7 @@
 package dashboardapi_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"slices"
 	"strings"
@@ -62,6 +63,15 @@ func TestDryRun(t *testing.T) {
 	// The same document: no diff.
 	if got = post("ddcolor_person", personInForce); got["diff"] != "" || len(toStrings(got["lost"])) != 0 {
 		t.Fatalf("same document: %v", got)
+	}
+	// The document as GET /api/rules shows it, defaults filled in
+	// (behavior, capacity, …): sent back unchanged, no diff either.
+	shown, err := json.Marshal(eng.Rules().Resources["ddcolor_person"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got = post("ddcolor_person", string(shown)); got["diff"] != "" || len(toStrings(got["lost"])) != 0 {
+		t.Fatalf("the document as shown, sent back: %v", got)
 	}
 	if calls := w.Calls(); len(calls) != 0 {
 		t.Fatalf("a dry run wrote: %q", calls)
