@@ -124,7 +124,7 @@ func problemDetail(body []byte) string {
 // writePlanText prints the plan as a table, its notes, then its YAML.
 func writePlanText(w io.Writer, p plan.Plan) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Farm: %d backends, %d slots\n", len(p.Backends), p.SlotsTotal)
+	fmt.Fprintf(&b, "Farm: %s, %s\n", plural(len(p.Backends), "backend"), plural(p.SlotsTotal, "slot"))
 	for _, be := range p.Backends {
 		fmt.Fprintf(&b, "  %s  %d slots\n", be.Name, be.Slots)
 	}
@@ -177,4 +177,12 @@ func newPlanner(f *serveFlags, simulated bool, farmStats func() dispatch.Stats, 
 		return nil, fmt.Errorf("--job-estimate: %w", err)
 	}
 	return p, nil
+}
+
+// plural is "1 slot", "2 slots".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

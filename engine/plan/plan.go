@@ -166,7 +166,7 @@ func Compute(in Input) Plan {
 	p.Notes = append(p.Notes, fmt.Sprintf("queue (flags of sluice serve, not rules): --queue-wait %s --queue-max %d: a job waits at most about %d job times",
 		time.Duration(queueWait*float64(time.Second)), queueMax, QueueJobTimes))
 	var y strings.Builder
-	fmt.Fprintf(&y, "# sluice plan: %d backends, %d slots in all.\n", len(p.Backends), p.SlotsTotal)
+	fmt.Fprintf(&y, "# sluice plan: %s, %s in all.\n", plural(len(p.Backends), "backend"), plural(p.SlotsTotal, "slot"))
 	fmt.Fprintf(&y, "# Queue (sluice serve flags, not rules): --queue-wait %s --queue-max %d\n",
 		time.Duration(queueWait*float64(time.Second)), queueMax)
 	for i, d := range docs {
@@ -486,4 +486,12 @@ func millis(d time.Duration) float64 { return round(float64(d)/float64(time.Mill
 func round(v float64, places int) float64 {
 	p := math.Pow(10, float64(places))
 	return math.Round(v*p) / p
+}
+
+// plural is "1 slot", "2 slots".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
