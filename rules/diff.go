@@ -21,6 +21,10 @@ import (
 //	cost
 //	cost.values["1280"]
 //	ban
+//	flow[0] (threshold 5 per 1s) now shadow
+//
+// A rule that stays but goes from enforce to shadow stops refusing: it is
+// lost too, named with "now shadow".
 func Lost(inForce, candidate *Resource) []string {
 	if inForce == nil {
 		return nil
@@ -29,27 +33,49 @@ func Lost(inForce, candidate *Resource) []string {
 		candidate = &Resource{}
 	}
 	var lost []string
-	for i := len(candidate.Flow); i < len(inForce.Flow); i++ {
-		f := inForce.Flow[i]
+	for i, f := range inForce.Flow {
 		window := f.Window
 		if window == 0 {
 			window = Duration(DefaultWindow)
 		}
-		lost = append(lost, fmt.Sprintf("flow[%d] (threshold %v per %s)", i, f.Threshold, window))
+		name := fmt.Sprintf("flow[%d] (threshold %v per %s)", i, f.Threshold, window)
+		switch {
+		case i >= len(candidate.Flow):
+			lost = append(lost, name)
+		case shadowed(f.Mode, candidate.Flow[i].Mode):
+			lost = append(lost, name+" now shadow")
+		}
 	}
-	left := make(map[string]int)
+	// Hotspot rules match by parameter, an enforcing one first with an
+	// enforcing one.
+	type key struct {
+		param  string
+		shadow bool
+	}
+	left := make(map[key]int)
 	for _, h := range candidate.Hotspot {
-		left[h.Param]++
+		left[key{h.Param, h.Mode.IsShadow()}]++
 	}
 	for i, h := range inForce.Hotspot {
-		if left[h.Param] > 0 {
-			left[h.Param]--
-			continue
+		same, other := key{h.Param, h.Mode.IsShadow()}, key{h.Param, !h.Mode.IsShadow()}
+		name := fmt.Sprintf("hotspot[%d] (param %s)", i, h.Param)
+		switch {
+		case left[same] > 0:
+			left[same]--
+		case left[other] > 0:
+			left[other]--
+			if other.shadow {
+				lost = append(lost, name+" now shadow")
+			}
+		default:
+			lost = append(lost, name)
 		}
-		lost = append(lost, fmt.Sprintf("hotspot[%d] (param %s)", i, h.Param))
 	}
-	if inForce.Concurrency > 0 && candidate.Concurrency == 0 {
+	switch {
+	case inForce.Concurrency > 0 && candidate.Concurrency == 0:
 		lost = append(lost, "concurrency")
+	case inForce.Concurrency > 0 && shadowed(inForce.ConcurrencyMode, candidate.ConcurrencyMode):
+		lost = append(lost, "concurrency now shadow")
 	}
 	switch {
 	case inForce.Cost != nil && candidate.Cost == nil:
@@ -61,11 +87,18 @@ func Lost(inForce, candidate *Resource) []string {
 			}
 		}
 	}
-	if inForce.Ban != nil && candidate.Ban == nil {
+	switch {
+	case inForce.Ban != nil && candidate.Ban == nil:
 		lost = append(lost, "ban")
+	case inForce.Ban != nil && shadowed(inForce.Ban.Mode, candidate.Ban.Mode):
+		lost = append(lost, "ban now shadow")
 	}
 	return lost
 }
+
+// shadowed says whether a rule in mode was, enforcing, and is to be
+// shadow: it would stop refusing.
+func shadowed(was, will Mode) bool { return !was.IsShadow() && will.IsShadow() }
 
 // LostDocument is Lost for whole documents, the system document included:
 // its rules that are set (load, avg_rt, concurrency, inbound_qps,
@@ -96,14 +129,20 @@ func LostDocument(inForce, candidate *Document) []string {
 			{"inbound_qps", s.InboundQPS != 0, c.InboundQPS != 0},
 			{"cpu_usage", s.CPUUsage != 0, c.CPUUsage != 0},
 		} {
-			if f.was && !f.left {
+			switch {
+			case f.was && !f.left:
 				lost = append(lost, "system."+f.name)
+			case f.was && shadowed(s.Mode, c.Mode):
+				lost = append(lost, "system."+f.name+" now shadow")
 			}
 		}
 	}
 	if g := inForce.GPU; g != nil {
 		if candidate.GPU == nil {
 			return append(lost, "gpu")
+		}
+		if shadowed(g.Mode, candidate.GPU.Mode) {
+			lost = append(lost, "gpu now shadow")
 		}
 		for _, k := range sortedKeys(g.Devices) {
 			if _, ok := candidate.GPU.Devices[k]; !ok {

@@ -110,3 +110,35 @@ func TestDiff(t *testing.T) {
 		t.Fatalf("no final newline: %q", d)
 	}
 }
+
+// A rule that stays but goes from enforce to shadow stops refusing: it is
+// lost as far as enforcement goes, and named so; shadow to enforce loses
+// nothing.
+func TestLostCountsASwitchToShadow(t *testing.T) {
+	inForce := mustParseOne(t, `resource: zimage_generate
+flow: [{threshold: 4}, {threshold: 9, mode: shadow}]
+hotspot: [{param: origin, threshold: 2}]
+concurrency: 8
+ban: {blocks: 3, within: 10s, for: 1m}
+`)
+	candidate := mustParseOne(t, `resource: zimage_generate
+flow: [{threshold: 4, mode: shadow}, {threshold: 9}]
+hotspot: [{param: origin, threshold: 2, mode: shadow}]
+concurrency: {limit: 8, mode: shadow}
+ban: {blocks: 3, within: 10s, for: 1m, mode: shadow}
+`)
+	want := []string{"flow[0] (threshold 4 per 1s) now shadow", "hotspot[0] (param origin) now shadow", "concurrency now shadow", "ban now shadow"}
+	if got := Lost(inForce.Resource, candidate.Resource); !slices.Equal(got, want) {
+		t.Errorf("Lost = %q, want %q", got, want)
+	}
+	// Back: flow[1] goes to shadow (flow rules match by position); the
+	// rest goes back to enforce, which loses nothing.
+	if got, want := Lost(candidate.Resource, inForce.Resource), []string{"flow[1] (threshold 9 per 1s) now shadow"}; !slices.Equal(got, want) {
+		t.Errorf("back: Lost = %q, want %q", got, want)
+	}
+	sys := mustParseOne(t, "system: {inbound_qps: 20}\ngpu: {memory_used_ratio: 0.9}\n")
+	shadow := mustParseOne(t, "system: {inbound_qps: 20, mode: shadow}\ngpu: {memory_used_ratio: 0.9, mode: shadow}\n")
+	if got, want := LostDocument(sys, shadow), []string{"system.inbound_qps now shadow", "gpu now shadow"}; !slices.Equal(got, want) {
+		t.Errorf("LostDocument = %q, want %q", got, want)
+	}
+}
