@@ -54,6 +54,25 @@ func (s *Store) PutTiers(ctx context.Context, doc []byte) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
+// PutTiersSince is PutTiers, refusing with ErrChangedSince (writing
+// nothing) when the tiers document is no longer at modRevision, the
+// ModRevision a GetTiers saw (0: no document then): what an operator
+// confirmed is what is replaced.
+func (s *Store) PutTiersSince(ctx context.Context, doc []byte, modRevision int64) (int64, error) {
+	key := s.TiersKey()
+	if _, err := rules.ParseTiers(key, doc); err != nil {
+		return 0, err
+	}
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRevision)).Then(clientv3.OpPut(key, string(doc))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("etcd: put %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("%s %w (mod revision %d); nothing was written", key, ErrChangedSince, modRevision)
+	}
+	return resp.Header.Revision, nil
+}
+
 // SeedTiers writes doc as the tiers document if etcd holds none, after
 // validating it, and reports whether it did.
 func (s *Store) SeedTiers(ctx context.Context, doc []byte) (bool, error) {

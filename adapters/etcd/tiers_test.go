@@ -235,3 +235,29 @@ func TestTiersWatcherSurvivesEtcdRestart(t *testing.T) {
 	}
 	stop() // before etcd closes, which otherwise waits for the open watch
 }
+
+// PutTiersSince writes only over the document it was told of: a change in
+// between (another operator) refuses it, and nothing is written.
+func TestPutTiersSinceRefusesAChangedDocument(t *testing.T) {
+	store := NewStore(shared.client, testPrefix(t))
+	ctx := context.Background()
+	d, err := store.GetTiers(ctx)
+	if err != nil || d.ModRevision != 0 {
+		t.Fatalf("empty: %+v %v", d, err)
+	}
+	if _, err := store.PutTiersSince(ctx, []byte(goldTiers), d.ModRevision); err != nil {
+		t.Fatalf("first write over no document: %v", err)
+	}
+	seen, _ := store.GetTiers(ctx)
+	other := strings.Replace(goldTiers, "daily_quota: 1000", "daily_quota: 2000", 1)
+	if _, err := store.PutTiers(ctx, []byte(other)); err != nil { // another operator, in between
+		t.Fatal(err)
+	}
+	mine := strings.Replace(goldTiers, "daily_quota: 1000", "daily_quota: 10", 1)
+	if _, err := store.PutTiersSince(ctx, []byte(mine), seen.ModRevision); !errors.Is(err, ErrChangedSince) {
+		t.Fatalf("write over a changed document: %v, want ErrChangedSince", err)
+	}
+	if now, _ := store.GetTiers(ctx); string(now.Value) != other {
+		t.Fatalf("etcd holds %q, want the other operator's document", now.Value)
+	}
+}

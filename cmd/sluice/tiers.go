@@ -139,7 +139,7 @@ func tiersApply(ctx context.Context, s streams, ef *etcdFlags, doc []byte, ts *r
 	}
 	wctx, cancel := context.WithTimeout(ctx, ef.commandTimeout)
 	defer cancel()
-	rev, err := store.PutTiers(wctx, doc)
+	rev, err := store.PutTiersSince(wctx, doc, d.ModRevision)
 	if err != nil {
 		return classify(err)
 	}
