@@ -84,6 +84,7 @@ func TestExitCodes(t *testing.T) {
 		{"etcd unreachable", append([]string{"rules", "get"}, unreachableEtcd...), exitUnreachable, "context deadline exceeded"},
 		{"etcd unreachable, keys", append([]string{"keys", "list"}, unreachableEtcd...), exitUnreachable, ""},
 		// With --user clientv3 authenticates while it dials: still unreachable, not invalid.
+		{"help of an unknown command", []string{"help", "bogus"}, exitUsage, "unknown help topic"},
 		{"etcd unreachable, with a user", append([]string{"rules", "get", "--user", "root:pw"}, unreachableEtcd...), exitUnreachable, ""},
 		{"etcd unreachable, with a user, tiers", append([]string{"tiers", "get", "--user", "root:pw"}, unreachableEtcd...), exitUnreachable, ""},
 		{"declined: no terminal", []string{"rules", "apply", "-f", filepath.Join(dir, "narrow.yaml"), "--endpoints", ep}, exitAborted,

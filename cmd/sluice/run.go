@@ -145,6 +145,19 @@ missing argument).`,
 		return &usageError{err.Error()}
 	})
 	root.AddCommand(newServeCmd(s), newRulesCmd(s), newTiersCmd(s), newKeysCmd(s), newVersionCmd(s), newPlanCmd(s))
+	// `sluice help TOPIC` as cobra's, but an unknown topic is a usage
+	// error (cobra's prints "Unknown help topic" and exits 0).
+	root.SetHelpCommand(&cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		RunE: func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || cmd == nil || len(rest) > 0 {
+				return usagef("unknown help topic %q", strings.Join(args, " "))
+			}
+			return cmd.Help()
+		},
+	})
 	// --version prints what `sluice version` does.
 	root.Version = versionLine()
 	return root
