@@ -19,6 +19,7 @@ import (
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/jobs"
 	"github.com/sluicehq/sluice/engine/tenant"
+	"github.com/sluicehq/sluice/rules"
 )
 
 // Runner runs an admitted job on a ComfyUI backend.
@@ -226,7 +227,10 @@ type Server struct {
 	identifier Identifier
 	quota      Quota
 	tierSource TierSource
-	inFlight   inFlight
+	// builtinTiers are rules.DefaultTiers(), parsed once: the tiers without
+	// a TierSource.
+	builtinTiers *rules.Tiers
+	inFlight     inFlight
 	// stopping is set by Drain and Close: a synchronous job cut off then is
 	// refunded, not taken for a client that left.
 	stopping atomic.Bool
@@ -284,6 +288,7 @@ func New(cfg Config) (*Server, error) {
 		identifier:    cfg.Identity,
 		quota:         cfg.Quota,
 		tierSource:    cfg.Tiers,
+		builtinTiers:  rules.DefaultTiers(),
 	}
 	if cfg.Quota != nil {
 		s.quota = guardQuota(cfg.Quota, s.clock, s.log)

@@ -89,7 +89,7 @@ func (s *Server) tiers() *rules.Tiers {
 			return t
 		}
 	}
-	return rules.DefaultTiers()
+	return s.builtinTiers
 }
 
 // location is the quota day's time zone of t (UTC when unset).
