@@ -75,6 +75,11 @@ type Config struct {
 	// public API records it, so an IPv6 address is taken as its prefix
 	// and an IPv4-mapped one as the IPv4 address.
 	IPv6Prefix int
+	// Limiter limits wrong bearer tokens per client origin (429 with
+	// Retry-After beyond TokenFailures a TokenWindow, before the token is
+	// compared); pass the console's (Console.Limiter) so that its login
+	// and the live feed share the count. nil: the API keeps its own.
+	Limiter Limiter
 }
 
 // Build names the running binary: its version and whether it reads NVIDIA
@@ -135,6 +140,7 @@ type api struct {
 	cfg       Config
 	log       *slog.Logger
 	tokenHash *[sha256.Size]byte // nil: no admin token
+	limiter   Limiter
 }
 
 // Register mounts the operator API on r. It returns an error, and mounts
@@ -152,7 +158,10 @@ func Register(r gin.IRouter, cfg Config) error {
 	if cfg.IPv6Prefix < 1 || cfg.IPv6Prefix > 128 {
 		return fmt.Errorf("operator API: IPv6Prefix must be from 1 to 128, got %d", cfg.IPv6Prefix)
 	}
-	a := &api{cfg: cfg, log: cfg.Logger}
+	a := &api{cfg: cfg, log: cfg.Logger, limiter: cfg.Limiter}
+	if a.limiter == nil {
+		a.limiter = NewTokenLimiter(nil, cfg.IPv6Prefix)
+	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -232,14 +241,20 @@ func (a *api) authorize(c *gin.Context) {
 			"this endpoint needs the admin token: send Authorization: Bearer <token>", nil)
 		return
 	}
+	client := c.ClientIP()
+	if limited(c, a.limiter, client) {
+		return
+	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))
 	if subtle.ConstantTimeCompare(got[:], a.tokenHash[:]) != 1 {
+		a.limiter.Failed(client)
 		a.log.Warn("operator API: wrong admin token",
 			slog.String("method", c.Request.Method), slog.String("path", c.Request.URL.Path),
 			slog.String("remote", c.ClientIP()))
 		writeProblem(c, http.StatusForbidden, "forbidden", "the bearer token is not the admin token", nil)
 		return
 	}
+	a.limiter.Succeeded(client)
 	c.Next()
 }
 

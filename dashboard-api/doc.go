@@ -43,6 +43,8 @@
 //	413                                body over rules.MaxSourceBytes
 //	422 {"errors": [...], "fields": [{"path", "line", "column", "message"}]}
 //	                                   the rules with this change would be invalid
+//	429 (Retry-After)                  5 wrong bearer tokens from this origin this
+//	                                   minute (Config.Limiter, shared with the console)
 //	502, 504                           etcd failed, or did not answer in 10 s
 //
 // Writes always need Authorization: Bearer <AdminToken>; with no AdminToken

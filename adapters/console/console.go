@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/console/web"
 	"github.com/sluicehq/sluice/adapters/httpapi/problem"
+	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
 	"github.com/sluicehq/sluice/engine/dispatch"
@@ -48,6 +49,10 @@ type Config struct {
 	// Clock drives the live feed's sampling, session expiry and the login
 	// limit; the system clock by default.
 	Clock clock.Clock
+	// IPv6Prefix is the prefix length that identifies an IPv6 client for
+	// the limit on wrong admin tokens (sluice serve's --ipv6-prefix; 0:
+	// 64), as the public API's per-origin rules take it.
+	IPv6Prefix int
 	// Interval is how often the live feed samples (default 1s).
 	Interval time.Duration
 	Logger   *slog.Logger
@@ -61,7 +66,7 @@ type Console struct {
 	log      *slog.Logger
 	sessions *sessions
 	token    tokenHash
-	limiter  *loginLimiter
+	limiter  *dashboardapi.TokenLimiter
 	hub      *hub
 	page     asset
 	assets   map[string]asset
@@ -88,6 +93,9 @@ func Register(r gin.IRouter, cfg Config) (*Console, error) {
 	if cfg.ProtectReads && cfg.AdminToken == "" {
 		return nil, errors.New("console: protecting reads needs an admin token")
 	}
+	if cfg.IPv6Prefix < 0 || cfg.IPv6Prefix > 128 {
+		return nil, fmt.Errorf("console: IPv6Prefix must be from 1 to 128, got %d", cfg.IPv6Prefix)
+	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
 	}
@@ -109,7 +117,7 @@ func Register(r gin.IRouter, cfg Config) (*Console, error) {
 		return nil, errors.New("console: the embedded page index.html is missing")
 	}
 	c := &Console{cfg: cfg, log: log, sessions: newSessions(cfg.AdminToken, cfg.Clock, trusted),
-		token: hashToken(cfg.AdminToken), limiter: newLoginLimiter(cfg.Clock), page: page, assets: assets}
+		token: hashToken(cfg.AdminToken), limiter: dashboardapi.NewTokenLimiter(cfg.Clock, cfg.IPv6Prefix), page: page, assets: assets}
 	c.hub = newHub(cfg.Engine, cfg.Backends, cfg.Clock, cfg.Interval, log)
 
 	r.GET("/dashboard", c.index)
@@ -134,6 +142,11 @@ func (c *Console) Viewers() int { return int(c.hub.viewers.Load()) }
 // other than GET and HEAD, comes from the same site with the session's
 // X-CSRF-Token: dashboardapi.Session.
 func (c *Console) Authorized(r *http.Request) bool { return c.sessions.authorized(r) }
+
+// Limiter is the limit on wrong admin tokens that the login and the live
+// feed's bearer token share: pass it as the operator API's
+// Config.Limiter so that its bearer token shares it too.
+func (c *Console) Limiter() dashboardapi.Limiter { return c.limiter }
 
 // Carries reports whether r carries a session cookie, valid or not: the
 // operator API then answers a refused request 403 rather than 401.
@@ -267,30 +280,43 @@ func (c *Console) login(g *gin.Context) {
 			"no admin token configured: the dashboard is read-only (start sluice serve with --admin-token or $SLUICE_ADMIN_TOKEN to log in and change rules)")
 		return
 	}
-	client := g.ClientIP()
-	if wait := c.limiter.wait(client); wait > 0 {
-		p := problem.New(http.StatusTooManyRequests, "too-many-logins",
-			fmt.Sprintf("too many wrong tokens from this address: try again in %d s", problem.RetrySeconds(wait)))
-		p.RetryAfter = problem.RetrySeconds(wait)
-		problem.Write(g, p)
-		return
-	}
 	token, err := loginToken(g)
 	if err != nil {
 		problem.Answer(g, http.StatusBadRequest, "bad-request", err.Error())
 		return
 	}
+	// The attempt is reserved before the token is compared, so that
+	// parallel guesses count as they are made.
+	client := g.ClientIP()
+	if c.tooMany(g, client) {
+		return
+	}
 	if !equalToken(c.token, token) {
-		c.limiter.fail(client)
+		c.limiter.Failed(client)
 		c.log.Warn("console: login with a wrong admin token", slog.String("remote", client))
 		problem.Answer(g, http.StatusUnauthorized, "unauthorized", "that is not the admin token")
 		return
 	}
-	c.limiter.forget(client)
+	c.limiter.Succeeded(client)
 	value, _ := c.sessions.issue()
 	http.SetCookie(g.Writer, c.sessions.cookie(g.Request, value, int(SessionTTL/time.Second)))
 	c.log.Info("console: logged in", slog.String("remote", client))
 	g.Status(http.StatusNoContent)
+}
+
+// tooMany answers 429 with Retry-After, and reports true, when client's
+// origin sent too many wrong admin tokens; otherwise it has reserved an
+// attempt (the caller reports it Failed or Succeeded).
+func (c *Console) tooMany(g *gin.Context, client string) bool {
+	wait, ok := c.limiter.Allow(client)
+	if ok {
+		return false
+	}
+	p := problem.New(http.StatusTooManyRequests, "too-many-logins",
+		fmt.Sprintf("too many wrong tokens from this address: try again in %d s", problem.RetrySeconds(wait)))
+	p.RetryAfter = problem.RetrySeconds(wait)
+	problem.Write(g, p)
+	return true
 }
 
 // loginToken reads the token of a login: JSON {"token": "..."} or a form
@@ -347,13 +373,43 @@ func (c *Console) crossSite(g *gin.Context) bool {
 }
 
 // live serves the live feed; with ProtectReads it needs a session or the
-// bearer token.
+// bearer token. A stream a session authorized ends when the session
+// expires or logs out.
 func (c *Console) live(g *gin.Context) {
-	if c.cfg.ProtectReads && !c.sessions.authorized(g.Request) && !bearer(c.token, g.Request) {
+	var end liveEnd
+	if c.cfg.ProtectReads {
+		if sess, ok := c.sessions.fromRequest(g.Request); ok {
+			var stop func()
+			end, stop = c.sessions.watch(sess)
+			defer stop()
+		} else if !c.bearerAllowed(g) {
+			return
+		}
+	}
+	c.hub.stream(g, end)
+}
+
+// bearerAllowed reports whether g carries the admin token as its bearer
+// credentials, within the limit on wrong tokens; otherwise it answers.
+func (c *Console) bearerAllowed(g *gin.Context) bool {
+	token, ok := bearerToken(g.Request)
+	if !ok {
 		g.Header("WWW-Authenticate", `Bearer realm="sluice"`)
 		problem.Answer(g, http.StatusUnauthorized, "unauthorized",
 			"the live feed needs a login (--protect-reads): log in to the dashboard, or send Authorization: Bearer <token>")
-		return
+		return false
 	}
-	c.hub.stream(g)
+	client := g.ClientIP()
+	if c.tooMany(g, client) {
+		return false
+	}
+	if !equalToken(c.token, token) {
+		c.limiter.Failed(client)
+		c.log.Warn("console: live feed with a wrong admin token", slog.String("remote", client))
+		g.Header("WWW-Authenticate", `Bearer realm="sluice"`)
+		problem.Answer(g, http.StatusUnauthorized, "unauthorized", "the bearer token is not the admin token")
+		return false
+	}
+	c.limiter.Succeeded(client)
+	return true
 }

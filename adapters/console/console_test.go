@@ -123,7 +123,7 @@ func newRig(t *testing.T, cfg console.Config) *rig {
 	t.Cleanup(con.Close)
 	rg.con = con
 	if err := dashboardapi.Register(rg.router, dashboardapi.Config{Engine: testEngine(t), AdminToken: cfg.AdminToken,
-		ProtectReads: cfg.ProtectReads, Writer: rg.writer, Simulator: rg.sim, Session: con, Logger: cfg.Logger}); err != nil {
+		ProtectReads: cfg.ProtectReads, Writer: rg.writer, Simulator: rg.sim, Session: con, Limiter: con.Limiter(), Logger: cfg.Logger}); err != nil {
 		t.Fatal(err)
 	}
 	return rg

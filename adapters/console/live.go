@@ -127,8 +127,9 @@ func (h *hub) close() {
 
 // stream serves /api/live: the latest event at once, then each new one;
 // it returns when the viewer goes, a write fails or times out, or the hub
-// closes (so a server's graceful shutdown need not wait for viewers).
-func (h *hub) stream(c *gin.Context) {
+// closes (so a server's graceful shutdown need not wait for viewers), or
+// end fires (the session that authorized it expired or logged out).
+func (h *hub) stream(c *gin.Context, end liveEnd) {
 	w := c.Writer
 	rc := http.NewResponseController(w)
 	// The server's ReadTimeout would cancel a stream that outlives it.
@@ -160,6 +161,10 @@ func (h *hub) stream(c *gin.Context) {
 		case <-ctx.Done():
 			return
 		case <-h.done:
+			return
+		case <-end.expired:
+			return
+		case <-end.out:
 			return
 		}
 	}

@@ -47,6 +47,21 @@ type sessions struct {
 
 	mu      sync.Mutex
 	revoked map[[idBytes]byte]time.Time // logged out, until they expire
+	// watched: the sessions with live streams open; closed when they log out.
+	watched map[[idBytes]byte]*watch
+}
+
+// watch is one session's open live streams: out is closed at its logout.
+type watch struct {
+	out chan struct{}
+	n   int
+}
+
+// liveEnd ends a live stream: at the session's expiry, or at its logout.
+// Its nil channels never fire (a stream no session authorized).
+type liveEnd struct {
+	expired <-chan time.Time
+	out     <-chan struct{}
 }
 
 // session is a checked session cookie.
@@ -56,7 +71,7 @@ type session struct {
 }
 
 func newSessions(adminToken string, c clock.Clock, trusted []netip.Prefix) *sessions {
-	s := &sessions{clock: c, xorigin: http.NewCrossOriginProtection(), trusted: trusted, revoked: map[[idBytes]byte]time.Time{}}
+	s := &sessions{clock: c, xorigin: http.NewCrossOriginProtection(), trusted: trusted, revoked: map[[idBytes]byte]time.Time{}, watched: map[[idBytes]byte]*watch{}}
 	if adminToken != "" {
 		m := hmac.New(sha256.New, []byte(adminToken))
 		m.Write([]byte("sluice console session key v1"))
@@ -145,11 +160,40 @@ func (s *sessions) revoke(sess session) {
 		delete(s.revoked, oldest)
 	}
 	s.revoked[sess.id] = sess.expires
+	if w := s.watched[sess.id]; w != nil {
+		close(w.out)
+		delete(s.watched, sess.id)
+	}
+}
+
+// watch is what ends a live stream sess authorized: its expiry, its
+// logout. Call stop when the stream ends.
+func (s *sessions) watch(sess session) (end liveEnd, stop func()) {
+	expired, stopTimer := clock.NewTimer(s.clock, sess.expires.Sub(s.clock.Now()))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.watched[sess.id]
+	if _, out := s.revoked[sess.id]; out {
+		w = &watch{out: make(chan struct{})} // logged out since it was checked
+		close(w.out)
+	} else if w == nil {
+		w = &watch{out: make(chan struct{})}
+		s.watched[sess.id] = w
+	}
+	w.n++
+	return liveEnd{expired: expired, out: w.out}, func() {
+		stopTimer()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if w.n--; w.n == 0 && s.watched[sess.id] == w {
+			delete(s.watched, sess.id)
+		}
+	}
 }
 
 // safe reports whether method changes nothing.
 func safe(method string) bool {
-	return method == http.MethodGet || method == http.MethodHead || method == http.MethodOptions
+	return method == http.MethodGet || method == http.MethodHead
 }
 
 // authorized reports whether r carries a valid session and, unless its
@@ -210,14 +254,15 @@ func hashToken(token string) tokenHash {
 	return &h
 }
 
-// bearer reports whether r's Authorization header is the admin token.
-func bearer(h tokenHash, r *http.Request) bool {
+// bearerToken is r's bearer credentials, if any.
+func bearerToken(r *http.Request) (string, bool) {
 	const scheme = "Bearer "
 	v := r.Header.Get("Authorization")
-	if h == nil || len(v) <= len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
-		return false
+	if len(v) <= len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
+		return "", false
 	}
-	return equalToken(h, strings.TrimSpace(v[len(scheme):]))
+	t := strings.TrimSpace(v[len(scheme):])
+	return t, t != ""
 }
 
 func equalToken(h tokenHash, token string) bool {

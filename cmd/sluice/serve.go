@@ -400,7 +400,7 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 	// The web console: its page, login and live feed; its session
 	// authorizes the operator API's writes from the page.
 	con, err := console.Register(api.Router(), console.Config{Engine: eng, Backends: backends.Stats,
-		AdminToken: f.adminToken, ProtectReads: f.protectReads, TrustedProxies: f.trustedProxies, Logger: log})
+		AdminToken: f.adminToken, ProtectReads: f.protectReads, TrustedProxies: f.trustedProxies, IPv6Prefix: f.ipv6Prefix, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -421,6 +421,7 @@ func serve(ctx context.Context, f *serveFlags, fset *flag.FlagSet, stderr io.Wri
 		Keys:         identity.NewAdmin(rs.store.Client(), rs.store.Prefix(), nil),
 		Planner:      planner,
 		Session:      con,
+		Limiter:      con.Limiter(), // one limit on wrong admin tokens: login, live feed, operator API
 		IPv6Prefix:   f.ipv6Prefix,
 	}); err != nil {
 		return err
