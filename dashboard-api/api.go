@@ -242,7 +242,7 @@ func (a *api) authorize(c *gin.Context) {
 		return
 	}
 	client := c.ClientIP()
-	if limited(c, a.limiter, client) {
+	if Limited(c, a.limiter, client) {
 		return
 	}
 	got := sha256.Sum256([]byte(strings.TrimSpace(h[len(scheme):])))

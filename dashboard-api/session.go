@@ -200,9 +200,11 @@ func (l *TokenLimiter) pruneLocked(now time.Time) {
 	}
 }
 
-// limited answers 429 with Retry-After, and reports false, when client
-// has no attempt left; otherwise it has reserved one.
-func limited(c *gin.Context, l Limiter, client string) bool {
+// Limited answers 429 with Retry-After, and reports true, when client has
+// no attempt left; otherwise it has reserved one (the caller reports it
+// Failed or Succeeded). The console's login and live feed answer with it
+// too: one limit, one answer.
+func Limited(c *gin.Context, l Limiter, client string) bool {
 	wait, ok := l.Allow(client)
 	if ok {
 		return false

@@ -288,7 +288,7 @@ func (c *Console) login(g *gin.Context) {
 	// The attempt is reserved before the token is compared, so that
 	// parallel guesses count as they are made.
 	client := g.ClientIP()
-	if c.tooMany(g, client) {
+	if dashboardapi.Limited(g, c.limiter, client) {
 		return
 	}
 	if !equalToken(c.token, token) {
@@ -302,21 +302,6 @@ func (c *Console) login(g *gin.Context) {
 	http.SetCookie(g.Writer, c.sessions.cookie(g.Request, value, int(SessionTTL/time.Second)))
 	c.log.Info("console: logged in", slog.String("remote", client))
 	g.Status(http.StatusNoContent)
-}
-
-// tooMany answers 429 with Retry-After, and reports true, when client's
-// origin sent too many wrong admin tokens; otherwise it has reserved an
-// attempt (the caller reports it Failed or Succeeded).
-func (c *Console) tooMany(g *gin.Context, client string) bool {
-	wait, ok := c.limiter.Allow(client)
-	if ok {
-		return false
-	}
-	p := problem.New(http.StatusTooManyRequests, "too-many-logins",
-		fmt.Sprintf("too many wrong tokens from this address: try again in %d s", problem.RetrySeconds(wait)))
-	p.RetryAfter = problem.RetrySeconds(wait)
-	problem.Write(g, p)
-	return true
 }
 
 // loginToken reads the token of a login: JSON {"token": "..."} or a form
@@ -400,7 +385,7 @@ func (c *Console) bearerAllowed(g *gin.Context) bool {
 		return false
 	}
 	client := g.ClientIP()
-	if c.tooMany(g, client) {
+	if dashboardapi.Limited(g, c.limiter, client) {
 		return false
 	}
 	if !equalToken(c.token, token) {
