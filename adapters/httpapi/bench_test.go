@@ -66,14 +66,20 @@ func benchInProcess(b *testing.B, h http.Handler) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		req := httptest.NewRequest(http.MethodPost, "/v1/generate", bytes.NewReader(generateBody))
-		req.Header.Set("Content-Type", "application/json")
-		req.RemoteAddr = "192.0.2.1:1234"
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != http.StatusTooManyRequests {
-			b.Fatalf("status %d: %s", rec.Code, rec.Body)
-		}
+		serveRefused(b, h)
+	}
+}
+
+// serveRefused sends h, in process, the generation request the route
+// benchmarks send and checks it is refused.
+func serveRefused(tb testing.TB, h http.Handler) {
+	req := httptest.NewRequest(http.MethodPost, "/v1/generate", bytes.NewReader(generateBody))
+	req.Header.Set("Content-Type", "application/json")
+	req.RemoteAddr = "192.0.2.1:1234"
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusTooManyRequests {
+		tb.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
 }
 
@@ -107,16 +113,7 @@ func BenchmarkRoute(b *testing.B) {
 // small changes, not for such a regression.
 func TestRefusedRouteAllocations(t *testing.T) {
 	h := refusingStack(t)
-	allocs := testing.AllocsPerRun(200, func() {
-		req := httptest.NewRequest(http.MethodPost, "/v1/generate", bytes.NewReader(generateBody))
-		req.Header.Set("Content-Type", "application/json")
-		req.RemoteAddr = "192.0.2.1:1234"
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != http.StatusTooManyRequests {
-			t.Fatalf("status %d: %s", rec.Code, rec.Body)
-		}
-	})
+	allocs := testing.AllocsPerRun(200, func() { serveRefused(t, h) })
 	if allocs > 180 {
 		t.Errorf("a refused request allocates %.0f times, want at most 180 (130 measured)", allocs)
 	}
