@@ -193,19 +193,7 @@ func TestComputeSaysWhatIsEstimated(t *testing.T) {
 // for ddcolor_person.
 func inForce(t *testing.T) *rules.Set {
 	t.Helper()
-	docs, err := rules.Parse("rules.yaml", []byte(`resource: ddcolor_person
-flow:
-  - threshold: 6
-    window: 1s
-hotspot:
-  - param: origin
-    threshold: 3
-    window: 1s
-    items: {"203.0.113.7": 10}
-concurrency: 2
-cost: {param: size, values: {"1280": 3}}
-ban: {blocks: 20, within: 10s, for: 1m}
-`))
+	docs, err := rules.Parse("rules.yaml", []byte(inForceSrc))
 	if err != nil {
 		t.Fatal(err)
 	}
