@@ -183,7 +183,7 @@ func Register(r gin.IRouter, cfg Config) error {
 	reads.GET("/system", a.system)
 	reads.POST("/rules/:resource/dry-run", a.dryRun)
 	if cfg.Simulator != nil {
-		a.mountSimulator(r, cfg.Simulator)
+		a.mountSimulator(reads, r, cfg.Simulator)
 	}
 	if cfg.Tiers != nil {
 		a.mountTiers(reads, r, cfg.Tiers)
@@ -263,8 +263,8 @@ func (a *api) authorize(c *gin.Context) {
 // it puts the farm under pressure for everyone:
 //
 //	curl -X PUT -H 'Authorization: Bearer s3cret' -d '{"used_ratio": 0.95}' localhost:8080/api/simulator/vram
-func (a *api) mountSimulator(r gin.IRouter, sim Simulator) {
-	r.GET("/api/simulator/vram", func(c *gin.Context) {
+func (a *api) mountSimulator(reads *gin.RouterGroup, r gin.IRouter, sim Simulator) {
+	reads.GET("/simulator/vram", func(c *gin.Context) { // a read: behind the login under --protect-reads
 		c.JSON(http.StatusOK, gin.H{"used_ratio": sim.VRAMUsed()})
 	})
 	r.PUT("/api/simulator/vram", a.authorize, func(c *gin.Context) {

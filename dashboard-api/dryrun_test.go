@@ -157,3 +157,15 @@ func toStrings(v any) []string {
 	}
 	return out
 }
+
+// The simulator's GPU memory is a read like the others: behind the token
+// under --protect-reads.
+func TestSimulatorReadIsProtected(t *testing.T) {
+	r := newRouter(t, dashboardapi.Config{AdminToken: testToken, ProtectReads: true, Simulator: &fakeSim{used: 0.3}})
+	if rec := request(r, http.MethodGet, "/api/simulator/vram", "", nil); rec.Code != http.StatusUnauthorized {
+		t.Fatalf("protected, no token: %d %s", rec.Code, rec.Body)
+	}
+	if rec := request(r, http.MethodGet, "/api/simulator/vram", "Bearer "+testToken, nil); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "0.3") {
+		t.Fatalf("protected, token: %d %s", rec.Code, rec.Body)
+	}
+}
