@@ -22,6 +22,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/console"
 	"github.com/sluicehq/sluice/adapters/console/web"
+	"github.com/sluicehq/sluice/adapters/openapi/openapitest"
 	dashboardapi "github.com/sluicehq/sluice/dashboard-api"
 	"github.com/sluicehq/sluice/engine"
 	"github.com/sluicehq/sluice/engine/clock"
@@ -102,6 +103,8 @@ type rig struct {
 	writer *fakeWriter
 	sim    *fakeSim
 	logs   *bytes.Buffer
+	// checked is router, each answer checked against the OpenAPI document.
+	checked http.Handler
 }
 
 func newRig(t *testing.T, cfg console.Config) *rig {
@@ -122,6 +125,8 @@ func newRig(t *testing.T, cfg console.Config) *rig {
 	}
 	t.Cleanup(con.Close)
 	rg.con = con
+	// Every answer the tests get is checked against the API document.
+	rg.checked = openapitest.Handler(t, rg.router)
 	if err := dashboardapi.Register(rg.router, dashboardapi.Config{Engine: testEngine(t), AdminToken: cfg.AdminToken,
 		ProtectReads: cfg.ProtectReads, Writer: rg.writer, Simulator: rg.sim, Session: con, Limiter: con.Limiter(), Logger: cfg.Logger}); err != nil {
 		t.Fatal(err)
@@ -182,7 +187,7 @@ func (rg *rig) do(r req) *httptest.ResponseRecorder {
 		hr.AddCookie(r.cookie)
 	}
 	rec := httptest.NewRecorder()
-	rg.router.ServeHTTP(rec, hr)
+	rg.checked.ServeHTTP(rec, hr)
 	return rec
 }
 
