@@ -522,6 +522,11 @@ func TestConsoleScripts(t *testing.T) {
 		`{"resource":"ddcolor_person","flow":[{"threshold":6,"window":"1s","behavior":"reject"}],"hotspot":[{"param":"origin","threshold":3,"window":"1s","burst":1,"items":{"203.0.113.7":10}},{"param":"size","threshold":30,"items":{"1280":9}}],"concurrency":8,"cost":{"param":"size","default":1,"values":{"1024":2,"1280":3}},"ban":{"blocks":20,"within":"10s","for":"1m0s"}}`,
 		`{"system":{"avg_rt":"2m0s","concurrency":64},"gpu":{"memory_used_ratio":0.875,"action":"reject","mode":"shadow"}}`,
 		`{"odd":{"yes":"no","":"","a: b":"#x","1e3":"0x1F","list":["- a","[b]","{c}","d, e","true","null","~"," lead","trail ","multi\nline",7,-1.5,true,null],"nested":[[1,2],{"k":[]},{}],"deep":{"x":{"y":{"z":"w"}}}}}`,
+		// Strings a YAML reader would cut, fold or take for numbers and dates.
+		`{"quoted":{"hash":"a #b","hash2":"a\t#b","cr":"x\ry","crlf":"x\r\ny","nel":"x\u0085y","ls":"x\u2028y","ps":"x\u2029y","del":"x\u007fy","bom":"\ufeffz",
+			"octal":"0o17","octal1":"017","binary":"0b101","hex":"0x_1F","hexu":"0X1f","under":"1_000","date":"2024-01-01","stamp":"2024-01-01T10:00:00Z","time":"12:30:00",
+			"ip":"203.0.113.7","v6":"2001:db8::1","dur":"1m30s","two":"a  b","inf":".inf","merge":"<<","star":"a*","amp":"&x","bang":"!x","colon":"a:b","dash":"-","q":"'",
+			"0o17":1,"2024-01-01":2,"a #b":3,"x\u2028y":4,"list":["a #b","0b101","2024-01-01","x\ry"]}}`,
 	}
 	for i, doc := range docs {
 		out := eval[string](t, b, fmt.Sprintf(`import('/dashboard/assets/yaml.js').then(m => m.toYAML(%s))`, doc))

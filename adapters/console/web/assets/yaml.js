@@ -3,19 +3,29 @@
 
 const plainKey = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const reserved = /^(?:true|false|yes|no|on|off|null|~|y|n)$/i;
-const numeric = /^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$|^0x[0-9a-fA-F]+$|^[-+]?\.(?:inf|nan)$/i;
+// A value stays plain only where no YAML reader could take it for anything
+// but this string: a word of safe characters that starts with a letter, or a
+// Go duration (1s, 1m30s, 250ms). Everything else (numbers in any base,
+// dates, " #", line breaks of any kind, flow indicators) is quoted.
+const plainWord = /^[A-Za-z_](?:[A-Za-z0-9_./@+-]| (?! ))*[A-Za-z0-9_./@+-]$|^[A-Za-z_]$/;
+const duration = /^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$/;
+
+/** quote writes s as a YAML double-quoted scalar, escaping what JSON leaves raw. */
+function quote(s) {
+  return JSON.stringify(s).replace(/[\u007f-\u009f\u2028\u2029\ufeff]/g, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
+}
 
 function scalar(v) {
   if (v === null || v === undefined) return 'null';
-  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  if (typeof v === 'number') return Number.isFinite(v) ? String(v) : Number.isNaN(v) ? '.nan' : v > 0 ? '.inf' : '-.inf';
+  if (typeof v === 'boolean') return String(v);
   const s = String(v);
-  if (s === '' || reserved.test(s) || numeric.test(s) || /^[\s\-?:,[\]{}#&*!|>'"%@`]/.test(s) ||
-      /[:#]\s|\s$|[\n\t]|:$|[{}[\],]/.test(s)) return JSON.stringify(s);
+  if (reserved.test(s) || !(plainWord.test(s) || duration.test(s))) return quote(s);
   return s;
 }
 
 function key(k) {
-  return plainKey.test(k) && !reserved.test(k) ? k : JSON.stringify(k);
+  return plainKey.test(k) && !reserved.test(k) ? k : quote(k);
 }
 
 const isScalar = (v) => v === null || typeof v !== 'object';
