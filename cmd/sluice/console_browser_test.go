@@ -24,6 +24,7 @@ import (
 
 	"github.com/sluicehq/sluice/adapters/console/web"
 	"github.com/sluicehq/sluice/adapters/etcd"
+	"github.com/sluicehq/sluice/rules"
 )
 
 // The web console's end-to-end tests drive a headless Chromium (Debian's
@@ -251,6 +252,11 @@ func TestConsoleBrowser(t *testing.T) {
 
 	// The page opens read-only for a visitor, with the login form.
 	b.do(t, "opening the console", chromedp.Navigate(base+"/dashboard#/live"))
+	// Room for every request of the session (the default keeps 250), for
+	// the check at the end that none went elsewhere.
+	if !eval[bool](t, b, `(performance.setResourceTimingBufferSize(10000), performance.getEntriesByType('resource').length < 250)`) {
+		t.Fatal("the page made 250 requests before the test could widen the buffer")
+	}
 	b.wait(t, "the page to start", `document.body.dataset.ready === 'true' && document.body.dataset.session === 'viewer'`)
 	if !eval[bool](t, b, `document.getElementById('rules-apply').disabled && !document.getElementById('login-form').hidden`) {
 		t.Fatal("a visitor who has not logged in can apply rules, or sees no login form")
@@ -315,6 +321,7 @@ func TestConsoleBrowser(t *testing.T) {
 		b.wait(t, doc+"'s document", fmt.Sprintf(`document.getElementById('rules-editor').value.includes(%q)`, mark))
 		b.do(t, "Check "+doc, chromedp.Click(chromedp.CSS("#rules-check")))
 		b.wait(t, doc+" valid, losing nothing", `document.getElementById('rules-status').textContent === 'Valid.' && document.getElementById('rules-lost').textContent === ''`)
+		sameRules(t, base, doc, eval[string](t, b, `document.getElementById('rules-editor').value`))
 	}
 	b.choose(t, "rules-resource", "ddcolor_person")
 	b.wait(t, "ddcolor_person's document", `document.getElementById('rules-editor').value.includes('resource: ddcolor_person')`)
@@ -401,6 +408,9 @@ func TestConsoleBrowser(t *testing.T) {
 	b.setEditor(t, "resource: ddcolor_person\nhotspot:\n  - param: origin\n    threshold: 1\n    window: 10s\n    mode: shadow\n")
 	b.do(t, "Apply in shadow", chromedp.Click(chromedp.CSS("#rules-apply")))
 	b.wait(t, "the apply", `document.getElementById('rules-status').textContent.startsWith('Applied')`)
+	// The editor, reloaded from the gateway, writes the shadow rule back as it is.
+	b.wait(t, "the editor reloaded", `document.getElementById('rules-editor').value.includes('mode: shadow')`)
+	sameRules(t, base, "ddcolor_person", eval[string](t, b, `document.getElementById('rules-editor').value`))
 	for i := range 3 {
 		if a := colorizePerson(t, base); a.status != http.StatusOK {
 			t.Fatalf("request %d under a shadow rule: %+v, want 200", i, a)
@@ -465,6 +475,9 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Fatalf("the page reported errors: %q", errs)
 	}
 	// Everything the page loaded came from the gateway itself.
+	if n := eval[int](t, b, `performance.getEntriesByType('resource').length`); n >= 10000 {
+		t.Fatalf("the resource timing buffer is full (%d entries): requests may be missing from the check", n)
+	}
 	if ext := eval[[]string](t, b, `performance.getEntriesByType('resource').map(e => e.name).filter(u => !u.startsWith(location.origin))`); len(ext) > 0 {
 		t.Fatalf("the page made requests elsewhere: %q", ext)
 	}
@@ -561,6 +574,63 @@ func TestConsoleScripts(t *testing.T) {
 	if errs := b.pageErrors(); len(errs) > 0 {
 		t.Fatalf("the page reported errors: %q", errs)
 	}
+}
+
+// sameRules decodes the editor's text as the gateway would (rules.Parse,
+// rules.Build) and compares it with the document in force (GET
+// /api/rules): a rule the editor drops or changes fails here.
+func sameRules(t *testing.T, base, name, text string) {
+	t.Helper()
+	docs, err := rules.Parse("editor", []byte(text))
+	if err != nil {
+		t.Fatalf("%s: the editor's text does not decode: %v\n%s", name, err, text)
+	}
+	set, err := rules.Build(docs)
+	if err != nil {
+		t.Fatalf("%s: the editor's text does not build: %v\n%s", name, err, text)
+	}
+	var body struct {
+		Documents []struct {
+			Resource string          `json:"resource"`
+			Rules    json.RawMessage `json:"rules"`
+			System   json.RawMessage `json:"system"`
+			GPU      json.RawMessage `json:"gpu"`
+		} `json:"documents"`
+	}
+	getJSON(t, base+"/api/rules", &body)
+	for _, d := range body.Documents {
+		if d.Resource != name {
+			continue
+		}
+		pairs := map[string][2]any{}
+		if name == "system" {
+			pairs["system"] = [2]any{d.System, set.System}
+			pairs["gpu"] = [2]any{d.GPU, set.GPU}
+		} else {
+			pairs["rules"] = [2]any{d.Rules, set.Resources[name]}
+		}
+		for what, p := range pairs {
+			var inForce, edited any
+			mine, err := json.Marshal(p[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p[0].(json.RawMessage)) == 0 {
+				continue // nothing of this kind in force
+			}
+			if err := json.Unmarshal(p[0].(json.RawMessage), &inForce); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(mine, &edited); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(inForce, edited) {
+				t.Fatalf("%s: the editor's %s differ from the rules in force:\nin force %s\nedited   %s\ntext:\n%s", name, what, p[0], mine, text)
+			}
+		}
+		return
+	}
+	t.Fatalf("%s: not in GET /api/rules", name)
 }
 
 // normalise makes decoded YAML and JSON comparable: numbers as float64,

@@ -74,6 +74,9 @@ export async function call(method, url, body, contentType) {
   } catch (e) {
     return new Answer(0, null, `the gateway cannot be reached (${e.message})`);
   }
+  // The session ended (expired, the gateway restarted): read it again, so
+  // that the page stops saying "Logged in".
+  if (r.status === 401 && session.logged_in) loadSession().catch(() => {});
   const text = await r.text();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }

@@ -29,7 +29,11 @@ function route() {
     else a.removeAttribute('aria-current');
   }
   $('nav').hidden = locked;
-  if (locked) { current = ''; return; }
+  if (locked) {
+    if (current === 'refusals') hideRefusals();
+    current = '';
+    return;
+  }
   if (page !== current) {
     if (current === 'refusals') hideRefusals();
     current = page;
@@ -67,6 +71,7 @@ async function main() {
     if (current === 'gpus') drawGPUs(snap.system, snap.backends);
   });
   onSession(drawSession);
+  onSession((s) => { if (current && s.protect_reads && !s.logged_in) route(); }); // the session ended: lock the page
   $('login-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const err = await login($('login-token').value);

@@ -12,7 +12,10 @@ const subscribers = new Set();
 let latest = null;
 let source = null;
 let pollTimer = 0;
+let retryTimer = 0;
+let retries = 0; // stream failures in a row, for the backoff
 let mode = '';
+let notice = ''; // the last frame the page set aside, and why
 
 /** subscribe calls fn with every snapshot (and the latest one at once). */
 export function subscribe(fn) {
@@ -27,6 +30,15 @@ export function latestSnapshot() {
 }
 
 function publish(snap) {
+  // A frame the gateway could not fill (it sends {"time", "error"} when a
+  // snapshot fails to encode) would wipe the charts and the filters: keep
+  // what is drawn and say so.
+  if (!snap || snap.error || !Array.isArray(snap.resources)) {
+    notice = `The gateway sent an incomplete update${snap && snap.error ? ` (${snap.error})` : ''}; showing the last good one.`;
+    status();
+    return;
+  }
+  if (notice) { notice = ''; status(); }
   latest = snap;
   for (const fn of subscribers) fn(snap);
 }
@@ -38,18 +50,42 @@ export function startFeed() {
   status();
   source = new EventSource('/api/live');
   source.addEventListener('stats', (e) => {
+    retries = 0;
     if (mode !== 'stream') { mode = 'stream'; status(); }
-    try { publish(JSON.parse(e.data)); } catch (err) { console.error('bad /api/live event', err); }
+    let snap;
+    try { snap = JSON.parse(e.data); } catch (err) { console.error('bad /api/live event', err); return; }
+    publish(snap);
   });
   source.onerror = () => {
     if (source && source.readyState === EventSource.CLOSED) {
+      // The browser gives up on a non-200 answer: find out why, then open
+      // the stream again later, or poll where the gateway has no stream.
+      source.close();
       source = null;
-      startPolling();
+      whyClosed();
     } else {
       mode = 'reconnecting';
       status();
     }
   };
+}
+
+/** whyClosed asks /api/live for its status: 404 means no stream here (poll), anything else a retry with backoff. */
+async function whyClosed() {
+  let code = 0;
+  const abort = new AbortController();
+  try {
+    const r = await fetch('/api/live', {credentials: 'same-origin', cache: 'no-store', signal: abort.signal});
+    code = r.status;
+  } catch { /* unreachable: retry */ }
+  abort.abort(); // the headers are enough; a 200 would stream forever
+  if (source || pollTimer || retryTimer) return; // started again meanwhile
+  if (code === 404) { startPolling(); return; }
+  mode = code === 401 || code === 403 ? 'login' : 'reconnecting';
+  status();
+  const delay = Math.min(30000, 1000 * 2 ** Math.min(retries, 5));
+  retries++;
+  retryTimer = setTimeout(() => { retryTimer = 0; startFeed(); }, delay);
 }
 
 /** stopFeed closes the stream and stops polling. */
@@ -58,21 +94,31 @@ export function stopFeed() {
   source = null;
   clearInterval(pollTimer);
   pollTimer = 0;
+  clearTimeout(retryTimer);
+  retryTimer = 0;
 }
 
 function startPolling() {
   mode = 'polling';
   status();
+  let busy = false;
   const tick = async () => {
-    const [res, sys, back] = await Promise.all([get('/api/resources'), get('/api/system'), get('/api/backends')]);
-    if (!res.ok) {
+    if (busy) return; // the last tick has not been answered yet
+    busy = true;
+    let res, sys, back;
+    try {
+      [res, sys, back] = await Promise.all([get('/api/resources'), get('/api/system'), get('/api/backends')]);
+    } finally {
+      busy = false;
+    }
+    if (!res.ok || !res.body) {
       mode = res.status === 401 || res.status === 403 ? 'login' : 'down';
       status();
       return;
     }
     if (mode !== 'polling') { mode = 'polling'; status(); }
     publish({time: new Date().toISOString(), resources: res.body.resources || [],
-      system: sys.ok ? sys.body : null, backends: back.ok ? back.body : null});
+      system: sys.ok && sys.body ? sys.body : null, backends: back.ok && back.body ? back.body : null});
   };
   tick();
   pollTimer = setInterval(tick, 1000);
@@ -89,7 +135,8 @@ function status() {
     login: ['Log in to see the live figures.', 'warn'],
     down: ['The gateway does not answer.', 'error'],
   }[mode] || ['', ''];
-  setStatus(n, text[0], text[1]);
+  if (notice && (mode === 'stream' || mode === 'polling')) setStatus(n, notice, 'warn');
+  else setStatus(n, text[0], text[1]);
 }
 
 // ---- the Live page ----
@@ -133,7 +180,17 @@ class Chart {
       scales: {x: {time: true}, ms: {range: (u, min, max) => [0, Math.max(10, max * 1.1)]}, n: {range: (u, min, max) => [0, Math.max(1, max * 1.2)]}},
       axes: [timeAxis, {scale: 'ms', label: 'ms', size: 56}, {scale: 'n', side: 1, label: 'jobs', grid: {show: false}}]},
     this.timeData(), this.times);
-    new ResizeObserver(() => this.resize()).observe(this.card);
+    this.observer = new ResizeObserver(() => this.resize());
+    this.observer.observe(this.card);
+  }
+
+  /** destroy lets go of the charts (uPlot keeps them in its cursor sync set and window listeners). */
+  destroy() {
+    this.observer.disconnect();
+    if (this.u) this.u.destroy();
+    this.t.destroy();
+    this.u = null;
+    this.card.remove();
   }
 
   width() {
@@ -254,7 +311,7 @@ export function initLive() {
       c.push(x, r, snap.waiting);
     }
     for (const [name, c] of charts) {
-      if (!names.has(name)) { c.card.remove(); charts.delete(name); }
+      if (!names.has(name)) { c.destroy(); charts.delete(name); }
     }
     if (charts.size === 0) fill(box, el('p', {class: 'empty'}, 'No resources have rules yet.'));
     else box.querySelector(':scope > p.empty')?.remove();

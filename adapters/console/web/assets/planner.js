@@ -68,8 +68,10 @@ async function applyShadow() {
     const losses = [];
     for (const d of docs) {
       const dr = await call('POST', `/api/rules/${encodeURIComponent(d.resource)}/dry-run`, d.text, 'application/yaml');
-      if (dr.ok && dr.body.lost && dr.body.lost.length) losses.push(`${d.resource}: ${dr.body.lost.join(', ')}`);
-      if (dr.status === 422) { setStatus(st, `${d.resource}: the proposal is invalid: ${(dr.body.errors || []).join('; ')}`, 'error'); return; }
+      if (dr.status === 422) { setStatus(st, `${d.resource}: the proposal is invalid: ${((dr.body && dr.body.errors) || []).join('; ')}`, 'error'); return; }
+      // Without a dry run nobody knows what the write would remove: stop.
+      if (!dr.ok) { setStatus(st, `${d.resource}: the dry run failed, nothing applied: ${dr.problem()}`, 'error'); return; }
+      if (dr.body && dr.body.lost && dr.body.lost.length) losses.push(`${d.resource}: ${dr.body.lost.join(', ')}`);
     }
     if (losses.length) {
       pending = docs;
