@@ -346,6 +346,18 @@ func TestConsoleBrowser(t *testing.T) {
 		b.wait(t, "the diff", `document.querySelector('#rules-diff .add') !== null && document.getElementById('rules-diff').textContent.includes('threshold: 1')`)
 		b.wait(t, "the lost rules", `document.getElementById('rules-lost').textContent.includes('flow[0]')`)
 		b.screenshot(t, "rules-diff")
+		// It removes rules: the first click asks, and writes nothing.
+		b.do(t, "Apply", chromedp.Click(chromedp.CSS("#rules-apply")))
+		b.wait(t, "the question", `document.getElementById('rules-status').textContent.includes('click Apply again') && document.getElementById('rules-apply').textContent.startsWith('Confirm')`)
+		var inForce struct {
+			Rules struct {
+				Flow []any `json:"flow"`
+			} `json:"rules"`
+		}
+		getJSON(t, base+"/api/rules/ddcolor_person", &inForce)
+		if len(inForce.Rules.Flow) == 0 {
+			t.Fatal("the first click of Apply on a document that removes rules wrote it")
+		}
 	}
 	b.do(t, "Apply", chromedp.Click(chromedp.CSS("#rules-apply")))
 	b.wait(t, "the apply", `document.getElementById('rules-status').textContent.startsWith('Applied')`)
@@ -407,6 +419,12 @@ func TestConsoleBrowser(t *testing.T) {
 	b.wait(t, "the editor", `document.getElementById('rules-editor').value.includes('threshold: 1')`)
 	b.setEditor(t, "resource: ddcolor_person\nhotspot:\n  - param: origin\n    threshold: 1\n    window: 10s\n    mode: shadow\n")
 	b.do(t, "Apply in shadow", chromedp.Click(chromedp.CSS("#rules-apply")))
+	// It drops the ban: where the check that follows typing answered before
+	// the click, Apply asks for a second one.
+	b.wait(t, "the apply or its question", `/^Applied|click Apply again/.test(document.getElementById('rules-status').textContent)`)
+	if eval[bool](t, b, `document.getElementById('rules-status').textContent.includes('click Apply again')`) {
+		b.do(t, "Apply in shadow, confirmed", chromedp.Click(chromedp.CSS("#rules-apply")))
+	}
 	b.wait(t, "the apply", `document.getElementById('rules-status').textContent.startsWith('Applied')`)
 	// The editor, reloaded from the gateway, writes the shadow rule back as it is.
 	b.wait(t, "the editor reloaded", `document.getElementById('rules-editor').value.includes('mode: shadow')`)
@@ -562,6 +580,23 @@ func TestConsoleScripts(t *testing.T) {
 		if got := eval[int](t, b, fmt.Sprintf(`import('/dashboard/assets/rules.js').then(m => m.locate(%s, %q))`, js, path)); got != line {
 			t.Errorf("locate(%s) = line %d, want %d", path, got, line)
 		}
+	}
+
+	// A live frame the gateway could not fill ({"time", "error"}, or no
+	// resources) reaches no subscriber: the charts and filters keep the last
+	// good snapshot.
+	seen := eval[[]int](t, b, `import('/dashboard/assets/live.js').then(m => {
+		const got = [];
+		m.subscribe((s) => got.push(s.resources.length));
+		m.publish({time: '2026-01-01T00:00:00Z', resources: [{resource: 'a'}, {resource: 'b'}]});
+		m.publish({time: '2026-01-01T00:00:01Z', error: 'encoding the snapshot failed'});
+		m.publish({time: '2026-01-01T00:00:02Z'});
+		m.publish({time: '2026-01-01T00:00:03Z', resources: null});
+		m.publish({time: '2026-01-01T00:00:04Z', resources: []});
+		return [...got, m.latestSnapshot().resources.length];
+	})`)
+	if want := []int{2, 0, 0}; !reflect.DeepEqual(seen, want) {
+		t.Errorf("subscribers saw snapshots of %v resources (then the latest), want %v", seen, want)
 	}
 
 	fields := eval[[]map[string]string](t, b, `import('/dashboard/assets/rules.js').then(m => m.fieldsOf({errors: [

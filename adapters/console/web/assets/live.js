@@ -29,7 +29,8 @@ export function latestSnapshot() {
   return latest;
 }
 
-function publish(snap) {
+/** publish hands a snapshot to every subscriber, unless it is incomplete. */
+export function publish(snap) {
   // A frame the gateway could not fill (it sends {"time", "error"} when a
   // snapshot fails to encode) would wipe the charts and the filters: keep
   // what is drawn and say so.

@@ -12,6 +12,14 @@ let errorLines = new Map();
 let autoTimer = 0; // the check that follows typing
 let seq = 0; // the latest check or apply: older answers are dropped
 let dryRunMissing = false;
+let lostText = null; // the text whose last Check listed rules it removes
+let armed = false; // Apply was clicked once on that text: the next click applies
+
+/** disarm puts Apply back to one click. */
+function disarm() {
+  armed = false;
+  $('rules-apply').textContent = 'Apply';
+}
 
 /** docYAML turns a document of GET /api/rules into the YAML one edits. */
 export function docYAML(d) {
@@ -27,6 +35,7 @@ export function docYAML(d) {
 export function initRules() {
   const ed = $('rules-editor');
   ed.addEventListener('input', () => {
+    if (armed) disarm();
     gutter();
     dirty();
     // Check as one types (the dry run is a read): 700 ms after the last key.
@@ -98,6 +107,8 @@ function dirty() {
 }
 
 function clearResults() {
+  lostText = null;
+  disarm();
   errorLines = new Map();
   fill($('rules-errors'));
   $('rules-diff').textContent = 'Check a document to see what it changes.';
@@ -246,7 +257,8 @@ async function check() {
   if (!r) return;
   const mine = ++seq;
   setStatus($('rules-status'), 'Checking…');
-  const a = await call('POST', `/api/rules/${encodeURIComponent(r)}/dry-run`, $('rules-editor').value, 'application/yaml');
+  const text = $('rules-editor').value;
+  const a = await call('POST', `/api/rules/${encodeURIComponent(r)}/dry-run`, text, 'application/yaml');
   if (mine !== seq) return; // the text changed, or Apply ran, since
   if (a.missing) {
     dryRunMissing = true;
@@ -272,6 +284,8 @@ async function check() {
   gutter();
   showDiff(a.body.diff);
   showLost(a.body.lost);
+  lostText = a.body.lost && a.body.lost.length ? text : null;
+  disarm();
   setStatus($('rules-status'), a.body.lost && a.body.lost.length ? 'Valid, but it removes rules: see below.' : 'Valid.', a.body.lost && a.body.lost.length ? 'warn' : 'ok');
 }
 
@@ -284,6 +298,13 @@ async function apply() {
     setStatus($('rules-status'), session.read_only ? 'This gateway is read-only (no admin token configured).' : 'Log in with the admin token to apply.', 'warn');
     return;
   }
+  if (lostText !== null && lostText === $('rules-editor').value && !armed) {
+    armed = true;
+    $('rules-apply').textContent = 'Confirm: apply, removing rules';
+    setStatus($('rules-status'), 'Applying this removes the rules listed below: click Apply again to confirm.', 'warn');
+    return;
+  }
+  disarm();
   setStatus($('rules-status'), 'Applying…');
   const a = await call('PUT', `/api/rules/${encodeURIComponent(r)}`, $('rules-editor').value, 'application/yaml');
   if (a.status === 422) {
