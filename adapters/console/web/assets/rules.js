@@ -275,8 +275,8 @@ async function check() {
     setStatus($('rules-status'), 'Invalid: see the problems below.', 'error');
     return;
   }
-  if (!a.ok) {
-    setStatus($('rules-status'), `Check failed: ${a.problem()}`, 'error');
+  if (!a.ok || !a.body) {
+    setStatus($('rules-status'), `Check failed: ${a.ok ? 'the gateway answered no result' : a.problem()}`, 'error');
     return;
   }
   errorLines = new Map();
