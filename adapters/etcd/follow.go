@@ -178,15 +178,18 @@ func (f *Follower) handle(resp clientv3.WatchResponse, listed int64) error {
 	if err := resp.Err(); err != nil {
 		return err
 	}
-	if f.Heard != nil {
-		f.Heard(resp.Header.Revision)
-	}
 	events := resp.Events
 	for len(events) > 0 && events[0].Kv.ModRevision <= listed {
 		events = events[1:]
 	}
 	if len(events) > 0 {
 		f.Apply(events)
+	}
+	// Heard after Apply: a follower that moves its revision on when etcd
+	// answers (WaitRevision) must not say it has seen the response's
+	// revision before its changes are in force.
+	if f.Heard != nil {
+		f.Heard(resp.Header.Revision)
 	}
 	return nil
 }
