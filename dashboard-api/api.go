@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -380,7 +379,7 @@ func (a *api) resources(c *gin.Context) {
 func backendsBody(st dispatch.Stats) gin.H {
 	backends := make([]gin.H, 0, len(st.Backends))
 	for _, b := range st.Backends {
-		backends = append(backends, gin.H{"name": withoutUser(b.Name), "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "gpu_pressure": b.Pressure, "started_total": b.Started})
+		backends = append(backends, gin.H{"name": dispatch.ShownName(b.Name), "slots": b.Slots, "in_use": b.InUse, "healthy": b.Healthy, "gpu_pressure": b.Pressure, "started_total": b.Started})
 	}
 	classes := make([]gin.H, 0, len(st.Classes))
 	for _, c := range slices.Backward(st.Classes) { // highest first, as they are served
@@ -391,17 +390,6 @@ func backendsBody(st dispatch.Stats) gin.H {
 		tenants = append(tenants, gin.H{"tenant": t.Tenant, "tier": t.Tier, "class": t.Class.String(), "waiting": t.Waiting, "running": t.Running})
 	}
 	return gin.H{"backends": backends, "queued": st.Queued, "classes": classes, "tenants": tenants, "avg_job_time_ms": st.AvgJobTime.Milliseconds()}
-}
-
-// withoutUser is a backend's URL without the user information it may
-// carry (http://user:password@host): the operator API shows no password.
-func withoutUser(name string) string {
-	u, err := url.Parse(name)
-	if err != nil || u.User == nil {
-		return name
-	}
-	u.User = nil
-	return u.String()
 }
 
 // system shows the machine's CPU and load, every GPU with its source,

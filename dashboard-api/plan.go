@@ -6,6 +6,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/sluicehq/sluice/engine/dispatch"
 	"github.com/sluicehq/sluice/engine/plan"
 )
 
@@ -35,7 +36,7 @@ func (a *api) plan(c *gin.Context) {
 	}
 	p := a.cfg.Planner.Plan(shadow)
 	for i := range p.Backends {
-		p.Backends[i].Name = withoutUser(p.Backends[i].Name)
+		p.Backends[i].Name = dispatch.ShownName(p.Backends[i].Name)
 	}
 	c.JSON(http.StatusOK, p)
 }

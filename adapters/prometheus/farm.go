@@ -1,8 +1,6 @@
 package prometheus
 
 import (
-	"net/url"
-
 	lru "github.com/hashicorp/golang-lru/v2"
 	prom "github.com/prometheus/client_golang/prometheus"
 
@@ -38,24 +36,13 @@ func (c *farmCollector) Describe(ch chan<- *prom.Desc) {
 func (c *farmCollector) Collect(ch chan<- prom.Metric) {
 	st := c.stats()
 	for _, b := range st.Backends {
-		name := withoutUser(b.Name)
+		name := dispatch.ShownName(b.Name)
 		send(ch, c.up, prom.GaugeValue, bit(b.Healthy), name)
 		send(ch, c.slots, prom.GaugeValue, float64(b.Slots), name)
 		send(ch, c.inUse, prom.GaugeValue, float64(b.InUse), name)
 	}
 	send(ch, c.waiting, prom.GaugeValue, float64(st.Queued))
 	send(ch, c.jobTime, prom.GaugeValue, st.AvgJobTime.Seconds())
-}
-
-// withoutUser is a backend's URL without the user information it may
-// carry: metrics show no password.
-func withoutUser(name string) string {
-	u, err := url.Parse(name)
-	if err != nil || u.User == nil {
-		return name
-	}
-	u.User = nil
-	return u.String()
 }
 
 // recentOrigins bounds the client origins remembered as seen: an origin

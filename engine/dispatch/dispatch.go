@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -625,6 +626,18 @@ type BackendStats struct {
 	Pressure bool
 	// Started counts the jobs the backend was given.
 	Started uint64
+}
+
+// ShownName is a backend's name as it may be shown (the operator API,
+// metrics): a URL loses the user information it may carry
+// (http://user:password@host), so no password is shown.
+func ShownName(name string) string {
+	u, err := url.Parse(name)
+	if err != nil || u.User == nil {
+		return name
+	}
+	u.User = nil
+	return u.String()
 }
 
 // ClassStats counts one priority class's jobs.

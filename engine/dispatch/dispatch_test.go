@@ -604,3 +604,15 @@ func TestRetryAfter(t *testing.T) {
 	}
 	checkIdle(t, d, 9)
 }
+
+func TestShownNameHidesThePassword(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://gpu-1:8188":               "http://gpu-1:8188",
+		"http://user:s3cret@gpu-1:8188/x": "http://gpu-1:8188/x",
+		"not a url %":                     "not a url %",
+	} {
+		if got := dispatch.ShownName(in); got != want {
+			t.Errorf("ShownName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
