@@ -333,11 +333,14 @@ func diffDocs(store *etcd.Store, snap *etcd.Snapshot, docs []rules.Document) ([]
 		case !ok:
 			ch.created = true
 			ch.diff, err = rules.Diff(ch.name, nil, &d)
-		case perr == nil && len(prev) == 1:
+		case perr == nil && len(prev) == 1 && valid(prev[0]):
 			ch.diff, err = rules.Diff(ch.name, &prev[0], &d)
 			ch.lost = rules.LostDocument(&prev[0], &d)
-		default: // what etcd holds does not parse: compare the text
+		default: // what etcd holds is not a valid document: compare the text
 			ch.diff, err = rules.DiffText(ch.name+" (in etcd, invalid)", ch.name+" (candidate)", old, value)
+			// The gateways still enforce an older, valid version of it,
+			// whose rules this one may not have: ask.
+			ch.lost = []string{"its document in etcd, which is not valid (the gateways enforce an older version)"}
 		}
 		if err != nil {
 			return nil, err
@@ -345,6 +348,12 @@ func diffDocs(store *etcd.Store, snap *etcd.Snapshot, docs []rules.Document) ([]
 		out = append(out, ch)
 	}
 	return out, nil
+}
+
+// valid says whether d is a valid document on its own.
+func valid(d rules.Document) bool {
+	_, err := rules.Build([]rules.Document{d})
+	return err == nil
 }
 
 // printChanges prints each document's diff and the rules it loses.

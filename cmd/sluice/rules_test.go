@@ -152,3 +152,28 @@ func TestRulesApplyFromStandardInput(t *testing.T) {
 		t.Fatalf("validate bad stdin: %d %q", code, errOut)
 	}
 }
+
+// A document in etcd that is not valid (written around sluice) is not
+// what the gateways enforce: they keep an older, valid version, whose
+// rules the new one may lack. Replacing it asks first, like a loss.
+func TestApplyOverAnInvalidDocumentAsks(t *testing.T) {
+	ep := startEtcd(t)
+	c, err := etcd.NewClient(etcd.ClientConfig{Endpoints: []string{ep}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Put(context.Background(), "/sluice/rules/resources/ddcolor_person", "resource: ddcolor_person\nflow: [{threshold: -1}]\n"); err != nil {
+		t.Fatal(err)
+	}
+	good := writeFiles(t, map[string]string{"person.yaml": "resource: ddcolor_person\nflow: [{threshold: 2}]\n"})
+	if _, errOut, code := sluice(t, "rules", "apply", "-f", good, "--endpoints", ep); code != exitAborted || !strings.Contains(errOut, "is not valid") {
+		t.Fatalf("apply over an invalid document without --yes: %d %q", code, errOut)
+	}
+	if v, _ := etcdValue(t, ep, "/sluice/rules/resources/ddcolor_person"); !strings.Contains(v, "threshold: -1") {
+		t.Fatalf("written without a confirmation: %q", v)
+	}
+	if out, errOut, code := sluice(t, "rules", "apply", "-f", good, "--yes", "--endpoints", ep); code != 0 || !strings.Contains(out, "changed") {
+		t.Fatalf("apply --yes: %d %q %q", code, out, errOut)
+	}
+}
