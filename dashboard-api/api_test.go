@@ -28,11 +28,7 @@ const testToken = "s3cret-admin-token"
 
 func newEngine(t *testing.T, src string, opts engine.Options) *engine.Engine {
 	t.Helper()
-	docs, err := rules.Parse("r.yaml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet("r.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}

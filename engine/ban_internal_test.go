@@ -54,11 +54,7 @@ func TestApplyKeepsEachResourcesLockAndCounters(t *testing.T) {
 	}
 	defer e.Close()
 	before := e.state.Load().res[rules.ResourceZImageGenerate]
-	docs, err := rules.Parse("concurrency.yaml", []byte("resource: zimage_generate\nconcurrency: 2\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet("concurrency.yaml", []byte("resource: zimage_generate\nconcurrency: 2\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,11 +48,7 @@ func (f *fakeCPU) set(u float64) {
 
 func mustSet(t testing.TB, src string) *rules.Set {
 	t.Helper()
-	docs, err := rules.Parse(t.Name()+".yaml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet(t.Name()+".yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,16 @@ type Set struct {
 	Docs []Document
 }
 
+// ParseSet parses a rule source (one file's text, named name in errors)
+// and builds it as one rule set: Parse, then Build.
+func ParseSet(name string, data []byte) (*Set, error) {
+	docs, err := Parse(name, data)
+	if err != nil {
+		return nil, err
+	}
+	return Build(docs)
+}
+
 // Build validates documents as one rule set. It reports every problem it
 // finds as Errors and returns no set if there is any: a set is all good or
 // not built.

@@ -587,11 +587,7 @@ func TestIntegSlowStatsNeverTakesOut(t *testing.T) {
 // both under pressure the engine refuses; a job admitted before waits and
 // runs on the first backend whose pressure ends.
 func TestIntegGPUPressurePerBackend(t *testing.T) {
-	docs, err := rules.Parse("gpu.yaml", []byte("gpu: {memory_used_ratio: 0.8}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet("gpu.yaml", []byte("gpu: {memory_used_ratio: 0.8}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

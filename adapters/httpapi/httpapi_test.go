@@ -102,11 +102,7 @@ func newStack(t testing.TB, src string, o stackOptions) *stack {
 // requests.
 func testEngine(t testing.TB, src string, c clock.Clock) *engine.Engine {
 	t.Helper()
-	docs, err := rules.Parse(t.Name()+".yaml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet(t.Name()+".yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,11 +47,7 @@ var engines atomic.Int64
 // stands still and a CPU at 25 %.
 func newEngine(t testing.TB, src string) *engine.Engine {
 	t.Helper()
-	docs, err := rules.Parse(t.Name()+".yaml", []byte(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet(t.Name()+".yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,11 +63,7 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.Close)
-	docs, err := rules.Parse("rules.yaml", []byte("resource: zimage_generate\nflow: [{threshold: 100}]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet("rules.yaml", []byte("resource: zimage_generate\nflow: [{threshold: 100}]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,14 +143,11 @@ func TestPlanProposesTheFarmsRate(t *testing.T) {
 	if err := planMain(context.Background(), planOptions{Server: gw.URL, Token: testPlanToken, Output: "yaml"}, &out); err != nil {
 		t.Fatal(err)
 	}
-	docs, err = rules.Parse("plan.yaml", out.Bytes())
+	applied, err := rules.ParseSet("plan.yaml", out.Bytes())
 	if err != nil {
 		t.Fatalf("-o yaml: %v\n%s", err, out.String())
 	}
-	if _, err := rules.Build(docs); err != nil {
-		t.Fatalf("-o yaml: %v\n%s", err, out.String())
-	}
-	for _, d := range docs {
+	for _, d := range applied.Docs {
 		if d.Name() == rules.ResourceZImageGenerate && (d.Resource.Flow[0].Threshold != z.Proposed.FlowThreshold || d.Resource.Concurrency != 32) {
 			t.Errorf("-o yaml: %+v, want the proposal %+v", *d.Resource, z.Proposed)
 		}

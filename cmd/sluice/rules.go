@@ -290,14 +290,11 @@ func localDocs(s streams, file string) ([]rules.Document, error) {
 		if len(data) > maxStdinRules {
 			return nil, invalid(fmt.Errorf("standard input: more than %d bytes of rules", maxStdinRules))
 		}
-		docs, err := rules.Parse("stdin", data)
-		if err == nil {
-			_, err = rules.Build(docs)
-		}
+		set, err := rules.ParseSet("stdin", data)
 		if err != nil {
 			return nil, invalid(err)
 		}
-		return docs, nil
+		return set.Docs, nil
 	}
 	set, _, err := loadRules(file, true)
 	if err != nil {

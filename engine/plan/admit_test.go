@@ -46,11 +46,7 @@ func TestProposedFlowAdmitsThePlannedRate(t *testing.T) {
 			if r.Resource != rules.ResourceDDColorPerson || math.Abs(r.SustainablePerSec-tc.want) > 0.001 {
 				t.Fatalf("planned %s at %v/s, want %v", r.Resource, r.SustainablePerSec, tc.want)
 			}
-			docs, err := rules.Parse("plan.yaml", []byte(p.YAML))
-			if err != nil {
-				t.Fatal(err)
-			}
-			set, err := rules.Build(docs)
+			set, err := rules.ParseSet("plan.yaml", []byte(p.YAML))
 			if err != nil {
 				t.Fatal(err)
 			}

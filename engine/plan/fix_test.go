@@ -95,11 +95,7 @@ func assertSameEnforcement(t *testing.T, before, after *rules.Set) {
 // A shadow plan changes nothing that refuses: applied (twice), every
 // enforcing rule stays as it is; the proposal is one shadow flow rule.
 func TestShadowPlanLeavesEnforcementUnchanged(t *testing.T) {
-	docs, err := rules.Parse("rules.yaml", []byte(inForceSrc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	before, err := rules.Build(docs)
+	before, err := rules.ParseSet("rules.yaml", []byte(inForceSrc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +106,7 @@ func TestShadowPlanLeavesEnforcementUnchanged(t *testing.T) {
 		{Resource: rules.ResourceDDColorPerson, Size: 1024, Times: repeat(6*time.Second, 4)},
 	}
 	p := Compute(Input{Backends: farm(4, 2), Rules: before, Shadow: true, Times: times})
-	docs1, after := applyDocs(t, docs, p.YAML)
+	docs1, after := applyDocs(t, before.Docs, p.YAML)
 	assertSameEnforcement(t, before, after)
 	person := after.Resources[rules.ResourceDDColorPerson]
 	if len(person.Flow) != 2 || !person.Flow[1].Mode.IsShadow() {

@@ -193,11 +193,7 @@ func TestComputeSaysWhatIsEstimated(t *testing.T) {
 // for ddcolor_person.
 func inForce(t *testing.T) *rules.Set {
 	t.Helper()
-	docs, err := rules.Parse("rules.yaml", []byte(inForceSrc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.Build(docs)
+	set, err := rules.ParseSet("rules.yaml", []byte(inForceSrc))
 	if err != nil {
 		t.Fatal(err)
 	}
