@@ -247,12 +247,7 @@ func TestShadowTwinGPU(t *testing.T) {
 			flow := "resource: zimage_generate\nflow: [{threshold: 10}]\n---\n"
 			w := twoEngineTwin(t, flow+"gpu: {memory_used_ratio: 0.9, action: "+action+"}\n",
 				flow+"gpu: {mode: shadow, memory_used_ratio: 0.9, action: "+action+"}\n")
-			const backend = "http://gpu-1:8188"
-			report := func(used float64) {
-				for _, tg := range w.targets {
-					tg.e.ReportGPUs("comfyui "+backend, []engine.GPU{remote(w.clock, backend, used)}, nil)
-				}
-			}
+			report, backend := w.reportGPU, twinBackend
 			c := engine.Call{Origin: "192.0.2.1"}
 			report(0.5)
 			w.guard(2, c)

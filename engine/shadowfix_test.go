@@ -8,15 +8,21 @@ import (
 	"github.com/sluicehq/sluice/engine/clock"
 )
 
+// twinBackend is the one GPU backend of the GPU twin tests.
+const twinBackend = "http://gpu-1:8188"
+
+// reportGPU reports the same GPU sample, used of its memory in use, to
+// both engines of the twin.
+func (w *twin) reportGPU(used float64) {
+	for _, tg := range w.targets {
+		tg.e.ReportGPUs("comfyui "+twinBackend, []engine.GPU{remote(w.clock, twinBackend, used)}, nil)
+	}
+}
+
 // gpuTwinRun drives a twin through a GPU pressure: calls before, during
 // and after it, reporting the same samples to both engines.
 func gpuTwinRun(w *twin) {
-	const backend = "http://gpu-1:8188"
-	report := func(used float64) {
-		for _, tg := range w.targets {
-			tg.e.ReportGPUs("comfyui "+backend, []engine.GPU{remote(w.clock, backend, used)}, nil)
-		}
-	}
+	report := w.reportGPU
 	c := engine.Call{Origin: "192.0.2.1"}
 	report(0.5)
 	w.guard(2, c)
@@ -50,19 +56,17 @@ func TestShadowTwinGPUAllRules(t *testing.T) {
 			gpuTwinRun(w)
 			w.check(engine.KindGPU, engine.KindFlow)
 		})
-		t.Run(action+"/enforcing gpu, shadow flow", func(t *testing.T) {
-			// Both twins enforce the GPU rule; the flow rule is enforced
-			// in one and shadow in the other. Only tighten leaves calls
-			// for the shadow rules to see.
-			if action == "reject" {
-				t.Skip("an enforcing reject refuses the call before any shadow rule sees it")
-			}
-			w := twoEngineTwin(t, res+"flow: [{threshold: 10}]\n---\n"+gpu,
-				res+"flow: [{threshold: 10, mode: shadow}]\n---\n"+gpu)
-			gpuTwinRun(w)
-			w.check(engine.KindGPU, engine.KindFlow)
-		})
 	}
+	// Both twins enforce a tightening GPU rule; the flow rule is enforced
+	// in one and shadow in the other. (An enforcing reject refuses a call
+	// before any shadow rule sees it: nothing to compare there.)
+	t.Run("tighten/enforcing gpu, shadow flow", func(t *testing.T) {
+		gpu := "gpu: {memory_used_ratio: 0.9, action: tighten, factor: 0.5}\n"
+		w := twoEngineTwin(t, res+"flow: [{threshold: 10}]\n---\n"+gpu,
+			res+"flow: [{threshold: 10, mode: shadow}]\n---\n"+gpu)
+		gpuTwinRun(w)
+		w.check(engine.KindGPU, engine.KindFlow)
+	})
 }
 
 // A shadow concurrency rule that Apply adds while jobs are in flight
