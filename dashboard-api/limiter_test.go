@@ -1,6 +1,7 @@
 package dashboardapi_test
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -86,5 +87,47 @@ func TestBearerGuessesAreLimited(t *testing.T) {
 		if rec := send(http.MethodGet, "/api/resources", testToken, "198.51.100.1:1"); rec.Code != http.StatusOK {
 			t.Fatalf("shared=%v: another client: %d", shared, rec.Code)
 		}
+	}
+}
+
+// An attempt reserved on the shared count (the table was full) is given
+// back to that count, even when its origin has a count of its own by the
+// time it is reported: otherwise five such attempts would leave the shared
+// count full for good, and every newcomer during a flood refused for the
+// life of the process.
+func TestTokenLimiterReleasesWhereItReserved(t *testing.T) {
+	const tracked = 10_000 // the origins the limiter tracks (maxLimited)
+	clk := clock.NewFake(limiterStart)
+	l := dashboardapi.NewTokenLimiter(clk, 64)
+	// fill adds n origins with a wrong token each; n fills the table
+	// exactly, so that none of them lands on the shared count.
+	fill := func(round, n int) {
+		for i := range n {
+			ip := fmt.Sprintf("10.%d.%d.%d", round, i>>8, i&255)
+			if _, ok := l.Allow(ip); !ok {
+				t.Fatalf("round %d: %s refused", round, ip)
+			}
+			l.Failed(ip)
+		}
+	}
+	held := 0 // entries left from the round before: the shared count and that round's x
+	for round := range dashboardapi.TokenFailures {
+		fill(round, tracked-held)
+		x := fmt.Sprintf("192.0.2.%d", round)
+		if _, ok := l.Allow(x); !ok { // on the shared count: the table is full
+			t.Fatalf("round %d: %s refused", round, x)
+		}
+		clk.Advance(dashboardapi.TokenWindow + time.Second)
+		y := fmt.Sprintf("198.51.100.%d", round)
+		if _, ok := l.Allow(y); !ok { // prunes the expired origins
+			t.Fatalf("round %d: %s refused", round, y)
+		}
+		l.Succeeded(y)
+		l.Failed(x) // x has room for a count of its own now
+		held = 2
+	}
+	fill(dashboardapi.TokenFailures, tracked-held)
+	if _, ok := l.Allow("203.0.113.9"); !ok {
+		t.Fatal("a newcomer to a full table is refused: the shared count kept attempts that ended")
 	}
 }

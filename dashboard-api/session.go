@@ -97,6 +97,11 @@ type TokenLimiter struct {
 	mu      sync.Mutex
 	clients map[string]*attempts
 	clean   map[string]time.Time // origins that sent the right token, when
+	// reserved holds, per origin, the counts its attempts in progress
+	// were reserved on, oldest first: the release goes to the same count
+	// even if the origin maps to another one by then (the shared one
+	// when the table was full, its own since).
+	reserved map[string][]*attempts
 }
 
 type attempts struct {
@@ -110,7 +115,7 @@ func NewTokenLimiter(c clock.Clock, ipv6Bits int) *TokenLimiter {
 	if ipv6Bits <= 0 || ipv6Bits > 128 {
 		ipv6Bits = 64
 	}
-	return &TokenLimiter{clock: clock.Or(c), ipv6Bits: ipv6Bits, clients: map[string]*attempts{}, clean: map[string]time.Time{}}
+	return &TokenLimiter{clock: clock.Or(c), ipv6Bits: ipv6Bits, clients: map[string]*attempts{}, clean: map[string]time.Time{}, reserved: map[string][]*attempts{}}
 }
 
 // entryLocked is the count client's origin uses, created when create.
@@ -151,7 +156,26 @@ func (l *TokenLimiter) Allow(client string) (time.Duration, bool) {
 		return max(a.since.Add(TokenWindow).Sub(now), time.Second), false
 	}
 	a.pending++
+	o := httpapi.Origin(client, l.ipv6Bits)
+	l.reserved[o] = append(l.reserved[o], a)
 	return 0, true
+}
+
+// releaseLocked ends the oldest attempt in progress of origin o, on the
+// count it was reserved on.
+func (l *TokenLimiter) releaseLocked(o string) {
+	r := l.reserved[o]
+	if len(r) == 0 {
+		return
+	}
+	if r[0].pending > 0 {
+		r[0].pending--
+	}
+	if len(r) == 1 {
+		delete(l.reserved, o)
+		return
+	}
+	l.reserved[o] = r[1:]
 }
 
 // Failed implements Limiter.
@@ -159,10 +183,8 @@ func (l *TokenLimiter) Failed(client string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.clock.Now()
+	l.releaseLocked(httpapi.Origin(client, l.ipv6Bits))
 	a := l.entryLocked(client, now, true)
-	if a.pending > 0 {
-		a.pending--
-	}
 	if !now.Before(a.since.Add(TokenWindow)) {
 		a.since, a.failed = now, 0
 	}
@@ -175,11 +197,8 @@ func (l *TokenLimiter) Succeeded(client string) {
 	defer l.mu.Unlock()
 	now := l.clock.Now()
 	o := httpapi.Origin(client, l.ipv6Bits)
-	if _, own := l.clients[o]; own {
-		delete(l.clients, o)
-	} else if a := l.clients[sharedKey]; a != nil && a.pending > 0 {
-		a.pending--
-	}
+	l.releaseLocked(o)
+	delete(l.clients, o)
 	if _, ok := l.clean[o]; !ok && len(l.clean) >= maxClean {
 		oldest, first := "", true
 		for k, t := range l.clean {
