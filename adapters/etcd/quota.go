@@ -203,7 +203,7 @@ func (q *Quota) Take(ctx context.Context, tenantName string, limit, units int64,
 		usage.Used = e.used
 		return usage, tenant.Ticket{Tenant: tenantName, Day: day, Units: units}, nil
 	}
-	return usage, tenant.Ticket{}, fmt.Errorf("quota: take for %s: the count changed %d times while writing; try again", tenantName, quotaMaxAttempts)
+	return usage, tenant.Ticket{}, fmt.Errorf("quota: take for %s: %w (%d times); try again", tenantName, tenant.ErrQuotaContended, quotaMaxAttempts)
 }
 
 // Refund gives a ticket's units back to the day it was charged to (never

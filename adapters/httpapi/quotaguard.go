@@ -53,10 +53,10 @@ func (g *guardedQuota) skip() bool {
 }
 
 // failed records a failure of the store, unless the caller left (its
-// context ended) or the answer was a refusal.
+// context ended) or the answer was a refusal or one tenant's contention.
 func (g *guardedQuota) failed(ctx context.Context, err error) {
 	var ex *tenant.QuotaExceeded
-	if err == nil || errors.As(err, &ex) || ctx.Err() != nil {
+	if err == nil || errors.As(err, &ex) || errors.Is(err, tenant.ErrQuotaContended) || ctx.Err() != nil {
 		return
 	}
 	g.mu.Lock()

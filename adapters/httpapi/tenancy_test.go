@@ -1008,3 +1008,40 @@ func TestQuotaStoreThatHangsHoldsNothingUp(t *testing.T) {
 		t.Error("the store was never asked again after the backoff")
 	}
 }
+
+// contendedQuota answers acme's charges with the store's contention error
+// (other replicas kept changing acme's count) and charges others.
+type contendedQuota struct{ *fakeQuota }
+
+func (q contendedQuota) Take(ctx context.Context, name string, limit, units int64, loc *time.Location) (tenant.Usage, tenant.Ticket, error) {
+	if name == "acme" {
+		return tenant.Usage{}, tenant.Ticket{}, fmt.Errorf("quota: take for acme: %w (128 times); try again", tenant.ErrQuotaContended)
+	}
+	return q.fakeQuota.Take(ctx, name, limit, units, loc)
+}
+
+// One busy tenant's contention is not a store failure: the next tenant is
+// still charged (a failure would leave the store alone, every tenant
+// uncharged, for 10 s).
+func TestQuotaContentionOfOneTenantChargesTheOthers(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	eng := testEngine(t, tenantRules, clk)
+	q := contendedQuota{newFakeQuota(clk)}
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: &funcRunner{run: succeedPNG}, Clock: clk, Identity: testIdentity(), Quota: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	for _, key := range []string{acmeKey, bigcoKey} {
+		req := generateRequest(`{"prompt": "a lighthouse"}`)
+		req.Header.Set("Authorization", "Bearer "+key)
+		rec := serve(api, req, "192.0.2.1:1")
+		if rec.Code != http.StatusOK {
+			t.Fatalf("%d %s", rec.Code, rec.Body)
+		}
+		checkPNG(t, rec)
+	}
+	if used, _ := q.state("bigco"); used != 1 || q.takes != 1 {
+		t.Fatalf("bigco used %d, %d takes: the store was left alone after acme's contention", used, q.takes)
+	}
+}

@@ -6,6 +6,7 @@
 package tenant
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -136,6 +137,12 @@ type Ticket struct {
 	Day    string
 	Units  int64
 }
+
+// ErrQuotaContended is what a quota store answers, wrapped, when other
+// replicas kept changing a tenant's count while it tried to charge it: the
+// store works, that tenant is busy. It is no reason to leave the store
+// alone for every tenant.
+var ErrQuotaContended = errors.New("the count kept changing while writing")
 
 // QuotaExceeded is the error of a quota take that would pass the day's
 // limit; Usage is the tenant's usage as it stands (nothing taken).
