@@ -1045,3 +1045,32 @@ func TestQuotaContentionOfOneTenantChargesTheOthers(t *testing.T) {
 		t.Fatalf("bigco used %d, %d takes: the store was left alone after acme's contention", used, q.takes)
 	}
 }
+
+// racingFarm had room when asked (Precheck) and none when the job came:
+// another job took the slot in between.
+type racingFarm struct{ busyRunner }
+
+func (racingFarm) Precheck(httpapi.Job) error { return nil }
+
+// A farm that refuses after its precheck passed (a race) refuses a call
+// already charged: the charge is refunded.
+func TestRefusedByTheFarmAfterTheChargeIsRefunded(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	eng := testEngine(t, tenantRules, clk)
+	q := newFakeQuota(clk)
+	busy := &httpapi.BusyError{Reason: "2 jobs of this client already running or waiting", RetryAfter: time.Second, OverShare: true}
+	api, err := httpapi.New(httpapi.Config{Engine: eng, Runner: racingFarm{busyRunner{busy}}, Clock: clk,
+		Identity: testIdentity(), Quota: q, Tiers: staticTiers{testTiers(10)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	req := generateRequest(`{"prompt": "a lighthouse"}`)
+	req.Header.Set("Authorization", "Bearer "+acmeKey)
+	if rec := serve(api, req, "192.0.2.1:1"); rec.Code != http.StatusTooManyRequests {
+		t.Fatalf("%d %s", rec.Code, rec.Body)
+	}
+	if used, refunds := q.state("acme"); used != 0 || refunds != 1 || q.takes != 1 {
+		t.Fatalf("used %d, %d refunds, %d takes; want the one take refunded", used, refunds, q.takes)
+	}
+}
