@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"image/png"
 	"io"
 	"log/slog"
 	"math"
@@ -585,6 +586,14 @@ func runAbuse(b *testing.B, sc abuseScale, rs abuseRules, abuserIPs int, store *
 		var buf bytes.Buffer
 		if _, err := io.Copy(&buf, resp.Body); err != nil {
 			return 0, "", 0
+		}
+		if resp.StatusCode == http.StatusOK {
+			// Answered means the image came back: a 256×256 PNG.
+			img, err := png.Decode(&buf)
+			if err != nil || img.Bounds().Dx() != 256 || img.Bounds().Dy() != 256 {
+				b.Errorf("a 200 without the 256x256 image: %v", err)
+				return 0, "", 0
+			}
 		}
 		var kind string
 		if resp.StatusCode != http.StatusOK {
