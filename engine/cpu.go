@@ -79,7 +79,7 @@ type cpuEnv struct {
 // newMachineCPU returns the default CPU source: the gateway's own share of
 // the CPUs, from its cgroup v2 or, failing that, from its process.
 func newMachineCPU() *ownCPU {
-	return newOwnCPU(cpuEnv{FS: os.DirFS("/"), Clock: clock.System{}, NumCPU: runtime.NumCPU(), ProcessTime: processCPUTime})
+	return newOwnCPU(cpuEnv{FS: os.DirFS("/"), Clock: clock.System{}, NumCPU: runtime.NumCPU(), ProcessTime: ProcessCPUTime})
 }
 
 // newOwnCPU picks the source once: the cgroup v2 of the process when its

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// processCPUTime is not implemented here: the CPU rule then never refuses.
-func processCPUTime() (time.Duration, error) {
+// ProcessCPUTime is not implemented here: the CPU rule then never refuses.
+func ProcessCPUTime() (time.Duration, error) {
 	return 0, fmt.Errorf("process cpu time on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }

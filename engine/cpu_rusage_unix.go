@@ -8,8 +8,9 @@ import (
 	"time"
 )
 
-// processCPUTime returns the user and system CPU time the process has used.
-func processCPUTime() (time.Duration, error) {
+// ProcessCPUTime returns the user and system CPU time the process has used
+// (the CPU rule's measure outside a cgroup, and the benchmarks' cpu-ns/op).
+func ProcessCPUTime() (time.Duration, error) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0, fmt.Errorf("getrusage: %w", err)

@@ -85,21 +85,21 @@ func serveRefused(tb testing.TB, h http.Handler) {
 
 // refusingStack spends the one admission of refuseAll so every
 // benchmarked request is refused.
-func refusingStack(b testing.TB) http.Handler {
+func refusingStack(b testing.TB) *stack {
 	s := newStack(b, refuseAll, stackOptions{})
 	for _, peer := range []string{"192.0.2.1:1", "127.0.0.1:1"} {
 		req := httptest.NewRequest(http.MethodPost, "/v1/generate", strings.NewReader(`{"prompt": "warm", "width": 256, "height": 256}`))
 		req.Header.Set("Content-Type", "application/json")
 		s.do(req, peer)
 	}
-	return s.api
+	return s
 }
 
 func BenchmarkRoute(b *testing.B) {
 	// Both routes run in the same process state: the engine (and
 	// sentinel-golang's clock goroutine) and the fake ComfyUI are up for
 	// the bare route too, as they are in a gateway.
-	refusing := refusingStack(b)
+	refusing := refusingStack(b).api
 	b.Run("bare/loopback", func(b *testing.B) { benchLoopback(b, bareRouter()) })
 	b.Run("refused/loopback", func(b *testing.B) { benchLoopback(b, refusing) })
 	b.Run("bare/in-process", func(b *testing.B) { benchInProcess(b, bareRouter()) })
@@ -112,7 +112,7 @@ func BenchmarkRoute(b *testing.B) {
 // allocations and quadrupled the route's time. The bound leaves room for
 // small changes, not for such a regression.
 func TestRefusedRouteAllocations(t *testing.T) {
-	h := refusingStack(t)
+	h := refusingStack(t).api
 	allocs := testing.AllocsPerRun(200, func() { serveRefused(t, h) })
 	if allocs > 180 {
 		t.Errorf("a refused request allocates %.0f times, want at most 180 (130 measured)", allocs)

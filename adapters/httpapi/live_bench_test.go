@@ -9,14 +9,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/adapters/console"
+	"github.com/sluicehq/sluice/engine"
 )
 
 // BenchmarkRouteWithDashboards serves the refused route of BenchmarkRoute
@@ -34,12 +33,7 @@ import (
 // its viewers) per request, which a loaded machine inflates far less than
 // the wall-clock ns/op.
 func BenchmarkRouteWithDashboards(b *testing.B) {
-	s := newStack(b, refuseAll, stackOptions{})
-	for _, peer := range []string{"192.0.2.1:1", "127.0.0.1:1"} { // spend the one admission, as refusingStack does
-		req := httptest.NewRequest(http.MethodPost, "/v1/generate", strings.NewReader(`{"prompt": "warm", "width": 256, "height": 256}`))
-		req.Header.Set("Content-Type", "application/json")
-		s.do(req, peer)
-	}
+	s := refusingStack(b)
 	con, err := console.Register(s.api.Router(), console.Config{Engine: s.eng})
 	if err != nil {
 		b.Fatal(err)
@@ -119,9 +113,9 @@ func openDashboards(b *testing.B, base string, n int) (*atomic.Int64, func()) {
 
 // cpuTime is the process's CPU time so far, user and system.
 func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := engine.ProcessCPUTime()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }
